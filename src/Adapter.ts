@@ -1,0 +1,451 @@
+/**
+ * The facade: a socket.io-adapter `ClusterAdapter` whose publishing, listening and membership run
+ * as Effects on one `ManagedRuntime` per `createAdapter` call, shared by every namespace.
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as ManagedRuntime from "effect/ManagedRuntime"
+import * as Metric from "effect/Metric"
+import type pg from "pg"
+import {
+  Adapter,
+  type BroadcastOptions,
+  ClusterAdapter,
+  type ClusterMessage,
+  type ClusterResponse,
+  type Room,
+} from "socket.io-adapter"
+import { AttachmentStore } from "./AttachmentStore.js"
+import { channelName } from "./Channel.js"
+import * as Cluster from "./Cluster.js"
+import * as Codec from "./Codec.js"
+import * as Config from "./Config.js"
+import * as Database from "./Database.js"
+import { ErrorHandler } from "./Errors.js"
+import { Heartbeat, type Membership } from "./Heartbeat.js"
+import { OrderedDelivery } from "./internal/ordered.js"
+import { Listener } from "./Listener.js"
+import * as Metrics from "./Metrics.js"
+import { Publisher } from "./Publisher.js"
+
+const { MessageType } = Codec
+
+/** What every namespace adapter of one `createAdapter` call shares. */
+interface Shared {
+  readonly config: Config.ClusterConfig
+  readonly errorHandler: (error: Error) => void
+  readonly acquire: () => ManagedRuntime.ManagedRuntime<Cluster.Services, never>
+  readonly release: () => Promise<void>
+}
+
+/** A pending `fetchSockets` or `serverSideEmitWithAck`: it waits for every node it counted. */
+interface PendingRequest {
+  readonly type: typeof MessageType.FETCH_SOCKETS | typeof MessageType.SERVER_SIDE_EMIT
+  readonly missing: Set<string>
+  readonly responses: Array<unknown>
+  readonly timer: ReturnType<typeof setTimeout>
+  readonly settle: (error: Error | null) => void
+}
+
+// Logs at most one line per second per namespace for skipped notifications, with a count.
+const makeSkipLogger = (log: (message: string) => void) => {
+  let skipped = 0
+  let last = 0
+  return (reason: string) => {
+    skipped++
+    const now = Date.now()
+    if (now - last >= 1000) {
+      log(`skipped ${skipped} malformed notification(s), last: ${reason}`)
+      skipped = 0
+      last = now
+    }
+  }
+}
+
+const encodeOptions = (opts: BroadcastOptions) => ({
+  rooms: [...opts.rooms],
+  except: [...(opts.except ?? [])],
+  flags: opts.flags ?? {},
+})
+
+const randomId = () => crypto.randomUUID().replaceAll("-", "").slice(0, 16)
+
+/** The `socket.io-adapter` adapter of one namespace, created by {@link createAdapter}. */
+export class PostgresAdapter extends ClusterAdapter {
+  /** The notification channel of this namespace. */
+  readonly channel: string
+  readonly #shared: Shared
+  readonly #runtime: ManagedRuntime.ManagedRuntime<Cluster.Services, never>
+  readonly #requests = new Map<string, PendingRequest>()
+  readonly #inflight = new Set<Promise<void>>()
+  readonly #inbox: OrderedDelivery<Codec.WireMessage>
+  readonly #skip: (reason: string) => void
+  #membership: Membership | undefined
+  #fiber: Fiber.RuntimeFiber<never, never> | undefined
+  #closed = false
+  #listening: () => void = () => {}
+  /** Resolves once this namespace's channel is listened on (first time). */
+  readonly ready: Promise<void>
+
+  /** Use {@link createAdapter}; constructed by Socket.IO for each namespace. */
+  constructor(nsp: any, shared: Shared) {
+    super(nsp)
+    this.#shared = shared
+    this.#runtime = shared.acquire()
+    this.channel = channelName(shared.config.channelPrefix, nsp.name)
+    this.#inbox = new OrderedDelivery((message) => this.#handle(message))
+    this.#skip = makeSkipLogger((line) => this.#log("warning", line))
+    this.ready = new Promise((resolve) => (this.#listening = resolve))
+  }
+
+  /** Starts listening on the namespace's channel and tracking the cluster's members. */
+  override init(): void {
+    if (this.#fiber !== undefined || this.#closed) return
+    this.#fiber = this.#runtime.runFork(
+      Effect.gen(this, function* () {
+        const heartbeat = yield* Heartbeat
+        const listener = yield* Listener
+        this.#membership = yield* heartbeat.track({
+          publishHeartbeat: Effect.promise(() => this.#send({ type: MessageType.HEARTBEAT })),
+          onNodeDown: (uid) => this.#removeNode(uid),
+        })
+        yield* listener.subscribe(this.channel, {
+          onNotification: (payload) => this.#receive(payload),
+          onListen: () => {
+            // Announce ourselves only once we can hear the replies (and again after a reconnect).
+            this.#send({ type: MessageType.INITIAL_HEARTBEAT })
+            this.#listening()
+          },
+        })
+        return yield* Effect.never
+      }).pipe(Effect.scoped, Effect.annotateLogs({ module: "Adapter", nsp: this.nsp.name })),
+    )
+  }
+
+  /** Announces `ADAPTER_CLOSE`, waits for in-flight publishes, then releases everything. */
+  override async close(): Promise<void> {
+    if (this.#closed) return
+    this.#send({ type: MessageType.ADAPTER_CLOSE })
+    this.#closed = true
+    await Promise.allSettled([...this.#inflight])
+    for (const [requestId, request] of this.#requests) {
+      this.#requests.delete(requestId)
+      clearTimeout(request.timer)
+      request.settle(new Error("the adapter was closed"))
+    }
+    if (this.#fiber !== undefined) await this.#runtime.runPromise(Fiber.interrupt(this.#fiber))
+    await this.#shared.release()
+  }
+
+  /** Number of servers in this namespace's cluster, this one included. */
+  override serverCount(): Promise<number> {
+    return Promise.resolve(1 + (this.#membership?.nodes().length ?? 0))
+  }
+
+  // Local clients never wait for PostgreSQL: deliver here first, then publish.
+  override async broadcast(packet: any, opts: BroadcastOptions): Promise<void> {
+    if (opts.flags?.local || this.nsp.server.opts.connectionStateRecovery) {
+      return super.broadcast(packet, opts)
+    }
+    this.#send({ type: MessageType.BROADCAST, data: { packet, opts: encodeOptions(opts) } })
+    Adapter.prototype.broadcast.call(this, packet, opts)
+  }
+
+  override addSockets(opts: BroadcastOptions, rooms: Array<Room>): Promise<void> {
+    Adapter.prototype.addSockets.call(this, opts, rooms)
+    if (!opts.flags?.local) {
+      this.#send({ type: MessageType.SOCKETS_JOIN, data: { opts: encodeOptions(opts), rooms } })
+    }
+    return Promise.resolve()
+  }
+
+  override delSockets(opts: BroadcastOptions, rooms: Array<Room>): Promise<void> {
+    Adapter.prototype.delSockets.call(this, opts, rooms)
+    if (!opts.flags?.local) {
+      this.#send({ type: MessageType.SOCKETS_LEAVE, data: { opts: encodeOptions(opts), rooms } })
+    }
+    return Promise.resolve()
+  }
+
+  override disconnectSockets(opts: BroadcastOptions, close: boolean): Promise<void> {
+    if (!opts.flags?.local) {
+      this.#send({
+        type: MessageType.DISCONNECT_SOCKETS,
+        data: { opts: encodeOptions(opts), close },
+      })
+    }
+    Adapter.prototype.disconnectSockets.call(this, opts, close)
+    return Promise.resolve()
+  }
+
+  override async fetchSockets(opts: BroadcastOptions): Promise<Array<any>> {
+    const local = await Adapter.prototype.fetchSockets.call(this, {
+      rooms: opts.rooms,
+      except: opts.except,
+      flags: { local: true },
+    } as BroadcastOptions)
+    const nodes = this.#membership?.nodes() ?? []
+    if (opts.flags?.local || nodes.length === 0) return local
+    const timeout = opts.flags?.timeout ?? this.#timeoutMillis()
+    return new Promise((resolve, reject) => {
+      const requestId = this.#request(
+        MessageType.FETCH_SOCKETS,
+        nodes,
+        local,
+        timeout,
+        (error, responses) => (error ? reject(error) : resolve(responses)),
+      )
+      this.#send({
+        type: MessageType.FETCH_SOCKETS,
+        data: { opts: encodeOptions(opts), requestId },
+      })
+    })
+  }
+
+  override async serverSideEmit(packet: Array<any>): Promise<any> {
+    const ack = typeof packet[packet.length - 1] === "function" ? packet.pop() : undefined
+    if (ack === undefined) {
+      this.#send({ type: MessageType.SERVER_SIDE_EMIT, data: { packet } })
+      return
+    }
+    const nodes = this.#membership?.nodes() ?? []
+    if (nodes.length === 0) return ack(null, [])
+    const requestId = this.#request(
+      MessageType.SERVER_SIDE_EMIT,
+      nodes,
+      [],
+      this.#timeoutMillis(),
+      (error, responses) => ack(error, responses),
+    )
+    this.#send({ type: MessageType.SERVER_SIDE_EMIT, data: { requestId, packet } })
+  }
+
+  override onResponse(response: ClusterResponse): void {
+    const data = response.data as { requestId: string; sockets?: Array<unknown>; packet?: unknown }
+    const request = this.#requests.get(data.requestId)
+    if (request === undefined) {
+      // Broadcast acknowledgements are kept by the base class.
+      if (
+        response.type === MessageType.BROADCAST_CLIENT_COUNT ||
+        response.type === MessageType.BROADCAST_ACK
+      ) {
+        super.onResponse(response)
+      }
+      return
+    }
+    if (!request.missing.delete(response.uid)) return
+    if (response.type === MessageType.FETCH_SOCKETS_RESPONSE) {
+      request.responses.push(...(data.sockets ?? []))
+    } else if (response.type === MessageType.SERVER_SIDE_EMIT_RESPONSE) {
+      request.responses.push(data.packet)
+    }
+    if (request.missing.size === 0) this.#settle(data.requestId, null)
+  }
+
+  protected override publish(message: any): void {
+    this.#send(message)
+  }
+
+  protected override doPublish(message: ClusterMessage): Promise<string> {
+    return this.#send(message).then(() => "")
+  }
+
+  protected override doPublishResponse(
+    _requesterUid: string,
+    response: ClusterResponse,
+  ): Promise<void> {
+    return this.#send(response)
+  }
+
+  /** Publishes a message of this namespace; never rejects: errors go to the errorHandler. */
+  #send(message: { type: number; data?: unknown }): Promise<void> {
+    if (this.#closed) return Promise.resolve()
+    const wire = { ...message, uid: this.uid, nsp: this.nsp.name } as Codec.WireMessage
+    this.#membership?.published()
+    const promise = this.#runtime
+      .runPromiseExit(
+        Effect.flatMap(Publisher, (publisher) => publisher.publish(this.channel, wire)),
+      )
+      .then((exit) => {
+        this.#inflight.delete(promise)
+        if (Exit.isFailure(exit) && !Exit.isInterrupted(exit))
+          this.#report(Cause.squash(exit.cause))
+      })
+    this.#inflight.add(promise)
+    return promise
+  }
+
+  #report(failure: unknown): void {
+    const error =
+      failure instanceof Error ? failure : new Error(`publish failed: ${String(failure)}`)
+    this.#log("warning", error.message)
+    try {
+      this.#shared.errorHandler(error)
+    } catch (e) {
+      this.#log("error", `errorHandler threw: ${(e as Error)?.message}`)
+    }
+  }
+
+  #log(level: "warning" | "error", message: string): void {
+    if (this.#closed && level === "warning") return
+    const log = level === "warning" ? Effect.logWarning(message) : Effect.logError(message)
+    this.#runtime.runFork(log.pipe(Effect.annotateLogs({ module: "Adapter", nsp: this.nsp.name })))
+  }
+
+  // A notification, in commit order. Own ones are dropped before any attachment is fetched.
+  #receive(payload: string): void {
+    Effect.runSync(Metric.increment(Metrics.notificationsReceived))
+    const decoded = Codec.decodeNotification(payload)
+    if (Either.isLeft(decoded)) return this.#skip(decoded.left)
+    const notification = decoded.right
+    if (notification._tag === "Inline") {
+      if (notification.message.uid === this.uid) return
+      return this.#inbox.push(notification.message)
+    }
+    if (notification.uid === this.uid) return
+    const fill = this.#inbox.reserve()
+    this.#runtime
+      .runPromiseExit(
+        Effect.flatMap(AttachmentStore, (store) => store.fetch(notification.attachmentId)),
+      )
+      .then((exit) => {
+        if (Exit.isFailure(exit)) {
+          this.#skip(`attachment ${notification.attachmentId} could not be read`)
+          return fill(undefined)
+        }
+        if (exit.value === undefined) {
+          this.#skip(`attachment ${notification.attachmentId} not found`)
+          return fill(undefined)
+        }
+        const message = Codec.decodeAttachment(exit.value)
+        if (Either.isLeft(message)) {
+          this.#skip(message.left)
+          return fill(undefined)
+        }
+        fill(message.right)
+      })
+  }
+
+  #handle(message: Codec.WireMessage): void {
+    if (this.#closed) return
+    if (message.uid === this.uid) return
+    if (message.nsp !== undefined && message.nsp !== this.nsp.name) return
+    const invalid = Codec.validateMessage(message)
+    if (invalid !== undefined) return this.#skip(invalid)
+    // Emitters before ours send no nsp: the channel tells the namespace.
+    const full = (message.nsp === undefined ? { ...message, nsp: this.nsp.name } : message) as any
+    if (message.uid !== Codec.EMITTER_UID) this.#membership?.seen(message.uid)
+    try {
+      switch (message.type) {
+        case MessageType.INITIAL_HEARTBEAT:
+          this.#send({ type: MessageType.HEARTBEAT })
+          return
+        case MessageType.HEARTBEAT:
+          return
+        case MessageType.ADAPTER_CLOSE:
+          this.#membership?.remove(message.uid)
+          return this.#removeNode(message.uid)
+        default:
+          super.onMessage(full)
+      }
+    } catch (e) {
+      this.#skip(`message of type ${message.type} failed: ${(e as Error)?.message}`)
+    }
+  }
+
+  #timeoutMillis(): number {
+    return Duration.toMillis(this.#shared.config.requestsTimeout)
+  }
+
+  #request(
+    type: PendingRequest["type"],
+    nodes: ReadonlyArray<string>,
+    responses: Array<unknown>,
+    timeout: number,
+    settle: (error: Error | null, responses: Array<any>) => void,
+  ): string {
+    const requestId = randomId()
+    const timer = setTimeout(() => {
+      const request = this.#requests.get(requestId)
+      if (request === undefined) return
+      this.#settle(
+        requestId,
+        new Error(`timeout reached: missing ${request.missing.size} responses`),
+      )
+    }, timeout)
+    this.#requests.set(requestId, {
+      type,
+      missing: new Set(nodes),
+      responses,
+      timer,
+      settle: (error) => settle(error, responses),
+    })
+    return requestId
+  }
+
+  #settle(requestId: string, error: Error | null): void {
+    const request = this.#requests.get(requestId)
+    if (request === undefined) return
+    this.#requests.delete(requestId)
+    clearTimeout(request.timer)
+    request.settle(error)
+  }
+
+  // A node that left or timed out is no longer waited for.
+  #removeNode(uid: string): void {
+    for (const [requestId, request] of this.#requests) {
+      if (request.missing.delete(uid) && request.missing.size === 0) this.#settle(requestId, null)
+    }
+  }
+}
+
+const defaultErrorHandler = () => {}
+
+/**
+ * Returns what `io.adapter()` takes: every namespace of the server gets a `PostgresAdapter`, all
+ * on one runtime over `pool` (one dedicated LISTEN connection besides). Options are validated
+ * here: a bad one throws an error that names it. The pool is never ended by us.
+ */
+export function createAdapter(
+  pool: pg.Pool,
+  options?: Config.AdapterOptions,
+): (nsp: any) => PostgresAdapter {
+  if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
+    throw new TypeError("createAdapter(pool, options): pool must be a pg.Pool")
+  }
+  const config = Config.decodeSync(options)
+  const errorHandler = options?.errorHandler ?? defaultErrorHandler
+  const layer = Cluster.layer.pipe(
+    Layer.provide(Layer.succeed(Config.Config, config)),
+    Layer.provide(Database.layerPool(pool)),
+    Layer.provide(Layer.succeed(ErrorHandler, errorHandler)),
+  )
+  let runtime: ManagedRuntime.ManagedRuntime<Cluster.Services, never> | undefined
+  let users = 0
+  const shared: Shared = {
+    config,
+    errorHandler,
+    acquire: () => {
+      users++
+      runtime ??= ManagedRuntime.make(layer)
+      return runtime
+    },
+    release: async () => {
+      if (--users > 0 || runtime === undefined) return
+      const last = runtime
+      runtime = undefined
+      await last.dispose()
+    },
+  }
+  // A `function`, not an arrow: Socket.IO calls it with `new`.
+  return function (nsp: any) {
+    return new PostgresAdapter(nsp, shared)
+  }
+}

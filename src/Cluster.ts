@@ -1,0 +1,83 @@
+/**
+ * The whole cluster as one layer: every service of the package over a `Database` and a `Config`.
+ *
+ * @since 0.1.0
+ */
+import type * as PgClient from "@effect/sql-pg/PgClient"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schedule from "effect/Schedule"
+import type pg from "pg"
+import * as AttachmentStore from "./AttachmentStore.js"
+import * as Cleanup from "./Cleanup.js"
+import * as Config from "./Config.js"
+import * as Database from "./Database.js"
+import type { ConfigError } from "./Errors.js"
+import * as Heartbeat from "./Heartbeat.js"
+import * as Listener from "./Listener.js"
+import * as Publisher from "./Publisher.js"
+
+/** Every service the adapter runs on. */
+export type Services =
+  | Listener.Listener
+  | Publisher.Publisher
+  | AttachmentStore.AttachmentStore
+  | Heartbeat.Heartbeat
+  | Cleanup.Cleanup
+  | Config.Config
+  | Database.Database
+
+/**
+ * Creates the attachments table when `createTable` is on. Waits up to 5 s so that the first
+ * attachments find their table; if PostgreSQL is not there yet it keeps trying in the background.
+ */
+export const layerTableSetup: Layer.Layer<
+  never,
+  never,
+  Config.Config | AttachmentStore.AttachmentStore
+> = Layer.scopedDiscard(
+  Effect.gen(function* () {
+    const config = yield* Config.Config
+    if (!config.createTable) return
+    const store = yield* AttachmentStore.AttachmentStore
+    const setup = yield* store.ensureTable.pipe(
+      Effect.tapError((error) =>
+        Effect.logWarning(`creating the attachments table failed: ${error.message}`),
+      ),
+      Effect.retry(
+        Schedule.exponential("200 millis").pipe(Schedule.union(Schedule.spaced("10 seconds"))),
+      ),
+      Effect.annotateLogs({ module: "AttachmentStore" }),
+      Effect.forkScoped,
+    )
+    yield* setup.await.pipe(Effect.timeout("5 seconds"), Effect.ignore)
+  }),
+)
+
+/** The cluster services over a `Config` and a `Database`. */
+export const layer: Layer.Layer<Services, never, Config.Config | Database.Database> =
+  Layer.mergeAll(
+    Listener.layer,
+    Publisher.layer,
+    Heartbeat.layer,
+    Cleanup.layer,
+    layerTableSetup,
+  ).pipe(
+    Layer.provideMerge(AttachmentStore.layer),
+    Layer.provideMerge(
+      Layer.mergeAll(Layer.context<Config.Config>(), Layer.context<Database.Database>()),
+    ),
+  )
+
+/** The cluster over a caller-owned `pg.Pool`, with validated options. */
+export const layerPool = (
+  pool: pg.Pool,
+  options?: Config.AdapterOptions,
+): Layer.Layer<Services, ConfigError> =>
+  layer.pipe(Layer.provide(Layer.merge(Config.layer(options), Database.layerPool(pool))))
+
+/** The cluster over `@effect/sql-pg`'s `PgClient`, with validated options. */
+export const layerPgClient = (
+  options?: Config.AdapterOptions,
+): Layer.Layer<Services, ConfigError, PgClient.PgClient> =>
+  layer.pipe(Layer.provide(Layer.merge(Config.layer(options), Database.layerPgClient)))

@@ -1,0 +1,224 @@
+/**
+ * The wire format: how a cluster message becomes a NOTIFY payload or an attachment, and back.
+ *
+ * @since 0.1.0
+ */
+import { decode as msgpackDecode, encode as msgpackEncode } from "@msgpack/msgpack"
+import * as Either from "effect/Either"
+import { MAX_NOTIFY_BYTES } from "./Config.js"
+
+/** The uid of messages sent by an emitter; never counted as a cluster member. */
+export const EMITTER_UID = "emitter"
+
+/** socket.io-adapter's message types (wire numbers). */
+export const MessageType = {
+  INITIAL_HEARTBEAT: 1,
+  HEARTBEAT: 2,
+  BROADCAST: 3,
+  SOCKETS_JOIN: 4,
+  SOCKETS_LEAVE: 5,
+  DISCONNECT_SOCKETS: 6,
+  FETCH_SOCKETS: 7,
+  FETCH_SOCKETS_RESPONSE: 8,
+  SERVER_SIDE_EMIT: 9,
+  SERVER_SIDE_EMIT_RESPONSE: 10,
+  BROADCAST_CLIENT_COUNT: 11,
+  BROADCAST_ACK: 12,
+  ADAPTER_CLOSE: 13,
+} as const
+
+/** A message as it travels: `uid`, `type`, usually `nsp` and `data`, extra fields allowed. */
+export interface WireMessage {
+  readonly uid: string
+  readonly type: number
+  readonly nsp?: string
+  readonly data?: unknown
+  readonly [key: string]: unknown
+}
+
+/** What a notification carries: a whole message, or the id of an attachment that holds it. */
+export type Notification =
+  | { readonly _tag: "Inline"; readonly message: WireMessage }
+  | {
+      readonly _tag: "Attachment"
+      readonly uid: string
+      readonly type: number
+      readonly nsp: string | undefined
+      readonly attachmentId: string
+    }
+
+/** How a message is to be sent. */
+export type Encoded =
+  | { readonly _tag: "Inline"; readonly payload: string }
+  | {
+      readonly _tag: "Attachment"
+      readonly bytes: Uint8Array
+      readonly header: (id: string) => string
+    }
+
+/** True when `value` holds a Buffer, ArrayBuffer or typed array at any depth. */
+export const hasBinary = (value: unknown, seen?: Set<object>): boolean => {
+  if (value === null || typeof value !== "object") return false
+  if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) return true
+  const visited = seen ?? new Set<object>()
+  if (visited.has(value)) return false
+  visited.add(value)
+  if (Array.isArray(value)) return value.some((item) => hasBinary(item, visited))
+  const toJSON = (value as { toJSON?: unknown }).toJSON
+  if (typeof toJSON === "function") return hasBinary(toJSON.call(value), visited)
+  for (const key in value) {
+    if (
+      Object.prototype.hasOwnProperty.call(value, key) &&
+      hasBinary((value as Record<string, unknown>)[key], visited)
+    ) {
+      return true
+    }
+  }
+  return false
+}
+
+/**
+ * Decides how a message travels: inline JSON when it holds no binary and its JSON is at most
+ * `min(threshold, 7999)` bytes, else msgpack into the attachments table with a JSON header.
+ */
+export const encode = (message: WireMessage, threshold: number): Encoded => {
+  if (!hasBinary(message)) {
+    const payload = JSON.stringify(message)
+    // UTF-8 needs at most 3 bytes per UTF-16 unit: skip the byte count when it surely fits.
+    const limit = Math.min(threshold, MAX_NOTIFY_BYTES)
+    if (payload.length * 3 <= limit || Buffer.byteLength(payload) <= limit) {
+      return { _tag: "Inline", payload }
+    }
+  }
+  const bytes = msgpackEncode(message, { ignoreUndefined: true })
+  return {
+    _tag: "Attachment",
+    bytes,
+    header: (attachmentId) =>
+      JSON.stringify({ uid: message.uid, type: message.type, nsp: message.nsp, attachmentId }),
+  }
+}
+
+const isRecord = (u: unknown): u is Record<string, unknown> =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+/** Parses a notification payload; `Left` of a reason for anything that is not ours. */
+export const decodeNotification = (payload: string): Either.Either<Notification, string> => {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(payload)
+  } catch {
+    return Either.left("payload is not JSON")
+  }
+  if (!isRecord(parsed)) return Either.left("payload is not a JSON object")
+  const { uid, type, nsp, attachmentId } = parsed
+  if (typeof uid !== "string") return Either.left("uid is missing or not a string")
+  if (typeof type !== "number" || !Number.isInteger(type)) {
+    return Either.left("type is missing or not an integer")
+  }
+  if (nsp !== undefined && typeof nsp !== "string") return Either.left("nsp is not a string")
+  if (attachmentId !== undefined) {
+    if (typeof attachmentId !== "string" && typeof attachmentId !== "number") {
+      return Either.left("attachmentId is not a string or number")
+    }
+    const id = String(attachmentId)
+    if (!/^\d{1,19}$/.test(id)) return Either.left("attachmentId is not a row id")
+    return Either.right({ _tag: "Attachment", uid, type, nsp, attachmentId: id })
+  }
+  return Either.right({ _tag: "Inline", message: parsed as WireMessage })
+}
+
+/** Decodes an attachment back into its message; binary values come back as `Buffer`s. */
+export const decodeAttachment = (bytes: Uint8Array): Either.Either<WireMessage, string> => {
+  let decoded: unknown
+  try {
+    decoded = msgpackDecode(bytes)
+  } catch (e) {
+    return Either.left(`attachment is not msgpack: ${(e as Error).message}`)
+  }
+  if (!isRecord(decoded) || typeof decoded.uid !== "string" || typeof decoded.type !== "number") {
+    return Either.left("attachment does not hold a cluster message")
+  }
+  return Either.right(toBuffers(decoded) as WireMessage)
+}
+
+// msgpack decodes binary as Uint8Array; Socket.IO users expect the Buffers they sent.
+const toBuffers = (value: unknown): unknown => {
+  if (value instanceof Uint8Array) {
+    return Buffer.isBuffer(value)
+      ? value
+      : Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+  }
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = toBuffers(value[i])
+    return value
+  }
+  if (isRecord(value)) {
+    for (const key of Object.keys(value)) value[key] = toBuffers(value[key])
+  }
+  return value
+}
+
+const isStringArray = (u: unknown): boolean =>
+  Array.isArray(u) && u.every((s) => typeof s === "string" || typeof s === "number")
+
+const validOpts = (opts: unknown): boolean =>
+  isRecord(opts) &&
+  isStringArray(opts.rooms) &&
+  isStringArray(opts.except) &&
+  (opts.flags === undefined || isRecord(opts.flags))
+
+/**
+ * Checks that a message has the shape its type requires, so that malformed input from another
+ * program is skipped with a reason instead of throwing inside Socket.IO. `undefined` when valid.
+ */
+export const validateMessage = (message: WireMessage): string | undefined => {
+  const data = message.data
+  switch (message.type) {
+    case MessageType.INITIAL_HEARTBEAT:
+    case MessageType.HEARTBEAT:
+    case MessageType.ADAPTER_CLOSE:
+      return undefined
+    case MessageType.BROADCAST:
+      return isRecord(data) &&
+        validOpts(data.opts) &&
+        isRecord(data.packet) &&
+        (data.packet.data === undefined || Array.isArray(data.packet.data))
+        ? undefined
+        : "BROADCAST needs data.opts and data.packet"
+    case MessageType.SOCKETS_JOIN:
+    case MessageType.SOCKETS_LEAVE:
+      return isRecord(data) && validOpts(data.opts) && isStringArray(data.rooms)
+        ? undefined
+        : "SOCKETS_JOIN/LEAVE needs data.opts and data.rooms"
+    case MessageType.DISCONNECT_SOCKETS:
+      return isRecord(data) && validOpts(data.opts)
+        ? undefined
+        : "DISCONNECT_SOCKETS needs data.opts"
+    case MessageType.FETCH_SOCKETS:
+      return isRecord(data) && validOpts(data.opts) && typeof data.requestId === "string"
+        ? undefined
+        : "FETCH_SOCKETS needs data.opts and data.requestId"
+    case MessageType.SERVER_SIDE_EMIT:
+      return isRecord(data) && Array.isArray(data.packet) && data.packet.length > 0
+        ? undefined
+        : "SERVER_SIDE_EMIT needs data.packet (an array)"
+    case MessageType.FETCH_SOCKETS_RESPONSE:
+      return isRecord(data) && typeof data.requestId === "string" && Array.isArray(data.sockets)
+        ? undefined
+        : "FETCH_SOCKETS_RESPONSE needs data.requestId and data.sockets"
+    case MessageType.SERVER_SIDE_EMIT_RESPONSE:
+    case MessageType.BROADCAST_ACK:
+      return isRecord(data) && typeof data.requestId === "string"
+        ? undefined
+        : "response needs data.requestId"
+    case MessageType.BROADCAST_CLIENT_COUNT:
+      return isRecord(data) &&
+        typeof data.requestId === "string" &&
+        typeof data.clientCount === "number"
+        ? undefined
+        : "BROADCAST_CLIENT_COUNT needs data.requestId and data.clientCount"
+    default:
+      return `unknown message type ${message.type}`
+  }
+}

@@ -1,0 +1,205 @@
+/**
+ * The validated options of the adapter and the emitter, as a service.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
+import { ConfigError } from "./Errors.js"
+
+/** The largest NOTIFY payload PostgreSQL accepts: a payload must be shorter than 8000 bytes. */
+export const MAX_NOTIFY_BYTES = 7999
+
+/** Options of `createAdapter(pool, options)`, every one optional. */
+export interface AdapterOptions {
+  /** Prefix of the notification channels. @default "socket.io" */
+  readonly channelPrefix?: string
+  /** Attachments table, may be schema-qualified (`schema.table`). @default "socket_io_attachments" */
+  readonly tableName?: string
+  /** JSON byte length above which a message goes through the attachments table (capped at 7999). @default 8000 */
+  readonly payloadThreshold?: number
+  /** Milliseconds between two cleanups, and the age after which attachments are deleted. @default 30000 */
+  readonly cleanupInterval?: number
+  /** Milliseconds between two heartbeats. @default 5000 */
+  readonly heartbeatInterval?: number
+  /** Milliseconds without a message from a node before it is considered down. @default 10000 */
+  readonly heartbeatTimeout?: number
+  /** Milliseconds before `fetchSockets` / `serverSideEmitWithAck` requests give up. @default 5000 */
+  readonly requestsTimeout?: number
+  /** Create the attachments table when it is missing (`CREATE TABLE IF NOT EXISTS`). @default true */
+  readonly createTable?: boolean
+  /** Milliseconds a publish may take before it fails (PostgreSQL frozen or unreachable). @default 10000 */
+  readonly publishTimeout?: number
+  /** How many publishes may wait for PostgreSQL before new ones fail fast. @default 65536 */
+  readonly maxPendingPublishes?: number
+  /** Largest delay between two reconnection attempts of the LISTEN connection, in ms. @default 5000 */
+  readonly reconnectMaxDelay?: number
+  /** Called with each publish or listen error. @default logs a warning */
+  readonly errorHandler?: (error: Error) => void
+}
+
+/** The resolved options, durations as `Duration`. */
+export interface ClusterConfig {
+  readonly channelPrefix: string
+  readonly tableName: string
+  readonly payloadThreshold: number
+  readonly cleanupInterval: Duration.Duration
+  readonly heartbeatInterval: Duration.Duration
+  readonly heartbeatTimeout: Duration.Duration
+  readonly requestsTimeout: Duration.Duration
+  readonly createTable: boolean
+  readonly publishTimeout: Duration.Duration
+  readonly maxPendingPublishes: number
+  readonly reconnectMaxDelay: Duration.Duration
+}
+
+const Millis = (name: string) =>
+  Schema.Number.pipe(
+    Schema.int({ message: () => `${name} must be an integer number of milliseconds` }),
+    Schema.positive({ message: () => `${name} must be greater than 0` }),
+    Schema.lessThanOrEqualTo(2 ** 31 - 1, {
+      message: () => `${name} must be at most 2147483647 ms`,
+    }),
+  )
+
+const Identifier = (name: string) =>
+  Schema.String.pipe(
+    Schema.minLength(1, { message: () => `${name} must not be empty` }),
+    Schema.filter((s) => !s.includes("\u0000") || `${name} must not contain NUL characters`),
+  )
+
+/** A table name, optionally `schema.table`; each part at most 63 bytes. */
+const TableName = Identifier("tableName").pipe(
+  Schema.filter((s) => {
+    const parts = s.split(".")
+    if (parts.length > 2) return "tableName must be `table` or `schema.table`"
+    if (parts.some((p) => p.length === 0)) return "tableName has an empty part"
+    if (parts.some((p) => Buffer.byteLength(p) > 63))
+      return "tableName parts must be at most 63 bytes (PostgreSQL identifiers)"
+    return true
+  }),
+)
+
+const OptionsSchema = Schema.Struct({
+  channelPrefix: Schema.optional(
+    Identifier("channelPrefix").pipe(
+      Schema.filter(
+        (s) =>
+          Buffer.byteLength(s) <= 40 ||
+          "channelPrefix must be at most 40 bytes (channels are limited to 63 bytes)",
+      ),
+    ),
+  ),
+  tableName: Schema.optional(TableName),
+  payloadThreshold: Schema.optional(
+    Schema.Number.pipe(
+      Schema.int({ message: () => "payloadThreshold must be an integer" }),
+      Schema.nonNegative({ message: () => "payloadThreshold must be 0 or more" }),
+    ),
+  ),
+  cleanupInterval: Schema.optional(Millis("cleanupInterval")),
+  heartbeatInterval: Schema.optional(Millis("heartbeatInterval")),
+  heartbeatTimeout: Schema.optional(Millis("heartbeatTimeout")),
+  requestsTimeout: Schema.optional(Millis("requestsTimeout")),
+  createTable: Schema.optional(Schema.Boolean),
+  publishTimeout: Schema.optional(Millis("publishTimeout")),
+  maxPendingPublishes: Schema.optional(
+    Schema.Number.pipe(
+      Schema.int({ message: () => "maxPendingPublishes must be an integer" }),
+      Schema.positive({ message: () => "maxPendingPublishes must be greater than 0" }),
+    ),
+  ),
+  reconnectMaxDelay: Schema.optional(Millis("reconnectMaxDelay")),
+  errorHandler: Schema.optional(
+    Schema.declare((u): u is (error: Error) => void => typeof u === "function", {
+      message: () => "errorHandler must be a function",
+    }),
+  ),
+})
+
+/** The defaults of every option, in milliseconds where they are durations. */
+export const defaults = {
+  channelPrefix: "socket.io",
+  tableName: "socket_io_attachments",
+  payloadThreshold: 8000,
+  cleanupInterval: 30_000,
+  heartbeatInterval: 5_000,
+  heartbeatTimeout: 10_000,
+  requestsTimeout: 5_000,
+  createTable: true,
+  publishTimeout: 10_000,
+  maxPendingPublishes: 65_536,
+  reconnectMaxDelay: 5_000,
+} as const
+
+/**
+ * Validates user options: `Right` of the resolved config, or `Left` of a `ConfigError` whose
+ * message names the offending option.
+ */
+export const decode = (input: unknown): Either.Either<ClusterConfig, ConfigError> => {
+  if (input === undefined || input === null) return Either.right(resolve({}))
+  if (typeof input !== "object" || Array.isArray(input)) {
+    return Either.left(new ConfigError({ option: "options", message: "options must be an object" }))
+  }
+  return Schema.decodeUnknownEither(OptionsSchema, { errors: "first" })(input).pipe(
+    Either.mapLeft((error) => {
+      const issue = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
+      const option = String(issue?.path[0] ?? "options")
+      const message = issue?.message.startsWith(option)
+        ? issue.message
+        : `${option}: ${issue?.message ?? "invalid value"}`
+      return new ConfigError({ option, message: `Invalid option ${message}` })
+    }),
+    Either.flatMap((options) => {
+      const config = resolve(options)
+      return Duration.lessThanOrEqualTo(config.heartbeatTimeout, config.heartbeatInterval)
+        ? Either.left(
+            new ConfigError({
+              option: "heartbeatTimeout",
+              message: "Invalid option heartbeatTimeout: must be greater than heartbeatInterval",
+            }),
+          )
+        : Either.right(config)
+    }),
+  )
+}
+
+/** Like {@link decode}, but throws the `ConfigError`; for the facades' constructors. */
+export const decodeSync = (input: unknown): ClusterConfig =>
+  Either.getOrThrowWith(decode(input), (e) => e)
+
+const resolve = (o: typeof OptionsSchema.Type): ClusterConfig => {
+  const heartbeatInterval = o.heartbeatInterval ?? defaults.heartbeatInterval
+  return {
+    channelPrefix: o.channelPrefix ?? defaults.channelPrefix,
+    tableName: o.tableName ?? defaults.tableName,
+    payloadThreshold: Math.min(o.payloadThreshold ?? defaults.payloadThreshold, MAX_NOTIFY_BYTES),
+    cleanupInterval: Duration.millis(o.cleanupInterval ?? defaults.cleanupInterval),
+    heartbeatInterval: Duration.millis(heartbeatInterval),
+    heartbeatTimeout: Duration.millis(
+      o.heartbeatTimeout ?? Math.max(defaults.heartbeatTimeout, 2 * heartbeatInterval),
+    ),
+    requestsTimeout: Duration.millis(o.requestsTimeout ?? defaults.requestsTimeout),
+    createTable: o.createTable ?? defaults.createTable,
+    publishTimeout: Duration.millis(o.publishTimeout ?? defaults.publishTimeout),
+    maxPendingPublishes: o.maxPendingPublishes ?? defaults.maxPendingPublishes,
+    reconnectMaxDelay: Duration.millis(o.reconnectMaxDelay ?? defaults.reconnectMaxDelay),
+  }
+}
+
+/** The cluster configuration service. */
+export class Config extends Context.Tag("socket.io-postgres-effect/Config")<
+  Config,
+  ClusterConfig
+>() {}
+
+/** A `Config` layer from user options (validated; fails with `ConfigError`). */
+export const layer = (options?: AdapterOptions): Layer.Layer<Config, ConfigError> =>
+  Layer.effect(Config, decode(options ?? {}))
+
+/** The `Config` layer with every default. */
+export const layerDefault: Layer.Layer<Config> = Layer.succeed(Config, resolve({}))

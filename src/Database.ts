@@ -1,0 +1,103 @@
+/**
+ * The PostgreSQL access the cluster needs: statements through a pool, and dedicated connections
+ * for LISTEN that hold no pool slot.
+ *
+ * @since 0.1.0
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import pg from "pg"
+import { type DatabaseError, databaseError } from "./Errors.js"
+
+/** A dedicated connection: what the Listener needs of a `pg.Client`. */
+export type DedicatedClient = pg.Client
+
+/** The database service. */
+export class Database extends Context.Tag("socket.io-postgres-effect/Database")<
+  Database,
+  {
+    /** Runs one statement with bind parameters; resolves with its rows. */
+    readonly query: <A = Record<string, unknown>>(
+      sql: string,
+      params?: ReadonlyArray<unknown>,
+    ) => Effect.Effect<ReadonlyArray<A>, DatabaseError>
+    /** Options to open a dedicated connection with (TCP keep-alive on). */
+    readonly connectionOptions: pg.ClientConfig
+  }
+>() {}
+
+/** Builds the service over a `pg.Pool` that the caller owns (never ended by us). */
+export const fromPool = (pool: pg.Pool): Context.Tag.Service<Database> => ({
+  query: <A>(sql: string, params?: ReadonlyArray<unknown>) =>
+    Effect.tryPromise({
+      try: () => pool.query(sql, params as Array<unknown> | undefined),
+      catch: databaseError(sql.slice(0, 40)),
+    }).pipe(Effect.map((result) => result.rows as ReadonlyArray<A>)),
+  connectionOptions: {
+    ...(pool as unknown as { options: pg.ClientConfig }).options,
+    keepAlive: true,
+  },
+})
+
+/** A `Database` layer over a caller-owned `pg.Pool`. */
+export const layerPool = (pool: pg.Pool): Layer.Layer<Database> =>
+  Layer.succeed(Database, fromPool(pool))
+
+/** A `Database` layer over `@effect/sql-pg`'s `PgClient`; LISTEN uses a connection of its own. */
+export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = Layer.effect(
+  Database,
+  Effect.gen(function* () {
+    const client = yield* PgClient.PgClient
+    const sql: SqlClient.SqlClient = client
+    const config = client.config
+    return {
+      query: <A>(statement: string, params?: ReadonlyArray<unknown>) =>
+        sql.unsafe<A & object>(statement, params).pipe(
+          Effect.map((rows) => rows as ReadonlyArray<A>),
+          Effect.mapError(databaseError(statement.slice(0, 40))),
+        ),
+      connectionOptions: {
+        connectionString: config.url ? Redacted.value(config.url) : undefined,
+        host: config.host,
+        port: config.port,
+        database: config.database,
+        user: config.username,
+        password: config.password ? Redacted.value(config.password) : undefined,
+        ssl: config.ssl,
+        application_name: config.applicationName,
+        keepAlive: true,
+      } as pg.ClientConfig,
+    }
+  }),
+)
+
+/** Opens a dedicated connection; ended when the scope closes, bounded so a finalizer never hangs. */
+export const connect = Effect.fnUntraced(function* (options: pg.ClientConfig) {
+  return yield* Effect.acquireRelease(
+    Effect.tryPromise({
+      try: async () => {
+        const client = new pg.Client(options)
+        // An error before `connect` settles must not become an uncaught exception.
+        client.on("error", () => {})
+        try {
+          await client.connect()
+        } catch (e) {
+          client.end().catch(() => {})
+          throw e
+        }
+        return client
+      },
+      catch: databaseError("connect"),
+    }),
+    (client) =>
+      Effect.promise(() => client.end().catch(() => {})).pipe(
+        Effect.timeout("2 seconds"),
+        Effect.ignore,
+        Effect.ensuring(Effect.sync(() => (client as any).connection?.stream?.destroy?.())),
+      ),
+  )
+})

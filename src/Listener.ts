@@ -1,0 +1,203 @@
+/**
+ * The LISTEN side: one dedicated connection that listens on every channel in use, hands each
+ * notification to the channel's subscribers, and reconnects with backoff when it is lost,
+ * re-issuing every LISTEN.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import { quoteIdentifier } from "./Channel.js"
+import { Config } from "./Config.js"
+import { connect, Database, type DedicatedClient } from "./Database.js"
+import { ListenError, report } from "./Errors.js"
+import * as Metrics from "./Metrics.js"
+
+/** What a subscriber of a channel is told. */
+export interface Subscriber {
+  /** A notification arrived on the channel (in commit order). */
+  readonly onNotification: (payload: string) => void
+  /** The channel is listened on: first time, and again after every reconnection. */
+  readonly onListen: () => void
+}
+
+/** The Listener service. */
+export class Listener extends Context.Tag("socket.io-postgres-effect/Listener")<
+  Listener,
+  {
+    /**
+     * Subscribes to a channel for the lifetime of the scope. Returns at once; `onListen` is
+     * called when the LISTEN is active. The channel is UNLISTENed when its last subscriber leaves.
+     */
+    readonly subscribe: (
+      channel: string,
+      subscriber: Subscriber,
+    ) => Effect.Effect<void, never, Scope.Scope>
+    /** True while the LISTEN connection is up. */
+    readonly isConnected: Effect.Effect<boolean>
+  }
+>() {}
+
+interface Session {
+  readonly client: DedicatedClient
+  /** Channels whose LISTEN was sent on this connection. */
+  readonly listened: Set<string>
+}
+
+/** Builds the Listener; its connection loop runs until the scope closes. */
+export const make = Effect.gen(function* () {
+  const config = yield* Config
+  const database = yield* Database
+  const subscribers = new Map<string, Set<Subscriber>>()
+  let session: Session | undefined
+
+  const callOnListen = (channel: string) => {
+    for (const subscriber of subscribers.get(channel) ?? []) subscriber.onListen()
+  }
+
+  const listenOn = (current: Session, channel: string) =>
+    Effect.suspend(() => {
+      if (current.listened.has(channel)) return Effect.void
+      current.listened.add(channel)
+      return Effect.tryPromise({
+        try: () => current.client.query(`LISTEN ${quoteIdentifier(channel)}`),
+        catch: (cause) =>
+          new ListenError({
+            channel,
+            message: `LISTEN on ${channel} failed: ${(cause as Error)?.message}`,
+            cause,
+          }),
+      }).pipe(
+        Effect.tap(() => Effect.sync(() => session === current && callOnListen(channel))),
+        Effect.tapError(() => Effect.sync(() => current.listened.delete(channel))),
+      )
+    })
+
+  const dispatch = (message: { channel: string; payload?: string }) => {
+    const set = subscribers.get(message.channel)
+    if (set === undefined) return
+    for (const subscriber of set) {
+      try {
+        subscriber.onNotification(message.payload ?? "")
+      } catch (e) {
+        // A subscriber must not break the others, nor the connection.
+        Effect.runFork(Effect.logError("notification handler threw", e))
+      }
+    }
+  }
+
+  const backoff = Schedule.exponential("100 millis", 2).pipe(
+    Schedule.jittered,
+    Schedule.union(Schedule.spaced(config.reconnectMaxDelay)),
+  )
+
+  // One connection's life: connect (retried), LISTEN everything, wait until it is lost.
+  const runSession = Effect.scoped(
+    Effect.gen(function* () {
+      const client = yield* connect(database.connectionOptions).pipe(
+        Effect.tapError((error) =>
+          Effect.logWarning(`LISTEN connection failed: ${error.message}`).pipe(
+            Effect.zipRight(report(new Error(error.message, { cause: error }))),
+          ),
+        ),
+        Effect.retry(backoff),
+      )
+      const lost = yield* Deferred.make<never, ListenError>()
+      const onLost = (cause: unknown) =>
+        Deferred.unsafeDone(
+          lost,
+          Effect.fail(
+            new ListenError({
+              message: `LISTEN connection lost: ${cause instanceof Error ? cause.message : "connection ended"}`,
+              cause,
+            }),
+          ),
+        )
+      const onEnd = () => onLost(undefined)
+      client.on("notification", dispatch)
+      client.on("error", onLost)
+      client.on("end", onEnd)
+      const current: Session = { client, listened: new Set() }
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          if (session === current) session = undefined
+          client.off("notification", dispatch)
+          client.off("error", onLost)
+          client.off("end", onEnd)
+        }),
+      )
+      session = current
+      yield* Metric.increment(Metrics.listenerConnects)
+      yield* Effect.logDebug("LISTEN connection established")
+      yield* Effect.forEach([...subscribers.keys()], (channel) => listenOn(current, channel), {
+        discard: true,
+      }).pipe(Effect.catchAll((error) => Deferred.fail(lost, error)))
+      return yield* Deferred.await(lost)
+    }),
+  )
+
+  yield* runSession.pipe(
+    Effect.catchAll((error) =>
+      Effect.logWarning(error.message).pipe(
+        Effect.zipRight(Metric.increment(Metrics.listenerDrops)),
+        Effect.zipRight(report(new Error(error.message, { cause: error }))),
+      ),
+    ),
+    Effect.forever,
+    Effect.annotateLogs({ module: "Listener" }),
+    Effect.forkScoped,
+  )
+
+  const subscribe = (channel: string, subscriber: Subscriber) =>
+    Effect.acquireRelease(
+      Effect.gen(function* () {
+        let set = subscribers.get(channel)
+        if (set === undefined) {
+          set = new Set()
+          subscribers.set(channel, set)
+        }
+        set.add(subscriber)
+        const current = session
+        if (current === undefined) return
+        if (current.listened.has(channel)) {
+          // Already active (or about to be, then onListen comes with it).
+          subscriber.onListen()
+          return
+        }
+        yield* listenOn(current, channel).pipe(
+          Effect.catchAll((error) =>
+            // A channel that cannot be listened on fails alone; the connection is kept.
+            Effect.logWarning(error.message).pipe(
+              Effect.zipRight(report(new Error(error.message, { cause: error }))),
+            ),
+          ),
+          Effect.forkDaemon,
+        )
+      }),
+      () =>
+        Effect.suspend(() => {
+          const set = subscribers.get(channel)
+          set?.delete(subscriber)
+          if (set === undefined || set.size > 0) return Effect.void
+          subscribers.delete(channel)
+          const current = session
+          if (current === undefined || !current.listened.delete(channel)) return Effect.void
+          return Effect.tryPromise(() =>
+            current.client.query(`UNLISTEN ${quoteIdentifier(channel)}`),
+          ).pipe(Effect.timeout("2 seconds"), Effect.ignore)
+        }),
+    ).pipe(Effect.asVoid, Effect.annotateLogs({ module: "Listener", channel }))
+
+  return Listener.of({
+    subscribe,
+    isConnected: Effect.sync(() => session !== undefined),
+  })
+})
+
+/** The Listener layer; needs `Config` and `Database`. */
+export const layer: Layer.Layer<Listener, never, Config | Database> = Layer.scoped(Listener, make)

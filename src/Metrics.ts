@@ -1,0 +1,59 @@
+/**
+ * The cluster's metrics (Effect `Metric`s, exported by whatever metrics layer the app uses).
+ *
+ * @since 0.1.0
+ */
+import * as Metric from "effect/Metric"
+
+/** Notifications sent (one per message; several may share a statement). */
+export const notificationsSent = Metric.counter("socket_io_postgres_notifications_sent", {
+  description: "Notifications published with pg_notify",
+  incremental: true,
+})
+
+/** Statements used to send notifications; `sent / statements` is the batching factor. */
+export const notifyStatements = Metric.counter("socket_io_postgres_notify_statements", {
+  description: "SELECT pg_notify(...) statements executed",
+  incremental: true,
+})
+
+/** Messages sent through the attachments table. */
+export const attachmentsWritten = Metric.counter("socket_io_postgres_attachments_written", {
+  description: "Messages written to the attachments table",
+  incremental: true,
+})
+
+/** Notifications received on our channels (own ones included). */
+export const notificationsReceived = Metric.counter("socket_io_postgres_notifications_received", {
+  description: "Notifications received on the LISTEN connection",
+  incremental: true,
+})
+
+/** Notifications skipped because they were not a valid cluster message. */
+export const malformedNotifications = Metric.counter("socket_io_postgres_malformed_notifications", {
+  description: "Notifications that were logged and skipped",
+  incremental: true,
+})
+
+/** Publishes that failed (database error, timeout, overload). */
+export const publishFailures = Metric.counter("socket_io_postgres_publish_failures", {
+  description: "Messages that could not be published",
+  incremental: true,
+})
+
+/** Publishes waiting for PostgreSQL. */
+export const pendingPublishes = Metric.gauge("socket_io_postgres_pending_publishes", {
+  description: "Messages queued for publishing",
+})
+
+/** Times the LISTEN connection was lost. */
+export const listenerDrops = Metric.counter("socket_io_postgres_listener_drops", {
+  description: "LISTEN connection losses",
+  incremental: true,
+})
+
+/** Times the LISTEN connection was (re-)established. */
+export const listenerConnects = Metric.counter("socket_io_postgres_listener_connects", {
+  description: "LISTEN connections established (first one included)",
+  incremental: true,
+})
