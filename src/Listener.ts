@@ -141,14 +141,20 @@ export const make = Effect.gen(function* () {
     }),
   )
 
-  yield* runSession.pipe(
-    Effect.catchAll((error) =>
-      Effect.logWarning(error.message).pipe(
-        Effect.zipRight(Metric.increment(Metrics.listenerDrops)),
-        Effect.zipRight(report(new Error(error.message, { cause: error }))),
+  // The connection is opened when the first subscriber arrives, not before.
+  const wanted = yield* Deferred.make<void>()
+  yield* Deferred.await(wanted).pipe(
+    Effect.zipRight(
+      runSession.pipe(
+        Effect.catchAll((error) =>
+          Effect.logWarning(error.message).pipe(
+            Effect.zipRight(Metric.increment(Metrics.listenerDrops)),
+            Effect.zipRight(report(new Error(error.message, { cause: error }))),
+          ),
+        ),
+        Effect.forever,
       ),
     ),
-    Effect.forever,
     Effect.annotateLogs({ module: "Listener" }),
     Effect.forkScoped,
   )
@@ -162,6 +168,7 @@ export const make = Effect.gen(function* () {
           subscribers.set(channel, set)
         }
         set.add(subscriber)
+        Deferred.unsafeDone(wanted, Effect.void)
         const current = session
         if (current === undefined) return
         if (current.listened.has(channel)) {
