@@ -6,6 +6,7 @@
 export * as AttachmentStore from "./AttachmentStore.js"
 export * as Channel from "./Channel.js"
 export * as Cleanup from "./Cleanup.js"
+export * as ClusterEmitter from "./ClusterEmitter.js"
 export * as Cluster from "./Cluster.js"
 export * as Codec from "./Codec.js"
 export * as Config from "./Config.js"

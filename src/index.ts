@@ -6,3 +6,12 @@
 export { createAdapter, PostgresAdapter } from "./Adapter.js"
 export type { AdapterOptions } from "./Config.js"
 export { ConfigError, DatabaseError, ListenError, PublishError } from "./Errors.js"
+export { BroadcastOperator, Emitter, RESERVED_EVENTS } from "./Emitter.js"
+export type {
+  DefaultEventsMap,
+  EmitterOptions,
+  EventNames,
+  EventParams,
+  EventsMap,
+} from "./Emitter.js"
+export type { SocketDescription } from "./ClusterEmitter.js"

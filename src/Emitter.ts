@@ -1,0 +1,383 @@
+/**
+ * The emitter facade: the API of `@socket.io/postgres-emitter`, with promises that say whether
+ * PostgreSQL took the message, for workers and services that run no Socket.IO server.
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as ManagedRuntime from "effect/ManagedRuntime"
+import type pg from "pg"
+import { channelName } from "./Channel.js"
+import * as ClusterEmitter from "./ClusterEmitter.js"
+import * as Codec from "./Codec.js"
+import * as Config from "./Config.js"
+import * as Database from "./Database.js"
+import { ErrorHandler, PublishError } from "./Errors.js"
+
+const { MessageType } = Codec
+
+/** A map of event names to listener signatures, as in Socket.IO. */
+export interface EventsMap {
+  [event: string]: (...args: any[]) => void
+}
+
+/** The events map used when none is given: any event, any arguments. */
+export interface DefaultEventsMap {
+  [event: string]: (...args: any[]) => void
+}
+
+/** The event names of a map. */
+export type EventNames<Map extends EventsMap> = keyof Map & string
+
+/** The parameters of an event of a map. */
+export type EventParams<Map extends EventsMap, Ev extends EventNames<Map>> = Parameters<Map[Ev]>
+
+/** Options of `new Emitter(pool, nsp, options)`. */
+export interface EmitterOptions {
+  /** Prefix of the notification channels. @default "socket.io" */
+  readonly channelPrefix?: string
+  /** Attachments table (created by the adapters), may be `schema.table`. @default "socket_io_attachments" */
+  readonly tableName?: string
+  /** JSON byte length above which a message goes through the table (capped at 7999). @default 8000 */
+  readonly payloadThreshold?: number
+  /** Milliseconds `fetchSockets` / `serverSideEmitWithAck` wait for the servers. @default 5000 */
+  readonly requestsTimeout?: number
+  /** Milliseconds a publish may take before it fails. @default 10000 */
+  readonly publishTimeout?: number
+  /** How many publishes may wait for PostgreSQL before new ones fail fast. @default 65536 */
+  readonly maxPendingPublishes?: number
+  /** Called with each failed publish, awaited or not. @default logs a warning */
+  readonly errorHandler?: (error: Error) => void
+}
+
+/** Event names Socket.IO reserves; emitting them is an error. */
+export const RESERVED_EVENTS: ReadonlySet<string> = new Set([
+  "connect",
+  "connect_error",
+  "disconnect",
+  "disconnecting",
+  "newListener",
+  "removeListener",
+])
+
+// A programming error, thrown at once like Socket.IO does, not a rejected promise.
+const assertNotReserved = (ev: string) => {
+  if (RESERVED_EVENTS.has(ev)) throw new Error(`"${ev}" is a reserved event name`)
+}
+
+/** What every emitter made by `of()` from one constructor call shares. */
+class Core {
+  #runtime: ManagedRuntime.ManagedRuntime<ClusterEmitter.ClusterEmitter, never> | undefined
+  readonly #layer: Layer.Layer<ClusterEmitter.ClusterEmitter>
+  readonly #errorHandler: (error: Error) => void
+
+  constructor(
+    readonly pool: pg.Pool,
+    readonly options: EmitterOptions | undefined,
+    readonly config: Config.ClusterConfig,
+  ) {
+    this.#errorHandler = options?.errorHandler ?? (() => {})
+    this.#layer = ClusterEmitter.layer.pipe(
+      Layer.provide(Layer.succeed(Config.Config, config)),
+      Layer.provide(Database.layerPool(pool)),
+      Layer.provide(Layer.succeed(ErrorHandler, this.#errorHandler)),
+    )
+  }
+
+  /**
+   * Runs an effect; the promise rejects with a typed error on failure, and is marked handled so
+   * that fire-and-forget use never causes an unhandled rejection (the error handler and the log
+   * see every failure).
+   */
+  run<A>(
+    f: (emitter: ClusterEmitter.ClusterEmitter["Type"]) => Effect.Effect<A, PublishError>,
+  ): Promise<A> {
+    this.#runtime ??= ManagedRuntime.make(this.#layer)
+    const promise = this.#runtime
+      .runPromiseExit(Effect.flatMap(ClusterEmitter.ClusterEmitter, f))
+      .then((exit) => {
+        if (Exit.isSuccess(exit)) return exit.value
+        const failure = Cause.squash(exit.cause)
+        const error =
+          failure instanceof Error
+            ? failure
+            : new PublishError({ reason: "Database", message: String(failure) })
+        this.#runtime?.runFork(
+          Effect.logWarning(`emitter: ${error.message}`).pipe(
+            Effect.annotateLogs({ module: "Emitter" }),
+          ),
+        )
+        try {
+          this.#errorHandler(error)
+        } catch {
+          // The caller's handler must not turn a failed publish into an exception.
+        }
+        throw error
+      })
+    promise.catch(() => {})
+    return promise
+  }
+
+  async close(): Promise<void> {
+    const runtime = this.#runtime
+    this.#runtime = undefined
+    await runtime?.dispose()
+  }
+}
+
+interface Flags {
+  readonly volatile?: boolean
+  readonly compress?: boolean
+}
+
+const toArray = (room: string | ReadonlyArray<string>): ReadonlyArray<string> =>
+  typeof room === "string" ? [room] : room
+
+/**
+ * Sends to the clients of a Socket.IO cluster that uses this adapter, from any Node process.
+ * Same constructor and chainable API as `@socket.io/postgres-emitter`; every call returns a
+ * promise that resolves once PostgreSQL accepted the message.
+ */
+export class Emitter<
+  EmitEvents extends EventsMap = DefaultEventsMap,
+  ServerSideEvents extends EventsMap = DefaultEventsMap,
+> {
+  /** The namespace this emitter targets. */
+  readonly nsp: string
+  /** The notification channel of that namespace. */
+  readonly channel: string
+  readonly #core: Core
+
+  /**
+   * @param pool - a `pg.Pool`; never ended by the emitter
+   * @param nsp - the namespace, `"/"` by default
+   * @param options - validated here: a bad option throws an error that names it
+   */
+  constructor(pool: pg.Pool, nsp?: string, options?: EmitterOptions)
+  /** @internal */
+  constructor(pool: pg.Pool, nsp: string, options: EmitterOptions | undefined, core: Core)
+  constructor(pool: pg.Pool, nsp = "/", options?: EmitterOptions, core?: Core) {
+    if (core === undefined) {
+      if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
+        throw new TypeError("new Emitter(pool, nsp, options): pool must be a pg.Pool")
+      }
+      if (typeof nsp !== "string")
+        throw new TypeError("new Emitter(pool, nsp): nsp must be a string")
+      core = new Core(pool, options, Config.decodeSync(options))
+    }
+    this.#core = core
+    this.nsp = nsp.startsWith("/") ? nsp : `/${nsp}`
+    this.channel = channelName(core.config.channelPrefix, this.nsp)
+  }
+
+  /** An emitter for another namespace, with the same pool and options. */
+  of(nsp: string): Emitter<EmitEvents, ServerSideEvents> {
+    return new Emitter(this.#core.pool, nsp, this.#core.options, this.#core)
+  }
+
+  /** Emits to every client of the namespace. */
+  emit<Ev extends EventNames<EmitEvents>>(
+    ev: Ev,
+    ...args: EventParams<EmitEvents, Ev>
+  ): Promise<void> {
+    return new BroadcastOperator<EmitEvents, ServerSideEvents>(this.#core, this.nsp).emit(
+      ev,
+      ...args,
+    )
+  }
+
+  /** Targets a room (or several) when emitting. */
+  to(room: string | ReadonlyArray<string>): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return new BroadcastOperator<EmitEvents, ServerSideEvents>(this.#core, this.nsp).to(room)
+  }
+
+  /** Alias of {@link Emitter.to}. */
+  in(room: string | ReadonlyArray<string>): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return this.to(room)
+  }
+
+  /** Excludes a room (or several) when emitting. */
+  except(room: string | ReadonlyArray<string>): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return new BroadcastOperator<EmitEvents, ServerSideEvents>(this.#core, this.nsp).except(room)
+  }
+
+  /** The next emit may be lost if a client is not ready to receive it. */
+  get volatile(): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return new BroadcastOperator<EmitEvents, ServerSideEvents>(this.#core, this.nsp).volatile
+  }
+
+  /** Sets the compress flag of the next emit. */
+  compress(compress: boolean): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return new BroadcastOperator<EmitEvents, ServerSideEvents>(this.#core, this.nsp).compress(
+      compress,
+    )
+  }
+
+  /** Makes every socket of the namespace join the rooms. */
+  socketsJoin(rooms: string | ReadonlyArray<string>): Promise<void> {
+    return new BroadcastOperator<EmitEvents, ServerSideEvents>(this.#core, this.nsp).socketsJoin(
+      rooms,
+    )
+  }
+
+  /** Makes every socket of the namespace leave the rooms. */
+  socketsLeave(rooms: string | ReadonlyArray<string>): Promise<void> {
+    return new BroadcastOperator<EmitEvents, ServerSideEvents>(this.#core, this.nsp).socketsLeave(
+      rooms,
+    )
+  }
+
+  /** Disconnects every socket of the namespace; `close` also closes the underlying connection. */
+  disconnectSockets(close = false): Promise<void> {
+    return new BroadcastOperator<EmitEvents, ServerSideEvents>(
+      this.#core,
+      this.nsp,
+    ).disconnectSockets(close)
+  }
+
+  /** Describes every socket of the namespace across the cluster (id, handshake, rooms, data). */
+  fetchSockets(): Promise<Array<ClusterEmitter.SocketDescription>> {
+    return new BroadcastOperator<EmitEvents, ServerSideEvents>(this.#core, this.nsp).fetchSockets()
+  }
+
+  /** Sends an event to every Socket.IO server of the cluster (`io.on(ev)` there). */
+  serverSideEmit<Ev extends EventNames<ServerSideEvents>>(
+    ev: Ev,
+    ...args: EventParams<ServerSideEvents, Ev>
+  ): Promise<void> {
+    assertNotReserved(ev)
+    return this.#core.run((emitter) =>
+      emitter.publish(this.nsp, {
+        type: MessageType.SERVER_SIDE_EMIT,
+        data: { packet: [ev, ...args] },
+      }),
+    )
+  }
+
+  /**
+   * Sends an event to every server and resolves with one answer per server; rejects with a
+   * timeout error if some did not answer within `requestsTimeout`.
+   */
+  async serverSideEmitWithAck<Ev extends EventNames<ServerSideEvents>>(
+    ev: Ev,
+    ...args: EventParams<ServerSideEvents, Ev>
+  ): Promise<Array<unknown>> {
+    assertNotReserved(ev)
+    const result = await this.#core.run((emitter) =>
+      emitter.serverSideEmitWithAck(this.nsp, [ev, ...args]),
+    )
+    if (result.missing > 0) {
+      throw new Error(`timeout reached: missing ${result.missing} responses`)
+    }
+    return [...result.responses]
+  }
+
+  /** Stops listening for answers (only `fetchSockets` / `serverSideEmitWithAck` listen). */
+  close(): Promise<void> {
+    return this.#core.close()
+  }
+}
+
+/** A targeted emit, built by `to` / `in` / `except` / `volatile` / `compress`; immutable. */
+export class BroadcastOperator<EmitEvents extends EventsMap, ServerSideEvents extends EventsMap> {
+  /** @internal */
+  constructor(
+    private readonly core: Core,
+    private readonly nsp: string,
+    private readonly rooms: ReadonlySet<string> = new Set(),
+    private readonly exceptRooms: ReadonlySet<string> = new Set(),
+    private readonly flags: Flags = {},
+  ) {}
+
+  /** Targets a room (or several) too. */
+  to(room: string | ReadonlyArray<string>): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return new BroadcastOperator(
+      this.core,
+      this.nsp,
+      new Set([...this.rooms, ...toArray(room)]),
+      this.exceptRooms,
+      this.flags,
+    )
+  }
+
+  /** Alias of {@link BroadcastOperator.to}. */
+  in(room: string | ReadonlyArray<string>): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return this.to(room)
+  }
+
+  /** Excludes a room (or several) too. */
+  except(room: string | ReadonlyArray<string>): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return new BroadcastOperator(
+      this.core,
+      this.nsp,
+      this.rooms,
+      new Set([...this.exceptRooms, ...toArray(room)]),
+      this.flags,
+    )
+  }
+
+  /** Sets the compress flag. */
+  compress(compress: boolean): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return new BroadcastOperator(this.core, this.nsp, this.rooms, this.exceptRooms, {
+      ...this.flags,
+      compress,
+    })
+  }
+
+  /** The emit may be lost if a client is not ready to receive it. */
+  get volatile(): BroadcastOperator<EmitEvents, ServerSideEvents> {
+    return new BroadcastOperator(this.core, this.nsp, this.rooms, this.exceptRooms, {
+      ...this.flags,
+      volatile: true,
+    })
+  }
+
+  /** Emits to the targeted clients; resolves once PostgreSQL accepted the message. */
+  emit<Ev extends EventNames<EmitEvents>>(
+    ev: Ev,
+    ...args: EventParams<EmitEvents, Ev>
+  ): Promise<void> {
+    assertNotReserved(ev)
+    const packet = { type: 2, data: [ev, ...args], nsp: this.nsp }
+    return this.#publish(MessageType.BROADCAST, { packet, opts: this.#opts() })
+  }
+
+  /** Makes the targeted sockets join the rooms. */
+  socketsJoin(rooms: string | ReadonlyArray<string>): Promise<void> {
+    return this.#publish(MessageType.SOCKETS_JOIN, {
+      opts: this.#opts(),
+      rooms: [...toArray(rooms)],
+    })
+  }
+
+  /** Makes the targeted sockets leave the rooms. */
+  socketsLeave(rooms: string | ReadonlyArray<string>): Promise<void> {
+    return this.#publish(MessageType.SOCKETS_LEAVE, {
+      opts: this.#opts(),
+      rooms: [...toArray(rooms)],
+    })
+  }
+
+  /** Disconnects the targeted sockets; `close` also closes the underlying connection. */
+  disconnectSockets(close = false): Promise<void> {
+    return this.#publish(MessageType.DISCONNECT_SOCKETS, { opts: this.#opts(), close })
+  }
+
+  /** Describes the targeted sockets across the cluster; rejects if a server did not answer. */
+  async fetchSockets(): Promise<Array<ClusterEmitter.SocketDescription>> {
+    const result = await this.core.run((emitter) => emitter.fetchSockets(this.nsp, this.#opts()))
+    if (result.missing > 0) throw new Error(`timeout reached: missing ${result.missing} responses`)
+    return [...result.responses]
+  }
+
+  #opts(): ClusterEmitter.Target {
+    return { rooms: [...this.rooms], except: [...this.exceptRooms], flags: this.flags }
+  }
+
+  #publish(type: number, data: unknown): Promise<void> {
+    return this.core.run((emitter) => emitter.publish(this.nsp, { type, data }))
+  }
+}
