@@ -12,6 +12,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
+import * as Runtime from "effect/Runtime"
 import * as Metric from "effect/Metric"
 import type pg from "pg"
 import {
@@ -37,11 +38,22 @@ import { Publisher } from "./Publisher.js"
 
 const { MessageType } = Codec
 
+/** Runs the adapter's effects: a `ManagedRuntime` (facade) or the caller's runtime (Effect apps). */
+interface Runner {
+  readonly runFork: <A, E>(
+    effect: Effect.Effect<A, E, Cluster.Services>,
+  ) => Fiber.RuntimeFiber<A, E>
+  readonly runPromise: <A, E>(effect: Effect.Effect<A, E, Cluster.Services>) => Promise<A>
+  readonly runPromiseExit: <A, E>(
+    effect: Effect.Effect<A, E, Cluster.Services>,
+  ) => Promise<Exit.Exit<A, E>>
+}
+
 /** What every namespace adapter of one `createAdapter` call shares. */
 interface Shared {
   readonly config: Config.ClusterConfig
   readonly errorHandler: (error: Error) => void
-  readonly acquire: () => ManagedRuntime.ManagedRuntime<Cluster.Services, never>
+  readonly acquire: () => Runner
   readonly release: () => Promise<void>
 }
 
@@ -82,7 +94,7 @@ export class PostgresAdapter extends ClusterAdapter {
   /** The notification channel of this namespace. */
   readonly channel: string
   readonly #shared: Shared
-  readonly #runtime: ManagedRuntime.ManagedRuntime<Cluster.Services, never>
+  readonly #runtime: Runner
   readonly #requests = new Map<string, PendingRequest>()
   readonly #inflight = new Set<Promise<void>>()
   readonly #inbox: OrderedDelivery<Codec.WireMessage>
@@ -449,3 +461,32 @@ export function createAdapter(
     return new PostgresAdapter(nsp, shared)
   }
 }
+
+/**
+ * The Effect way to get what `io.adapter()` takes: an adapter factory on the current runtime,
+ * for apps that provide the cluster layers themselves (e.g. `Cluster.layerPool(pool, options)`).
+ * The services live as long as the layer that provides them; closing namespaces releases nothing.
+ */
+export const makeAdapterFactory: Effect.Effect<
+  (nsp: any) => PostgresAdapter,
+  never,
+  Cluster.Services | ErrorHandler
+> = Effect.gen(function* () {
+  const runtime = yield* Effect.runtime<Cluster.Services>()
+  const config = yield* Config.Config
+  const errorHandler = yield* ErrorHandler
+  const runner: Runner = {
+    runFork: (effect) => Runtime.runFork(runtime)(effect),
+    runPromise: (effect) => Runtime.runPromise(runtime)(effect),
+    runPromiseExit: (effect) => Runtime.runPromiseExit(runtime)(effect),
+  }
+  const shared: Shared = {
+    config,
+    errorHandler,
+    acquire: () => runner,
+    release: () => Promise.resolve(),
+  }
+  return function (nsp: any) {
+    return new PostgresAdapter(nsp, shared)
+  }
+})
