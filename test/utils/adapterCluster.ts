@@ -89,7 +89,9 @@ export const startAdapterCluster = async (
     await eventually(
       () =>
         running().every((server) =>
-          namespaces.every((nsp) => !server.io._nsps.has(nsp) || server.io.of(nsp).sockets.size === 0),
+          namespaces.every(
+            (nsp) => !server.io._nsps.has(nsp) || server.io.of(nsp).sockets.size === 0,
+          ),
         ),
       { message: "servers dropped the disconnected sockets" },
     )
@@ -132,9 +134,7 @@ export const startAdapterCluster = async (
     closeServer,
     connect,
     connectEach: (clientOptions) =>
-      Promise.all(
-        running().map((server) => connect(servers.indexOf(server), clientOptions)),
-      ),
+      Promise.all(running().map((server) => connect(servers.indexOf(server), clientOptions))),
     disconnectClients,
     waitForMembers,
     adapter,
