@@ -28,10 +28,13 @@ export const make = Effect.gen(function* () {
     Effect.catchAll((error) =>
       Effect.logWarning(`cleanup failed: ${error.message}`).pipe(Effect.as(0)),
     ),
+    // A defect must not end the loop either.
+    Effect.catchAllCause((cause) => Effect.logError("cleanup failed", cause).pipe(Effect.as(0))),
   )
+  // Delay once, outside the repeat: inside it, each pass would wait two intervals.
   yield* runOnce.pipe(
-    Effect.delay(config.cleanupInterval),
     Effect.repeat(Schedule.spaced(config.cleanupInterval)),
+    Effect.delay(config.cleanupInterval),
     Effect.annotateLogs({ module: "Cleanup" }),
     Effect.withTracerEnabled(false),
     Effect.forkScoped,

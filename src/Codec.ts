@@ -90,13 +90,50 @@ export const encode = (message: WireMessage, threshold: number): Encoded => {
       return { _tag: "Inline", payload }
     }
   }
-  const bytes = msgpackEncode(message, { ignoreUndefined: true })
+  const bytes = msgpackEncode(viewArrayBuffers(message, new Map()), { ignoreUndefined: true })
   return {
     _tag: "Attachment",
     bytes,
-    header: (attachmentId) =>
-      JSON.stringify({ uid: message.uid, type: message.type, nsp: message.nsp, attachmentId }),
+    header: (attachmentId) => {
+      const header = JSON.stringify({
+        uid: message.uid,
+        type: message.type,
+        nsp: message.nsp,
+        attachmentId,
+      })
+      // A namespace name of kilobytes would not fit: receivers take the namespace from the channel.
+      return Buffer.byteLength(header) <= MAX_NOTIFY_BYTES
+        ? header
+        : JSON.stringify({ uid: message.uid, type: message.type, attachmentId })
+    },
   }
+}
+
+// msgpack encodes typed arrays and DataViews as binary, but a bare ArrayBuffer as an empty map:
+// wrap those in a Uint8Array, copying only the arrays and plain objects on the way to one.
+const viewArrayBuffers = (value: unknown, done: Map<object, unknown>): unknown => {
+  if (value instanceof ArrayBuffer) return new Uint8Array(value)
+  if (value === null || typeof value !== "object") return value
+  // Shared or cyclic: reuse the first result (msgpack rejects cycles itself).
+  if (done.has(value)) return done.get(value)
+  done.set(value, value)
+  let result: unknown = value
+  if (Array.isArray(value)) {
+    const items = value.map((item) => viewArrayBuffers(item, done))
+    if (items.some((item, i) => item !== value[i])) result = items
+  } else {
+    const proto = Object.getPrototypeOf(value)
+    if (proto !== Object.prototype && proto !== null) return value
+    let copy: Record<string, unknown> | undefined
+    for (const key of Object.keys(value)) {
+      const item = (value as Record<string, unknown>)[key]
+      const viewed = viewArrayBuffers(item, done)
+      if (viewed !== item) (copy ??= { ...(value as Record<string, unknown>) })[key] = viewed
+    }
+    if (copy !== undefined) result = copy
+  }
+  done.set(value, result)
+  return result
 }
 
 const isRecord = (u: unknown): u is Record<string, unknown> =>

@@ -1,0 +1,178 @@
+/**
+ * Channel names and SQL identifiers: `${prefix}#${nsp}` when PostgreSQL can take it, else a stable
+ * shortened form that is still valid UTF-8 and at most 63 bytes.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as fc from "effect/FastCheck"
+import {
+  channelName,
+  MAX_IDENTIFIER_BYTES,
+  quoteIdentifier,
+  quoteTableName,
+  truncateUtf8,
+} from "../src/Channel.js"
+
+const bytes = (s: string) => Buffer.byteLength(s)
+
+/** True when `s` has no lone surrogate, i.e. it survives UTF-8 unchanged. */
+const isWellFormed = (s: string) => Buffer.from(s).toString() === s
+
+/** A channel prefix as Config allows it: non-empty, no NUL, at most 40 bytes. */
+const prefix = fc
+  .oneof(
+    fc.constant("socket.io"),
+    fc.string({ minLength: 1, maxLength: 40 }),
+    fc.fullUnicodeString({ minLength: 1, maxLength: 15 }),
+  )
+  .filter((p) => bytes(p) <= 40 && !p.includes("\u0000"))
+
+/**
+ * Namespace names of every kind: short and long, ASCII and astral, with quotes, NULs and (from
+ * `string16bits`) lone surrogates.
+ */
+const namespace = fc.oneof(
+  fc.string({ maxLength: 80 }),
+  fc.unicodeString({ maxLength: 80 }),
+  fc.fullUnicodeString({ maxLength: 80 }),
+  fc.fullUnicodeString({ minLength: 40, maxLength: 500 }),
+  fc.string16bits({ maxLength: 80 }),
+  fc.string({
+    unit: fc.constantFrom("a", "é", "€", "😀", '"', "\u0000", "/", "#"),
+    maxLength: 200,
+  }),
+  fc.string({ maxLength: 60 }).map((s) => `/${s}`),
+)
+
+describe("channelName", () => {
+  it("is `${prefix}#${nsp}` for the names of @socket.io/postgres-adapter", () => {
+    assert.strictEqual(channelName("socket.io", "/"), "socket.io#/")
+    assert.strictEqual(channelName("socket.io", "/admin"), "socket.io#/admin")
+    assert.strictEqual(channelName("app", '/a"; DROP TABLE x; --'), 'app#/a"; DROP TABLE x; --')
+  })
+
+  it("keeps a 63-byte name and shortens a 64-byte one", () => {
+    const fits = `/${"x".repeat(63 - "socket.io#/".length)}`
+    assert.strictEqual(bytes(channelName("socket.io", fits)), 63)
+    assert.strictEqual(channelName("socket.io", fits), `socket.io#${fits}`)
+    const over = `${fits}x`
+    const shortened = channelName("socket.io", over)
+    assert.notStrictEqual(shortened, `socket.io#${over}`)
+    assert.isAtMost(bytes(shortened), MAX_IDENTIFIER_BYTES)
+    assert.match(shortened, /^socket\.io#\/x+~[0-9a-f]{16}$/)
+  })
+
+  it("never splits a multi-byte character when shortening", () => {
+    for (const char of ["é", "€", "😀"]) {
+      for (let n = 20; n < 40; n++) {
+        const channel = channelName("socket.io", `/${char.repeat(n)}`)
+        assert.isAtMost(bytes(channel), MAX_IDENTIFIER_BYTES)
+        assert.isTrue(isWellFormed(channel), `${char} x ${n}`)
+      }
+    }
+  })
+
+  it("maps a name with NUL characters to one without", () => {
+    const channel = channelName("socket.io", "/a\u0000b")
+    assert.isFalse(channel.includes("\u0000"))
+    assert.notStrictEqual(channel, channelName("socket.io", "/ab"))
+  })
+
+  it.prop(
+    "is `${prefix}#${nsp}` whenever that fits in 63 bytes without NUL",
+    [prefix, namespace],
+    ([p, nsp]) => {
+      const full = `${p}#${nsp}`
+      if (bytes(full) <= MAX_IDENTIFIER_BYTES && !full.includes("\u0000")) {
+        assert.strictEqual(channelName(p, nsp), full)
+      }
+    },
+  )
+
+  it.prop(
+    "is at most 63 bytes, has no NUL, is deterministic, and is valid UTF-8 when the name is",
+    [prefix, namespace],
+    ([p, nsp]) => {
+      const channel = channelName(p, nsp)
+      assert.isAtMost(bytes(channel), MAX_IDENTIFIER_BYTES)
+      assert.isFalse(channel.includes("\u0000"))
+      assert.strictEqual(channelName(p, nsp), channel)
+      if (isWellFormed(p) && isWellFormed(nsp)) assert.isTrue(isWellFormed(channel))
+    },
+  )
+
+  it.prop(
+    "gives distinct (well-formed) namespaces distinct channels, as PostgreSQL sees them",
+    [prefix, namespace, namespace],
+    ([p, a, b]) => {
+      fc.pre(a !== b && isWellFormed(a) && isWellFormed(b))
+      assert.isFalse(Buffer.from(channelName(p, a)).equals(Buffer.from(channelName(p, b))))
+    },
+  )
+
+  it.prop(
+    "gives distinct long namespaces sharing a long common start distinct channels",
+    [
+      prefix,
+      fc.fullUnicodeString({ minLength: 60, maxLength: 200 }),
+      fc.fullUnicodeString({ minLength: 1, maxLength: 20 }),
+      fc.fullUnicodeString({ minLength: 1, maxLength: 20 }),
+    ],
+    ([p, start, endA, endB]) => {
+      fc.pre(endA !== endB)
+      const a = channelName(p, `/${start}${endA}`)
+      const b = channelName(p, `/${start}${endB}`)
+      assert.notStrictEqual(a, b)
+      assert.isAtMost(bytes(a), MAX_IDENTIFIER_BYTES)
+      assert.isAtMost(bytes(b), MAX_IDENTIFIER_BYTES)
+    },
+  )
+})
+
+describe("truncateUtf8", () => {
+  it.prop(
+    "gives the longest prefix within the byte budget, on a character boundary",
+    [fc.fullUnicodeString({ maxLength: 100 }), fc.integer({ min: 0, max: 120 })],
+    ([s, max]) => {
+      const cut = truncateUtf8(s, max)
+      assert.isTrue(s.startsWith(cut))
+      assert.isAtMost(bytes(cut), max)
+      assert.isTrue(isWellFormed(cut))
+      if (cut.length < s.length) {
+        const next = String.fromCodePoint(s.codePointAt(cut.length)!)
+        assert.isAbove(bytes(cut) + bytes(next), max)
+      }
+    },
+  )
+})
+
+describe("quoteIdentifier and quoteTableName", () => {
+  it("wraps an identifier in double quotes and doubles the quotes inside", () => {
+    assert.strictEqual(quoteIdentifier("plain"), '"plain"')
+    assert.strictEqual(quoteIdentifier('a"b'), '"a""b"')
+    assert.strictEqual(quoteIdentifier('"; DROP TABLE x; --'), '"""; DROP TABLE x; --"')
+    assert.strictEqual(quoteIdentifier("Mixed Case"), '"Mixed Case"')
+  })
+
+  it("rejects an identifier holding NUL", () => {
+    assert.throws(() => quoteIdentifier("a\u0000b"), TypeError)
+  })
+
+  it("quotes each part of a schema-qualified table name", () => {
+    assert.strictEqual(quoteTableName("a.b"), '"a"."b"')
+    assert.strictEqual(quoteTableName("socket_io_attachments"), '"socket_io_attachments"')
+    assert.strictEqual(quoteTableName('s"x.t'), '"s""x"."t"')
+  })
+
+  it.prop(
+    "quotes any identifier so that unquoting gives it back",
+    [fc.fullUnicodeString({ maxLength: 40 }).filter((s) => !s.includes("\u0000"))],
+    ([identifier]) => {
+      const quoted = quoteIdentifier(identifier)
+      assert.isTrue(quoted.startsWith('"') && quoted.endsWith('"'))
+      const inner = quoted.slice(1, -1)
+      // Every quote inside comes in a pair, so none can end the identifier early.
+      assert.notMatch(inner.replaceAll('""', ""), /"/)
+      assert.strictEqual(inner.replaceAll('""', '"'), identifier)
+    },
+  )
+})

@@ -1,0 +1,573 @@
+/**
+ * The wire format as a specification: when a message travels inline or as an attachment, that both
+ * paths give back the same shape, and that nothing a peer can send makes the decoders throw.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Either from "effect/Either"
+import * as fc from "effect/FastCheck"
+import * as Codec from "../src/Codec.js"
+import { MAX_NOTIFY_BYTES } from "../src/Config.js"
+
+const { MessageType } = Codec
+
+/** Characters of every UTF-8 length: 1, 2, 3 and 4 bytes (the last is two UTF-16 units). */
+const CHARS = ["a", "é", "€", "😀"] as const
+
+/**
+ * A BROADCAST whose JSON is exactly `bytes` bytes: the padding repeats `pattern` while it fits,
+ * then fills the rest with ASCII, so its string length differs from its byte length.
+ */
+const messageOfBytes = (bytes: number, pattern: ReadonlyArray<string>): Codec.WireMessage => {
+  const make = (pad: string): Codec.WireMessage => ({
+    uid: "node-1",
+    type: MessageType.BROADCAST,
+    nsp: "/",
+    data: { opts: { rooms: [], except: [], flags: {} }, packet: { type: 2, data: ["e", pad] } },
+  })
+  let budget = bytes - Buffer.byteLength(JSON.stringify(make("")))
+  let pad = ""
+  for (let i = 0; pattern.length > 0 && budget > 0; i = (i + 1) % pattern.length) {
+    const char = pattern[i]!
+    const size = Buffer.byteLength(char)
+    if (size > budget) break
+    pad += char
+    budget -= size
+  }
+  const message = make(pad + "a".repeat(Math.max(0, budget)))
+  assert.strictEqual(Buffer.byteLength(JSON.stringify(message)), bytes)
+  return message
+}
+
+const expectInline = (encoded: Codec.Encoded): Extract<Codec.Encoded, { _tag: "Inline" }> => {
+  assert.strictEqual(encoded._tag, "Inline")
+  return encoded as Extract<Codec.Encoded, { _tag: "Inline" }>
+}
+
+const expectAttachment = (
+  encoded: Codec.Encoded,
+): Extract<Codec.Encoded, { _tag: "Attachment" }> => {
+  assert.strictEqual(encoded._tag, "Attachment")
+  return encoded as Extract<Codec.Encoded, { _tag: "Attachment" }>
+}
+
+const right = <A>(either: Either.Either<A, string>): A => {
+  if (Either.isLeft(either)) assert.fail(`expected Right, got Left(${either.left})`)
+  return (either as Either.Right<string, A>).right
+}
+
+const left = <A>(either: Either.Either<A, string>): string => {
+  if (Either.isRight(either)) assert.fail(`expected Left, got Right(${JSON.stringify(either)})`)
+  return (either as Either.Left<string, A>).left
+}
+
+/** JSON values, including nested arrays and objects, with unicode strings. */
+const jsonValue = fc.jsonValue({ maxDepth: 3 })
+
+/** The binary kinds a Socket.IO user may send, each holding `bytes`. */
+const binaryOf = (bytes: Uint8Array, kind: number): unknown => {
+  const copy = new Uint8Array(bytes)
+  switch (kind) {
+    case 0:
+      return Buffer.from(copy)
+    case 1:
+      return copy.buffer
+    case 2:
+      return copy
+    case 3:
+      return new Float32Array(copy.buffer.slice(0, copy.byteLength - (copy.byteLength % 4)))
+    default:
+      return new DataView(copy.buffer)
+  }
+}
+
+/** `value` with `leaf` put somewhere inside it, at any depth (arrays and objects). */
+const nestIn = (path: ReadonlyArray<boolean>, leaf: unknown): unknown =>
+  path.reduceRight<unknown>((inner, asArray) => (asArray ? [1, inner] : { x: "y", inner }), leaf)
+
+describe("Codec.encode routing by size", () => {
+  it("sends a message inline iff its JSON is at most min(threshold, 7999) bytes, for 7990..8010 bytes of 1 to 4-byte characters", () => {
+    for (const char of CHARS) {
+      for (let bytes = 7990; bytes <= 8010; bytes++) {
+        const message = messageOfBytes(bytes, [char])
+        for (const threshold of [
+          0,
+          7989,
+          7998,
+          7999,
+          8000,
+          8001,
+          9000,
+          bytes - 1,
+          bytes,
+          bytes + 1,
+        ]) {
+          const encoded = Codec.encode(message, threshold)
+          const inline = bytes <= Math.min(threshold, MAX_NOTIFY_BYTES)
+          assert.strictEqual(
+            encoded._tag,
+            inline ? "Inline" : "Attachment",
+            `${char} ${bytes} ${threshold}`,
+          )
+          if (inline) assert.strictEqual(expectInline(encoded).payload, JSON.stringify(message))
+        }
+      }
+    }
+  })
+
+  it("never sends 8000 bytes or more inline, even with a threshold above the limit", () => {
+    for (const char of CHARS) {
+      assert.strictEqual(Codec.encode(messageOfBytes(7999, [char]), 100_000)._tag, "Inline")
+      assert.strictEqual(Codec.encode(messageOfBytes(8000, [char]), 100_000)._tag, "Attachment")
+    }
+  })
+
+  it.prop(
+    "routes by byte length, not string length, for mixed multi-byte text near the limit",
+    {
+      bytes: fc.integer({ min: 7900, max: 8100 }),
+      pattern: fc.array(fc.constantFrom(...CHARS), { minLength: 1, maxLength: 8 }),
+      threshold: fc.oneof(
+        fc.integer({ min: 7900, max: 8100 }),
+        fc.integer({ min: 0, max: 100_000 }),
+        fc.constantFrom(7999, 8000),
+      ),
+    },
+    ({ bytes, pattern, threshold }) => {
+      const message = messageOfBytes(bytes, pattern)
+      const encoded = Codec.encode(message, threshold)
+      assert.strictEqual(
+        encoded._tag,
+        bytes <= Math.min(threshold, MAX_NOTIFY_BYTES) ? "Inline" : "Attachment",
+      )
+    },
+  )
+
+  it.prop(
+    "sends any binary-free message inline iff its JSON fits, and the payload decodes back to it",
+    {
+      uid: fc.string({ maxLength: 20 }),
+      type: fc.integer({ min: 1, max: 13 }),
+      nsp: fc.fullUnicodeString({ maxLength: 30 }),
+      data: jsonValue,
+      threshold: fc.integer({ min: 0, max: 9000 }),
+    },
+    ({ uid, type, nsp, data, threshold }) => {
+      const message: Codec.WireMessage = { uid, type, nsp, data }
+      const json = JSON.stringify(message)
+      const encoded = Codec.encode(message, threshold)
+      if (Buffer.byteLength(json) > Math.min(threshold, MAX_NOTIFY_BYTES)) {
+        expectAttachment(encoded)
+        return
+      }
+      const payload = expectInline(encoded).payload
+      assert.strictEqual(payload, json)
+      const decoded = right(Codec.decodeNotification(payload))
+      assert.strictEqual(decoded._tag, "Inline")
+      assert.deepStrictEqual(
+        (decoded as Extract<Codec.Notification, { _tag: "Inline" }>).message,
+        JSON.parse(json),
+      )
+    },
+  )
+})
+
+describe("Codec.encode with binary data", () => {
+  it("recognises every binary kind: Buffer, ArrayBuffer, Uint8Array, Float32Array, DataView", () => {
+    const bytes = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8])
+    for (let kind = 0; kind < 5; kind++) {
+      assert.isTrue(Codec.hasBinary({ data: [binaryOf(bytes, kind)] }), `kind ${kind}`)
+    }
+    assert.isFalse(Codec.hasBinary({ data: [1, "two", { three: null }] }))
+  })
+
+  it("does not loop on cyclic values", () => {
+    const cyclic: Record<string, unknown> = { a: 1 }
+    cyclic.self = cyclic
+    assert.isFalse(Codec.hasBinary(cyclic))
+    cyclic.buffer = Buffer.from("x")
+    assert.isTrue(Codec.hasBinary(cyclic))
+  })
+
+  it.prop(
+    "sends a message holding binary at any depth, in any message type, as an attachment, whatever the threshold",
+    {
+      type: fc.integer({ min: 1, max: 13 }),
+      bytes: fc.uint8Array({ maxLength: 64 }),
+      kind: fc.integer({ min: 0, max: 4 }),
+      path: fc.array(fc.boolean(), { maxLength: 6 }),
+      threshold: fc.integer({ min: 0, max: 100_000 }),
+    },
+    ({ type, bytes, kind, path, threshold }) => {
+      const message: Codec.WireMessage = {
+        uid: "node-1",
+        type,
+        nsp: "/",
+        data: nestIn(path, binaryOf(bytes, kind)),
+      }
+      const attachment = expectAttachment(Codec.encode(message, threshold))
+      assert.isAbove(attachment.bytes.byteLength, 0)
+    },
+  )
+
+  it.prop(
+    "gives back an equal message from the attachment bytes, binary values as Buffers",
+    {
+      type: fc.integer({ min: 1, max: 13 }),
+      bytes: fc.uint8Array({ maxLength: 64 }),
+      path: fc.array(fc.boolean(), { maxLength: 6 }),
+      extra: jsonValue,
+    },
+    ({ type, bytes, path, extra }) => {
+      const buffer = Buffer.from(bytes)
+      const message: Codec.WireMessage = {
+        uid: "node-1",
+        type,
+        nsp: "/chat",
+        data: { extra, binary: nestIn(path, buffer) },
+      }
+      const attachment = expectAttachment(Codec.encode(message, 8000))
+      const decoded = right(Codec.decodeAttachment(attachment.bytes))
+      assert.deepStrictEqual(decoded, message)
+      let found: unknown = (decoded.data as { binary: unknown }).binary
+      for (const asArray of path)
+        found = asArray ? (found as Array<unknown>)[1] : (found as { inner: unknown }).inner
+      assert.isTrue(Buffer.isBuffer(found))
+      assert.isTrue(buffer.equals(found as Buffer))
+    },
+  )
+
+  it("decodes every binary kind as a Buffer holding the same bytes (an ArrayBuffer included)", () => {
+    const bytes = new Uint8Array([0, 1, 2, 3, 250, 251, 252, 253])
+    for (let kind = 0; kind < 5; kind++) {
+      const message = { uid: "u", type: MessageType.BROADCAST, data: { b: binaryOf(bytes, kind) } }
+      const decoded = right(
+        Codec.decodeAttachment(expectAttachment(Codec.encode(message, 8000)).bytes),
+      )
+      const b = (decoded.data as { b: unknown }).b
+      assert.isTrue(Buffer.isBuffer(b), `kind ${kind}`)
+      assert.deepStrictEqual([...(b as Buffer)], [...bytes])
+    }
+  })
+
+  it.prop(
+    "keeps the bytes of every binary kind at any depth through the attachment",
+    {
+      bytes: fc.uint8Array({ maxLength: 64 }),
+      kind: fc.integer({ min: 0, max: 4 }),
+      path: fc.array(fc.boolean(), { maxLength: 6 }),
+    },
+    ({ bytes, kind, path }) => {
+      const binary = binaryOf(bytes, kind) as ArrayBuffer | ArrayBufferView
+      const expected =
+        binary instanceof ArrayBuffer
+          ? Buffer.from(binary)
+          : Buffer.from(binary.buffer, binary.byteOffset, binary.byteLength)
+      const message = { uid: "u", type: MessageType.BROADCAST, data: nestIn(path, binary) }
+      const decoded = right(
+        Codec.decodeAttachment(expectAttachment(Codec.encode(message, 8000)).bytes),
+      )
+      assert.deepStrictEqual(decoded.data, nestIn(path, expected))
+      // The message handed to encode is left as it was.
+      let found: unknown = message.data
+      for (const asArray of path)
+        found = asArray ? (found as Array<unknown>)[1] : (found as { inner: unknown }).inner
+      assert.strictEqual(found, binary)
+    },
+  )
+
+  it("gives the attachment a header that decodes to its uid, type, nsp and id", () => {
+    const message = {
+      uid: "node-7",
+      type: MessageType.BROADCAST,
+      nsp: "/admin",
+      data: Buffer.from("x"),
+    }
+    const header = expectAttachment(Codec.encode(message, 8000)).header("42")
+    assert.deepStrictEqual(right(Codec.decodeNotification(header)), {
+      _tag: "Attachment",
+      uid: "node-7",
+      type: MessageType.BROADCAST,
+      nsp: "/admin",
+      attachmentId: "42",
+    })
+  })
+})
+
+describe("Codec.encode with undefined fields", () => {
+  /** A JSON value with `undefined` sprinkled in objects and arrays. */
+  const withUndefined = fc.letrec<{ value: unknown }>((tie) => ({
+    value: fc.oneof(
+      { depthSize: "small", withCrossShrink: true },
+      fc.oneof(fc.string(), fc.integer(), fc.boolean(), fc.constant(null), fc.constant(undefined)),
+      fc.array(tie("value"), { maxLength: 4 }),
+      fc.dictionary(
+        fc.string({ maxLength: 6 }).filter((k) => k !== "__proto__"),
+        fc.oneof(tie("value"), fc.constant(undefined)),
+        { maxKeys: 4 },
+      ),
+    ),
+  })).value
+
+  it("drops undefined fields on both paths, so decoding gives the same shape", () => {
+    const message = {
+      uid: "u",
+      type: MessageType.BROADCAST,
+      nsp: undefined,
+      data: {
+        opts: { rooms: [], except: [], flags: undefined },
+        packet: { data: ["e", undefined] },
+      },
+    }
+    const inline = JSON.parse(expectInline(Codec.encode(message, 8000)).payload)
+    const viaAttachment = right(
+      Codec.decodeAttachment(expectAttachment(Codec.encode(message, 0)).bytes),
+    )
+    const expected = {
+      uid: "u",
+      type: MessageType.BROADCAST,
+      data: { opts: { rooms: [], except: [] }, packet: { data: ["e", null] } },
+    }
+    assert.deepStrictEqual(inline, expected)
+    assert.deepStrictEqual(viaAttachment, expected)
+    assert.isFalse("nsp" in viaAttachment)
+  })
+
+  it.prop(
+    "decodes an inline and an attachment copy of the same message to the same value",
+    { data: withUndefined, nsp: fc.option(fc.string(), { nil: undefined }) },
+    ({ data, nsp }) => {
+      const message: Codec.WireMessage = { uid: "u", type: MessageType.SERVER_SIDE_EMIT, nsp, data }
+      const inline = JSON.parse(expectInline(Codec.encode(message, 8000)).payload)
+      const viaAttachment = right(
+        Codec.decodeAttachment(expectAttachment(Codec.encode(message, 0)).bytes),
+      )
+      assert.deepStrictEqual(viaAttachment, inline)
+    },
+  )
+})
+
+describe("Codec.decodeNotification", () => {
+  it("accepts an inline message as it is, extra fields included", () => {
+    const payload = JSON.stringify({ uid: "a", type: 3, nsp: "/", data: { x: 1 }, nodeId: "n" })
+    assert.deepStrictEqual(right(Codec.decodeNotification(payload)), {
+      _tag: "Inline",
+      message: { uid: "a", type: 3, nsp: "/", data: { x: 1 }, nodeId: "n" },
+    })
+  })
+
+  it("accepts an attachment header with a string or a numeric id, as a string", () => {
+    for (const attachmentId of ["17", 17]) {
+      const payload = JSON.stringify({ uid: "a", type: 3, attachmentId })
+      assert.deepStrictEqual(right(Codec.decodeNotification(payload)), {
+        _tag: "Attachment",
+        uid: "a",
+        type: 3,
+        nsp: undefined,
+        attachmentId: "17",
+      })
+    }
+  })
+
+  it("rejects junk with a reason", () => {
+    const junk = [
+      "",
+      "not json",
+      "{",
+      "[]",
+      '[{"uid":"a","type":3}]',
+      "null",
+      "42",
+      '"string"',
+      '{"type":3}',
+      '{"uid":1,"type":3}',
+      '{"uid":"a"}',
+      '{"uid":"a","type":"3"}',
+      '{"uid":"a","type":3.5}',
+      '{"uid":"a","type":3,"nsp":5}',
+      '{"uid":"a","type":3,"attachmentId":"1; DROP TABLE x"}',
+      '{"uid":"a","type":3,"attachmentId":""}',
+      '{"uid":"a","type":3,"attachmentId":-1}',
+      '{"uid":"a","type":3,"attachmentId":1.5}',
+      '{"uid":"a","type":3,"attachmentId":1e300}',
+      '{"uid":"a","type":3,"attachmentId":"12345678901234567890"}',
+      '{"uid":"a","type":3,"attachmentId":null}',
+      '{"uid":"a","type":3,"attachmentId":{}}',
+    ]
+    for (const payload of junk) {
+      const reason = left(Codec.decodeNotification(payload))
+      assert.isString(reason, payload)
+      assert.isAbove(reason.length, 0, payload)
+    }
+  })
+
+  it.prop(
+    "never throws, whatever the payload",
+    [fc.fullUnicodeString({ maxLength: 200 })],
+    ([payload]) => {
+      Codec.decodeNotification(payload)
+    },
+  )
+
+  it.prop(
+    "never throws on any JSON text, and accepts exactly the objects with a string uid and an integer type",
+    [
+      fc.oneof(
+        fc.jsonValue(),
+        fc.record(
+          { uid: fc.jsonValue(), type: fc.jsonValue(), attachmentId: fc.jsonValue() },
+          { requiredKeys: [] },
+        ),
+      ),
+    ],
+    ([value]) => {
+      const result = Codec.decodeNotification(JSON.stringify(value) ?? "")
+      const plausible =
+        typeof value === "object" &&
+        value !== null &&
+        !Array.isArray(value) &&
+        typeof (value as { uid?: unknown }).uid === "string" &&
+        Number.isInteger((value as { type?: unknown }).type)
+      if (!plausible) assert.isTrue(Either.isLeft(result))
+    },
+  )
+})
+
+describe("Codec.decodeAttachment", () => {
+  it("rejects bytes that are not msgpack of a cluster message, without throwing", () => {
+    assert.isTrue(Either.isLeft(Codec.decodeAttachment(new Uint8Array([0xc1]))))
+    assert.isTrue(Either.isLeft(Codec.decodeAttachment(new Uint8Array([]))))
+    assert.isTrue(Either.isLeft(Codec.decodeAttachment(new Uint8Array([0x93, 1, 2, 3]))))
+  })
+
+  it.prop("never throws, whatever the bytes", [fc.uint8Array({ maxLength: 100 })], ([bytes]) => {
+    Codec.decodeAttachment(bytes)
+  })
+})
+
+describe("Codec.validateMessage", () => {
+  const opts = { rooms: ["r1"], except: [], flags: { volatile: true } }
+  const wellFormed: ReadonlyArray<Codec.WireMessage> = [
+    { uid: "a", type: MessageType.INITIAL_HEARTBEAT, nsp: "/" },
+    { uid: "a", type: MessageType.HEARTBEAT, nsp: "/" },
+    {
+      uid: "a",
+      type: MessageType.BROADCAST,
+      nsp: "/",
+      data: { opts, packet: { type: 2, data: ["e", 1], nsp: "/" } },
+    },
+    {
+      uid: "a",
+      type: MessageType.BROADCAST,
+      nsp: "/",
+      data: { opts, packet: { type: 2, data: ["e"] }, requestId: "r" },
+    },
+    { uid: "a", type: MessageType.SOCKETS_JOIN, nsp: "/", data: { opts, rooms: ["r2"] } },
+    { uid: "a", type: MessageType.SOCKETS_LEAVE, nsp: "/", data: { opts, rooms: ["r2"] } },
+    { uid: "a", type: MessageType.DISCONNECT_SOCKETS, nsp: "/", data: { opts, close: true } },
+    { uid: "a", type: MessageType.FETCH_SOCKETS, nsp: "/", data: { opts, requestId: "r" } },
+    {
+      uid: "a",
+      type: MessageType.FETCH_SOCKETS_RESPONSE,
+      nsp: "/",
+      data: { requestId: "r", sockets: [] },
+    },
+    { uid: "a", type: MessageType.SERVER_SIDE_EMIT, nsp: "/", data: { packet: ["hello", 1] } },
+    {
+      uid: "a",
+      type: MessageType.SERVER_SIDE_EMIT,
+      nsp: "/",
+      data: { packet: ["hello"], requestId: "r" },
+    },
+    {
+      uid: "a",
+      type: MessageType.SERVER_SIDE_EMIT_RESPONSE,
+      nsp: "/",
+      data: { requestId: "r", packet: 1 },
+    },
+    {
+      uid: "a",
+      type: MessageType.BROADCAST_CLIENT_COUNT,
+      nsp: "/",
+      data: { requestId: "r", clientCount: 2 },
+    },
+    {
+      uid: "a",
+      type: MessageType.BROADCAST_ACK,
+      nsp: "/",
+      data: { requestId: "r", packet: ["ok"] },
+    },
+    { uid: "a", type: MessageType.ADAPTER_CLOSE, nsp: "/" },
+  ]
+
+  it("accepts every well-formed message type, 1 to 13", () => {
+    const types = new Set<number>()
+    for (const message of wellFormed) {
+      assert.isUndefined(Codec.validateMessage(message), JSON.stringify(message))
+      types.add(message.type)
+    }
+    assert.strictEqual(types.size, 13)
+  })
+
+  it("rejects malformed messages with a reason", () => {
+    const malformed: ReadonlyArray<Codec.WireMessage> = [
+      { uid: "a", type: MessageType.BROADCAST, data: null },
+      { uid: "a", type: MessageType.BROADCAST, data: { packet: { data: [] } } },
+      {
+        uid: "a",
+        type: MessageType.BROADCAST,
+        data: { opts: { rooms: "r", except: [] }, packet: {} },
+      },
+      { uid: "a", type: MessageType.BROADCAST, data: { opts, packet: { data: "not an array" } } },
+      { uid: "a", type: MessageType.BROADCAST, data: { opts: { ...opts, flags: 3 }, packet: {} } },
+      { uid: "a", type: MessageType.SOCKETS_JOIN, data: { opts } },
+      { uid: "a", type: MessageType.SOCKETS_LEAVE, data: { opts, rooms: [{}] } },
+      { uid: "a", type: MessageType.DISCONNECT_SOCKETS, data: {} },
+      { uid: "a", type: MessageType.FETCH_SOCKETS, data: { opts } },
+      { uid: "a", type: MessageType.FETCH_SOCKETS_RESPONSE, data: { requestId: "r", sockets: {} } },
+      { uid: "a", type: MessageType.SERVER_SIDE_EMIT, data: { packet: [] } },
+      { uid: "a", type: MessageType.SERVER_SIDE_EMIT, data: { packet: "hello" } },
+      { uid: "a", type: MessageType.SERVER_SIDE_EMIT_RESPONSE, data: { requestId: 1 } },
+      {
+        uid: "a",
+        type: MessageType.BROADCAST_CLIENT_COUNT,
+        data: { requestId: "r", clientCount: "2" },
+      },
+      { uid: "a", type: MessageType.BROADCAST_ACK, data: [] },
+      { uid: "a", type: 0 },
+      { uid: "a", type: 14 },
+      { uid: "a", type: -1 },
+    ]
+    for (const message of malformed) {
+      const reason = Codec.validateMessage(message)
+      assert.isString(reason, JSON.stringify(message))
+    }
+  })
+
+  it.prop(
+    "never throws, whatever JSON value is under data, for any type",
+    {
+      type: fc.oneof(fc.integer({ min: 1, max: 13 }), fc.integer()),
+      data: fc.oneof(
+        fc.jsonValue({ maxDepth: 4 }),
+        fc.record(
+          {
+            opts: fc.oneof(
+              fc.jsonValue(),
+              fc.record({ rooms: fc.jsonValue(), except: fc.jsonValue(), flags: fc.jsonValue() }),
+            ),
+            packet: fc.oneof(fc.jsonValue(), fc.record({ data: fc.jsonValue() })),
+            rooms: fc.jsonValue(),
+            requestId: fc.jsonValue(),
+            sockets: fc.jsonValue(),
+            clientCount: fc.jsonValue(),
+          },
+          { requiredKeys: [] },
+        ),
+      ),
+    },
+    ({ type, data }) => {
+      const result = Codec.validateMessage({ uid: "a", type, nsp: "/", data })
+      assert.isTrue(result === undefined || typeof result === "string")
+    },
+  )
+})

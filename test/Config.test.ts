@@ -1,0 +1,253 @@
+/**
+ * Option validation: defaults are resolved, and every bad option fails with an error that names it,
+ * from `Config.decode` and from `createAdapter` alike.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
+import * as Either from "effect/Either"
+import * as fc from "effect/FastCheck"
+import pg from "pg"
+import * as Config from "../src/Config.js"
+import { ConfigError } from "../src/Errors.js"
+import { createAdapter } from "../src/index.js"
+
+const decodeRight = (input: unknown): Config.ClusterConfig => {
+  const result = Config.decode(input)
+  if (Either.isLeft(result)) assert.fail(`expected valid options, got: ${result.left.message}`)
+  return (result as Either.Right<ConfigError, Config.ClusterConfig>).right
+}
+
+const decodeLeft = (input: unknown): ConfigError => {
+  const result = Config.decode(input)
+  if (Either.isRight(result)) assert.fail(`expected a ConfigError for ${String(input)}`)
+  const error = (result as Either.Left<ConfigError, Config.ClusterConfig>).left
+  assert.instanceOf(error, ConfigError)
+  return error
+}
+
+const millis = (d: Duration.Duration) => Duration.toMillis(d)
+
+describe("Config.decode with valid options", () => {
+  it("resolves every default for undefined and for {}", () => {
+    for (const input of [undefined, {}]) {
+      const config = decodeRight(input)
+      assert.strictEqual(config.channelPrefix, "socket.io")
+      assert.strictEqual(config.tableName, "socket_io_attachments")
+      assert.strictEqual(config.payloadThreshold, 7999)
+      assert.strictEqual(millis(config.cleanupInterval), 30_000)
+      assert.strictEqual(millis(config.heartbeatInterval), 5_000)
+      assert.strictEqual(millis(config.heartbeatTimeout), 10_000)
+      assert.strictEqual(millis(config.requestsTimeout), 5_000)
+      assert.strictEqual(config.createTable, true)
+      assert.strictEqual(millis(config.publishTimeout), 10_000)
+      assert.strictEqual(config.maxPendingPublishes, 65_536)
+      assert.strictEqual(millis(config.reconnectMaxDelay), 5_000)
+    }
+  })
+
+  it("keeps every valid option it is given", () => {
+    const config = decodeRight({
+      channelPrefix: "app",
+      tableName: "myschema.attachments",
+      payloadThreshold: 1000,
+      cleanupInterval: 60_000,
+      heartbeatInterval: 1000,
+      heartbeatTimeout: 3000,
+      requestsTimeout: 2000,
+      createTable: false,
+      publishTimeout: 4000,
+      maxPendingPublishes: 10,
+      reconnectMaxDelay: 250,
+      errorHandler: () => {},
+    })
+    assert.strictEqual(config.channelPrefix, "app")
+    assert.strictEqual(config.tableName, "myschema.attachments")
+    assert.strictEqual(config.payloadThreshold, 1000)
+    assert.strictEqual(millis(config.cleanupInterval), 60_000)
+    assert.strictEqual(millis(config.heartbeatInterval), 1000)
+    assert.strictEqual(millis(config.heartbeatTimeout), 3000)
+    assert.strictEqual(millis(config.requestsTimeout), 2000)
+    assert.strictEqual(config.createTable, false)
+    assert.strictEqual(millis(config.publishTimeout), 4000)
+    assert.strictEqual(config.maxPendingPublishes, 10)
+    assert.strictEqual(millis(config.reconnectMaxDelay), 250)
+  })
+
+  it("caps payloadThreshold at 7999 bytes, the largest NOTIFY payload, and accepts 0", () => {
+    assert.strictEqual(decodeRight({ payloadThreshold: 8000 }).payloadThreshold, 7999)
+    assert.strictEqual(decodeRight({ payloadThreshold: 1_000_000 }).payloadThreshold, 7999)
+    assert.strictEqual(decodeRight({ payloadThreshold: 7999 }).payloadThreshold, 7999)
+    assert.strictEqual(decodeRight({ payloadThreshold: 0 }).payloadThreshold, 0)
+  })
+
+  it("defaults heartbeatTimeout to at least twice the heartbeatInterval", () => {
+    assert.strictEqual(millis(decodeRight({ heartbeatInterval: 200 }).heartbeatTimeout), 10_000)
+    assert.strictEqual(millis(decodeRight({ heartbeatInterval: 8000 }).heartbeatTimeout), 16_000)
+  })
+
+  it("accepts a 40-byte channel prefix and 63-byte table name parts", () => {
+    assert.strictEqual(decodeRight({ channelPrefix: "p".repeat(40) }).channelPrefix, "p".repeat(40))
+    const part = "t".repeat(63)
+    assert.strictEqual(decodeRight({ tableName: `${part}.${part}` }).tableName, `${part}.${part}`)
+  })
+
+  it("ignores options it does not know", () => {
+    assert.strictEqual(decodeRight({ somethingElse: 1 }).channelPrefix, "socket.io")
+  })
+})
+
+describe("Config.decode with invalid options", () => {
+  const cases: ReadonlyArray<readonly [string, Record<string, unknown>]> = [
+    ["channelPrefix", { channelPrefix: 42 }],
+    ["channelPrefix", { channelPrefix: "" }],
+    ["channelPrefix", { channelPrefix: "p".repeat(41) }],
+    ["channelPrefix", { channelPrefix: "é".repeat(21) }],
+    ["channelPrefix", { channelPrefix: "a\u0000b" }],
+    ["tableName", { tableName: 1 }],
+    ["tableName", { tableName: "" }],
+    ["tableName", { tableName: "a.b.c" }],
+    ["tableName", { tableName: "a." }],
+    ["tableName", { tableName: ".b" }],
+    ["tableName", { tableName: "t".repeat(64) }],
+    ["payloadThreshold", { payloadThreshold: "8000" }],
+    ["payloadThreshold", { payloadThreshold: -1 }],
+    ["payloadThreshold", { payloadThreshold: 1.5 }],
+    ["payloadThreshold", { payloadThreshold: Number.NaN }],
+    ["payloadThreshold", { payloadThreshold: Number.POSITIVE_INFINITY }],
+    ["cleanupInterval", { cleanupInterval: 0 }],
+    ["cleanupInterval", { cleanupInterval: -1000 }],
+    ["cleanupInterval", { cleanupInterval: 2 ** 31 }],
+    ["heartbeatInterval", { heartbeatInterval: 0 }],
+    ["heartbeatInterval", { heartbeatInterval: 0.5 }],
+    ["heartbeatInterval", { heartbeatInterval: Number.NaN }],
+    ["heartbeatTimeout", { heartbeatTimeout: Number.POSITIVE_INFINITY }],
+    ["heartbeatTimeout", { heartbeatTimeout: null }],
+    ["heartbeatTimeout", { heartbeatInterval: 5000, heartbeatTimeout: 5000 }],
+    ["heartbeatTimeout", { heartbeatInterval: 5000, heartbeatTimeout: 4000 }],
+    ["heartbeatTimeout", { heartbeatInterval: 20_000, heartbeatTimeout: 10_000 }],
+    ["requestsTimeout", { requestsTimeout: "5s" }],
+    ["requestsTimeout", { requestsTimeout: -5 }],
+    ["createTable", { createTable: "yes" }],
+    ["createTable", { createTable: 1 }],
+    ["publishTimeout", { publishTimeout: 0 }],
+    ["publishTimeout", { publishTimeout: Number.NEGATIVE_INFINITY }],
+    ["maxPendingPublishes", { maxPendingPublishes: 0 }],
+    ["maxPendingPublishes", { maxPendingPublishes: 2.5 }],
+    ["maxPendingPublishes", { maxPendingPublishes: Number.POSITIVE_INFINITY }],
+    ["reconnectMaxDelay", { reconnectMaxDelay: -1 }],
+    ["reconnectMaxDelay", { reconnectMaxDelay: [] }],
+    ["errorHandler", { errorHandler: "log" }],
+    ["errorHandler", { errorHandler: {} }],
+  ]
+
+  it("rejects each invalid option with a ConfigError that names it", () => {
+    for (const [option, input] of cases) {
+      const error = decodeLeft(input)
+      assert.strictEqual(error.option, option, JSON.stringify(input))
+      assert.include(error.message, option, JSON.stringify(input))
+    }
+  })
+
+  it("rejects options that are not an object", () => {
+    for (const input of [42, "options", true, [], [{ channelPrefix: "x" }]]) {
+      const error = decodeLeft(input)
+      assert.strictEqual(error.option, "options")
+    }
+  })
+
+  it("says why heartbeatTimeout is rejected when it does not exceed heartbeatInterval", () => {
+    const error = decodeLeft({ heartbeatInterval: 5000, heartbeatTimeout: 5000 })
+    assert.include(error.message, "greater than heartbeatInterval")
+  })
+
+  /** Values of every JSON-ish kind but one, for each option. */
+  const anyValue = fc.oneof(
+    fc.string(),
+    fc.double(),
+    fc.integer(),
+    fc.boolean(),
+    fc.constant(null),
+    fc.array(fc.anything(), { maxLength: 3 }),
+    fc.object({ maxDepth: 1 }),
+  )
+  const wrongTyped: Record<string, fc.Arbitrary<unknown>> = {
+    channelPrefix: anyValue.filter((v) => typeof v !== "string"),
+    tableName: anyValue.filter((v) => typeof v !== "string"),
+    payloadThreshold: anyValue.filter((v) => typeof v !== "number"),
+    cleanupInterval: anyValue.filter((v) => typeof v !== "number"),
+    heartbeatInterval: anyValue.filter((v) => typeof v !== "number"),
+    heartbeatTimeout: anyValue.filter((v) => typeof v !== "number"),
+    requestsTimeout: anyValue.filter((v) => typeof v !== "number"),
+    createTable: anyValue.filter((v) => typeof v !== "boolean"),
+    publishTimeout: anyValue.filter((v) => typeof v !== "number"),
+    maxPendingPublishes: anyValue.filter((v) => typeof v !== "number"),
+    reconnectMaxDelay: anyValue.filter((v) => typeof v !== "number"),
+    errorHandler: anyValue,
+  }
+
+  it.prop(
+    "names the option whatever wrong-typed value it is given",
+    [
+      fc
+        .constantFrom(...Object.keys(wrongTyped))
+        .chain((key) => fc.tuple(fc.constant(key), wrongTyped[key]!)),
+    ],
+    ([[key, value]]) => {
+      const error = decodeLeft({ [key]: value })
+      assert.strictEqual(error.option, key)
+      assert.include(error.message, key)
+    },
+  )
+
+  it.prop(
+    "rejects any millisecond option that is not a positive integer",
+    [
+      fc.constantFrom(
+        "cleanupInterval",
+        "heartbeatInterval",
+        "heartbeatTimeout",
+        "requestsTimeout",
+        "publishTimeout",
+        "reconnectMaxDelay",
+      ),
+      fc.oneof(
+        fc.integer({ max: 0 }),
+        fc.double({ noInteger: true }),
+        fc.constantFrom(Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, -0),
+      ),
+    ],
+    ([key, value]) => {
+      const error = decodeLeft({ [key]: value })
+      assert.strictEqual(error.option, key)
+      assert.include(error.message, key)
+    },
+  )
+
+  it("decodeSync throws the ConfigError", () => {
+    assert.throws(() => Config.decodeSync({ heartbeatInterval: -1 }), /heartbeatInterval/)
+  })
+})
+
+describe("createAdapter option checks", () => {
+  it("throws synchronously, naming the option, before touching the pool", async () => {
+    // A pool that is never queried: it opens no connection, so it needs no database.
+    const pool = new pg.Pool({ host: "127.0.0.1", port: 1 })
+    try {
+      assert.throws(() => createAdapter(pool, { heartbeatInterval: -1 }), /heartbeatInterval/)
+      assert.throws(() => createAdapter(pool, { tableName: "a.b.c" }), /tableName/)
+      assert.throws(
+        () => createAdapter(pool, { errorHandler: "nope" as unknown as () => void }),
+        /errorHandler/,
+      )
+      assert.strictEqual(pool.totalCount, 0)
+    } finally {
+      await pool.end()
+    }
+  })
+
+  it("throws a TypeError when the pool is missing", () => {
+    assert.throws(() => createAdapter(null as any), TypeError)
+    assert.throws(() => createAdapter(undefined as any), TypeError)
+    assert.throws(() => createAdapter({} as any), TypeError)
+  })
+})
