@@ -72,6 +72,7 @@ const makeSkipLogger = (log: (message: string) => void) => {
   let last = 0
   return (reason: string) => {
     skipped++
+    Effect.runSync(Metric.increment(Metrics.malformedNotifications))
     const now = Date.now()
     if (now - last >= 1000) {
       log(`skipped ${skipped} malformed notification(s), last: ${reason}`)

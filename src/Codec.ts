@@ -205,6 +205,31 @@ const validOpts = (opts: unknown): boolean =>
   isStringArray(opts.except) &&
   (opts.flags === undefined || isRecord(opts.flags))
 
+// Event names Socket.IO clients refuse: their parser would throw on them.
+const RESERVED_EVENTS = new Set([
+  "connect",
+  "connect_error",
+  "disconnect",
+  "disconnecting",
+  "newListener",
+  "removeListener",
+])
+
+// What Socket.IO broadcasts: an EVENT (type 2) whose data starts with an event name, maybe with
+// an ack id. Anything else is forwarded to the clients as is, and a packet their parser rejects
+// (another type, no event name, a reserved one) makes every one of them drop its connection.
+const validBroadcastPacket = (packet: unknown): boolean => {
+  if (!isRecord(packet) || packet.type !== 2) return false
+  const data = packet.data
+  if (!Array.isArray(data) || data.length === 0) return false
+  const event = data[0]
+  if (typeof event !== "number" && (typeof event !== "string" || RESERVED_EVENTS.has(event))) {
+    return false
+  }
+  const id = packet.id
+  return id === undefined || (typeof id === "number" && Number.isSafeInteger(id) && id >= 0)
+}
+
 /**
  * Checks that a message has the shape its type requires, so that malformed input from another
  * program is skipped with a reason instead of throwing inside Socket.IO. `undefined` when valid.
@@ -217,12 +242,9 @@ export const validateMessage = (message: WireMessage): string | undefined => {
     case MessageType.ADAPTER_CLOSE:
       return undefined
     case MessageType.BROADCAST:
-      return isRecord(data) &&
-        validOpts(data.opts) &&
-        isRecord(data.packet) &&
-        (data.packet.data === undefined || Array.isArray(data.packet.data))
+      return isRecord(data) && validOpts(data.opts) && validBroadcastPacket(data.packet)
         ? undefined
-        : "BROADCAST needs data.opts and data.packet"
+        : "BROADCAST needs data.opts and data.packet (an EVENT packet with an event name)"
     case MessageType.SOCKETS_JOIN:
     case MessageType.SOCKETS_LEAVE:
       return isRecord(data) && validOpts(data.opts) && isStringArray(data.rooms)

@@ -95,6 +95,8 @@ export const connect = Effect.fnUntraced(function* (options: pg.ClientConfig) {
     }),
     (client) =>
       Effect.promise(() => client.end().catch(() => {})).pipe(
+        // Finalizers are uninterruptible: without this the timeout cannot cut a frozen server.
+        Effect.interruptible,
         Effect.timeout("2 seconds"),
         Effect.ignore,
         Effect.ensuring(Effect.sync(() => (client as any).connection?.stream?.destroy?.())),

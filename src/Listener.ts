@@ -11,7 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import { quoteIdentifier } from "./Channel.js"
 import { Config } from "./Config.js"
 import { connect, Database, type DedicatedClient } from "./Database.js"
@@ -100,11 +100,14 @@ export const make = Effect.gen(function* () {
   const runSession = Effect.scoped(
     Effect.gen(function* () {
       const client = yield* connect(database.connectionOptions).pipe(
-        Effect.tapError((error) =>
-          Effect.logWarning(`LISTEN connection failed: ${error.message}`).pipe(
-            Effect.zipRight(report(new Error(error.message, { cause: error }))),
-          ),
-        ),
+        Effect.tapError((error) => {
+          // Say which connection failed: the pool's errors read the same ("connect failed").
+          const failed = new ListenError({
+            message: `LISTEN connection failed: ${error.message}`,
+            cause: error,
+          })
+          return Effect.logWarning(failed.message).pipe(Effect.zipRight(report(failed)))
+        }),
         Effect.retry(backoff),
       )
       const lost = yield* Deferred.make<never, ListenError>()
@@ -123,7 +126,12 @@ export const make = Effect.gen(function* () {
       client.on("error", onLost)
       client.on("end", onEnd)
       const current: Session = { client, listened: new Set() }
-      yield* Effect.addFinalizer(() =>
+      // `Scope.addFinalizer`, not `Effect.addFinalizer`: in Effect 3.22 an `Effect.addFinalizer`
+      // that runs before the connection's release makes that release's FiberRefs restore wipe an
+      // interruption arriving meanwhile (database stopping while we close), and this loop would
+      // then reconnect forever after its scope closed.
+      yield* Scope.addFinalizer(
+        yield* Effect.scope,
         Effect.sync(() => {
           if (session === current) session = undefined
           client.off("notification", dispatch)
@@ -196,7 +204,12 @@ export const make = Effect.gen(function* () {
           if (current === undefined || !current.listened.delete(channel)) return Effect.void
           return Effect.tryPromise(() =>
             current.client.query(`UNLISTEN ${quoteIdentifier(channel)}`),
-          ).pipe(Effect.timeout("2 seconds"), Effect.ignore)
+          ).pipe(
+            // Runs as a finalizer (uninterruptible): let the timeout cut a frozen server.
+            Effect.interruptible,
+            Effect.timeout("2 seconds"),
+            Effect.ignore,
+          )
         }),
     ).pipe(Effect.asVoid, Effect.annotateLogs({ module: "Listener", channel }))
 
