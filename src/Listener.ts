@@ -47,6 +47,8 @@ interface Session {
   readonly client: DedicatedClient
   /** Channels whose LISTEN was sent on this connection. */
   readonly listened: Set<string>
+  /** One LISTEN/UNLISTEN at a time: pg deprecates queueing queries on a busy client. */
+  readonly lock: Effect.Semaphore
 }
 
 /** Builds the Listener; its connection loop runs until the scope closes. */
@@ -73,6 +75,7 @@ export const make = Effect.gen(function* () {
             cause,
           }),
       }).pipe(
+        current.lock.withPermits(1),
         Effect.tap(() => Effect.sync(() => session === current && callOnListen(channel))),
         Effect.tapError(() => Effect.sync(() => current.listened.delete(channel))),
       )
@@ -125,7 +128,7 @@ export const make = Effect.gen(function* () {
       client.on("notification", dispatch)
       client.on("error", onLost)
       client.on("end", onEnd)
-      const current: Session = { client, listened: new Set() }
+      const current: Session = { client, listened: new Set(), lock: yield* Effect.makeSemaphore(1) }
       // `Scope.addFinalizer`, not `Effect.addFinalizer`: in Effect 3.22 an `Effect.addFinalizer`
       // that runs before the connection's release makes that release's FiberRefs restore wipe an
       // interruption arriving meanwhile (database stopping while we close), and this loop would
@@ -205,6 +208,7 @@ export const make = Effect.gen(function* () {
           return Effect.tryPromise(() =>
             current.client.query(`UNLISTEN ${quoteIdentifier(channel)}`),
           ).pipe(
+            current.lock.withPermits(1),
             // Runs as a finalizer (uninterruptible): let the timeout cut a frozen server.
             Effect.interruptible,
             Effect.timeout("2 seconds"),
