@@ -10,6 +10,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
@@ -81,9 +82,12 @@ interface Watch {
   readonly membership: Heartbeat.Membership
 }
 
-// Servers answer an INITIAL_HEARTBEAT at once; the first request waits until they went quiet.
+// Servers answer an INITIAL_HEARTBEAT at once. The first request waits until its own heartbeat came
+// back through PostgreSQL (at most DISCOVERY_MAX or requestsTimeout), which took E; the servers'
+// answers take about as long again: it then waits until no new server showed up for 2E (at least
+// DISCOVERY_QUIET). A fixed window was too short on a busy machine (requests missed servers).
 const DISCOVERY_QUIET = Duration.millis(50)
-const DISCOVERY_MAX = Duration.seconds(1)
+const DISCOVERY_MAX = Duration.seconds(2)
 
 /** Builds the service; namespaces are watched lazily, for the lifetime of the layer. */
 export const make = Effect.gen(function* () {
@@ -137,10 +141,28 @@ export const make = Effect.gen(function* () {
     if (request.missing.size === 0) complete(data.requestId, request)
   }
 
+  // In a scope of its own: a watch that failed (e.g. PostgreSQL down) must not leave its
+  // subscription and membership behind, one more per failed request, until the layer closes.
   const startWatch = (nsp: string) =>
     Effect.gen(function* () {
+      const child = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+      return yield* watchIn(nsp).pipe(
+        Scope.extend(child),
+        Effect.onExit((exit) => (Exit.isFailure(exit) ? Scope.close(child, exit) : Effect.void)),
+      )
+    })
+
+  const watchIn = (nsp: string) =>
+    Effect.gen(function* () {
       let current: Watch | undefined
-      const inbox = new OrderedDelivery<Codec.WireMessage>(handle(() => current))
+      const echoed = yield* Deferred.make<void>()
+      const deliver = handle(() => current)
+      const inbox = new OrderedDelivery<Codec.WireMessage>((message) => {
+        if (message.uid === Codec.EMITTER_UID && message.type === MessageType.INITIAL_HEARTBEAT) {
+          Deferred.unsafeDone(echoed, Exit.void)
+        }
+        deliver(message)
+      })
       const listening = yield* Deferred.make<void>()
       const membership = yield* heartbeat.track({
         publishHeartbeat: Effect.void,
@@ -178,17 +200,25 @@ export const make = Effect.gen(function* () {
             }),
         }),
       )
-      // Wait for the servers' replies to the INITIAL_HEARTBEAT to go quiet.
-      const started = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+      // Wait for the servers' answers to the INITIAL_HEARTBEAT to go quiet.
+      const now = Effect.clockWith((clock) => clock.currentTimeMillis)
+      const started = yield* now
+      yield* Deferred.await(echoed).pipe(
+        Effect.timeout(Duration.min(DISCOVERY_MAX, config.requestsTimeout)),
+        Effect.ignore,
+      )
+      const echo = Duration.millis((yield* now) - started)
+      const quiet = Duration.min(
+        DISCOVERY_MAX,
+        Duration.max(DISCOVERY_QUIET, Duration.times(echo, 2)),
+      )
       let known = -1
       while (membership.nodes().length !== known) {
         known = membership.nodes().length
-        yield* Effect.sleep(DISCOVERY_QUIET)
-        const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
-        if (now - started >= Duration.toMillis(DISCOVERY_MAX)) break
+        yield* Effect.sleep(quiet)
       }
       return current
-    }).pipe(Scope.extend(scope))
+    })
 
   const watch = (nsp: string) =>
     Effect.suspend(() => {

@@ -128,6 +128,19 @@ class Core {
   }
 }
 
+/**
+ * The answers, or a timeout error if a server did not answer; like `Core.run`'s, the promise is
+ * marked handled so that an ignored request never causes an unhandled rejection.
+ */
+const allAnswered = <A>(request: Promise<ClusterEmitter.RequestResult<A>>): Promise<Array<A>> => {
+  const promise = request.then((result) => {
+    if (result.missing > 0) throw new Error(`timeout reached: missing ${result.missing} responses`)
+    return [...result.responses]
+  })
+  promise.catch(() => {})
+  return promise
+}
+
 interface Flags {
   readonly volatile?: boolean
   readonly compress?: boolean
@@ -249,6 +262,11 @@ export class Emitter<
     ...args: EventParams<ServerSideEvents, Ev>
   ): Promise<void> {
     assertNotReserved(ev)
+    if (typeof args[args.length - 1] === "function") {
+      throw new Error(
+        "Acknowledgements are not supported by serverSideEmit: use serverSideEmitWithAck",
+      )
+    }
     return this.#core.run((emitter) =>
       emitter.publish(this.nsp, {
         type: MessageType.SERVER_SIDE_EMIT,
@@ -261,18 +279,15 @@ export class Emitter<
    * Sends an event to every server and resolves with one answer per server; rejects with a
    * timeout error if some did not answer within `requestsTimeout`.
    */
-  async serverSideEmitWithAck<Ev extends EventNames<ServerSideEvents>>(
+  serverSideEmitWithAck<Ev extends EventNames<ServerSideEvents>>(
     ev: Ev,
     ...args: EventParams<ServerSideEvents, Ev>
   ): Promise<Array<unknown>> {
+    // Not `async`: a reserved name throws at once, and the promise is marked handled.
     assertNotReserved(ev)
-    const result = await this.#core.run((emitter) =>
-      emitter.serverSideEmitWithAck(this.nsp, [ev, ...args]),
+    return allAnswered(
+      this.#core.run((emitter) => emitter.serverSideEmitWithAck(this.nsp, [ev, ...args])),
     )
-    if (result.missing > 0) {
-      throw new Error(`timeout reached: missing ${result.missing} responses`)
-    }
-    return [...result.responses]
   }
 
   /** Stops listening for answers (only `fetchSockets` / `serverSideEmitWithAck` listen). */
@@ -367,10 +382,8 @@ export class BroadcastOperator<EmitEvents extends EventsMap, ServerSideEvents ex
   }
 
   /** Describes the targeted sockets across the cluster; rejects if a server did not answer. */
-  async fetchSockets(): Promise<Array<ClusterEmitter.SocketDescription>> {
-    const result = await this.core.run((emitter) => emitter.fetchSockets(this.nsp, this.#opts()))
-    if (result.missing > 0) throw new Error(`timeout reached: missing ${result.missing} responses`)
-    return [...result.responses]
+  fetchSockets(): Promise<Array<ClusterEmitter.SocketDescription>> {
+    return allAnswered(this.core.run((emitter) => emitter.fetchSockets(this.nsp, this.#opts())))
   }
 
   #opts(): ClusterEmitter.Target {
