@@ -5,6 +5,7 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { performance } from "node:perf_hooks"
+import { withoutNewListeners } from "../test/setup/embedded.js"
 
 /** Where the demo's database lives and how to let go of it. */
 export interface DemoDatabase {
@@ -29,28 +30,6 @@ export const redactUrl = (url: string): string => {
 }
 
 const SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"] as const
-
-/**
- * Runs `f`, then removes the listeners it added to `events` of the process. The demo has its own
- * orderly shutdown (clients, servers and pool first, PostgreSQL last, exit code 0) and must not
- * have it cut short by listeners of the modules it borrows.
- */
-const withoutNewListeners = async <A>(
-  events: ReadonlyArray<string>,
-  f: () => Promise<A>,
-): Promise<A> => {
-  const emitter: NodeJS.EventEmitter = process
-  const before = new Map(events.map((event) => [event, new Set(emitter.listeners(event))]))
-  try {
-    return await f()
-  } finally {
-    for (const [event, kept] of before) {
-      for (const listener of emitter.listeners(event)) {
-        if (!kept.has(listener)) emitter.removeListener(event, listener as () => void)
-      }
-    }
-  }
-}
 
 /**
  * Uses `DATABASE_URL`, or starts an embedded PostgreSQL. `onProgress` hears about the (slow, first

