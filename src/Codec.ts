@@ -126,6 +126,10 @@ const viewArrayBuffers = (value: unknown, done: Map<object, unknown>): unknown =
     if (proto !== Object.prototype && proto !== null) return value
     let copy: Record<string, unknown> | undefined
     for (const key of Object.keys(value)) {
+      // msgpack decoders refuse this key: fail here, with a reason, rather than on every receiver.
+      if (key === "__proto__") {
+        throw new TypeError("an object key named __proto__ cannot go through the attachments table")
+      }
       const item = (value as Record<string, unknown>)[key]
       const viewed = viewArrayBuffers(item, done)
       if (viewed !== item) (copy ??= { ...(value as Record<string, unknown>) })[key] = viewed

@@ -215,7 +215,8 @@ describe("Codec.encode with binary data", () => {
       type: fc.integer({ min: 1, max: 13 }),
       bytes: fc.uint8Array({ maxLength: 64 }),
       path: fc.array(fc.boolean(), { maxLength: 6 }),
-      extra: jsonValue,
+      // A `__proto__` key is refused at encode time (see the test below).
+      extra: jsonValue.filter((value) => !JSON.stringify(value ?? null).includes('"__proto__"')),
     },
     ({ type, bytes, path, extra }) => {
       const buffer = Buffer.from(bytes)
@@ -235,6 +236,12 @@ describe("Codec.encode with binary data", () => {
       assert.isTrue(buffer.equals(found as Buffer))
     },
   )
+
+  it("refuses an object key named __proto__ at encode time, which msgpack decoders reject", () => {
+    const data = JSON.parse('{"__proto__": {"x": 1}, "binary": null}')
+    data.binary = Buffer.from([1])
+    assert.throws(() => Codec.encode({ uid: "u", type: 3, nsp: "/", data }, 8000), /__proto__/)
+  })
 
   it("decodes every binary kind as a Buffer holding the same bytes (an ArrayBuffer included)", () => {
     const bytes = new Uint8Array([0, 1, 2, 3, 250, 251, 252, 253])
