@@ -1,0 +1,456 @@
+/**
+ * A benchmark worker: one Socket.IO server at a time, clustered through PostgreSQL by this adapter
+ * ("ours") or `@socket.io/postgres-adapter` 0.5.0 ("upstream"), driven by `bench.ts` over IPC. It
+ * also runs the raw `pg_notify` sender and listener, and measures its own CPU and memory.
+ */
+import { createAdapter as createUpstreamAdapter } from "@socket.io/postgres-adapter"
+import { randomBytes } from "node:crypto"
+import { writeFile } from "node:fs/promises"
+import * as http from "node:http"
+import { Session } from "node:inspector/promises"
+import type { AddressInfo } from "node:net"
+import pg from "pg"
+import { Server } from "socket.io"
+import { createAdapter } from "../src/index.js"
+import { serve } from "./ipc.js"
+import type { AdapterKind, PayloadKind } from "./scenarios.js"
+import { now, Tracker } from "./stats.js"
+
+/** Arguments of `start`. */
+export interface StartArgs {
+  readonly kind: AdapterKind
+  readonly url: string
+  readonly channelPrefix: string
+  readonly tableName: string
+  /** `application_name` of every connection, to find our backends in `pg_stat_activity`. */
+  readonly applicationName: string
+  readonly heartbeatInterval: number
+  readonly requestsTimeout: number
+  /** Start watching the cluster size as soon as the adapter exists (see `watchResult`). */
+  readonly watch?: WatchArgs
+}
+
+/** Arguments of `emit`. */
+export interface EmitArgs {
+  readonly payload: PayloadKind
+  readonly count: number
+  /** Packets per second; full speed when absent. */
+  readonly rate?: number
+  /** Broadcast to this room only. */
+  readonly room?: string
+  /** Full speed: yield to the event loop after this many emits, so the process can send. */
+  readonly yieldEvery: number
+}
+
+/** What `emit` and the raw sender report. */
+export interface EmitResult {
+  readonly firstSend: number
+  readonly lastSend: number
+}
+
+/** What `measureStop` reports. */
+export interface Measurement {
+  readonly cpuUserMs: number
+  readonly cpuSystemMs: number
+  readonly baseRssMb: number
+  readonly peakRssMb: number
+  readonly peakHeapMb: number
+  /** Errors the adapter handed to its errorHandler (publish failures, ...). */
+  readonly adapterErrors: number
+}
+
+/** What `request` reports. */
+export interface RequestResult {
+  readonly latencies: Array<number>
+  readonly failures: number
+  readonly firstError: string | undefined
+  readonly start: number
+  readonly end: number
+}
+
+interface Instance {
+  readonly io: Server
+  readonly pool: pg.Pool
+  readonly kind: AdapterKind
+}
+
+const SMALL_TEXT = "hello, world"
+const BINARY = randomBytes(1024)
+const LARGE_TEXT = "x".repeat(20_000)
+
+const packet = (payload: PayloadKind, s: number, t: number): Record<string, unknown> => {
+  switch (payload) {
+    case "small":
+      return { s, t, d: SMALL_TEXT }
+    case "binary":
+      return { s, t, b: BINARY }
+    case "large":
+      return { s, t, d: LARGE_TEXT }
+  }
+}
+
+const MB = 1024 * 1024
+
+let instance: Instance | undefined
+let adapterErrors = 0
+let watch: Promise<number | null> | undefined
+let measuring:
+  | {
+      cpu: NodeJS.CpuUsage
+      baseRss: number
+      peakRss: number
+      peakHeap: number
+      errors: number
+      timer: ReturnType<typeof setInterval>
+    }
+  | undefined
+let rawListener: { client: pg.Client; tracker: Tracker } | undefined
+let rawSender: pg.Client | undefined
+
+/** Watch the cluster grow to `size` servers, for at most `timeoutMs`. */
+interface WatchArgs {
+  readonly size: number
+  readonly timeoutMs: number
+}
+
+const startWatch = (args: WatchArgs) => {
+  const deadline = now() + args.timeoutMs
+  watch = new Promise((resolve) => {
+    const check = async () => {
+      const count = await serverCount().catch(() => 0)
+      const at = now()
+      if (count >= args.size) return resolve(at)
+      if (at > deadline) return resolve(null)
+      setTimeout(check, 1)
+    }
+    void check()
+  })
+}
+
+const serverCount = (): Promise<number> =>
+  instance === undefined ? Promise.resolve(0) : instance.io.of("/").adapter.serverCount()
+
+const makePool = (url: string, applicationName: string) => {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: 10,
+    application_name: applicationName,
+    // Keep the backends for the whole run: their CPU is read from /proc at the end.
+    idleTimeoutMillis: 0,
+  })
+  pool.on("error", () => {})
+  return pool
+}
+
+const withTimeout = <A>(promise: Promise<A>, ms: number): Promise<A | undefined> =>
+  new Promise((resolve, reject) => {
+    const timer = setTimeout(() => resolve(undefined), ms)
+    promise.then(
+      (value) => {
+        clearTimeout(timer)
+        resolve(value)
+      },
+      (error) => {
+        clearTimeout(timer)
+        reject(error)
+      },
+    )
+  })
+
+// CPU profiles of the measured part of a run only (not of start-up), written as `.cpuprofile`.
+let profiling: { session: Session; file: string } | undefined
+
+const startProfile = async (file: string) => {
+  await stopProfile()
+  const session = new Session()
+  session.connect()
+  await session.post("Profiler.enable")
+  await session.post("Profiler.setSamplingInterval", { interval: 200 })
+  await session.post("Profiler.start")
+  profiling = { session, file }
+}
+
+const stopProfile = async () => {
+  const current = profiling
+  if (current === undefined) return
+  profiling = undefined
+  const { profile } = await current.session.post("Profiler.stop")
+  current.session.disconnect()
+  await writeFile(current.file, JSON.stringify(profile))
+}
+
+const stopServer = async () => {
+  const current = instance
+  if (current === undefined) return
+  instance = undefined
+  await withTimeout(current.io.close(), 10_000).catch(() => {})
+  await withTimeout(current.pool.end(), 10_000).catch(() => {})
+}
+
+const stopRawListener = async () => {
+  const current = rawListener
+  rawListener = undefined
+  await current?.client.end().catch(() => {})
+}
+
+const stopRawSender = async () => {
+  const current = rawSender
+  rawSender = undefined
+  await current?.end().catch(() => {})
+}
+
+serve({
+  async start(args: StartArgs) {
+    await stopServer()
+    adapterErrors = 0
+    const pool = makePool(args.url, args.applicationName)
+    const errorHandler = () => {
+      adapterErrors++
+    }
+    const options = {
+      channelPrefix: args.channelPrefix,
+      tableName: args.tableName,
+      heartbeatInterval: args.heartbeatInterval,
+      requestsTimeout: args.requestsTimeout,
+      errorHandler,
+    }
+    const httpServer = http.createServer()
+    // Taken just before the adapter's `init()` (which `new Server` runs for the main namespace).
+    const t0 = now()
+    const io = new Server(httpServer, {
+      adapter:
+        args.kind === "ours"
+          ? createAdapter(pool, options)
+          : (createUpstreamAdapter(pool, options) as any),
+      serveClient: false,
+    })
+    io.on("connection", (socket) => {
+      const room = socket.handshake.query["room"]
+      if (typeof room === "string" && room !== "") socket.join(room)
+    })
+    io.on("ping", (n: unknown, callback: (value: unknown) => void) => callback(n))
+    instance = { io, pool, kind: args.kind }
+    if (args.watch !== undefined) startWatch(args.watch)
+    await new Promise<void>((resolve, reject) => {
+      httpServer.once("error", reject)
+      httpServer.listen(0, "127.0.0.1", () => resolve())
+    })
+    const port = (httpServer.address() as AddressInfo).port
+    return { url: `http://127.0.0.1:${port}`, t0 }
+  },
+
+  count: () => serverCount(),
+
+  /** Starts watching until the cluster has `size` servers; `watchResult` says when that was. */
+  watchCount(args: WatchArgs) {
+    startWatch(args)
+    return null
+  },
+
+  watchResult: () => watch ?? null,
+
+  async measureStart(args: { profile?: string }) {
+    ;(globalThis as { gc?: () => void }).gc?.()
+    if (args.profile !== undefined) await startProfile(args.profile)
+    if (measuring !== undefined) clearInterval(measuring.timer)
+    const baseRss = process.memoryUsage.rss()
+    let ticks = 0
+    const state = {
+      cpu: process.cpuUsage(),
+      baseRss,
+      peakRss: baseRss,
+      peakHeap: process.memoryUsage().heapUsed,
+      errors: adapterErrors,
+      timer: setInterval(() => {
+        state.peakRss = Math.max(state.peakRss, process.memoryUsage.rss())
+        // Heap statistics cost more than the RSS: sample them less often.
+        if (++ticks % 5 === 0) {
+          state.peakHeap = Math.max(state.peakHeap, process.memoryUsage().heapUsed)
+        }
+      }, 20),
+    }
+    measuring = state
+    return null
+  },
+
+  async measureStop(): Promise<Measurement> {
+    const state = measuring
+    if (state === undefined) throw new Error("measureStart was not called")
+    measuring = undefined
+    clearInterval(state.timer)
+    const cpu = process.cpuUsage(state.cpu)
+    const rss = process.memoryUsage.rss()
+    await stopProfile()
+    return {
+      cpuUserMs: cpu.user / 1000,
+      cpuSystemMs: cpu.system / 1000,
+      baseRssMb: state.baseRss / MB,
+      peakRssMb: Math.max(state.peakRss, rss) / MB,
+      peakHeapMb: state.peakHeap / MB,
+      adapterErrors: adapterErrors - state.errors,
+    }
+  },
+
+  async emit(args: EmitArgs): Promise<EmitResult> {
+    const io = instance?.io
+    if (io === undefined) throw new Error("no server")
+    const target = args.room === undefined ? io : io.to(args.room)
+    const one = (s: number) => {
+      const t = now()
+      target.emit("m", packet(args.payload, s, t))
+      return t
+    }
+    const firstSend = now()
+    let lastSend = firstSend
+    if (args.rate === undefined) {
+      for (let s = 0; s < args.count; s++) {
+        lastSend = one(s)
+        if (s % args.yieldEvery === args.yieldEvery - 1) {
+          await new Promise((resolve) => setImmediate(resolve))
+        }
+      }
+    } else {
+      const rate = args.rate
+      let s = 0
+      await new Promise<void>((resolve) => {
+        const tick = () => {
+          const due = Math.min(args.count, Math.floor(((now() - firstSend) * rate) / 1000) + 1)
+          while (s < due) lastSend = one(s++)
+          if (s >= args.count) return resolve()
+          setTimeout(tick, 1)
+        }
+        tick()
+      })
+    }
+    return { firstSend, lastSend }
+  },
+
+  /** `count` round trips of `fetchSockets` or `serverSideEmitWithAck`, one after the other. */
+  async request(args: {
+    op: "fetchSockets" | "serverSideEmitWithAck"
+    count: number
+    expected: number
+  }): Promise<RequestResult> {
+    const io = instance?.io
+    if (io === undefined) throw new Error("no server")
+    const latencies: Array<number> = []
+    let failures = 0
+    let firstError: string | undefined
+    const start = now()
+    for (let i = 0; i < args.count; i++) {
+      const t = now()
+      try {
+        const answers: Array<unknown> =
+          args.op === "fetchSockets"
+            ? await io.fetchSockets()
+            : await io.serverSideEmitWithAck("ping", i)
+        if (answers.length === args.expected) latencies.push(now() - t)
+        else {
+          failures++
+          firstError ??= `${answers.length} answers instead of ${args.expected}`
+        }
+      } catch (error) {
+        failures++
+        firstError ??= (error as Error)?.message ?? String(error)
+      }
+    }
+    return { latencies, failures, firstError, start, end: now() }
+  },
+
+  stopServer: () => stopServer(),
+
+  async rawListen(args: {
+    url: string
+    channel: string
+    applicationName: string
+    expected: number
+  }) {
+    await stopRawListener()
+    const client = new pg.Client({
+      connectionString: args.url,
+      application_name: args.applicationName,
+    })
+    client.on("error", () => {})
+    await client.connect()
+    const tracker = new Tracker(args.expected)
+    client.on("notification", (message) => {
+      try {
+        const { s, t } = JSON.parse(message.payload ?? "")
+        tracker.record(s, t)
+      } catch {
+        tracker.unexpected++
+      }
+    })
+    await client.query(`LISTEN "${args.channel}"`)
+    rawListener = { client, tracker }
+    return null
+  },
+
+  rawProgress() {
+    const tracker = rawListener?.tracker
+    return { unique: tracker?.unique ?? 0, expected: tracker?.expected ?? 0 }
+  },
+
+  async rawReport() {
+    const tracker = rawListener?.tracker
+    if (tracker === undefined) throw new Error("no raw listener")
+    return { stats: tracker.stats(), latencies: tracker.latencies }
+  },
+
+  async rawStop() {
+    await stopRawListener()
+    await stopRawSender()
+    return null
+  },
+
+  /** Opens the raw sender's connection (kept until `rawStop`, so /proc still shows its backend). */
+  async rawOpenSender(args: { url: string; applicationName: string }) {
+    await stopRawSender()
+    const client = new pg.Client({
+      connectionString: args.url,
+      application_name: args.applicationName,
+    })
+    client.on("error", () => {})
+    await client.connect()
+    rawSender = client
+    return null
+  },
+
+  /** Raw `pg_notify`: `perStatement` calls per statement, one statement at a time. */
+  async rawNotify(args: {
+    channel: string
+    count: number
+    perStatement: number
+  }): Promise<EmitResult> {
+    const client = rawSender
+    if (client === undefined) throw new Error("rawOpenSender was not called")
+    const per = args.perStatement
+    const calls = Array.from({ length: per }, (_, i) => `pg_notify($1, $${i + 2})`)
+    const full = `SELECT ${calls.join(", ")}`
+    const firstSend = now()
+    let lastSend = firstSend
+    for (let s = 0; s < args.count; s += per) {
+      const n = Math.min(per, args.count - s)
+      const t = now()
+      // Distinct payloads: identical ones in one transaction would be folded into one.
+      const payloads = Array.from({ length: n }, (_, i) => JSON.stringify({ s: s + i, t }))
+      const sql = n === per ? full : `SELECT ${calls.slice(0, n).join(", ")}`
+      await client.query(sql, [args.channel, ...payloads])
+      lastSend = t
+    }
+    return { firstSend, lastSend }
+  },
+
+  gc() {
+    ;(globalThis as { gc?: () => void }).gc?.()
+    return null
+  },
+
+  async close() {
+    if (measuring !== undefined) clearInterval(measuring.timer)
+    await stopRawListener()
+    await stopRawSender()
+    await stopServer()
+    return null
+  },
+})

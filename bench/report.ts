@@ -1,0 +1,495 @@
+/** The benchmark's results: one record per run, their medians, the table, the JSON and the chart. */
+import { type Kind, KIND_LABEL, type Scenario } from "./scenarios.js"
+import { median, round } from "./stats.js"
+
+/** One run of one scenario with one kind. */
+export interface RunResult {
+  readonly scenario: string
+  readonly kind: Kind
+  readonly rep: number
+  readonly error?: string
+  /** What went wrong in a run that still counts (e.g. the first failed round trip). */
+  readonly note?: string
+  /** Packets broadcast, or round trips made. */
+  readonly count: number
+  /** Remote clients that should get every packet. */
+  readonly receivers: number
+  /** Broadcasts (or round trips) per second, fully delivered: first send to last arrival. */
+  readonly throughput: number | null
+  /** Latency from emit to remote client (or round trip), ms. */
+  readonly p50: number | null
+  readonly p95: number | null
+  readonly p99: number | null
+  readonly max: number | null
+  /** Expected deliveries that never came (or failed round trips). */
+  readonly lost: number
+  readonly duplicates: number
+  readonly outOfOrder: number
+  /** Deliveries to clients that should not have had them. */
+  readonly unexpected: number
+  /** The deadline passed before everything arrived. */
+  readonly timedOut: boolean
+  /** How long server 0 spent in its emit loop. */
+  readonly emitMs: number | null
+  /** First send to last arrival. */
+  readonly durationMs: number | null
+  /** CPU of all servers (user + system). */
+  readonly serverCpuMs: number | null
+  readonly emitterCpuMs: number | null
+  readonly serverCpuPer1k: number | null
+  readonly emitterCpuPer1k: number | null
+  /** CPU of the PostgreSQL backends of this run (from /proc). */
+  readonly pgCpuMs: number | null
+  readonly pgCpuPer1k: number | null
+  /** CPU of every process of the PostgreSQL server (others' load included on a shared server). */
+  readonly pgServerCpuMs: number | null
+  readonly emitterBaseRssMb: number | null
+  readonly emitterPeakRssMb: number | null
+  readonly emitterPeakHeapMb: number | null
+  readonly maxPeakRssMb: number | null
+  /** Errors the adapters handed to their errorHandler. */
+  readonly adapterErrors: number
+  /** Latency to the emitting server's own clients, ms. */
+  readonly localP50: number | null
+  readonly localP99: number | null
+  /** Join scenario: ms from the new server's init until both others count it. */
+  readonly seenByOthersMs: number | null
+  /** Join scenario: ms from the new server's init until it counts both others. */
+  readonly seesOthersMs: number | null
+}
+
+/** Medians (and sums of the error counts) over the repetitions of one scenario and kind. */
+export interface Summary {
+  readonly scenario: string
+  readonly kind: Kind
+  readonly runs: number
+  readonly errors: ReadonlyArray<string>
+  readonly count: number
+  readonly throughput: number | null
+  readonly p50: number | null
+  readonly p95: number | null
+  readonly p99: number | null
+  readonly max: number | null
+  /** Summed over the repetitions. */
+  readonly lost: number
+  readonly duplicates: number
+  readonly outOfOrder: number
+  readonly unexpected: number
+  readonly timedOut: number
+  readonly adapterErrors: number
+  readonly serverCpuPer1k: number | null
+  readonly emitterCpuPer1k: number | null
+  readonly pgCpuPer1k: number | null
+  readonly pgServerCpuMs: number | null
+  readonly emitterBaseRssMb: number | null
+  readonly emitterPeakRssMb: number | null
+  readonly emitterPeakHeapMb: number | null
+  readonly maxPeakRssMb: number | null
+  readonly localP50: number | null
+  readonly localP99: number | null
+  readonly seenByOthersMs: number | null
+  readonly seesOthersMs: number | null
+  /** The slowest join of the repetitions: a median hides a join that waited a whole heartbeat. */
+  readonly seenByOthersWorstMs: number | null
+  readonly seesOthersWorstMs: number | null
+}
+
+/** ours ÷ 0.5.0 for one scenario: above 1 means more throughput, or more latency/CPU/memory. */
+export interface Ratio {
+  readonly throughput: number | null
+  readonly p50: number | null
+  readonly p99: number | null
+  readonly serverCpuPer1k: number | null
+  readonly pgCpuPer1k: number | null
+  readonly emitterPeakRssMb: number | null
+  readonly seenByOthersMs: number | null
+  readonly seesOthersMs: number | null
+}
+
+const MEDIAN_FIELDS = [
+  "throughput",
+  "p50",
+  "p95",
+  "p99",
+  "max",
+  "serverCpuPer1k",
+  "emitterCpuPer1k",
+  "pgCpuPer1k",
+  "pgServerCpuMs",
+  "emitterBaseRssMb",
+  "emitterPeakRssMb",
+  "emitterPeakHeapMb",
+  "maxPeakRssMb",
+  "localP50",
+  "localP99",
+  "seenByOthersMs",
+  "seesOthersMs",
+] as const
+
+const SUM_FIELDS = ["lost", "duplicates", "outOfOrder", "unexpected", "adapterErrors"] as const
+
+/** One summary per scenario and kind that ran, in the order of `order`. */
+export const summarize = (
+  runs: ReadonlyArray<RunResult>,
+  order: ReadonlyArray<Scenario>,
+): Array<Summary> => {
+  const out: Array<Summary> = []
+  for (const scenario of order) {
+    const kinds = [...new Set(runs.filter((r) => r.scenario === scenario.name).map((r) => r.kind))]
+    kinds.sort((a, b) => KIND_ORDER.indexOf(a) - KIND_ORDER.indexOf(b))
+    for (const kind of kinds) {
+      const all = runs.filter((r) => r.scenario === scenario.name && r.kind === kind)
+      const ok = all.filter((r) => r.error === undefined)
+      const summary: Record<string, unknown> = {
+        scenario: scenario.name,
+        kind,
+        runs: ok.length,
+        errors: all.flatMap((r) => (r.error === undefined ? [] : [r.error])),
+        count: all[0]?.count ?? 0,
+        timedOut: ok.filter((r) => r.timedOut).length,
+      }
+      for (const field of MEDIAN_FIELDS) summary[field] = round(median(ok.map((r) => r[field])))
+      for (const field of SUM_FIELDS) summary[field] = ok.reduce((sum, r) => sum + r[field], 0)
+      summary["seenByOthersWorstMs"] = worst(ok.map((r) => r.seenByOthersMs))
+      summary["seesOthersWorstMs"] = worst(ok.map((r) => r.seesOthersMs))
+      out.push(summary as unknown as Summary)
+    }
+  }
+  return out
+}
+
+const worst = (values: ReadonlyArray<number | null>): number | null => {
+  const defined = values.filter((v): v is number => v !== null)
+  return defined.length === 0 ? null : round(Math.max(...defined))
+}
+
+const KIND_ORDER: ReadonlyArray<Kind> = ["ours", "upstream", "raw-x1", "raw-x10"]
+
+const divide = (a: number | null | undefined, b: number | null | undefined) =>
+  a == null || b == null || b === 0 ? null : round(a / b, 3)
+
+/** ours ÷ 0.5.0 per scenario where both ran. */
+export const ratios = (summaries: ReadonlyArray<Summary>): Record<string, Ratio> => {
+  const out: Record<string, Ratio> = {}
+  for (const ours of summaries.filter((s) => s.kind === "ours")) {
+    const upstream = summaries.find((s) => s.scenario === ours.scenario && s.kind === "upstream")
+    if (upstream === undefined) continue
+    out[ours.scenario] = {
+      throughput: divide(ours.throughput, upstream.throughput),
+      p50: divide(ours.p50, upstream.p50),
+      p99: divide(ours.p99, upstream.p99),
+      serverCpuPer1k: divide(ours.serverCpuPer1k, upstream.serverCpuPer1k),
+      pgCpuPer1k: divide(ours.pgCpuPer1k, upstream.pgCpuPer1k),
+      emitterPeakRssMb: divide(ours.emitterPeakRssMb, upstream.emitterPeakRssMb),
+      seenByOthersMs: divide(ours.seenByOthersMs, upstream.seenByOthersMs),
+      seesOthersMs: divide(ours.seesOthersMs, upstream.seesOthersMs),
+    }
+  }
+  return out
+}
+
+// ─── table ────────────────────────────────────────────────────────────────────────────────────
+
+const fmt = (value: number | null | undefined, digits = 1): string => {
+  if (value === null || value === undefined) return "-"
+  if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en-US")
+  if (Math.abs(value) >= 100) return value.toFixed(0)
+  return value.toFixed(digits)
+}
+
+const times = (value: number | null | undefined): string =>
+  value === null || value === undefined ? "-" : `x${value.toFixed(2)}`
+
+const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) => {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) =>
+    cells
+      .map((cell, i) => (i < 2 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!)))
+      .join("  ")
+      .trimEnd()
+  return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n")
+}
+
+/** The table a person reads in the terminal. */
+export const formatTable = (
+  summaries: ReadonlyArray<Summary>,
+  ratioOf: Record<string, Ratio>,
+  order: ReadonlyArray<Scenario>,
+): string => {
+  const rows: Array<Array<string>> = []
+  const joinRows: Array<Array<string>> = []
+  const problems: Array<string> = []
+  for (const scenario of order) {
+    const mine = summaries.filter((s) => s.scenario === scenario.name)
+    if (mine.length === 0) continue
+    for (const s of mine) {
+      for (const error of s.errors) problems.push(`${s.scenario} ${KIND_LABEL[s.kind]}: ${error}`)
+      if (s.timedOut > 0) {
+        problems.push(
+          `${s.scenario} ${KIND_LABEL[s.kind]}: deadline passed in ${s.timedOut} run(s)`,
+        )
+      }
+      if (s.adapterErrors > 0) {
+        problems.push(`${s.scenario} ${KIND_LABEL[s.kind]}: ${s.adapterErrors} adapter error(s)`)
+      }
+    }
+    if (scenario.type === "join") {
+      mine.forEach((s, i) => {
+        joinRows.push([
+          i === 0 ? scenario.name : "",
+          KIND_LABEL[s.kind],
+          fmt(s.seenByOthersMs),
+          fmt(s.seenByOthersWorstMs),
+          fmt(s.seesOthersMs),
+          fmt(s.seesOthersWorstMs),
+          String(s.runs),
+        ])
+      })
+      const ratio = ratioOf[scenario.name]
+      if (ratio !== undefined) {
+        joinRows.push([
+          "",
+          "ours / 0.5.0",
+          times(ratio.seenByOthersMs),
+          "",
+          times(ratio.seesOthersMs),
+          "",
+          "",
+        ])
+      }
+      continue
+    }
+    mine.forEach((s, i) => {
+      rows.push([
+        i === 0 ? scenario.name : "",
+        KIND_LABEL[s.kind],
+        fmt(s.throughput, 0) + (scenario.type === "request" ? " ops" : ""),
+        fmt(s.p50, 2),
+        fmt(s.p95, 2),
+        fmt(s.p99, 2),
+        String(s.lost + s.unexpected),
+        String(s.outOfOrder),
+        fmt(s.serverCpuPer1k),
+        fmt(s.pgCpuPer1k),
+        fmt(s.emitterPeakRssMb, 0),
+      ])
+    })
+    const ratio = ratioOf[scenario.name]
+    if (ratio !== undefined) {
+      rows.push([
+        "",
+        "ours / 0.5.0",
+        times(ratio.throughput),
+        times(ratio.p50),
+        "",
+        times(ratio.p99),
+        "",
+        "",
+        times(ratio.serverCpuPer1k),
+        times(ratio.pgCpuPer1k),
+        times(ratio.emitterPeakRssMb),
+      ])
+    }
+  }
+  const parts = [
+    table(
+      [
+        "scenario",
+        "adapter",
+        "delivered/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "lost",
+        "ooo",
+        "srv cpu ms/1k",
+        "pg cpu ms/1k",
+        "emitter rss MB",
+      ],
+      rows,
+    ),
+  ]
+  if (joinRows.length > 0) {
+    parts.push(
+      "",
+      table(
+        ["scenario", "adapter", "seen by others ms", "worst", "sees others ms", "worst", "runs"],
+        joinRows,
+      ),
+    )
+  }
+  if (problems.length > 0) parts.push("", "Problems:", ...problems.map((p) => `  ${p}`))
+  return parts.join("\n")
+}
+
+// ─── SVG chart ────────────────────────────────────────────────────────────────────────────────
+
+const COLORS: Record<Kind, string> = {
+  ours: "#2f6fb3",
+  upstream: "#e07b39",
+  "raw-x1": "#8a8a8a",
+  "raw-x10": "#bdbdbd",
+}
+
+const escapeXml = (text: string) =>
+  text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;")
+
+interface Bar {
+  readonly kind: Kind
+  readonly value: number | null
+  /** Printed after the value. */
+  readonly note?: string
+}
+
+interface Group {
+  readonly label: string
+  readonly bars: ReadonlyArray<Bar>
+}
+
+const WIDTH = 960
+const LABEL_WIDTH = 230
+const BAR_AREA = 540
+const BAR_HEIGHT = 14
+const GROUP_GAP = 10
+
+/** A panel of horizontal bars; each group is scaled to its own longest bar. */
+const panel = (
+  y: number,
+  title: string,
+  subtitle: string,
+  unit: string,
+  groups: ReadonlyArray<Group>,
+): { svg: string; height: number } => {
+  const parts: Array<string> = []
+  parts.push(
+    `<text x="16" y="${y + 18}" class="title">${escapeXml(title)}</text>`,
+    `<text x="16" y="${y + 34}" class="sub">${escapeXml(subtitle)}</text>`,
+  )
+  let cy = y + 48
+  for (const group of groups) {
+    const bars = group.bars.filter((b) => b.value !== null)
+    if (bars.length === 0) continue
+    const top = Math.max(...bars.map((b) => b.value!), 1e-9)
+    const groupHeight = bars.length * (BAR_HEIGHT + 2)
+    parts.push(
+      `<text x="${LABEL_WIDTH - 10}" y="${cy + groupHeight / 2 + 4}" class="label" text-anchor="end">${escapeXml(group.label)}</text>`,
+    )
+    for (const bar of bars) {
+      const w = Math.max(1, (bar.value! / top) * BAR_AREA)
+      parts.push(
+        `<rect x="${LABEL_WIDTH}" y="${cy}" width="${w.toFixed(1)}" height="${BAR_HEIGHT}" fill="${COLORS[bar.kind]}"/>`,
+        `<text x="${(LABEL_WIDTH + w + 6).toFixed(1)}" y="${cy + BAR_HEIGHT - 3}" class="value">${escapeXml(
+          `${fmt(bar.value, 1)} ${unit}${bar.note ?? ""}  ${KIND_LABEL[bar.kind]}`,
+        )}</text>`,
+      )
+      cy += BAR_HEIGHT + 2
+    }
+    cy += GROUP_GAP
+  }
+  return { svg: parts.join("\n"), height: cy - y + 8 }
+}
+
+/** A chart of the summaries: throughput, p99 latency, server CPU, emitter memory, join times. */
+export const renderSvg = (
+  summaries: ReadonlyArray<Summary>,
+  order: ReadonlyArray<Scenario>,
+  caption: string,
+): string => {
+  const groupsOf = (
+    pick: (s: Summary) => number | null,
+    filter: (scenario: Scenario) => boolean,
+    note?: (s: Summary) => string,
+  ): Array<Group> =>
+    order.filter(filter).map((scenario) => ({
+      label: scenario.label,
+      bars: summaries
+        .filter((s) => s.scenario === scenario.name)
+        .map((s) => ({ kind: s.kind, value: pick(s), ...(note ? { note: note(s) } : {}) })),
+    }))
+  const notJoin = (s: Scenario) => s.type !== "join"
+  const broadcasts = (s: Scenario) => s.type === "broadcast"
+  const panels: Array<[string, string, string, Array<Group>]> = [
+    [
+      "Throughput, fully delivered (higher is better)",
+      "broadcasts/s from server 0 to every remote client; round trips/s for requests",
+      "/s",
+      groupsOf((s) => s.throughput, notJoin),
+    ],
+    [
+      "Latency p99 (lower is better)",
+      "emit on server 0 to arrival at a client of server 1 or 2; round trip for requests",
+      "ms",
+      groupsOf((s) => s.p99, notJoin),
+    ],
+    [
+      "Server CPU per 1,000 broadcasts (lower is better)",
+      "user + system time of the three server processes",
+      "ms",
+      groupsOf((s) => s.serverCpuPer1k, notJoin),
+    ],
+    [
+      "Peak RSS of the emitting server (lower is better)",
+      "sampled every 20 ms during the run; in brackets: before the run, after a GC",
+      "MB",
+      groupsOf(
+        (s) => s.emitterPeakRssMb,
+        broadcasts,
+        (s) => (s.emitterBaseRssMb === null ? "" : ` (${fmt(s.emitterBaseRssMb, 0)})`),
+      ),
+    ],
+    [
+      "New server joining (lower is better)",
+      "ms from its init until the others count it / until it counts the others; median and worst",
+      "ms",
+      order
+        .filter((s) => s.type === "join")
+        .flatMap((scenario) => [
+          {
+            label: "seen by the others",
+            bars: summaries
+              .filter((s) => s.scenario === scenario.name)
+              .map((s) => ({
+                kind: s.kind,
+                value: s.seenByOthersMs,
+                note: ` (worst ${fmt(s.seenByOthersWorstMs)})`,
+              })),
+          },
+          {
+            label: "sees the others",
+            bars: summaries
+              .filter((s) => s.scenario === scenario.name)
+              .map((s) => ({
+                kind: s.kind,
+                value: s.seesOthersMs,
+                note: ` (worst ${fmt(s.seesOthersWorstMs)})`,
+              })),
+          },
+        ]),
+    ],
+  ]
+  const body: Array<string> = []
+  let y = 64
+  for (const [title, subtitle, unit, groups] of panels) {
+    if (!groups.some((g) => g.bars.some((b) => b.value !== null))) continue
+    const p = panel(y, title, subtitle, unit, groups)
+    body.push(p.svg)
+    y += p.height + 10
+  }
+  const legend = (Object.keys(COLORS) as Array<Kind>)
+    .filter((kind) => summaries.some((s) => s.kind === kind))
+    .map(
+      (kind, i) =>
+        `<rect x="${16 + i * 150}" y="44" width="12" height="12" fill="${COLORS[kind]}"/>` +
+        `<text x="${34 + i * 150}" y="54" class="label">${escapeXml(KIND_LABEL[kind])}</text>`,
+    )
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${y + 10}" viewBox="0 0 ${WIDTH} ${y + 10}" font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif">`,
+    `<style>.title{font-size:15px;font-weight:600;fill:#222}.sub{font-size:11px;fill:#666}.label{font-size:12px;fill:#333}.value{font-size:11px;fill:#333}.head{font-size:17px;font-weight:700;fill:#111}</style>`,
+    `<rect width="100%" height="100%" fill="#fff"/>`,
+    `<text x="16" y="22" class="head">socket.io-postgres-effect vs @socket.io/postgres-adapter 0.5.0</text>`,
+    `<text x="16" y="38" class="sub">${escapeXml(caption)}</text>`,
+    ...legend,
+    ...body,
+    `</svg>`,
+  ].join("\n")
+}

@@ -1,0 +1,193 @@
+/** What the benchmark measures: its scenarios, their sizes, and who runs them. */
+
+/** The adapters under test: this package, and `@socket.io/postgres-adapter` 0.5.0. */
+export type AdapterKind = "ours" | "upstream"
+
+/** Raw `pg_notify` from one connection: one call per statement, or ten. */
+export type RawKind = "raw-x1" | "raw-x10"
+
+/** Everything a scenario can be run with. */
+export type Kind = AdapterKind | RawKind
+
+export const ALL_KINDS: ReadonlyArray<Kind> = ["ours", "upstream", "raw-x1", "raw-x10"]
+
+/** How each kind is named in the table and the chart. */
+export const KIND_LABEL: Record<Kind, string> = {
+  ours: "ours",
+  upstream: "0.5.0",
+  "raw-x1": "raw pg_notify",
+  "raw-x10": "raw x10/stmt",
+}
+
+/** What a broadcast carries besides its sequence number and send time. */
+export type PayloadKind = "small" | "binary" | "large"
+
+/** Server 0 broadcasts `count` packets; the clients of servers 1 and 2 count them. */
+export interface BroadcastScenario {
+  readonly type: "broadcast"
+  readonly name: string
+  /** Short, for the chart. */
+  readonly label: string
+  readonly title: string
+  readonly payload: PayloadKind
+  readonly count: number
+  /** Packets per second; full speed when absent. */
+  readonly rate?: number
+  readonly clientsPerServer: number
+  /** Broadcast to a room that every other client joined. */
+  readonly room?: boolean
+  /** Raw `pg_notify` references run in this scenario, with their packet counts. */
+  readonly raw?: Partial<Record<RawKind, number>>
+}
+
+/** Server 0 makes `count` round trips, one after the other. */
+export interface RequestScenario {
+  readonly type: "request"
+  readonly name: string
+  readonly label: string
+  readonly title: string
+  readonly op: "fetchSockets" | "serverSideEmitWithAck"
+  readonly count: number
+  readonly clientsPerServer: number
+}
+
+/** Two servers run; a third starts: how long until they see it, and it sees them. */
+export interface JoinScenario {
+  readonly type: "join"
+  readonly name: string
+  readonly label: string
+  readonly title: string
+  readonly heartbeatInterval: number
+}
+
+export type Scenario = BroadcastScenario | RequestScenario | JoinScenario
+
+/** The fixed rate of the `*-rate` scenarios. */
+export const FIXED_RATE = 1000
+
+/** The scenarios, full size or `--quick` (tiny counts, for the smoke test and CI). */
+export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
+  const n = (full: number, small: number) => (quick ? small : full)
+  const broadcast = (
+    name: string,
+    label: string,
+    title: string,
+    payload: PayloadKind,
+    count: number,
+    extra: Partial<BroadcastScenario> = {},
+  ): BroadcastScenario => ({
+    type: "broadcast",
+    name,
+    label,
+    title,
+    payload,
+    count,
+    clientsPerServer: 1,
+    ...extra,
+  })
+  const rate = { rate: FIXED_RATE }
+  return [
+    broadcast("small", "small, full speed", "small JSON, full speed", "small", n(10_000, 200), {
+      raw: { "raw-x1": n(10_000, 300), "raw-x10": n(50_000, 1000) },
+    }),
+    broadcast(
+      "small-rate",
+      `small, ${FIXED_RATE}/s`,
+      `small JSON at ${FIXED_RATE}/s`,
+      "small",
+      n(3000, 200),
+      rate,
+    ),
+    broadcast(
+      "binary",
+      "1 KB binary, full speed",
+      "1 KB binary, full speed",
+      "binary",
+      n(3000, 100),
+    ),
+    broadcast(
+      "binary-rate",
+      `1 KB binary, ${FIXED_RATE}/s`,
+      `1 KB binary at ${FIXED_RATE}/s`,
+      "binary",
+      n(3000, 100),
+      rate,
+    ),
+    broadcast("large", "20 KB JSON, full speed", "20 KB JSON, full speed", "large", n(1500, 50)),
+    broadcast(
+      "large-rate",
+      `20 KB JSON, ${FIXED_RATE}/s`,
+      `20 KB JSON at ${FIXED_RATE}/s`,
+      "large",
+      n(2000, 50),
+      rate,
+    ),
+    broadcast(
+      "room",
+      "room, full speed",
+      "room (half the clients), full speed",
+      "small",
+      n(10_000, 200),
+      {
+        room: true,
+        clientsPerServer: 2,
+      },
+    ),
+    broadcast(
+      "room-rate",
+      `room, ${FIXED_RATE}/s`,
+      `room at ${FIXED_RATE}/s`,
+      "small",
+      n(3000, 200),
+      {
+        room: true,
+        clientsPerServer: 2,
+        ...rate,
+      },
+    ),
+    broadcast(
+      "fanout",
+      `fan-out, ${n(100, 20)} clients/server`,
+      `fan-out: ${n(100, 20)} clients per server, full speed`,
+      "small",
+      n(1000, 50),
+      {
+        clientsPerServer: n(100, 20),
+      },
+    ),
+    {
+      type: "request",
+      name: "fetchSockets",
+      label: "fetchSockets",
+      title: "fetchSockets round trip (3 x 50 sockets)",
+      op: "fetchSockets",
+      count: n(200, 10),
+      clientsPerServer: 50,
+    },
+    {
+      type: "request",
+      name: "serverSideEmitWithAck",
+      label: "serverSideEmitWithAck",
+      title: "serverSideEmitWithAck round trip",
+      op: "serverSideEmitWithAck",
+      count: n(200, 10),
+      clientsPerServer: 50,
+    },
+    {
+      type: "join",
+      name: "join",
+      label: "new server",
+      title: "new server: ms until seen by / seeing the others",
+      heartbeatInterval: n(5000, 1000),
+    },
+  ]
+}
+
+/** The kinds a scenario is run with. */
+export const kindsOf = (scenario: Scenario): ReadonlyArray<Kind> => [
+  "ours",
+  "upstream",
+  ...(scenario.type === "broadcast" && scenario.raw !== undefined
+    ? (Object.keys(scenario.raw) as Array<RawKind>)
+    : []),
+]
