@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -13,7 +14,6 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Runtime from "effect/Runtime"
-import * as Metric from "effect/Metric"
 import type pg from "pg"
 import {
   Adapter,
@@ -72,7 +72,7 @@ const makeSkipLogger = (log: (message: string) => void) => {
   let last = 0
   return (reason: string) => {
     skipped++
-    Effect.runSync(Metric.increment(Metrics.malformedNotifications))
+    Metrics.malformedNotifications.unsafeUpdate(1, [])
     const now = Date.now()
     if (now - last >= 1000) {
       log(`skipped ${skipped} malformed notification(s), last: ${reason}`)
@@ -97,7 +97,11 @@ export class PostgresAdapter extends ClusterAdapter {
   readonly #shared: Shared
   readonly #runtime: Runner
   readonly #requests = new Map<string, PendingRequest>()
-  readonly #inflight = new Set<Promise<void>>()
+  #publisher: Context.Tag.Service<Publisher> | undefined
+  /** Publishes not settled yet; `close()` waits for them. */
+  #pending = 0
+  #slowPending = 0
+  #drained: (() => void) | undefined
   readonly #inbox: OrderedDelivery<Codec.WireMessage>
   readonly #skip: (reason: string) => void
   #membership: Membership | undefined
@@ -106,6 +110,7 @@ export class PostgresAdapter extends ClusterAdapter {
   #listening: () => void = () => {}
   /** Resolves once this namespace's channel is listened on (first time). */
   readonly ready: Promise<void>
+  readonly #selfPrefix: string
 
   /** Use {@link createAdapter}; constructed by Socket.IO for each namespace. */
   constructor(nsp: any, shared: Shared) {
@@ -113,6 +118,7 @@ export class PostgresAdapter extends ClusterAdapter {
     this.#shared = shared
     this.#runtime = shared.acquire()
     this.channel = channelName(shared.config.channelPrefix, nsp.name)
+    this.#selfPrefix = `{"uid":${JSON.stringify(this.uid)},`
     this.#inbox = new OrderedDelivery((message) => this.#handle(message))
     this.#skip = makeSkipLogger((line) => this.#log("warning", line))
     this.ready = new Promise((resolve) => (this.#listening = resolve))
@@ -123,6 +129,7 @@ export class PostgresAdapter extends ClusterAdapter {
     if (this.#fiber !== undefined || this.#closed) return
     this.#fiber = this.#runtime.runFork(
       Effect.gen(this, function* () {
+        this.#publisher = yield* Publisher
         const heartbeat = yield* Heartbeat
         const listener = yield* Listener
         this.#membership = yield* heartbeat.track({
@@ -147,7 +154,7 @@ export class PostgresAdapter extends ClusterAdapter {
     if (this.#closed) return
     this.#send({ type: MessageType.ADAPTER_CLOSE })
     this.#closed = true
-    await Promise.allSettled([...this.#inflight])
+    if (this.#pending > 0) await new Promise<void>((resolve) => (this.#drained = resolve))
     for (const [requestId, request] of this.#requests) {
       this.#requests.delete(requestId)
       clearTimeout(request.timer)
@@ -280,19 +287,42 @@ export class PostgresAdapter extends ClusterAdapter {
   /** Publishes a message of this namespace; never rejects: errors go to the errorHandler. */
   #send(message: { type: number; data?: unknown }): Promise<void> {
     if (this.#closed) return Promise.resolve()
-    const wire = { ...message, uid: this.uid, nsp: this.nsp.name } as Codec.WireMessage
+    // `uid` first: receivers recognise their own notifications by this prefix, unparsed.
+    const wire = {
+      uid: this.uid,
+      nsp: this.nsp.name,
+      type: message.type,
+      data: message.data,
+    } as Codec.WireMessage
     this.#membership?.published()
-    const promise = this.#runtime
+    this.#pending++
+    const publisher = this.#publisher
+    // Until the runtime is up, publishes go through fibers; later ones must not overtake them.
+    if (publisher !== undefined && this.#slowPending === 0) {
+      return new Promise((resolve) =>
+        publisher.unsafePublish(this.channel, wire, (error) => {
+          if (error !== undefined) this.#report(error)
+          this.#settled()
+          resolve()
+        }),
+      )
+    }
+    this.#slowPending++
+    return this.#runtime
       .runPromiseExit(
         Effect.flatMap(Publisher, (publisher) => publisher.publish(this.channel, wire)),
       )
       .then((exit) => {
-        this.#inflight.delete(promise)
-        if (Exit.isFailure(exit) && !Exit.isInterrupted(exit))
+        this.#slowPending--
+        if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) {
           this.#report(Cause.squash(exit.cause))
+        }
+        this.#settled()
       })
-    this.#inflight.add(promise)
-    return promise
+  }
+
+  #settled(): void {
+    if (--this.#pending === 0) this.#drained?.()
   }
 
   #report(failure: unknown): void {
@@ -314,7 +344,9 @@ export class PostgresAdapter extends ClusterAdapter {
 
   // A notification, in commit order. Own ones are dropped before any attachment is fetched.
   #receive(payload: string): void {
-    Effect.runSync(Metric.increment(Metrics.notificationsReceived))
+    Metrics.notificationsReceived.unsafeUpdate(1, [])
+    // Ours start with this prefix (inline and attachment headers alike): no need to parse them.
+    if (payload.startsWith(this.#selfPrefix)) return
     const decoded = Codec.decodeNotification(payload)
     if (Either.isLeft(decoded)) return this.#skip(decoded.left)
     const notification = decoded.right

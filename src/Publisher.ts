@@ -8,19 +8,17 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
-import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
-import * as Metric from "effect/Metric"
-import * as Queue from "effect/Queue"
 import { AttachmentStore } from "./AttachmentStore.js"
 import * as Codec from "./Codec.js"
 import { Config } from "./Config.js"
 import { Database } from "./Database.js"
 import { type DatabaseError, PublishError } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
+
+/** Called once with the outcome of a publish: `undefined` when PostgreSQL committed it. */
+export type PublishCallback = (error: PublishError | undefined) => void
 
 /** The Publisher service. */
 export class Publisher extends Context.Tag("socket.io-postgres-effect/Publisher")<
@@ -34,13 +32,22 @@ export class Publisher extends Context.Tag("socket.io-postgres-effect/Publisher"
       channel: string,
       message: Codec.WireMessage,
     ) => Effect.Effect<void, PublishError>
+    /**
+     * The same without a fiber per message, for hot paths outside Effect: encodes and queues at
+     * once, then calls `done` exactly once.
+     */
+    readonly unsafePublish: (
+      channel: string,
+      message: Codec.WireMessage,
+      done: PublishCallback,
+    ) => void
   }
 >() {}
 
 interface Item {
   readonly channel: string
   readonly encoded: Codec.Encoded
-  readonly done: Deferred.Deferred<void, PublishError>
+  readonly done: PublishCallback
 }
 
 /** Most notifications sent in one statement. */
@@ -51,12 +58,17 @@ const toPublishError = (error: DatabaseError | PublishError): PublishError =>
     ? error
     : new PublishError({ reason: "Database", message: error.message, cause: error })
 
+const closedError = () =>
+  new PublishError({ reason: "Closed", message: "the publisher was closed" })
+
 /** Builds the Publisher; its worker runs until the scope closes. */
 export const make = Effect.gen(function* () {
   const config = yield* Config
   const database = yield* Database
   const store = yield* AttachmentStore
-  const queue = yield* Queue.dropping<Item>(config.maxPendingPublishes)
+  // A plain array and a latch: queueing a message costs no fiber, no Deferred.
+  let queue: Array<Item> = []
+  const wake = yield* Effect.makeLatch(false)
   let closed = false
 
   const timeoutError = new PublishError({
@@ -92,106 +104,94 @@ export const make = Effect.gen(function* () {
         params.push(items[end]!.channel, payloads[end]!)
         end++
       }
-      const calls = Array.from(
-        { length: end - start },
-        (_, i) => `pg_notify($${2 * i + 1}, $${2 * i + 2})`,
-      )
-      yield* database.query(`SELECT ${calls.join(", ")}`, params)
-      yield* Metric.incrementBy(Metrics.notifyStatements, 1)
-      yield* Metric.incrementBy(Metrics.notificationsSent, end - start)
-      for (let i = start; i < end; i++) Deferred.unsafeDone(items[i]!.done, Exit.void)
+      yield* database.query(notifyStatement(end - start), params)
+      Metrics.notifyStatements.unsafeUpdate(1, [])
+      Metrics.notificationsSent.unsafeUpdate(end - start, [])
+      for (let i = start; i < end; i++) items[i]!.done(undefined)
       start = end
     }
-    if (attachments.length > 0)
-      yield* Metric.incrementBy(Metrics.attachmentsWritten, attachments.length)
+    if (attachments.length > 0) Metrics.attachmentsWritten.unsafeUpdate(attachments.length, [])
   })
 
-  const failAll = (items: ReadonlyArray<Item>, error: PublishError) =>
-    Effect.sync(() => {
-      for (const item of items) Deferred.unsafeDone(item.done, Exit.fail(error))
-    })
+  const failAll = (items: ReadonlyArray<Item>, error: PublishError) => {
+    for (const item of items) item.done(error)
+  }
 
-  yield* Queue.takeBetween(queue, 1, MAX_BATCH).pipe(
-    Effect.flatMap((chunk) => {
-      const items = Array.from(chunk)
-      return send(items).pipe(
-        Effect.timeoutFail({ duration: config.publishTimeout, onTimeout: () => timeoutError }),
-        Effect.catchAll((error) =>
-          failAll(items, toPublishError(error)).pipe(
-            Effect.zipRight(Metric.incrementBy(Metrics.publishFailures, items.length)),
-          ),
-        ),
-        Effect.onInterrupt(() =>
-          failAll(
-            items,
-            new PublishError({ reason: "Closed", message: "the publisher was closed" }),
-          ),
-        ),
-        Effect.zipRight(
-          Queue.size(queue).pipe(Effect.flatMap((n) => Metric.set(Metrics.pendingPublishes, n))),
-        ),
-      )
-    }),
-    Effect.forever,
-    Effect.annotateLogs({ module: "Publisher" }),
-    Effect.forkScoped,
-  )
+  yield* Effect.gen(function* () {
+    yield* wake.await
+    const items = queue.length <= MAX_BATCH ? queue : queue.slice(0, MAX_BATCH)
+    queue = queue.length <= MAX_BATCH ? [] : queue.slice(MAX_BATCH)
+    if (queue.length === 0) wake.unsafeClose()
+    Metrics.pendingPublishes.unsafeUpdate(queue.length, [])
+    if (items.length === 0) return
+    yield* send(items).pipe(
+      Effect.timeoutFail({ duration: config.publishTimeout, onTimeout: () => timeoutError }),
+      Effect.catchAll((error) =>
+        Effect.sync(() => {
+          Metrics.publishFailures.unsafeUpdate(items.length, [])
+          failAll(items, toPublishError(error))
+        }),
+      ),
+      Effect.onInterrupt(() => Effect.sync(() => failAll(items, closedError()))),
+    )
+  }).pipe(Effect.forever, Effect.annotateLogs({ module: "Publisher" }), Effect.forkScoped)
 
   yield* Effect.addFinalizer(() =>
-    Effect.gen(function* () {
+    Effect.sync(() => {
       closed = true
-      const left = yield* Queue.takeAll(queue)
-      yield* failAll(
-        Array.from(left),
-        new PublishError({ reason: "Closed", message: "the publisher was closed" }),
-      )
-      yield* Queue.shutdown(queue)
+      const left = queue
+      queue = []
+      failAll(left, closedError())
     }),
   )
+
+  const unsafePublish = (channel: string, message: Codec.WireMessage, done: PublishCallback) => {
+    if (closed) return done(closedError())
+    if (queue.length >= config.maxPendingPublishes) {
+      Metrics.publishFailures.unsafeUpdate(1, [])
+      return done(
+        new PublishError({
+          reason: "Overloaded",
+          message: `more than ${config.maxPendingPublishes} messages are waiting for PostgreSQL`,
+        }),
+      )
+    }
+    let encoded: Codec.Encoded
+    try {
+      encoded = Codec.encode(message, config.payloadThreshold)
+    } catch (cause) {
+      return done(
+        new PublishError({
+          reason: "Encode",
+          message: `message cannot be encoded: ${(cause as Error)?.message}`,
+          cause,
+        }),
+      )
+    }
+    queue.push({ channel, encoded, done })
+    wake.unsafeOpen()
+  }
 
   const publish = (
     channel: string,
     message: Codec.WireMessage,
   ): Effect.Effect<void, PublishError> =>
-    Effect.suspend(() => {
-      if (closed) {
-        return Effect.fail(
-          new PublishError({ reason: "Closed", message: "the publisher was closed" }),
-        )
-      }
-      let encoded: Codec.Encoded
-      try {
-        encoded = Codec.encode(message, config.payloadThreshold)
-      } catch (cause) {
-        return Effect.fail(
-          new PublishError({
-            reason: "Encode",
-            message: `message cannot be encoded: ${(cause as Error)?.message}`,
-            cause,
-          }),
-        )
-      }
-      const done = Deferred.unsafeMake<void, PublishError>(FiberId.none)
-      return Queue.offer(queue, { channel, encoded, done }).pipe(
-        Effect.flatMap((accepted) =>
-          accepted
-            ? Deferred.await(done)
-            : Metric.increment(Metrics.publishFailures).pipe(
-                Effect.zipRight(
-                  Effect.fail(
-                    new PublishError({
-                      reason: "Overloaded",
-                      message: `more than ${config.maxPendingPublishes} messages are waiting for PostgreSQL`,
-                    }),
-                  ),
-                ),
-              ),
-        ),
-      )
-    })
+    Effect.async<void, PublishError>((resume) =>
+      unsafePublish(channel, message, (error) =>
+        resume(error === undefined ? Effect.void : Effect.fail(error)),
+      ),
+    )
 
-  return Publisher.of({ publish })
+  return Publisher.of({ publish, unsafePublish })
 })
+
+// The statement text for n notifications, built once per size.
+const statements: Array<string> = []
+const notifyStatement = (n: number): string =>
+  (statements[n] ??= `SELECT ${Array.from(
+    { length: n },
+    (_, i) => `pg_notify($${2 * i + 1}, $${2 * i + 2})`,
+  ).join(", ")}`)
 
 /** The Publisher layer; needs `Config`, `Database` and `AttachmentStore`. */
 export const layer: Layer.Layer<Publisher, never, Config | Database | AttachmentStore> =
