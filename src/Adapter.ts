@@ -355,6 +355,15 @@ export class PostgresAdapter extends ClusterAdapter {
       return this.#inbox.push(notification.message)
     }
     if (notification.uid === this.uid) return
+    // Answers to another node's request: not worth a SELECT here.
+    if (
+      notification.requestId !== undefined &&
+      (notification.type === MessageType.FETCH_SOCKETS_RESPONSE ||
+        notification.type === MessageType.SERVER_SIDE_EMIT_RESPONSE) &&
+      !this.#requests.has(notification.requestId)
+    ) {
+      return
+    }
     const fill = this.#inbox.reserve()
     this.#runtime
       .runPromiseExit(

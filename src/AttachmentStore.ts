@@ -7,6 +7,7 @@
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import { quoteIdentifier, quoteTableName } from "./Channel.js"
 import { Config } from "./Config.js"
@@ -36,34 +37,73 @@ export const make = Effect.gen(function* () {
   const database = yield* Database
   const table = quoteTableName(tableName)
   const schema = tableName.includes(".") ? quoteIdentifier(tableName.split(".")[0]!) : undefined
-  // unnest ... WITH ORDINALITY keeps the ids in the order of the payloads.
-  const insertSql =
-    `INSERT INTO ${table} (payload) SELECT p FROM unnest($1::bytea[]) WITH ORDINALITY AS t(p, n) ` +
-    `ORDER BY n RETURNING id::text AS id`
+  const toBuffer = (p: Uint8Array) => Buffer.from(p.buffer, p.byteOffset, p.byteLength)
+  // One binary parameter per row (an array parameter would travel as hex text).
+  const insertSql = (n: number) =>
+    `INSERT INTO ${table} (payload) VALUES ${Array.from({ length: n }, (_, i) => `($${i + 1})`).join(", ")} RETURNING id::text AS id`
+
+  // Fetches requested while one is in flight share the next SELECT.
+  const waiting = new Map<
+    string,
+    Array<(result: Exit.Exit<Uint8Array | undefined, DatabaseError>) => void>
+  >()
+  const wake = yield* Effect.makeLatch(false)
+  yield* Effect.gen(function* () {
+    yield* wake.await
+    wake.unsafeClose()
+    const batch = new Map(waiting)
+    waiting.clear()
+    if (batch.size === 0) return
+    const select = (ids: ReadonlyArray<string>) =>
+      database.query<{ id: string; payload: Buffer }>(
+        `SELECT id::text AS id, payload FROM ${table} WHERE id = ANY($1::bigint[])`,
+        [ids],
+      )
+    // Should one id spoil the batch, each id is asked alone so that only its own fetch fails.
+    const exit = yield* Effect.exit(
+      batch.size === 1
+        ? select([...batch.keys()])
+        : select([...batch.keys()]).pipe(
+            Effect.catchAll(() =>
+              Effect.forEach(
+                [...batch.keys()],
+                (id) => select([id]).pipe(Effect.orElseSucceed(() => [])),
+                {
+                  concurrency: 4,
+                },
+              ).pipe(Effect.map((rows) => rows.flat())),
+            ),
+          ),
+    )
+    const found = Exit.isSuccess(exit)
+      ? new Map(exit.value.map((row) => [row.id, row.payload]))
+      : undefined
+    for (const [id, callbacks] of batch) {
+      const result =
+        found === undefined
+          ? (exit as Exit.Exit<never, DatabaseError>)
+          : Exit.succeed(found.get(id))
+      for (const callback of callbacks) callback(result)
+    }
+  }).pipe(Effect.forever, Effect.annotateLogs({ module: "AttachmentStore" }), Effect.forkScoped)
 
   return AttachmentStore.of({
     insert: (payloads) =>
-      payloads.length === 1
-        ? database
-            .query<{ id: string }>(
-              `INSERT INTO ${table} (payload) VALUES ($1) RETURNING id::text AS id`,
-              [Buffer.from(payloads[0]!.buffer, payloads[0]!.byteOffset, payloads[0]!.byteLength)],
-            )
-            .pipe(Effect.map((rows) => rows.map((row) => row.id)))
-        : database
-            .query<{ id: string }>(insertSql, [
-              payloads.map((p) => Buffer.from(p.buffer, p.byteOffset, p.byteLength)),
-            ])
-            .pipe(
-              // RETURNING order follows the insert order; sort numerically to be safe.
-              Effect.map((rows) =>
-                rows.map((row) => row.id).sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1)),
-              ),
-            ),
+      database.query<{ id: string }>(insertSql(payloads.length), payloads.map(toBuffer)).pipe(
+        // Ids follow the insert order; sort numerically rather than rely on RETURNING's order.
+        Effect.map((rows) =>
+          rows.map((row) => row.id).sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1)),
+        ),
+      ),
     fetch: (id) =>
-      database
-        .query<{ payload: Buffer }>(`SELECT payload FROM ${table} WHERE id = $1`, [id])
-        .pipe(Effect.map((rows) => rows[0]?.payload)),
+      Effect.async<Uint8Array | undefined, DatabaseError>((resume) => {
+        const callbacks = waiting.get(id)
+        const callback = (result: Exit.Exit<Uint8Array | undefined, DatabaseError>) =>
+          resume(result)
+        if (callbacks === undefined) waiting.set(id, [callback])
+        else callbacks.push(callback)
+        wake.unsafeOpen()
+      }),
     deleteOlderThan: (age) =>
       database
         .query(
@@ -84,7 +124,7 @@ export const make = Effect.gen(function* () {
 })
 
 /** The AttachmentStore layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<AttachmentStore, never, Config | Database> = Layer.effect(
+export const layer: Layer.Layer<AttachmentStore, never, Config | Database> = Layer.scoped(
   AttachmentStore,
   make,
 )

@@ -3,7 +3,7 @@
  *
  * @since 0.1.0
  */
-import { decode as msgpackDecode, encode as msgpackEncode } from "@msgpack/msgpack"
+import { decode as msgpackDecode, Encoder } from "@msgpack/msgpack"
 import * as Either from "effect/Either"
 import { MAX_NOTIFY_BYTES } from "./Config.js"
 
@@ -45,6 +45,8 @@ export type Notification =
       readonly type: number
       readonly nsp: string | undefined
       readonly attachmentId: string
+      /** Set on responses, so that nodes other than the requester skip the fetch. */
+      readonly requestId?: string | undefined
     }
 
 /** How a message is to be sent. */
@@ -55,6 +57,17 @@ export type Encoded =
       readonly bytes: Uint8Array
       readonly header: (id: string) => string
     }
+
+// One encoder for the process: its buffer grows once instead of once per message.
+const encoder = new Encoder({ ignoreUndefined: true, initialBufferSize: 64 * 1024 })
+
+const MAX_BIGINT = 2n ** 63n - 1n
+
+const isResponse = (type: number): boolean =>
+  type === MessageType.FETCH_SOCKETS_RESPONSE ||
+  type === MessageType.SERVER_SIDE_EMIT_RESPONSE ||
+  type === MessageType.BROADCAST_CLIENT_COUNT ||
+  type === MessageType.BROADCAST_ACK
 
 /** True when `value` holds a Buffer, ArrayBuffer or typed array at any depth. */
 export const hasBinary = (value: unknown, seen?: Set<object>): boolean => {
@@ -90,16 +103,20 @@ export const encode = (message: WireMessage, threshold: number): Encoded => {
       return { _tag: "Inline", payload }
     }
   }
-  const bytes = msgpackEncode(viewArrayBuffers(message, new Map()), { ignoreUndefined: true })
+  const bytes = encoder.encode(viewArrayBuffers(message, new Map()))
   return {
     _tag: "Attachment",
     bytes,
     header: (attachmentId) => {
+      const requestId = isResponse(message.type)
+        ? ((message.data as { requestId?: unknown } | undefined)?.requestId as string | undefined)
+        : undefined
       const header = JSON.stringify({
         uid: message.uid,
         type: message.type,
         nsp: message.nsp,
         attachmentId,
+        requestId: typeof requestId === "string" ? requestId : undefined,
       })
       // A namespace name of kilobytes would not fit: receivers take the namespace from the channel.
       return Buffer.byteLength(header) <= MAX_NOTIFY_BYTES
@@ -163,8 +180,15 @@ export const decodeNotification = (payload: string): Either.Either<Notification,
       return Either.left("attachmentId is not a string or number")
     }
     const id = String(attachmentId)
-    if (!/^\d{1,19}$/.test(id)) return Either.left("attachmentId is not a row id")
-    return Either.right({ _tag: "Attachment", uid, type, nsp, attachmentId: id })
+    if (!/^\d{1,19}$/.test(id) || BigInt(id) > MAX_BIGINT) {
+      return Either.left("attachmentId is not a row id")
+    }
+    const notification = { _tag: "Attachment", uid, type, nsp, attachmentId: id } as const
+    return Either.right(
+      typeof parsed.requestId === "string"
+        ? { ...notification, requestId: parsed.requestId }
+        : notification,
+    )
   }
   return Either.right({ _tag: "Inline", message: parsed as WireMessage })
 }
