@@ -98,6 +98,7 @@ export class PostgresAdapter extends ClusterAdapter {
   readonly #runtime: Runner
   readonly #requests = new Map<string, PendingRequest>()
   #publisher: Context.Tag.Service<Publisher> | undefined
+  #store: Context.Tag.Service<AttachmentStore> | undefined
   /** Publishes not settled yet; `close()` waits for them. */
   #pending = 0
   #slowPending = 0
@@ -130,6 +131,7 @@ export class PostgresAdapter extends ClusterAdapter {
     this.#fiber = this.#runtime.runFork(
       Effect.gen(this, function* () {
         this.#publisher = yield* Publisher
+        this.#store = yield* AttachmentStore
         const heartbeat = yield* Heartbeat
         const listener = yield* Listener
         this.#membership = yield* heartbeat.track({
@@ -365,26 +367,25 @@ export class PostgresAdapter extends ClusterAdapter {
       return
     }
     const fill = this.#inbox.reserve()
-    this.#runtime
-      .runPromiseExit(
-        Effect.flatMap(AttachmentStore, (store) => store.fetch(notification.attachmentId)),
-      )
-      .then((exit) => {
-        if (Exit.isFailure(exit)) {
-          this.#skip(`attachment ${notification.attachmentId} could not be read`)
-          return fill(undefined)
-        }
-        if (exit.value === undefined) {
-          this.#skip(`attachment ${notification.attachmentId} not found`)
-          return fill(undefined)
-        }
-        const message = Codec.decodeAttachment(exit.value)
-        if (Either.isLeft(message)) {
-          this.#skip(message.left)
-          return fill(undefined)
-        }
-        fill(message.right)
-      })
+    const id = notification.attachmentId
+    const onFetched = (exit: Exit.Exit<Uint8Array | undefined, unknown>) => {
+      if (Exit.isFailure(exit)) {
+        this.#skip(`attachment ${id} could not be read`)
+        return fill(undefined)
+      }
+      if (exit.value === undefined) {
+        this.#skip(`attachment ${id} not found`)
+        return fill(undefined)
+      }
+      const message = Codec.decodeAttachment(exit.value)
+      if (Either.isLeft(message)) {
+        this.#skip(message.left)
+        return fill(undefined)
+      }
+      fill(message.right)
+    }
+    // Notifications only arrive once init's fiber subscribed, so the store is known by then.
+    this.#store!.unsafeFetch(id, onFetched)
   }
 
   #handle(message: Codec.WireMessage): void {

@@ -14,6 +14,9 @@ import { Config } from "./Config.js"
 import { Database } from "./Database.js"
 import type { DatabaseError } from "./Errors.js"
 
+/** Called once with the outcome of a fetch. */
+export type FetchCallback = (result: Exit.Exit<Uint8Array | undefined, DatabaseError>) => void
+
 /** The AttachmentStore service. */
 export class AttachmentStore extends Context.Tag("socket.io-postgres-effect/AttachmentStore")<
   AttachmentStore,
@@ -24,6 +27,8 @@ export class AttachmentStore extends Context.Tag("socket.io-postgres-effect/Atta
     ) => Effect.Effect<ReadonlyArray<string>, DatabaseError>
     /** Reads one payload; `undefined` when no row has that id (cleaned up, or never written). */
     readonly fetch: (id: string) => Effect.Effect<Uint8Array | undefined, DatabaseError>
+    /** The same as `fetch` without a fiber, for hot paths outside Effect. */
+    readonly unsafeFetch: (id: string, callback: FetchCallback) => void
     /** Deletes rows older than `age`; resolves with how many were deleted. */
     readonly deleteOlderThan: (age: Duration.Duration) => Effect.Effect<number, DatabaseError>
     /** `CREATE TABLE IF NOT EXISTS` (and its schema when qualified). */
@@ -43,10 +48,7 @@ export const make = Effect.gen(function* () {
     `INSERT INTO ${table} (payload) VALUES ${Array.from({ length: n }, (_, i) => `($${i + 1})`).join(", ")} RETURNING id::text AS id`
 
   // Fetches requested while one is in flight share the next SELECT.
-  const waiting = new Map<
-    string,
-    Array<(result: Exit.Exit<Uint8Array | undefined, DatabaseError>) => void>
-  >()
+  const waiting = new Map<string, Array<FetchCallback>>()
   const wake = yield* Effect.makeLatch(false)
   yield* Effect.gen(function* () {
     yield* wake.await
@@ -87,6 +89,13 @@ export const make = Effect.gen(function* () {
     }
   }).pipe(Effect.forever, Effect.annotateLogs({ module: "AttachmentStore" }), Effect.forkScoped)
 
+  const unsafeFetch = (id: string, callback: FetchCallback) => {
+    const callbacks = waiting.get(id)
+    if (callbacks === undefined) waiting.set(id, [callback])
+    else callbacks.push(callback)
+    wake.unsafeOpen()
+  }
+
   return AttachmentStore.of({
     insert: (payloads) =>
       database.query<{ id: string }>(insertSql(payloads.length), payloads.map(toBuffer)).pipe(
@@ -96,14 +105,8 @@ export const make = Effect.gen(function* () {
         ),
       ),
     fetch: (id) =>
-      Effect.async<Uint8Array | undefined, DatabaseError>((resume) => {
-        const callbacks = waiting.get(id)
-        const callback = (result: Exit.Exit<Uint8Array | undefined, DatabaseError>) =>
-          resume(result)
-        if (callbacks === undefined) waiting.set(id, [callback])
-        else callbacks.push(callback)
-        wake.unsafeOpen()
-      }),
+      Effect.async<Uint8Array | undefined, DatabaseError>((resume) => unsafeFetch(id, resume)),
+    unsafeFetch,
     deleteOlderThan: (age) =>
       database
         .query(

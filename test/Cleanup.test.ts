@@ -31,6 +31,9 @@ const makeCleanup = (fails: (call: number) => boolean = () => false) => {
   const store = Layer.succeed(AttachmentStore, {
     insert: () => Effect.die("not used"),
     fetch: () => Effect.die("not used"),
+    unsafeFetch: () => {
+      throw new Error("not used")
+    },
     ensureTable: Effect.void,
     deleteOlderThan: (age) =>
       Effect.suspend(() => {
