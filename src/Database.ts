@@ -25,6 +25,14 @@ export class Database extends Context.Tag("socket.io-postgres-effect/Database")<
       sql: string,
       params?: ReadonlyArray<unknown>,
     ) => Effect.Effect<ReadonlyArray<A>, DatabaseError>
+    /**
+     * The same as a promise, for the publishing hot path (no fiber per statement); rejects with
+     * a `DatabaseError`.
+     */
+    readonly unsafeQuery: <A = Record<string, unknown>>(
+      sql: string,
+      params?: ReadonlyArray<unknown>,
+    ) => Promise<ReadonlyArray<A>>
     /** Options to open a dedicated connection with (TCP keep-alive on). */
     readonly connectionOptions: pg.ClientConfig
   }
@@ -37,6 +45,11 @@ export const fromPool = (pool: pg.Pool): Context.Tag.Service<Database> => ({
       try: () => pool.query(sql, params as Array<unknown> | undefined),
       catch: databaseError(sql.slice(0, 40)),
     }).pipe(Effect.map((result) => result.rows as ReadonlyArray<A>)),
+  unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>) =>
+    pool.query(sql, params as Array<unknown> | undefined).then(
+      (result) => result.rows as ReadonlyArray<A>,
+      (cause) => Promise.reject(databaseError(sql.slice(0, 40))(cause)),
+    ),
   connectionOptions: {
     ...(pool as unknown as { options: pg.ClientConfig }).options,
     keepAlive: true,
@@ -54,11 +67,17 @@ export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = La
     const client = yield* PgClient.PgClient
     const sql: SqlClient.SqlClient = client
     const config = client.config
+    const query = <A>(statement: string, params?: ReadonlyArray<unknown>) =>
+      sql.unsafe<A & object>(statement, params as ReadonlyArray<any>).pipe(
+        Effect.map((rows) => rows as ReadonlyArray<A>),
+        Effect.mapError(databaseError(statement.slice(0, 40))),
+      )
     return {
-      query: <A>(statement: string, params?: ReadonlyArray<unknown>) =>
-        sql.unsafe<A & object>(statement, params).pipe(
-          Effect.map((rows) => rows as ReadonlyArray<A>),
-          Effect.mapError(databaseError(statement.slice(0, 40))),
+      query,
+      unsafeQuery: <B>(statement: string, params?: ReadonlyArray<unknown>) =>
+        Effect.runPromise(Effect.either(query<B>(statement, params))).then(
+          (result): ReadonlyArray<B> | Promise<never> =>
+            result._tag === "Right" ? result.right : Promise.reject(result.left),
         ),
       connectionOptions: {
         connectionString: config.url ? Redacted.value(config.url) : undefined,
