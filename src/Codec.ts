@@ -233,8 +233,8 @@ const validOpts = (opts: unknown): boolean =>
   isStringArray(opts.except) &&
   (opts.flags === undefined || isRecord(opts.flags))
 
-// Event names Socket.IO clients refuse: their parser would throw on them.
-const RESERVED_EVENTS = new Set([
+/** Event names Socket.IO reserves: clients' parsers refuse them, emitters must not send them. */
+export const RESERVED_EVENTS: ReadonlySet<string> = new Set([
   "connect",
   "connect_error",
   "disconnect",

@@ -54,14 +54,7 @@ export interface EmitterOptions {
 }
 
 /** Event names Socket.IO reserves; emitting them is an error. */
-export const RESERVED_EVENTS: ReadonlySet<string> = new Set([
-  "connect",
-  "connect_error",
-  "disconnect",
-  "disconnecting",
-  "newListener",
-  "removeListener",
-])
+export const RESERVED_EVENTS = Codec.RESERVED_EVENTS
 
 // A programming error, thrown at once like Socket.IO does, not a rejected promise.
 const assertNotReserved = (ev: string) => {
