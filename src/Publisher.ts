@@ -1,9 +1,9 @@
 /**
  * The NOTIFY side: messages are encoded at once (so later mutations of the caller's objects do not
  * leak in), queued, and sent by one worker that coalesces whatever is queued into as few
- * statements as it can: one INSERT for the attachments, one `SELECT pg_notify(...), ...` per run
- * of notifications. One worker means one order: messages reach PostgreSQL in the order they were
- * published.
+ * statements as it can: one `SELECT pg_notify(...), ...` per run of notifications, the attachment
+ * rows of the run inserted by the same statement. One batch in flight means one order: messages
+ * reach PostgreSQL in the order they were published.
  *
  * @since 0.1.0
  */
@@ -11,7 +11,6 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { AttachmentStore } from "./AttachmentStore.js"
 import { quoteTableName } from "./Channel.js"
 import * as Codec from "./Codec.js"
 import { Config } from "./Config.js"
@@ -82,7 +81,6 @@ const settle = (item: Item, error: PublishError | undefined) => {
 export const make = Effect.gen(function* () {
   const config = yield* Config
   const database = yield* Database
-  const store = yield* AttachmentStore
   const timeoutMillis = Duration.toMillis(config.publishTimeout)
   const table = quoteTableName(config.tableName)
   let queue: Array<Item> = []
@@ -90,22 +88,23 @@ export const make = Effect.gen(function* () {
   let timer: ReturnType<typeof setTimeout> | undefined
   let closed = false
 
-  const insertAttachments = (payloads: ReadonlyArray<Uint8Array>) =>
-    Effect.runPromise(Effect.either(store.insert(payloads))).then((result) =>
-      result._tag === "Right" ? result.right : Promise.reject(result.left),
-    )
-
-  // Attachments and notifications in one statement, so one commit: the rows are inserted by a
-  // CTE and each header is the JSON text around its row id, joined in SQL.
-  const sendWithAttachments = async (items: ReadonlyArray<Item>, attachments: number) => {
+  // One statement for a run of messages. With attachments, the rows are inserted by a CTE of the
+  // same statement, so row and notification commit together, and each header is the JSON text
+  // around its row id, joined in SQL.
+  const statement = (run: ReadonlyArray<Item>): [string, Array<unknown>] => {
     const params: Array<unknown> = []
     const param = (value: unknown) => {
       params.push(value)
       return `$${params.length}`
     }
+    if (run.every((item) => item.encoded._tag === "Inline")) {
+      for (const item of run)
+        params.push(item.channel, (item.encoded as { payload: string }).payload)
+      return [notifyStatement(run.length), params]
+    }
     const values: Array<string> = []
     const calls: Array<string> = []
-    for (const item of items) {
+    for (const item of run) {
       const channel = param(item.channel)
       if (item.encoded._tag === "Inline") {
         calls.push(`pg_notify(${channel}, ${param(item.encoded.payload)})`)
@@ -121,64 +120,36 @@ export const make = Effect.gen(function* () {
         `pg_notify(${channel}, ${param(header.slice(0, at))} || (SELECT a[${values.length}] FROM ids)::text || ${param(header.slice(at + ID_MARKER.length))})`,
       )
     }
-    await database.unsafeQuery(
+    return [
       `WITH ins AS (INSERT INTO ${table} (payload) VALUES ${values.join(", ")} RETURNING id), ` +
         `ids AS (SELECT array_agg(id ORDER BY id) AS a FROM ins) SELECT ${calls.join(", ")}`,
       params,
-    )
-    Metrics.attachmentsWritten.unsafeUpdate(attachments, [])
-    Metrics.notifyStatements.unsafeUpdate(1, [])
-    Metrics.notificationsSent.unsafeUpdate(items.length, [])
-    for (const item of items) settle(item, undefined)
-  }
-
-  const repeatsAPayload = (items: ReadonlyArray<Item>) => {
-    const seen = new Set<string>()
-    for (const item of items) {
-      if (item.encoded._tag !== "Inline") continue
-      const key = `${item.channel}\u0000${item.encoded.payload}`
-      if (seen.has(key)) return true
-      seen.add(key)
-    }
-    return false
+    ]
   }
 
   const send = async (items: ReadonlyArray<Item>) => {
-    const attachments = items.filter((item) => item.encoded._tag === "Attachment")
-    if (attachments.length > 0 && !repeatsAPayload(items)) {
-      return sendWithAttachments(items, attachments.length)
-    }
-    const ids =
-      attachments.length === 0
-        ? []
-        : await insertAttachments(
-            attachments.map(
-              (item) => (item.encoded as Extract<Codec.Encoded, { _tag: "Attachment" }>).bytes,
-            ),
-          )
-    const idOf = new Map(attachments.map((item, i) => [item, ids[i]!]))
-    const payloads = items.map((item) =>
-      item.encoded._tag === "Inline" ? item.encoded.payload : item.encoded.header(idOf.get(item)!),
-    )
-    if (attachments.length > 0) Metrics.attachmentsWritten.unsafeUpdate(attachments.length, [])
     // Within one transaction PostgreSQL folds identical (channel, payload) pairs into one
-    // notification: a repeated pair starts a new statement so that none is lost.
+    // notification: a repeated pair starts a new statement so that none is lost. (Attachment
+    // headers hold their own row id, so they never repeat.)
     let start = 0
     while (start < items.length) {
       const seen = new Set<string>()
-      const params: Array<string> = []
       let end = start
-      while (end < items.length) {
-        const key = `${items[end]!.channel}\u0000${payloads[end]!}`
+      for (; end < items.length; end++) {
+        const item = items[end]!
+        if (item.encoded._tag !== "Inline") continue
+        const key = `${item.channel}\u0000${item.encoded.payload}`
         if (seen.has(key)) break
         seen.add(key)
-        params.push(items[end]!.channel, payloads[end]!)
-        end++
       }
-      await database.unsafeQuery(notifyStatement(end - start), params)
+      const run = items.slice(start, end)
+      const [sql, params] = statement(run)
+      await database.unsafeQuery(sql, params)
       Metrics.notifyStatements.unsafeUpdate(1, [])
-      Metrics.notificationsSent.unsafeUpdate(end - start, [])
-      for (let i = start; i < end; i++) settle(items[i]!, undefined)
+      Metrics.notificationsSent.unsafeUpdate(run.length, [])
+      const attachments = run.filter((item) => item.encoded._tag === "Attachment").length
+      if (attachments > 0) Metrics.attachmentsWritten.unsafeUpdate(attachments, [])
+      for (const item of run) settle(item, undefined)
       start = end
     }
   }
@@ -279,5 +250,4 @@ const notifyStatement = (n: number): string =>
   ).join(", ")}`)
 
 /** The Publisher layer; needs `Config`, `Database` and `AttachmentStore`. */
-export const layer: Layer.Layer<Publisher, never, Config | Database | AttachmentStore> =
-  Layer.scoped(Publisher, make)
+export const layer: Layer.Layer<Publisher, never, Config | Database> = Layer.scoped(Publisher, make)

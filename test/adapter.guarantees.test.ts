@@ -81,6 +81,22 @@ describe("adapter delivery guarantees across 3 servers", () => {
     }
   })
 
+  it("identical packets all arrive when attachments are batched into the same statements", async () => {
+    const recorded = Promise.all(remotes().map((client) => recordUntil(client, "mix", "mix-end")))
+    // Every fourth packet carries binary (an attachment); the others are the same inline packet.
+    for (let i = 0; i < 400; i++) io[0]!.emit("mix", i % 4 === 0 ? Buffer.from([1, 2, 3]) : 1)
+    io[0]!.emit("mix-end")
+    for (const seen of await recorded) {
+      expect(seen.length).toBe(400)
+      expect(seen.filter((args) => args[0] === 1).length).toBe(300)
+      seen.forEach((args, i) => {
+        if (i % 4 === 0)
+          expect(Buffer.from(args[0] as ArrayBuffer).equals(Buffer.from([1, 2, 3]))).toBe(true)
+        else expect(args[0]).toBe(1)
+      })
+    }
+  })
+
   it("packets reach every remote client in send order when large and binary ones interleave with small ones", async () => {
     const large = "L".repeat(20_000)
     const packetOf = (i: number): unknown[] =>
