@@ -8,7 +8,6 @@ import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
@@ -31,7 +30,7 @@ import * as Config from "./Config.js"
 import * as Database from "./Database.js"
 import { ErrorHandler } from "./Errors.js"
 import { Heartbeat, type Membership } from "./Heartbeat.js"
-import { OrderedDelivery } from "./internal/ordered.js"
+import { makeInbox } from "./internal/inbox.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { Publisher } from "./Publisher.js"
@@ -59,7 +58,6 @@ interface Shared {
 
 /** A pending `fetchSockets` or `serverSideEmitWithAck`: it waits for every node it counted. */
 interface PendingRequest {
-  readonly type: typeof MessageType.FETCH_SOCKETS | typeof MessageType.SERVER_SIDE_EMIT
   readonly missing: Set<string>
   readonly responses: Array<unknown>
   readonly timer: ReturnType<typeof setTimeout>
@@ -98,12 +96,11 @@ export class PostgresAdapter extends ClusterAdapter {
   readonly #runtime: Runner
   readonly #requests = new Map<string, PendingRequest>()
   #publisher: Context.Tag.Service<Publisher> | undefined
-  #store: Context.Tag.Service<AttachmentStore> | undefined
   /** Publishes not settled yet; `close()` waits for them. */
   #pending = 0
   #slowPending = 0
   #drained: (() => void) | undefined
-  readonly #inbox: OrderedDelivery<Codec.WireMessage>
+  #inbox: ((payload: string) => void) | undefined
   readonly #skip: (reason: string) => void
   #membership: Membership | undefined
   #fiber: Fiber.RuntimeFiber<never, never> | undefined
@@ -120,7 +117,6 @@ export class PostgresAdapter extends ClusterAdapter {
     this.#runtime = shared.acquire()
     this.channel = channelName(shared.config.channelPrefix, nsp.name)
     this.#selfPrefix = `{"uid":${JSON.stringify(this.uid)},`
-    this.#inbox = new OrderedDelivery((message) => this.#handle(message))
     this.#skip = makeSkipLogger((line) => this.#log("warning", line))
     this.ready = new Promise((resolve) => (this.#listening = resolve))
   }
@@ -131,7 +127,12 @@ export class PostgresAdapter extends ClusterAdapter {
     this.#fiber = this.#runtime.runFork(
       Effect.gen(this, function* () {
         this.#publisher = yield* Publisher
-        this.#store = yield* AttachmentStore
+        this.#inbox = makeInbox({
+          store: yield* AttachmentStore,
+          deliver: (message) => this.#handle(message),
+          skip: this.#skip,
+          wanted: (notification) => this.#wanted(notification),
+        })
         const heartbeat = yield* Heartbeat
         const listener = yield* Listener
         this.#membership = yield* heartbeat.track({
@@ -217,12 +218,8 @@ export class PostgresAdapter extends ClusterAdapter {
     if (opts.flags?.local || nodes.length === 0) return local
     const timeout = opts.flags?.timeout ?? this.#timeoutMillis()
     return new Promise((resolve, reject) => {
-      const requestId = this.#request(
-        MessageType.FETCH_SOCKETS,
-        nodes,
-        local,
-        timeout,
-        (error, responses) => (error ? reject(error) : resolve(responses)),
+      const requestId = this.#request(nodes, local, timeout, (error, responses) =>
+        error ? reject(error) : resolve(responses),
       )
       this.#send({
         type: MessageType.FETCH_SOCKETS,
@@ -239,12 +236,8 @@ export class PostgresAdapter extends ClusterAdapter {
     }
     const nodes = this.#membership?.nodes() ?? []
     if (nodes.length === 0) return ack(null, [])
-    const requestId = this.#request(
-      MessageType.SERVER_SIDE_EMIT,
-      nodes,
-      [],
-      this.#timeoutMillis(),
-      (error, responses) => ack(error, responses),
+    const requestId = this.#request(nodes, [], this.#timeoutMillis(), (error, responses) =>
+      ack(error, responses),
     )
     this.#send({ type: MessageType.SERVER_SIDE_EMIT, data: { requestId, packet } })
   }
@@ -349,43 +342,18 @@ export class PostgresAdapter extends ClusterAdapter {
     Metrics.notificationsReceived.unsafeUpdate(1, [])
     // Ours start with this prefix (inline and attachment headers alike): no need to parse them.
     if (payload.startsWith(this.#selfPrefix)) return
-    const decoded = Codec.decodeNotification(payload)
-    if (Either.isLeft(decoded)) return this.#skip(decoded.left)
-    const notification = decoded.right
-    if (notification._tag === "Inline") {
-      if (notification.message.uid === this.uid) return
-      return this.#inbox.push(notification.message)
-    }
-    if (notification.uid === this.uid) return
-    // Answers to another node's request: not worth a SELECT here.
-    if (
-      notification.requestId !== undefined &&
-      (notification.type === MessageType.FETCH_SOCKETS_RESPONSE ||
-        notification.type === MessageType.SERVER_SIDE_EMIT_RESPONSE) &&
-      !this.#requests.has(notification.requestId)
-    ) {
-      return
-    }
-    const fill = this.#inbox.reserve()
-    const id = notification.attachmentId
-    const onFetched = (exit: Exit.Exit<Uint8Array | undefined, unknown>) => {
-      if (Exit.isFailure(exit)) {
-        this.#skip(`attachment ${id} could not be read`)
-        return fill(undefined)
-      }
-      if (exit.value === undefined) {
-        this.#skip(`attachment ${id} not found`)
-        return fill(undefined)
-      }
-      const message = Codec.decodeAttachment(exit.value)
-      if (Either.isLeft(message)) {
-        this.#skip(message.left)
-        return fill(undefined)
-      }
-      fill(message.right)
-    }
-    // Notifications only arrive once init's fiber subscribed, so the store is known by then.
-    this.#store!.unsafeFetch(id, onFetched)
+    this.#inbox?.(payload)
+  }
+
+  // Not our own, and not an answer to another node's request (not worth a SELECT here).
+  #wanted(notification: { uid: string; type: number; requestId?: string }): boolean {
+    if (notification.uid === this.uid) return false
+    return (
+      notification.requestId === undefined ||
+      (notification.type !== MessageType.FETCH_SOCKETS_RESPONSE &&
+        notification.type !== MessageType.SERVER_SIDE_EMIT_RESPONSE) ||
+      this.#requests.has(notification.requestId)
+    )
   }
 
   #handle(message: Codec.WireMessage): void {
@@ -420,7 +388,6 @@ export class PostgresAdapter extends ClusterAdapter {
   }
 
   #request(
-    type: PendingRequest["type"],
     nodes: ReadonlyArray<string>,
     responses: Array<unknown>,
     timeout: number,
@@ -436,7 +403,6 @@ export class PostgresAdapter extends ClusterAdapter {
       )
     }, timeout)
     this.#requests.set(requestId, {
-      type,
       missing: new Set(nodes),
       responses,
       timer,

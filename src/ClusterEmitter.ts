@@ -9,7 +9,6 @@ import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
@@ -22,7 +21,7 @@ import { Config } from "./Config.js"
 import type { Database } from "./Database.js"
 import { PublishError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
-import { OrderedDelivery } from "./internal/ordered.js"
+import { makeInbox } from "./internal/inbox.js"
 import * as Listener from "./Listener.js"
 import * as Publisher from "./Publisher.js"
 
@@ -157,11 +156,24 @@ export const make = Effect.gen(function* () {
       let current: Watch | undefined
       const echoed = yield* Deferred.make<void>()
       const deliver = handle(() => current)
-      const inbox = new OrderedDelivery<Codec.WireMessage>((message) => {
-        if (message.uid === Codec.EMITTER_UID && message.type === MessageType.INITIAL_HEARTBEAT) {
-          Deferred.unsafeDone(echoed, Exit.void)
-        }
-        deliver(message)
+      const receive = makeInbox({
+        store,
+        deliver: (message) => {
+          if (message.uid === Codec.EMITTER_UID && message.type === MessageType.INITIAL_HEARTBEAT) {
+            Deferred.unsafeDone(echoed, Exit.void)
+          }
+          deliver(message)
+        },
+        skip: () => {},
+        // Servers' messages (and our own INITIAL_HEARTBEAT coming back); of the answers, only
+        // those to our own requests.
+        wanted: (notification) =>
+          (notification.uid !== Codec.EMITTER_UID ||
+            notification.type === MessageType.INITIAL_HEARTBEAT) &&
+          (notification.requestId === undefined ||
+            pending.has(notification.requestId) ||
+            (notification.type !== MessageType.FETCH_SOCKETS_RESPONSE &&
+              notification.type !== MessageType.SERVER_SIDE_EMIT_RESPONSE)),
       })
       const listening = yield* Deferred.make<void>()
       const membership = yield* heartbeat.track({
@@ -170,21 +182,7 @@ export const make = Effect.gen(function* () {
       })
       current = { membership }
       yield* listener.subscribe(channelName(config.channelPrefix, nsp), {
-        onNotification: (payload) => {
-          const decoded = Codec.decodeNotification(payload)
-          if (Either.isLeft(decoded)) return
-          const notification = decoded.right
-          if (notification._tag === "Inline") return inbox.push(notification.message)
-          if (notification.uid === Codec.EMITTER_UID) return
-          const fill = inbox.reserve()
-          Effect.runPromiseExit(store.fetch(notification.attachmentId)).then((exit) => {
-            const message =
-              Exit.isSuccess(exit) && exit.value !== undefined
-                ? Either.getOrUndefined(Codec.decodeAttachment(exit.value))
-                : undefined
-            fill(message)
-          })
-        },
+        onNotification: receive,
         onListen: () => {
           Effect.runFork(publish(nsp, { type: MessageType.INITIAL_HEARTBEAT }).pipe(Effect.ignore))
           Deferred.unsafeDone(listening, Exit.void)
