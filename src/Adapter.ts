@@ -13,6 +13,7 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Runtime from "effect/Runtime"
+import * as Schedule from "effect/Schedule"
 import type pg from "pg"
 import {
   Adapter,
@@ -20,7 +21,9 @@ import {
   ClusterAdapter,
   type ClusterMessage,
   type ClusterResponse,
+  type PrivateSessionId,
   type Room,
+  type Session,
 } from "socket.io-adapter"
 import { AttachmentStore } from "./AttachmentStore.js"
 import { channelName } from "./Channel.js"
@@ -34,6 +37,8 @@ import { makeInbox } from "./internal/inbox.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { Publisher } from "./Publisher.js"
+import { Recovery } from "./Recovery.js"
+import { Sequencer } from "./internal/sequencer.js"
 
 const { MessageType } = Codec
 
@@ -86,7 +91,23 @@ const encodeOptions = (opts: BroadcastOptions) => ({
   flags: opts.flags ?? {},
 })
 
+const decodeOptions = (opts: {
+  rooms: Array<string>
+  except: Array<string>
+  flags?: BroadcastOptions["flags"]
+}): BroadcastOptions => ({
+  rooms: new Set(opts.rooms),
+  except: new Set(opts.except),
+  flags: opts.flags ?? {},
+})
+
+const NOT_RESTORED = null as unknown as Session
+
 const randomId = () => crypto.randomUUID().replaceAll("-", "").slice(0, 16)
+
+// What Socket.IO keeps for recovery: an EVENT without acknowledgement, not volatile.
+const isStorable = (packet: any, opts: BroadcastOptions): boolean =>
+  packet.type === 2 && packet.id === undefined && opts.flags?.volatile === undefined
 
 /** The `socket.io-adapter` adapter of one namespace, created by {@link createAdapter}. */
 export class PostgresAdapter extends ClusterAdapter {
@@ -109,6 +130,15 @@ export class PostgresAdapter extends ClusterAdapter {
   /** Resolves once this namespace's channel is listened on (first time). */
   readonly ready: Promise<void>
   readonly #selfPrefix: string
+  /** Set when the server runs with `connectionStateRecovery`. */
+  readonly #maxDisconnection: Duration.Duration | undefined
+  readonly #sequencer: Sequencer<() => void> | undefined
+  /** Restored sockets and the last offset their restore read: older packets are not resent. */
+  readonly #restored = new Map<string, bigint>()
+  /** Resolves with the Publisher once recovery's tables are there (recovery only). */
+  #storeReady: Promise<Context.Tag.Service<Publisher> | undefined> | undefined
+  #storeReadyResolve: ((publisher: Context.Tag.Service<Publisher> | undefined) => void) | undefined
+  #storesWaiting = 0
 
   /** Use {@link createAdapter}; constructed by Socket.IO for each namespace. */
   constructor(nsp: any, shared: Shared) {
@@ -119,6 +149,12 @@ export class PostgresAdapter extends ClusterAdapter {
     this.#selfPrefix = `{"uid":${JSON.stringify(this.uid)},`
     this.#skip = makeSkipLogger((line) => this.#log("warning", line))
     this.ready = new Promise((resolve) => (this.#listening = resolve))
+    const recovery = nsp.server?.opts?.connectionStateRecovery
+    if (recovery) {
+      this.#maxDisconnection = Duration.millis(recovery.maxDisconnectionDuration ?? 120_000)
+      this.#sequencer = new Sequencer((deliver) => deliver())
+      this.#storeReady = new Promise((resolve) => (this.#storeReadyResolve = resolve))
+    }
   }
 
   /** Starts listening on the namespace's channel and tracking the cluster's members. */
@@ -133,6 +169,7 @@ export class PostgresAdapter extends ClusterAdapter {
           skip: this.#skip,
           wanted: (notification) => this.#wanted(notification),
         })
+        if (this.#maxDisconnection !== undefined) yield* this.#setupRecovery()
         const heartbeat = yield* Heartbeat
         const listener = yield* Listener
         this.#membership = yield* heartbeat.track({
@@ -152,11 +189,34 @@ export class PostgresAdapter extends ClusterAdapter {
     )
   }
 
+  // Recovery's tables must exist before the first packet is stored: wait for them (up to 5 s,
+  // then stores fail and are delivered without offset while creation goes on in the background).
+  *#setupRecovery() {
+    const recovery = yield* Recovery
+    const config = yield* Config.Config
+    yield* recovery.retain(this.#maxDisconnection!)
+    if (config.createTable) {
+      const setup = yield* recovery.ensureTables.pipe(
+        Effect.tapError((error) =>
+          Effect.logWarning(`creating the recovery tables failed: ${error.message}`),
+        ),
+        Effect.retry(
+          Schedule.exponential("200 millis").pipe(Schedule.union(Schedule.spaced("10 seconds"))),
+        ),
+        Effect.forkScoped,
+      )
+      yield* setup.await.pipe(Effect.timeout("5 seconds"), Effect.ignore)
+    }
+    this.#storeReadyResolve!(this.#publisher!)
+    this.#storeReadyResolve = undefined
+  }
+
   /** Announces `ADAPTER_CLOSE`, waits for in-flight publishes, then releases everything. */
   override async close(): Promise<void> {
     if (this.#closed) return
     this.#send({ type: MessageType.ADAPTER_CLOSE })
     this.#closed = true
+    this.#storeReadyResolve?.(undefined)
     if (this.#pending > 0) await new Promise<void>((resolve) => (this.#drained = resolve))
     for (const [requestId, request] of this.#requests) {
       this.#requests.delete(requestId)
@@ -172,13 +232,155 @@ export class PostgresAdapter extends ClusterAdapter {
     return Promise.resolve(1 + (this.#membership?.nodes().length ?? 0))
   }
 
-  // Local clients never wait for PostgreSQL: deliver here first, then publish.
+  // Local clients never wait for PostgreSQL: deliver here first, then publish. With recovery, a
+  // stored packet needs its offset first: it is delivered when its statement returns.
   override async broadcast(packet: any, opts: BroadcastOptions): Promise<void> {
-    if (opts.flags?.local || this.nsp.server.opts.connectionStateRecovery) {
-      return super.broadcast(packet, opts)
+    if (opts.flags?.local) return Adapter.prototype.broadcast.call(this, packet, opts)
+    // With recovery, Socket.IO sends even `socket.emit` through here: not a cluster matter.
+    const toLocalSocket =
+      this.#sequencer !== undefined &&
+      opts.rooms.size === 1 &&
+      this.nsp.sockets.has(opts.rooms.values().next().value)
+    if (this.#sequencer !== undefined && isStorable(packet, opts)) {
+      return this.#store(packet, opts, toLocalSocket)
     }
-    this.#send({ type: MessageType.BROADCAST, data: { packet, opts: encodeOptions(opts) } })
+    if (!toLocalSocket) {
+      this.#send({ type: MessageType.BROADCAST, data: { packet, opts: encodeOptions(opts) } })
+    }
     Adapter.prototype.broadcast.call(this, packet, opts)
+  }
+
+  // Stores the packet (and notifies it, unless it is for one local socket), then delivers it
+  // locally with its offset, in offset order with the other nodes' packets.
+  #store(packet: any, opts: BroadcastOptions, toLocalSocket: boolean): void {
+    if (this.#closed) return Adapter.prototype.broadcast.call(this, packet, opts)
+    const sequencer = this.#sequencer!
+    const args = packet.data as Array<unknown>
+    const stored = {
+      nsp: this.nsp.name,
+      rooms: [...opts.rooms].map(String),
+      except: [...(opts.except ?? [])].map(String),
+      data: args,
+    }
+    const message = toLocalSocket
+      ? undefined
+      : ({
+          uid: this.uid,
+          nsp: this.nsp.name,
+          type: MessageType.BROADCAST,
+          data: { packet, opts: encodeOptions(opts) },
+        } as Codec.WireMessage)
+    if (message !== undefined) this.#membership?.published()
+    this.#pending++
+    sequencer.beginStore()
+    const run = (publisher: Context.Tag.Service<Publisher> | undefined) => {
+      if (publisher === undefined) {
+        // Closed before the runtime was up: delivered locally, without an offset.
+        sequencer.endStore()
+        this.#deliverLocally(packet, opts, undefined)
+        return this.#settled()
+      }
+      publisher.unsafeStore(this.channel, message, stored, (error, offset) => {
+        if (error !== undefined || offset === undefined) {
+          // Not stored, so not replayable: local clients still get it, without an offset.
+          if (error !== undefined) this.#report(error)
+          sequencer.endStore()
+          this.#deliverLocally(packet, opts, undefined)
+        } else {
+          sequencer.endStore({
+            offset: BigInt(offset),
+            item: () => {
+              args.push(offset)
+              this.#deliverLocally(packet, opts, BigInt(offset))
+            },
+          })
+        }
+        this.#settled()
+      })
+    }
+    // Until the tables are there, stores wait for the runtime, in order.
+    if (this.#storeReadyResolve === undefined && this.#storesWaiting === 0) {
+      return run(this.#publisher!)
+    }
+    this.#storesWaiting++
+    void this.#storeReady!.then((publisher) => {
+      this.#storesWaiting--
+      run(publisher)
+    })
+  }
+
+  // Local delivery of a packet; a socket whose restore already replayed it is left out.
+  #deliverLocally(packet: any, opts: BroadcastOptions, offset: bigint | undefined): void {
+    let except = opts.except
+    if (offset !== undefined && this.#restored.size > 0) {
+      for (const [sid, last] of this.#restored) {
+        // Deliveries come in offset order: past `last`, the entry has done its job.
+        if (offset > last) this.#restored.delete(sid)
+        else (except = new Set(except)).add(sid)
+      }
+    }
+    try {
+      Adapter.prototype.broadcast.call(
+        this,
+        packet,
+        except === opts.except ? opts : { ...opts, except },
+      )
+    } catch (e) {
+      this.#skip(`local delivery failed: ${(e as Error)?.message}`)
+    }
+  }
+
+  /** Saves a disconnected socket's session in PostgreSQL (recovery on); never rejects. */
+  override persistSession(session: Omit<Session, "missedPackets">): void {
+    if (this.#maxDisconnection === undefined || this.#closed) return
+    this.#pending++
+    void this.#runtime
+      .runPromiseExit(
+        Effect.flatMap(Recovery, (recovery) =>
+          recovery.persist({ ...session, nsp: this.nsp.name }, this.#maxDisconnection!),
+        ),
+      )
+      .then((exit) => {
+        if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) {
+          this.#report(Cause.squash(exit.cause))
+        }
+        this.#settled()
+      })
+  }
+
+  /**
+   * Restores a session from any server of the cluster, with the packets it missed; `null` when
+   * it is unknown, expired, its offset is unknown or too old, or PostgreSQL does not answer
+   * within `requestsTimeout`: Socket.IO then connects the client as a new socket.
+   */
+  // Typed `Promise<Session>` like the base class, though Socket.IO takes `null` for "not restored".
+  override async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
+    const sequencer = this.#sequencer
+    if (sequencer === undefined || this.#closed) return NOT_RESTORED
+    // Hold live packets until the restored socket exists: it must get those after its replay.
+    sequencer.beginRestore()
+    const exit = await this.#runtime.runPromiseExit(
+      Effect.flatMap(Recovery, (recovery) => recovery.restore(this.nsp.name, pid, offset)).pipe(
+        Effect.timeout(this.#shared.config.requestsTimeout),
+      ),
+    )
+    // Socket.IO builds the socket in the microtasks after we return; deliver after that.
+    setImmediate(() => sequencer.endRestore())
+    if (Exit.isFailure(exit)) {
+      if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
+      return NOT_RESTORED
+    }
+    const session = exit.value
+    if (session === undefined) return NOT_RESTORED
+    Metrics.sessionsRestored.unsafeUpdate(1, [])
+    this.#restored.set(session.sid, session.last)
+    return {
+      sid: session.sid,
+      pid: session.pid,
+      rooms: session.rooms,
+      data: session.data,
+      missedPackets: session.missedPackets,
+    }
   }
 
   override addSockets(opts: BroadcastOptions, rooms: Array<Room>): Promise<void> {
@@ -376,11 +578,35 @@ export class PostgresAdapter extends ClusterAdapter {
           this.#membership?.remove(message.uid)
           return this.#removeNode(message.uid)
         default:
-          super.onMessage(full)
+          if (this.#sequencer === undefined) return super.onMessage(full)
+          return this.#sequence(full)
       }
     } catch (e) {
       this.#skip(`message of type ${message.type} failed: ${(e as Error)?.message}`)
     }
+  }
+
+  // Recovery on: packets of other nodes keep their order with our own (see Sequencer). A stored
+  // broadcast gets its offset as last argument; no other message gets one.
+  #sequence(message: any): void {
+    const data = message.data
+    if (message.type !== MessageType.BROADCAST || data.requestId !== undefined) {
+      return this.#sequencer!.push(undefined, () => {
+        try {
+          super.onMessage(message)
+        } catch (e) {
+          this.#skip(`message of type ${message.type} failed: ${(e as Error)?.message}`)
+        }
+      })
+    }
+    const offset = Codec.isOffset(message.offset) ? message.offset : undefined
+    const packet = data.packet
+    const opts = decodeOptions(data.opts)
+    this.#sequencer!.push(offset === undefined ? undefined : BigInt(offset), () => {
+      if (offset === undefined) return this.#deliverLocally(packet, opts, undefined)
+      if (isStorable(packet, opts)) packet.data.push(offset)
+      this.#deliverLocally(packet, opts, BigInt(offset))
+    })
   }
 
   #timeoutMillis(): number {

@@ -19,12 +19,18 @@ const HASH_HEX_LENGTH = 16
  * `@socket.io/postgres-adapter`), else the longest prefix of it that fits, cut on a character
  * boundary, then `~` and 16 hex digits of the SHA-256 of the full name.
  */
-export const channelName = (prefix: string, nsp: string): string => {
-  const full = `${prefix}#${nsp}`
-  if (Buffer.byteLength(full) <= MAX_IDENTIFIER_BYTES && !full.includes("\u0000")) return full
-  const hash = createHash("sha256").update(full).digest("hex").slice(0, HASH_HEX_LENGTH)
+export const channelName = (prefix: string, nsp: string): string =>
+  shortIdentifier(`${prefix}#${nsp}`)
+
+/**
+ * `name` when it is a valid identifier of at most 63 bytes, else its longest prefix that fits with
+ * `~` and 16 hex digits of its SHA-256: stable, and distinct for distinct names.
+ */
+export const shortIdentifier = (name: string): string => {
+  if (Buffer.byteLength(name) <= MAX_IDENTIFIER_BYTES && !name.includes("\u0000")) return name
+  const hash = createHash("sha256").update(name).digest("hex").slice(0, HASH_HEX_LENGTH)
   const budget = MAX_IDENTIFIER_BYTES - HASH_HEX_LENGTH - 1
-  return `${truncateUtf8(full.replaceAll("\u0000", ""), budget)}~${hash}`
+  return `${truncateUtf8(name.replaceAll("\u0000", ""), budget)}~${hash}`
 }
 
 /** The longest prefix of `s` whose UTF-8 encoding fits in `maxBytes`, never splitting a character. */

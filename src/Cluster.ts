@@ -16,6 +16,7 @@ import type { ConfigError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
 import * as Listener from "./Listener.js"
 import * as Publisher from "./Publisher.js"
+import * as Recovery from "./Recovery.js"
 
 /** Every service the adapter runs on. */
 export type Services =
@@ -24,6 +25,7 @@ export type Services =
   | AttachmentStore.AttachmentStore
   | Heartbeat.Heartbeat
   | Cleanup.Cleanup
+  | Recovery.Recovery
   | Config.Config
   | Database.Database
 
@@ -61,6 +63,7 @@ export const layer: Layer.Layer<Services, never, Config.Config | Database.Databa
     Publisher.layer,
     Heartbeat.layer,
     Cleanup.layer,
+    Recovery.layer,
     layerTableSetup,
   ).pipe(
     Layer.provideMerge(AttachmentStore.layer),

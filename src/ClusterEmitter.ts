@@ -57,6 +57,16 @@ export class ClusterEmitter extends Context.Tag("socket.io-postgres-effect/Clust
       nsp: string,
       message: { readonly type: number; readonly data?: unknown },
     ) => Effect.Effect<void, PublishError>
+    /**
+     * Broadcasts a packet and stores it for connection state recovery, so that clients that are
+     * disconnected get it when they come back (the servers must run with `connectionStateRecovery`
+     * and have created the recovery tables).
+     */
+    readonly broadcastStored: (
+      nsp: string,
+      packet: { readonly type: number; readonly data: ReadonlyArray<unknown> },
+      target: Target,
+    ) => Effect.Effect<void, PublishError>
     /** Asks every server of `nsp` for its matching sockets. */
     readonly fetchSockets: (
       nsp: string,
@@ -105,6 +115,25 @@ export const make = Effect.gen(function* () {
       uid: Codec.EMITTER_UID,
       nsp,
     })
+
+  const broadcastStored = (
+    nsp: string,
+    packet: { readonly type: number; readonly data: ReadonlyArray<unknown> },
+    target: Target,
+  ) =>
+    Effect.async<void, PublishError>((resume) =>
+      publisher.unsafeStore(
+        channelName(config.channelPrefix, nsp),
+        {
+          uid: Codec.EMITTER_UID,
+          nsp,
+          type: MessageType.BROADCAST,
+          data: { packet: { ...packet, nsp }, opts: target },
+        },
+        { nsp, rooms: target.rooms, except: target.except, data: packet.data },
+        (error) => resume(error === undefined ? Effect.void : Effect.fail(error)),
+      ),
+    )
 
   const complete = (requestId: string, request: Pending) => {
     pending.delete(requestId)
@@ -261,6 +290,7 @@ export const make = Effect.gen(function* () {
 
   return ClusterEmitter.of({
     publish,
+    broadcastStored,
     fetchSockets: (nsp, target) =>
       request<SocketDescription>(nsp, MessageType.FETCH_SOCKETS, (requestId) => ({
         opts: { rooms: [...target.rooms], except: [...target.except], flags: target.flags },

@@ -47,6 +47,8 @@ export type Notification =
       readonly attachmentId: string
       /** Set on responses, so that nodes other than the requester skip the fetch. */
       readonly requestId?: string | undefined
+      /** The packet's recovery offset, for stored broadcasts (connection state recovery). */
+      readonly offset?: string | undefined
     }
 
 /** How a message is to be sent. */
@@ -111,20 +113,48 @@ export const encode = (message: WireMessage, threshold: number): Encoded => {
       const requestId = isResponse(message.type)
         ? ((message.data as { requestId?: unknown } | undefined)?.requestId as string | undefined)
         : undefined
+      // `offset` last: the publisher finds its placeholder from the end.
       const header = JSON.stringify({
         uid: message.uid,
         type: message.type,
         nsp: message.nsp,
         attachmentId,
         requestId: typeof requestId === "string" ? requestId : undefined,
+        offset: typeof message.offset === "string" ? message.offset : undefined,
       })
       // A namespace name of kilobytes would not fit: receivers take the namespace from the channel.
       return Buffer.byteLength(header) <= MAX_NOTIFY_BYTES
         ? header
-        : JSON.stringify({ uid: message.uid, type: message.type, attachmentId })
+        : JSON.stringify({
+            uid: message.uid,
+            type: message.type,
+            attachmentId,
+            offset: typeof message.offset === "string" ? message.offset : undefined,
+          })
     },
   }
 }
+
+/** The args of a stored packet (connection state recovery), as msgpack. */
+export const encodePacketData = (data: ReadonlyArray<unknown>): Uint8Array =>
+  encoder.encode(viewArrayBuffers(data, new Map()))
+
+/** Decodes stored packet args back; binary values come back as `Buffer`s. */
+export const decodePacketData = (bytes: Uint8Array): Either.Either<Array<unknown>, string> => {
+  let decoded: unknown
+  try {
+    decoded = msgpackDecode(bytes)
+  } catch (e) {
+    return Either.left(`stored packet is not msgpack: ${(e as Error).message}`)
+  }
+  return Array.isArray(decoded)
+    ? Either.right(toBuffers(decoded) as Array<unknown>)
+    : Either.left("stored packet is not an array")
+}
+
+/** A recovery offset as it travels: the text of a positive bigint. */
+export const isOffset = (u: unknown): u is string =>
+  typeof u === "string" && /^\d{1,19}$/.test(u) && BigInt(u) <= MAX_BIGINT
 
 // msgpack encodes typed arrays and DataViews as binary, but a bare ArrayBuffer as an empty map:
 // wrap those in a Uint8Array, copying only the arrays and plain objects on the way to one.
@@ -183,12 +213,16 @@ export const decodeNotification = (payload: string): Either.Either<Notification,
     if (!/^\d{1,19}$/.test(id) || BigInt(id) > MAX_BIGINT) {
       return Either.left("attachmentId is not a row id")
     }
-    const notification = { _tag: "Attachment", uid, type, nsp, attachmentId: id } as const
-    return Either.right(
-      typeof parsed.requestId === "string"
-        ? { ...notification, requestId: parsed.requestId }
-        : notification,
-    )
+    const notification: Notification = {
+      _tag: "Attachment",
+      uid,
+      type,
+      nsp,
+      attachmentId: id,
+      ...(typeof parsed.requestId === "string" ? { requestId: parsed.requestId } : {}),
+      ...(isOffset(parsed.offset) ? { offset: parsed.offset } : {}),
+    }
+    return Either.right(notification)
   }
   return Either.right({ _tag: "Inline", message: parsed as WireMessage })
 }

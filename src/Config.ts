@@ -38,6 +38,12 @@ export interface AdapterOptions {
   readonly maxPendingPublishes?: number
   /** Largest delay between two reconnection attempts of the LISTEN connection, in ms. @default 5000 */
   readonly reconnectMaxDelay?: number
+  /**
+   * Prefix of the connection state recovery tables (`<prefix>_packets`, `<prefix>_sessions`,
+   * `<prefix>_offsets`), may be schema-qualified; used only with `connectionStateRecovery`.
+   * @default "socket_io_recovery"
+   */
+  readonly recoveryTablePrefix?: string
   /** Called with each publish or listen error. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
@@ -55,6 +61,7 @@ export interface ClusterConfig {
   readonly publishTimeout: Duration.Duration
   readonly maxPendingPublishes: number
   readonly reconnectMaxDelay: Duration.Duration
+  readonly recoveryTablePrefix: string
 }
 
 const Millis = (name: string) =>
@@ -72,17 +79,21 @@ const Identifier = (name: string) =>
     Schema.filter((s) => !s.includes("\u0000") || `${name} must not contain NUL characters`),
   )
 
-/** A table name, optionally `schema.table`; each part at most 63 bytes. */
-const TableName = Identifier("tableName").pipe(
-  Schema.filter((s) => {
-    const parts = s.split(".")
-    if (parts.length > 2) return "tableName must be `table` or `schema.table`"
-    if (parts.some((p) => p.length === 0)) return "tableName has an empty part"
-    if (parts.some((p) => Buffer.byteLength(p) > 63))
-      return "tableName parts must be at most 63 bytes (PostgreSQL identifiers)"
-    return true
-  }),
-)
+/** A table name, optionally `schema.table`; each part at most `maxBytes` bytes. */
+const TableName = (name: string, maxBytes: number) =>
+  Identifier(name).pipe(
+    Schema.filter((s) => {
+      const parts = s.split(".")
+      if (parts.length > 2) return `${name} must be \`table\` or \`schema.table\``
+      if (parts.some((p) => p.length === 0)) return `${name} has an empty part`
+      if (parts.some((p) => Buffer.byteLength(p) > maxBytes))
+        return `${name} parts must be at most ${maxBytes} bytes (PostgreSQL identifiers have 63)`
+      return true
+    }),
+  )
+
+/** The longest recovery table suffix, `_sessions`, leaves 54 bytes of a 63-byte identifier. */
+const RECOVERY_SUFFIX_BYTES = 9
 
 const OptionsSchema = Schema.Struct({
   channelPrefix: Schema.optional(
@@ -94,7 +105,7 @@ const OptionsSchema = Schema.Struct({
       ),
     ),
   ),
-  tableName: Schema.optional(TableName),
+  tableName: Schema.optional(TableName("tableName", 63)),
   payloadThreshold: Schema.optional(
     Schema.Number.pipe(
       Schema.int({ message: () => "payloadThreshold must be an integer" }),
@@ -114,6 +125,9 @@ const OptionsSchema = Schema.Struct({
     ),
   ),
   reconnectMaxDelay: Schema.optional(Millis("reconnectMaxDelay")),
+  recoveryTablePrefix: Schema.optional(
+    TableName("recoveryTablePrefix", 63 - RECOVERY_SUFFIX_BYTES),
+  ),
   errorHandler: Schema.optional(
     Schema.declare((u): u is (error: Error) => void => typeof u === "function", {
       message: () => "errorHandler must be a function",
@@ -134,6 +148,7 @@ export const defaults = {
   publishTimeout: 10_000,
   maxPendingPublishes: 65_536,
   reconnectMaxDelay: 5_000,
+  recoveryTablePrefix: "socket_io_recovery",
 } as const
 
 /**
@@ -188,6 +203,7 @@ const resolve = (o: typeof OptionsSchema.Type): ClusterConfig => {
     publishTimeout: Duration.millis(o.publishTimeout ?? defaults.publishTimeout),
     maxPendingPublishes: o.maxPendingPublishes ?? defaults.maxPendingPublishes,
     reconnectMaxDelay: Duration.millis(o.reconnectMaxDelay ?? defaults.reconnectMaxDelay),
+    recoveryTablePrefix: o.recoveryTablePrefix ?? defaults.recoveryTablePrefix,
   }
 }
 

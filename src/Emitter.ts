@@ -15,7 +15,7 @@ import * as ClusterEmitter from "./ClusterEmitter.js"
 import * as Codec from "./Codec.js"
 import * as Config from "./Config.js"
 import * as Database from "./Database.js"
-import { ErrorHandler, PublishError } from "./Errors.js"
+import { ConfigError, ErrorHandler, PublishError } from "./Errors.js"
 
 const { MessageType } = Codec
 
@@ -49,6 +49,14 @@ export interface EmitterOptions {
   readonly publishTimeout?: number
   /** How many publishes may wait for PostgreSQL before new ones fail fast. @default 65536 */
   readonly maxPendingPublishes?: number
+  /**
+   * Store broadcasts for connection state recovery, like the servers do when they run with
+   * `connectionStateRecovery`: clients disconnected at the time get them when they come back.
+   * Set it when the servers use recovery. @default false
+   */
+  readonly connectionStateRecovery?: boolean
+  /** Prefix of the recovery tables (created by the servers). @default "socket_io_recovery" */
+  readonly recoveryTablePrefix?: string
   /** Called with each failed publish, awaited or not. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
@@ -172,6 +180,13 @@ export class Emitter<
       }
       if (typeof nsp !== "string")
         throw new TypeError("new Emitter(pool, nsp): nsp must be a string")
+      const recovery = options?.connectionStateRecovery
+      if (recovery !== undefined && typeof recovery !== "boolean") {
+        throw new ConfigError({
+          option: "connectionStateRecovery",
+          message: "Invalid option connectionStateRecovery: must be a boolean",
+        })
+      }
       core = new Core(pool, options, Config.decodeSync(options))
     }
     this.#core = core
@@ -349,6 +364,12 @@ export class BroadcastOperator<EmitEvents extends EventsMap, ServerSideEvents ex
     ...args: EventParams<EmitEvents, Ev>
   ): Promise<void> {
     assertNotReserved(ev)
+    if (this.core.options?.connectionStateRecovery === true && this.flags.volatile !== true) {
+      const data = [ev, ...args]
+      return this.core.run((emitter) =>
+        emitter.broadcastStored(this.nsp, { type: 2, data }, this.#opts()),
+      )
+    }
     const packet = { type: 2, data: [ev, ...args], nsp: this.nsp }
     return this.#publish(MessageType.BROADCAST, { packet, opts: this.#opts() })
   }

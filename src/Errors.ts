@@ -27,6 +27,12 @@ export class PublishError extends Schema.TaggedError<PublishError>()("PublishErr
   cause: Schema.optional(Schema.Defect),
 }) {}
 
+/** A session could not be saved for connection state recovery (e.g. `socket.data` unencodable). */
+export class RecoveryError extends Schema.TaggedError<RecoveryError>()("RecoveryError", {
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect),
+}) {}
+
 /** The LISTEN connection failed or a channel could not be listened on. */
 export class ListenError extends Schema.TaggedError<ListenError>()("ListenError", {
   channel: Schema.optional(Schema.String),

@@ -57,3 +57,15 @@ export const listenerConnects = Metric.counter("socket_io_postgres_listener_conn
   description: "LISTEN connections established (first one included)",
   incremental: true,
 })
+
+/** Broadcast packets stored for connection state recovery. */
+export const packetsStored = Metric.counter("socket_io_postgres_packets_stored", {
+  description: "Packets written to the recovery packets table",
+  incremental: true,
+})
+
+/** Sessions restored (connection state recovery), and restores that found nothing to restore. */
+export const sessionsRestored = Metric.counter("socket_io_postgres_sessions_restored", {
+  description: "Sessions restored from the recovery tables",
+  incremental: true,
+})

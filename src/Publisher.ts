@@ -21,6 +21,18 @@ import * as Metrics from "./Metrics.js"
 /** Called once with the outcome of a publish: `undefined` when PostgreSQL committed it. */
 export type PublishCallback = (error: PublishError | undefined) => void
 
+/** Called once with the outcome of a stored publish: the packet's offset once committed. */
+export type StoreCallback = (error: PublishError | undefined, offset: string | undefined) => void
+
+/** A broadcast packet kept for connection state recovery. */
+export interface StoredPacket {
+  readonly nsp: string
+  readonly rooms: ReadonlyArray<string>
+  readonly except: ReadonlyArray<string>
+  /** The packet's args, without an offset. */
+  readonly data: ReadonlyArray<unknown>
+}
+
 /** The Publisher service. */
 export class Publisher extends Context.Tag("socket.io-postgres-effect/Publisher")<
   Publisher,
@@ -42,13 +54,34 @@ export class Publisher extends Context.Tag("socket.io-postgres-effect/Publisher"
       message: Codec.WireMessage,
       done: PublishCallback,
     ) => void
+    /**
+     * Stores a broadcast packet in the recovery tables under the next offset of its namespace,
+     * and notifies `message` (when given) with that offset in its `offset` field, in the same
+     * statement. Offsets of a namespace are consecutive and commit in their order: the counter
+     * row is locked until commit. `done` gets the offset.
+     */
+    readonly unsafeStore: (
+      channel: string,
+      message: Codec.WireMessage | undefined,
+      packet: StoredPacket,
+      done: StoreCallback,
+    ) => void
   }
 >() {}
 
+interface Stored {
+  readonly nsp: string
+  readonly rooms: ReadonlyArray<string>
+  readonly except: ReadonlyArray<string>
+  readonly bytes: Uint8Array
+}
+
 interface Item {
   readonly channel: string
-  readonly encoded: Codec.Encoded
-  readonly done: PublishCallback
+  /** `undefined`: stored only, nothing notified (a packet for one local socket). */
+  readonly encoded: Codec.Encoded | undefined
+  readonly stored: Stored | undefined
+  readonly done: StoreCallback
   settled: boolean
 }
 
@@ -67,11 +100,14 @@ const toPublishError = (error: unknown): PublishError =>
 const closedError = () =>
   new PublishError({ reason: "Closed", message: "the publisher was closed" })
 
-const settle = (item: Item, error: PublishError | undefined) => {
+const settle = (item: Item, error: PublishError | undefined, offset?: string) => {
   if (item.settled) return
   item.settled = true
-  item.done(error)
+  item.done(error, offset)
 }
+
+const toBuffer = (bytes: Uint8Array) =>
+  Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
 
 /**
  * Builds the Publisher. The worker is plain promise code on purpose: it runs once per batch on the
@@ -83,6 +119,8 @@ export const make = Effect.gen(function* () {
   const database = yield* Database
   const timeoutMillis = Duration.toMillis(config.publishTimeout)
   const table = quoteTableName(config.tableName)
+  const packetsTable = quoteTableName(`${config.recoveryTablePrefix}_packets`)
+  const offsetsTable = quoteTableName(`${config.recoveryTablePrefix}_offsets`)
   let queue: Array<Item> = []
   let inflight: ReadonlyArray<Item> = []
   let timer: ReturnType<typeof setTimeout> | undefined
@@ -90,39 +128,77 @@ export const make = Effect.gen(function* () {
 
   // One statement for a run of messages. With attachments, the rows are inserted by a CTE of the
   // same statement, so row and notification commit together, and each header is the JSON text
-  // around its row id, joined in SQL.
+  // around its row id, joined in SQL. Stored packets (one namespace per run) take their offsets
+  // from the namespace's counter row, whose lock orders the commits of every writer.
   const statement = (run: ReadonlyArray<Item>): [string, Array<unknown>] => {
     const params: Array<unknown> = []
     const param = (value: unknown) => {
       params.push(value)
       return `$${params.length}`
     }
-    if (run.every((item) => item.encoded._tag === "Inline")) {
+    const stored = run.filter((item) => item.stored !== undefined)
+    if (stored.length === 0 && run.every((item) => item.encoded?._tag === "Inline")) {
       for (const item of run)
         params.push(item.channel, (item.encoded as { payload: string }).payload)
       return [notifyStatement(run.length), params]
     }
+    const ctes: Array<string> = []
     const values: Array<string> = []
     const calls: Array<string> = []
-    for (const item of run) {
-      const channel = param(item.channel)
-      if (item.encoded._tag === "Inline") {
-        calls.push(`pg_notify(${channel}, ${param(item.encoded.payload)})`)
-        continue
-      }
-      const bytes = item.encoded.bytes
-      values.push(
-        `(${param(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength))}::bytea)`,
-      )
-      const header = item.encoded.header(ID_MARKER)
-      const at = header.lastIndexOf(ID_MARKER)
-      calls.push(
-        `pg_notify(${channel}, ${param(header.slice(0, at))} || (SELECT a[${values.length}] FROM ids)::text || ${param(header.slice(at + ID_MARKER.length))})`,
+    let count: string | undefined
+    if (stored.length > 0) {
+      const nsp = param(stored[0]!.stored!.nsp)
+      count = param(stored.length)
+      const rows = stored.map((item, i) => {
+        const packet = item.stored!
+        return `(${i + 1}, ${param(packet.rooms)}::text[], ${param(packet.except)}::text[], ${param(toBuffer(packet.bytes))}::bytea)`
+      })
+      ctes.push(
+        `c AS (INSERT INTO ${offsetsTable} AS o (nsp, last) VALUES (${nsp}, ${count}::bigint) ` +
+          `ON CONFLICT (nsp) DO UPDATE SET last = o.last + EXCLUDED.last RETURNING last)`,
+        `p AS (INSERT INTO ${packetsTable} (nsp, "offset", rooms, excepts, data) ` +
+          `SELECT ${nsp}, c.last - ${count}::bigint + v.i, v.r, v.e, v.d FROM c, ` +
+          `(VALUES ${rows.join(", ")}) AS v(i, r, e, d))`,
       )
     }
+    // The text of a notification, with its placeholders replaced in SQL.
+    const payloadSql = (item: Item, id: string | undefined): string => {
+      const encoded = item.encoded!
+      let text = encoded._tag === "Inline" ? encoded.payload : encoded.header(ID_MARKER)
+      let tail = ""
+      if (item.stored !== undefined) {
+        const at = text.lastIndexOf(OFFSET_MARKER)
+        const index = stored.indexOf(item) + 1
+        tail = ` || (c.last - ${count}::bigint + ${index})::text || ${param(text.slice(at + OFFSET_MARKER.length))}`
+        text = text.slice(0, at)
+      }
+      if (id !== undefined) {
+        const at = text.lastIndexOf(ID_MARKER)
+        return `${param(text.slice(0, at))} || ${id}::text || ${param(text.slice(at + ID_MARKER.length))}${tail}`
+      }
+      return `${param(text)}${tail}`
+    }
+    for (const item of run) {
+      if (item.encoded === undefined) continue
+      const channel = param(item.channel)
+      if (item.encoded._tag === "Inline") {
+        calls.push(`pg_notify(${channel}, ${payloadSql(item, undefined)})`)
+        continue
+      }
+      values.push(`(${param(toBuffer(item.encoded.bytes))}::bytea)`)
+      calls.push(
+        `pg_notify(${channel}, ${payloadSql(item, `(SELECT a[${values.length}] FROM ids)`)})`,
+      )
+    }
+    if (values.length > 0) {
+      ctes.push(
+        `ins AS (INSERT INTO ${table} (payload) VALUES ${values.join(", ")} RETURNING id)`,
+        `ids AS (SELECT array_agg(id ORDER BY id) AS a FROM ins)`,
+      )
+    }
+    const select = [...(stored.length > 0 ? ["c.last::text AS last"] : []), ...calls]
     return [
-      `WITH ins AS (INSERT INTO ${table} (payload) VALUES ${values.join(", ")} RETURNING id), ` +
-        `ids AS (SELECT array_agg(id ORDER BY id) AS a FROM ins) SELECT ${calls.join(", ")}`,
+      `WITH ${ctes.join(", ")} SELECT ${select.join(", ")}${stored.length > 0 ? " FROM c" : ""}`,
       params,
     ]
   }
@@ -131,25 +207,38 @@ export const make = Effect.gen(function* () {
     // Within one transaction PostgreSQL folds identical (channel, payload) pairs into one
     // notification: a repeated pair starts a new statement so that none is lost. (Attachment
     // headers hold their own row id, so they never repeat.)
+    // Stored packets of one namespace per statement: one counter row, so no lock-order deadlock.
     let start = 0
     while (start < items.length) {
       const seen = new Set<string>()
+      let nsp: string | undefined
       let end = start
       for (; end < items.length; end++) {
         const item = items[end]!
-        if (item.encoded._tag !== "Inline") continue
+        if (item.stored !== undefined) {
+          if (nsp !== undefined && nsp !== item.stored.nsp) break
+          nsp = item.stored.nsp
+        }
+        if (item.encoded?._tag !== "Inline" || item.stored !== undefined) continue
         const key = `${item.channel}\u0000${item.encoded.payload}`
         if (seen.has(key)) break
         seen.add(key)
       }
       const run = items.slice(start, end)
       const [sql, params] = statement(run)
-      await database.unsafeQuery(sql, params)
+      const rows = await database.unsafeQuery<{ last?: string }>(sql, params)
+      const notified = run.filter((item) => item.encoded !== undefined).length
       Metrics.notifyStatements.unsafeUpdate(1, [])
-      Metrics.notificationsSent.unsafeUpdate(run.length, [])
-      const attachments = run.filter((item) => item.encoded._tag === "Attachment").length
+      if (notified > 0) Metrics.notificationsSent.unsafeUpdate(notified, [])
+      const attachments = run.filter((item) => item.encoded?._tag === "Attachment").length
       if (attachments > 0) Metrics.attachmentsWritten.unsafeUpdate(attachments, [])
-      for (const item of run) settle(item, undefined)
+      const storedCount = run.filter((item) => item.stored !== undefined).length
+      // The counter's new value is the offset of the run's last stored packet.
+      let offset = storedCount === 0 ? 0n : BigInt(rows[0]!.last!) - BigInt(storedCount)
+      if (storedCount > 0) Metrics.packetsStored.unsafeUpdate(storedCount, [])
+      for (const item of run) {
+        settle(item, undefined, item.stored === undefined ? undefined : String(++offset))
+      }
       start = end
     }
   }
@@ -196,8 +285,13 @@ export const make = Effect.gen(function* () {
     }),
   )
 
-  const unsafePublish = (channel: string, message: Codec.WireMessage, done: PublishCallback) => {
-    if (closed) return done(closedError())
+  const enqueue = (
+    channel: string,
+    message: Codec.WireMessage | undefined,
+    packet: StoredPacket | undefined,
+    done: StoreCallback,
+  ) => {
+    if (closed) return done(closedError(), undefined)
     if (queue.length >= config.maxPendingPublishes) {
       Metrics.publishFailures.unsafeUpdate(1, [])
       return done(
@@ -205,11 +299,27 @@ export const make = Effect.gen(function* () {
           reason: "Overloaded",
           message: `more than ${config.maxPendingPublishes} messages are waiting for PostgreSQL`,
         }),
+        undefined,
       )
     }
-    let encoded: Codec.Encoded
+    let encoded: Codec.Encoded | undefined
+    let stored: Stored | undefined
     try {
-      encoded = Codec.encode(message, config.payloadThreshold)
+      encoded =
+        message === undefined
+          ? undefined
+          : Codec.encode(
+              packet === undefined ? message : { ...message, offset: OFFSET_MARKER },
+              config.payloadThreshold,
+            )
+      if (packet !== undefined) {
+        stored = {
+          nsp: packet.nsp,
+          rooms: packet.rooms,
+          except: packet.except,
+          bytes: Codec.encodePacketData(packet.data),
+        }
+      }
     } catch (cause) {
       return done(
         new PublishError({
@@ -217,12 +327,23 @@ export const make = Effect.gen(function* () {
           message: `message cannot be encoded: ${(cause as Error)?.message}`,
           cause,
         }),
+        undefined,
       )
     }
-    queue.push({ channel, encoded, done, settled: false })
+    queue.push({ channel, encoded, stored, done, settled: false })
     // Later in this tick: publishes of the same tick share one statement.
     if (inflight.length === 0 && queue.length === 1) queueMicrotask(pump)
   }
+
+  const unsafePublish = (channel: string, message: Codec.WireMessage, done: PublishCallback) =>
+    enqueue(channel, message, undefined, done)
+
+  const unsafeStore = (
+    channel: string,
+    message: Codec.WireMessage | undefined,
+    packet: StoredPacket,
+    done: StoreCallback,
+  ) => enqueue(channel, message, packet, done)
 
   const publish = (
     channel: string,
@@ -234,12 +355,16 @@ export const make = Effect.gen(function* () {
       ),
     )
 
-  return Publisher.of({ publish, unsafePublish })
+  return Publisher.of({ publish, unsafePublish, unsafeStore })
 })
 
 // Stands for the row id in an attachment header: the largest bigint, so the header's length is
 // checked with the longest id; headers hold no other run of 19 digits after it.
 const ID_MARKER = "9223372036854775807"
+
+// Stands for a stored packet's offset: the last field of its payload or header, found from the
+// end, so nothing a user controls comes after it.
+const OFFSET_MARKER = "9223372036854775806"
 
 // The statement text for n notifications, built once per size.
 const statements: Array<string> = []

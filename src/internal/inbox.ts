@@ -53,7 +53,9 @@ export const makeInbox = (options: InboxOptions): ((payload: string) => void) =>
         options.skip(message.left)
         return fill(undefined)
       }
-      fill(message.right)
+      // A stored broadcast's offset travels in the header (the row was written before it was known).
+      const offset = notification.offset
+      fill(offset === undefined ? message.right : { ...message.right, offset })
     })
   }
 }

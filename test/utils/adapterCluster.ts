@@ -3,6 +3,7 @@
  * a pool of its own, isolated from other suites by a unique channel prefix and attachments table.
  */
 import type pg from "pg"
+import type { ServerOptions } from "socket.io"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { createAdapter, type AdapterOptions, type PostgresAdapter } from "../../src/index.js"
 import {
@@ -48,6 +49,7 @@ export const startAdapterCluster = async (
   name: string,
   size = 3,
   options: AdapterOptions = {},
+  serverOptions: Partial<ServerOptions> = {},
 ): Promise<AdapterCluster> => {
   const id = suiteId(name)
   const pool = makePool({ max: 2 })
@@ -65,8 +67,10 @@ export const startAdapterCluster = async (
         channelPrefix: id,
         tableName: id,
         heartbeatInterval: 300,
+        recoveryTablePrefix: id,
         ...options,
       }),
+      serverOptions,
     })
     servers.push(server)
     return server
@@ -116,7 +120,9 @@ export const startAdapterCluster = async (
       for (const client of clients) client.disconnect()
       clients.clear()
       await Promise.allSettled(servers.map((server) => server.close()))
-      await dropTable(pool, id).catch(() => {})
+      for (const table of [id, `${id}_packets`, `${id}_sessions`, `${id}_offsets`]) {
+        await dropTable(pool, table).catch(() => {})
+      }
       await Promise.allSettled(pools.map((p) => p.end()))
     })())
 

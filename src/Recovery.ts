@@ -1,0 +1,279 @@
+/**
+ * Connection state recovery storage: the packets a client may have missed and the sessions of
+ * disconnected sockets, in three tables of this package.
+ *
+ * - `<prefix>_offsets`: one counter row per namespace. The Publisher takes each stored packet's
+ *   offset from it in the statement that stores the packet; the row stays locked until commit, so
+ *   offsets are consecutive and become visible in their order (no gap a reader could skip for
+ *   good, unlike a `bigserial` read by "every id above mine"). `cleaned` is the highest offset
+ *   deleted by the cleanup: an offset below it may have lost packets after it.
+ * - `<prefix>_packets`: the stored broadcasts, keyed by `(nsp, offset)`.
+ * - `<prefix>_sessions`: disconnected sockets by private id, until they expire.
+ *
+ * @since 0.2.0
+ */
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import { quoteIdentifier, quoteTableName, shortIdentifier } from "./Channel.js"
+import * as Codec from "./Codec.js"
+import { Config } from "./Config.js"
+import { Database } from "./Database.js"
+import { type DatabaseError, RecoveryError } from "./Errors.js"
+
+/** What Socket.IO hands to `persistSession`, with the namespace. */
+export interface SessionToPersist {
+  readonly nsp: string
+  readonly sid: string
+  readonly pid: string
+  readonly rooms: ReadonlyArray<string>
+  readonly data: unknown
+}
+
+/** A restored session: what Socket.IO's `restoreSession` returns, plus the last offset read. */
+export interface RestoredSession {
+  readonly sid: string
+  readonly pid: string
+  readonly rooms: Array<string>
+  readonly data: unknown
+  /** Missed packets' args, in offset order, each ending with its offset. */
+  readonly missedPackets: Array<Array<unknown>>
+  /** The namespace's last offset when the packets were read: later ones arrive live. */
+  readonly last: bigint
+}
+
+/** The Recovery service. */
+export class Recovery extends Context.Tag("socket.io-postgres-effect/Recovery")<
+  Recovery,
+  {
+    /** Creates the three tables and their indexes when missing (once per service). */
+    readonly ensureTables: Effect.Effect<void, DatabaseError>
+    /**
+     * Keeps packets at least `maxDisconnection` (plus one `cleanupInterval`) and starts the
+     * cleanup; the longest duration asked for wins.
+     */
+    readonly retain: (maxDisconnection: Duration.Duration) => Effect.Effect<void>
+    /** Saves a disconnected socket's session until `maxDisconnection` has passed. */
+    readonly persist: (
+      session: SessionToPersist,
+      maxDisconnection: Duration.Duration,
+    ) => Effect.Effect<void, DatabaseError | RecoveryError>
+    /**
+     * Takes a session (at most one restore wins) with the packets it missed: `undefined` when it
+     * is unknown, expired, or its offset is unknown or older than what the cleanup kept.
+     */
+    readonly restore: (
+      nsp: string,
+      pid: string,
+      offset: string,
+    ) => Effect.Effect<RestoredSession | undefined, DatabaseError>
+    /** One cleanup pass: expired packets and sessions; resolves with the counts deleted. */
+    readonly cleanup: Effect.Effect<{ readonly packets: number; readonly sessions: number }>
+  }
+>() {}
+
+/** The tables' quoted names for a prefix, and their index names. */
+export const tableNames = (prefix: string) => {
+  const dot = prefix.lastIndexOf(".")
+  const schema = dot === -1 ? undefined : prefix.slice(0, dot)
+  const base = prefix.slice(dot + 1)
+  const index = (suffix: string) => quoteIdentifier(shortIdentifier(`${base}_${suffix}`))
+  return {
+    schema: schema === undefined ? undefined : quoteIdentifier(schema),
+    packets: quoteTableName(`${prefix}_packets`),
+    sessions: quoteTableName(`${prefix}_sessions`),
+    offsets: quoteTableName(`${prefix}_offsets`),
+    packetsCreatedAt: index("packets_created_at"),
+    sessionsExpiresAt: index("sessions_expires_at"),
+  }
+}
+
+const seconds = (duration: Duration.Duration) => Duration.toMillis(duration) / 1000
+
+/** Builds the service; the cleanup loop idles until a namespace asks for retention. */
+export const make = Effect.gen(function* () {
+  const config = yield* Config
+  const database = yield* Database
+  const t = tableNames(config.recoveryTablePrefix)
+  const retention = yield* Ref.make(Option.none<Duration.Duration>())
+
+  const createTables = Effect.gen(function* () {
+    if (t.schema !== undefined) yield* database.query(`CREATE SCHEMA IF NOT EXISTS ${t.schema}`)
+    yield* database.query(
+      `CREATE TABLE IF NOT EXISTS ${t.offsets} (nsp text PRIMARY KEY, last bigint NOT NULL, cleaned bigint NOT NULL DEFAULT 0)`,
+    )
+    yield* database.query(
+      `CREATE TABLE IF NOT EXISTS ${t.packets} (nsp text NOT NULL, "offset" bigint NOT NULL, ` +
+        `created_at timestamptz NOT NULL DEFAULT clock_timestamp(), rooms text[] NOT NULL, ` +
+        `excepts text[] NOT NULL, data bytea NOT NULL, PRIMARY KEY (nsp, "offset"))`,
+    )
+    yield* database.query(
+      `CREATE INDEX IF NOT EXISTS ${t.packetsCreatedAt} ON ${t.packets} (created_at)`,
+    )
+    yield* database.query(
+      `CREATE TABLE IF NOT EXISTS ${t.sessions} (pid text PRIMARY KEY, nsp text NOT NULL, ` +
+        `sid text NOT NULL, rooms text[] NOT NULL, data bytea NOT NULL, expires_at timestamptz NOT NULL)`,
+    )
+    yield* database.query(
+      `CREATE INDEX IF NOT EXISTS ${t.sessionsExpiresAt} ON ${t.sessions} (expires_at)`,
+    )
+  }).pipe(
+    // Servers starting together race on the catalog ("duplicate key ... pg_type"): try again.
+    Effect.retry({ times: 3 }),
+  )
+  // Once it succeeded; a failure is tried again by the next caller.
+  const created = yield* Ref.make(false)
+  const ensureTables = Effect.suspend(() =>
+    Ref.get(created).pipe(
+      Effect.flatMap((done) =>
+        done ? Effect.void : createTables.pipe(Effect.zipRight(Ref.set(created, true))),
+      ),
+    ),
+  )
+
+  const deleteExpired = (keep: Duration.Duration) =>
+    Effect.all({
+      packets: database.query<{ n: number }>(
+        `WITH d AS (DELETE FROM ${t.packets} WHERE created_at < now() - make_interval(secs => $1) RETURNING nsp, "offset"), ` +
+          `m AS (SELECT nsp, max("offset") AS m, count(*) AS n FROM d GROUP BY nsp), ` +
+          `u AS (UPDATE ${t.offsets} o SET cleaned = GREATEST(o.cleaned, m.m) FROM m WHERE o.nsp = m.nsp) ` +
+          `SELECT coalesce(sum(n), 0)::int AS n FROM m`,
+        [seconds(keep)],
+      ),
+      sessions: database.query<{ n: number }>(
+        `WITH d AS (DELETE FROM ${t.sessions} WHERE expires_at < now() RETURNING 1) SELECT count(*)::int AS n FROM d`,
+      ),
+    }).pipe(
+      Effect.map(({ packets, sessions }) => ({
+        packets: Number(packets[0]?.n ?? 0),
+        sessions: Number(sessions[0]?.n ?? 0),
+      })),
+    )
+
+  const cleanup = Ref.get(retention).pipe(
+    Effect.flatMap(
+      Option.match({
+        onNone: () => Effect.succeed({ packets: 0, sessions: 0 }),
+        onSome: deleteExpired,
+      }),
+    ),
+    Effect.tap(({ packets, sessions }) =>
+      packets + sessions > 0
+        ? Effect.logDebug(`deleted ${packets} packets and ${sessions} sessions`)
+        : Effect.void,
+    ),
+    Effect.catchAll((error) =>
+      Effect.logWarning(`recovery cleanup failed: ${error.message}`).pipe(
+        Effect.as({ packets: 0, sessions: 0 }),
+      ),
+    ),
+    Effect.catchAllCause((cause) =>
+      Effect.logError("recovery cleanup failed", cause).pipe(
+        Effect.as({ packets: 0, sessions: 0 }),
+      ),
+    ),
+  )
+  yield* cleanup.pipe(
+    Effect.repeat(Schedule.spaced(config.cleanupInterval)),
+    Effect.delay(config.cleanupInterval),
+    Effect.annotateLogs({ module: "Recovery" }),
+    Effect.withTracerEnabled(false),
+    Effect.forkScoped,
+  )
+
+  const retain = (maxDisconnection: Duration.Duration) =>
+    Ref.update(retention, (current) => {
+      const keep = Duration.sum(maxDisconnection, config.cleanupInterval)
+      return Option.some(
+        Option.match(current, { onNone: () => keep, onSome: (c) => Duration.max(c, keep) }),
+      )
+    })
+
+  const persist = (session: SessionToPersist, maxDisconnection: Duration.Duration) =>
+    Effect.try({
+      try: () => Codec.encodePacketData([session.data]),
+      catch: (cause) =>
+        new RecoveryError({
+          message: `socket.data of ${session.sid} cannot be stored: ${(cause as Error)?.message}`,
+          cause,
+        }),
+    }).pipe(
+      Effect.flatMap((data) =>
+        database.query(
+          `INSERT INTO ${t.sessions} (pid, nsp, sid, rooms, data, expires_at) ` +
+            `VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) ` +
+            `ON CONFLICT (pid) DO UPDATE SET nsp = EXCLUDED.nsp, sid = EXCLUDED.sid, ` +
+            `rooms = EXCLUDED.rooms, data = EXCLUDED.data, expires_at = EXCLUDED.expires_at`,
+          [
+            session.pid,
+            session.nsp,
+            session.sid,
+            session.rooms,
+            Buffer.from(data.buffer, data.byteOffset, data.byteLength),
+            seconds(maxDisconnection),
+          ],
+        ),
+      ),
+      Effect.asVoid,
+    )
+
+  // One statement, one snapshot: the session (deleted, so one restore wins), the namespace's
+  // last offset, and the packets after the client's offset up to it that match its rooms.
+  const restoreSql =
+    `WITH s AS (DELETE FROM ${t.sessions} WHERE pid = $1 AND nsp = $2 RETURNING sid, rooms, data, expires_at), ` +
+    `ok AS (SELECT s.sid, s.rooms, s.data, o.last FROM s JOIN ${t.offsets} o ON o.nsp = $2 ` +
+    `WHERE s.expires_at > now() AND $3::bigint >= o.cleaned AND $3::bigint <= o.last) ` +
+    `SELECT 0 AS kind, ok.sid, ok.rooms, ok.data, ok.last AS n FROM ok ` +
+    `UNION ALL SELECT 1, NULL, NULL, p.data, p."offset" FROM ${t.packets} p, ok ` +
+    `WHERE p.nsp = $2 AND p."offset" > $3::bigint AND p."offset" <= ok.last ` +
+    `AND (cardinality(p.rooms) = 0 OR p.rooms && ok.rooms) AND NOT (p.excepts && ok.rooms) ` +
+    `ORDER BY kind, n`
+
+  const restore = (nsp: string, pid: string, offset: string) =>
+    Codec.isOffset(offset)
+      ? database
+          .query<{
+            kind: number
+            sid: string | null
+            rooms: Array<string> | null
+            data: Buffer
+            n: string
+          }>(restoreSql, [pid, nsp, offset])
+          .pipe(
+            Effect.flatMap((rows) => {
+              const head = rows[0]
+              if (head === undefined || head.kind !== 0) return Effect.succeed(undefined)
+              const data = Codec.decodePacketData(head.data)
+              if (Either.isLeft(data)) {
+                return Effect.logWarning(`session ${head.sid}: ${data.left}`).pipe(
+                  Effect.as(undefined),
+                )
+              }
+              const missedPackets: Array<Array<unknown>> = []
+              for (const row of rows.slice(1)) {
+                const args = Codec.decodePacketData(row.data)
+                // Unreadable rows cannot come from this package; the client simply misses them.
+                if (Either.isRight(args)) missedPackets.push([...args.right, String(row.n)])
+              }
+              return Effect.succeed<RestoredSession>({
+                sid: head.sid!,
+                pid,
+                rooms: head.rooms!,
+                data: data.right[0],
+                missedPackets,
+                last: BigInt(head.n),
+              })
+            }),
+          )
+      : Effect.succeed(undefined)
+
+  return Recovery.of({ ensureTables, retain, persist, restore, cleanup })
+})
+
+/** The Recovery layer; needs `Config` and `Database`. */
+export const layer: Layer.Layer<Recovery, never, Config | Database> = Layer.scoped(Recovery, make)
