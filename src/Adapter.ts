@@ -139,6 +139,12 @@ export class PostgresAdapter extends ClusterAdapter {
   #storeReady: Promise<Context.Tag.Service<Publisher> | undefined> | undefined
   #storeReadyResolve: ((publisher: Context.Tag.Service<Publisher> | undefined) => void) | undefined
   #storesWaiting = 0
+  /** Connected sockets whose live session row was written: sid -> pid. */
+  readonly #live = new Map<string, string>()
+  /** Sockets whose live session row is to be (re)written. */
+  readonly #dirty = new Set<string>()
+  #sessionWrites: Promise<void> = Promise.resolve()
+  #listenerPid: (() => number | undefined) | undefined
 
   /** Use {@link createAdapter}; constructed by Socket.IO for each namespace. */
   constructor(nsp: any, shared: Shared) {
@@ -172,6 +178,7 @@ export class PostgresAdapter extends ClusterAdapter {
         if (this.#maxDisconnection !== undefined) yield* this.#setupRecovery()
         const heartbeat = yield* Heartbeat
         const listener = yield* Listener
+        this.#listenerPid = listener.unsafeBackendPid
         this.#membership = yield* heartbeat.track({
           publishHeartbeat: Effect.promise(() => this.#send({ type: MessageType.HEARTBEAT })),
           onNodeDown: (uid) => this.#removeNode(uid),
@@ -182,6 +189,10 @@ export class PostgresAdapter extends ClusterAdapter {
             // Announce ourselves only once we can hear the replies (and again after a reconnect).
             this.#send({ type: MessageType.INITIAL_HEARTBEAT })
             this.#listening()
+            // A new LISTEN connection is a new backend: tie the live sessions to it.
+            if (this.#sequencer !== undefined) {
+              for (const sid of this.nsp.sockets.keys()) this.#markLive(sid)
+            }
           },
         })
         return yield* Effect.never
@@ -333,19 +344,66 @@ export class PostgresAdapter extends ClusterAdapter {
   /** Saves a disconnected socket's session in PostgreSQL (recovery on); never rejects. */
   override persistSession(session: Omit<Session, "missedPackets">): void {
     if (this.#maxDisconnection === undefined || this.#closed) return
+    this.#live.delete(session.sid)
+    this.#writeSessions((recovery) =>
+      recovery.persist({ ...session, nsp: this.nsp.name }, this.#maxDisconnection!),
+    )
+  }
+
+  // Session writes run one after the other: a socket's rows are written in the order of events.
+  #writeSessions(f: (recovery: Context.Tag.Service<Recovery>) => Effect.Effect<void, Error>): void {
     this.#pending++
-    void this.#runtime
-      .runPromiseExit(
-        Effect.flatMap(Recovery, (recovery) =>
-          recovery.persist({ ...session, nsp: this.nsp.name }, this.#maxDisconnection!),
-        ),
-      )
-      .then((exit) => {
+    this.#sessionWrites = this.#sessionWrites.then(() =>
+      this.#runtime.runPromiseExit(Effect.flatMap(Recovery, f)).then((exit) => {
         if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) {
           this.#report(Cause.squash(exit.cause))
         }
         this.#settled()
+      }),
+    )
+  }
+
+  override addAll(id: string, rooms: Set<Room>): void {
+    super.addAll(id, rooms)
+    if (this.#sequencer !== undefined) this.#markLive(id)
+  }
+
+  override del(id: string, room: Room): void {
+    super.del(id, room)
+    if (this.#sequencer !== undefined && this.#live.has(id)) this.#markLive(id)
+  }
+
+  // A socket leaves for good (or was persisted just before): its live row goes.
+  override delAll(id: string): void {
+    super.delAll(id)
+    if (this.#sequencer === undefined) return
+    this.#dirty.delete(id)
+    const pid = this.#live.get(id)
+    if (pid === undefined) return
+    this.#live.delete(id)
+    this.#writeSessions((recovery) => recovery.forget([pid]))
+  }
+
+  // The session of a connected socket is written (batched, once per turn of the event loop) so
+  // that it survives this server being killed: see `Recovery`.
+  #markLive(sid: string): void {
+    if (this.#closed) return
+    this.#dirty.add(sid)
+    if (this.#dirty.size > 1) return
+    setImmediate(() => {
+      const dirty = [...this.#dirty]
+      this.#dirty.clear()
+      const pid = this.#listenerPid?.()
+      if (pid === undefined || this.#closed) return
+      const sessions = dirty.flatMap((sid) => {
+        const socket: any = this.nsp.sockets.get(sid)
+        if (socket === undefined || typeof socket.pid !== "string") return []
+        this.#live.set(sid, socket.pid)
+        return [{ sid, pid: socket.pid, rooms: [...socket.rooms].map(String), data: socket.data }]
       })
+      if (sessions.length === 0) return
+      this.#writeSessions((recovery) => recovery.persistLive(sessions, this.nsp.name, pid))
+    })
   }
 
   /**

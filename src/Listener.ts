@@ -40,6 +40,11 @@ export class Listener extends Context.Tag("socket.io-postgres-effect/Listener")<
     ) => Effect.Effect<void, never, Scope.Scope>
     /** True while the LISTEN connection is up. */
     readonly isConnected: Effect.Effect<boolean>
+    /**
+     * The PostgreSQL backend pid of the LISTEN connection while it is up: while this process
+     * lives, so does that backend (sessions of live sockets are tied to it).
+     */
+    readonly unsafeBackendPid: () => number | undefined
   }
 >() {}
 
@@ -220,6 +225,7 @@ export const make = Effect.gen(function* () {
   return Listener.of({
     subscribe,
     isConnected: Effect.sync(() => session !== undefined),
+    unsafeBackendPid: () => (session?.client as { processID?: number } | undefined)?.processID,
   })
 })
 

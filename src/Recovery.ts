@@ -8,7 +8,10 @@
  *   good, unlike a `bigserial` read by "every id above mine"). `cleaned` is the highest offset
  *   deleted by the cleanup: an offset below it may have lost packets after it.
  * - `<prefix>_packets`: the stored broadcasts, keyed by `(nsp, offset)`.
- * - `<prefix>_sessions`: disconnected sockets by private id, until they expire.
+ * - `<prefix>_sessions`: sockets by private id. A connected socket's row is "live" (no expiry) and
+ *   names the backend pid of its server's LISTEN connection: when that backend is gone (the server
+ *   was killed), the row can be restored. A disconnected socket's row expires
+ *   `maxDisconnectionDuration` after the disconnection.
  *
  * @since 0.2.0
  */
@@ -58,6 +61,17 @@ export class Recovery extends Context.Tag("socket.io-postgres-effect/Recovery")<
      * cleanup; the longest duration asked for wins.
      */
     readonly retain: (maxDisconnection: Duration.Duration) => Effect.Effect<void>
+    /**
+     * Saves the sessions of connected sockets, tied to `ownerPid` (the backend pid of this
+     * server's LISTEN connection), so that they survive this server being killed.
+     */
+    readonly persistLive: (
+      sessions: ReadonlyArray<Omit<SessionToPersist, "nsp">>,
+      nsp: string,
+      ownerPid: number,
+    ) => Effect.Effect<void, DatabaseError>
+    /** Forgets live sessions (their sockets left for good). */
+    readonly forget: (pids: ReadonlyArray<string>) => Effect.Effect<void, DatabaseError>
     /** Saves a disconnected socket's session until `maxDisconnection` has passed. */
     readonly persist: (
       session: SessionToPersist,
@@ -100,7 +114,10 @@ export const make = Effect.gen(function* () {
   const config = yield* Config
   const database = yield* Database
   const t = tableNames(config.recoveryTablePrefix)
-  const retention = yield* Ref.make(Option.none<Duration.Duration>())
+  // How long packets are kept, and the longest maxDisconnectionDuration asked for.
+  const retention = yield* Ref.make(
+    Option.none<{ readonly keep: Duration.Duration; readonly max: Duration.Duration }>(),
+  )
 
   const createTables = Effect.gen(function* () {
     if (t.schema !== undefined) yield* database.query(`CREATE SCHEMA IF NOT EXISTS ${t.schema}`)
@@ -117,7 +134,7 @@ export const make = Effect.gen(function* () {
     )
     yield* database.query(
       `CREATE TABLE IF NOT EXISTS ${t.sessions} (pid text PRIMARY KEY, nsp text NOT NULL, ` +
-        `sid text NOT NULL, rooms text[] NOT NULL, data bytea NOT NULL, expires_at timestamptz NOT NULL)`,
+        `sid text NOT NULL, rooms text[] NOT NULL, data bytea NOT NULL, expires_at timestamptz, owner_pid int)`,
     )
     yield* database.query(
       `CREATE INDEX IF NOT EXISTS ${t.sessionsExpiresAt} ON ${t.sessions} (expires_at)`,
@@ -136,8 +153,14 @@ export const make = Effect.gen(function* () {
     ),
   )
 
-  const deleteExpired = (keep: Duration.Duration) =>
+  // Live sessions whose server's LISTEN backend is gone start expiring now.
+  const ownerGone = `NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.owner_pid)`
+  const deleteExpired = ({ keep, max }: { keep: Duration.Duration; max: Duration.Duration }) =>
     Effect.all({
+      orphans: database.query(
+        `UPDATE ${t.sessions} s SET expires_at = now() + make_interval(secs => $1) WHERE s.expires_at IS NULL AND ${ownerGone}`,
+        [seconds(max)],
+      ),
       packets: database.query<{ n: number }>(
         `WITH d AS (DELETE FROM ${t.packets} WHERE created_at < now() - make_interval(secs => $1) RETURNING nsp, "offset"), ` +
           `m AS (SELECT nsp, max("offset") AS m, count(*) AS n FROM d GROUP BY nsp), ` +
@@ -188,11 +211,61 @@ export const make = Effect.gen(function* () {
 
   const retain = (maxDisconnection: Duration.Duration) =>
     Ref.update(retention, (current) => {
-      const keep = Duration.sum(maxDisconnection, config.cleanupInterval)
-      return Option.some(
-        Option.match(current, { onNone: () => keep, onSome: (c) => Duration.max(c, keep) }),
-      )
+      const max = Option.match(current, {
+        onNone: () => maxDisconnection,
+        onSome: (c) => Duration.max(c.max, maxDisconnection),
+      })
+      return Option.some({ keep: Duration.sum(max, config.cleanupInterval), max })
     })
+
+  const toBuffer = (bytes: Uint8Array) =>
+    Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+
+  const persistLive = (
+    sessions: ReadonlyArray<Omit<SessionToPersist, "nsp">>,
+    nsp: string,
+    ownerPid: number,
+  ) =>
+    Effect.forEach(
+      chunks(
+        sessions.flatMap((session) => encodeSession(session)),
+        1000,
+      ),
+      (chunk) => {
+        const params: Array<unknown> = [nsp, ownerPid]
+        const rows = chunk.map(({ session, data }) => {
+          params.push(session.pid, session.sid, session.rooms, toBuffer(data))
+          const n = params.length
+          return `($${n - 3}, $1, $${n - 2}, $${n - 1}::text[], $${n}::bytea, NULL::timestamptz, $2::int)`
+        })
+        // A row already expiring belongs to a disconnected socket: a late live write must not
+        // bring it back to life.
+        return database.query(
+          `INSERT INTO ${t.sessions} AS s (pid, nsp, sid, rooms, data, expires_at, owner_pid) ` +
+            `VALUES ${rows.join(", ")} ON CONFLICT (pid) DO UPDATE SET nsp = EXCLUDED.nsp, ` +
+            `sid = EXCLUDED.sid, rooms = EXCLUDED.rooms, data = EXCLUDED.data, ` +
+            `owner_pid = EXCLUDED.owner_pid WHERE s.expires_at IS NULL`,
+          params,
+        )
+      },
+      { discard: true },
+    )
+
+  const forget = (pids: ReadonlyArray<string>) =>
+    pids.length === 0
+      ? Effect.void
+      : database
+          .query(`DELETE FROM ${t.sessions} WHERE pid = ANY($1) AND expires_at IS NULL`, [pids])
+          .pipe(Effect.asVoid)
+
+  // Sessions whose data cannot be encoded are left out (logged by the caller's persist).
+  const encodeSession = (session: Omit<SessionToPersist, "nsp">) => {
+    try {
+      return [{ session, data: Codec.encodePacketData([session.data]) }]
+    } catch {
+      return []
+    }
+  }
 
   const persist = (session: SessionToPersist, maxDisconnection: Duration.Duration) =>
     Effect.try({
@@ -208,7 +281,8 @@ export const make = Effect.gen(function* () {
           `INSERT INTO ${t.sessions} (pid, nsp, sid, rooms, data, expires_at) ` +
             `VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) ` +
             `ON CONFLICT (pid) DO UPDATE SET nsp = EXCLUDED.nsp, sid = EXCLUDED.sid, ` +
-            `rooms = EXCLUDED.rooms, data = EXCLUDED.data, expires_at = EXCLUDED.expires_at`,
+            `rooms = EXCLUDED.rooms, data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, ` +
+            `owner_pid = NULL`,
           [
             session.pid,
             session.nsp,
@@ -225,9 +299,10 @@ export const make = Effect.gen(function* () {
   // One statement, one snapshot: the session (deleted, so one restore wins), the namespace's
   // last offset, and the packets after the client's offset up to it that match its rooms.
   const restoreSql =
-    `WITH s AS (DELETE FROM ${t.sessions} WHERE pid = $1 AND nsp = $2 RETURNING sid, rooms, data, expires_at), ` +
+    `WITH s AS (DELETE FROM ${t.sessions} s WHERE pid = $1 AND nsp = $2 ` +
+    `AND (s.expires_at IS NOT NULL OR ${ownerGone}) RETURNING sid, rooms, data, expires_at), ` +
     `ok AS (SELECT s.sid, s.rooms, s.data, o.last FROM s JOIN ${t.offsets} o ON o.nsp = $2 ` +
-    `WHERE s.expires_at > now() AND $3::bigint >= o.cleaned AND $3::bigint <= o.last) ` +
+    `WHERE (s.expires_at IS NULL OR s.expires_at > now()) AND $3::bigint >= o.cleaned AND $3::bigint <= o.last) ` +
     `SELECT 0 AS kind, ok.sid, ok.rooms, ok.data, ok.last AS n FROM ok ` +
     `UNION ALL SELECT 1, NULL, NULL, p.data, p."offset" FROM ${t.packets} p, ok ` +
     `WHERE p.nsp = $2 AND p."offset" > $3::bigint AND p."offset" <= ok.last ` +
@@ -272,8 +347,14 @@ export const make = Effect.gen(function* () {
           )
       : Effect.succeed(undefined)
 
-  return Recovery.of({ ensureTables, retain, persist, restore, cleanup })
+  return Recovery.of({ ensureTables, retain, persistLive, forget, persist, restore, cleanup })
 })
+
+const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
+  const result: Array<ReadonlyArray<A>> = []
+  for (let i = 0; i < items.length; i += size) result.push(items.slice(i, i + size))
+  return result
+}
 
 /** The Recovery layer; needs `Config` and `Database`. */
 export const layer: Layer.Layer<Recovery, never, Config | Database> = Layer.scoped(Recovery, make)

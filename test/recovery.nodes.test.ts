@@ -1,0 +1,184 @@
+/**
+ * Connection state recovery when the server that held the socket goes away: killed (its session
+ * was written while the socket was connected, tied to its LISTEN backend) or shut down
+ * (`io.close()` writes the sessions of its sockets).
+ */
+import type pg from "pg"
+import { io as ioClient, type Socket as ClientSocket } from "socket.io-client"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { createAdapter } from "../src/index.js"
+import { killFixture, runFixture, type ChildScript } from "./fixtures/faults.js"
+import { connectClient, eventually, startServer, type TestServer } from "./utils/cluster.js"
+import { databaseUrl, dropTable, makePool, suiteId } from "./utils/postgres.js"
+
+const MAX_DISCONNECTION = 60_000
+
+describe("recovery when the server that held the socket goes away", () => {
+  let pool: pg.Pool
+  let id: string
+  let survivor: TestServer
+  let node: ChildScript | undefined
+  const clients: Array<ClientSocket> = []
+
+  beforeAll(async () => {
+    pool = makePool({ max: 4 })
+    id = suiteId("recovery_nodes")
+    survivor = await startServer({
+      adapter: createAdapter(pool, {
+        channelPrefix: id,
+        tableName: id,
+        recoveryTablePrefix: id,
+        heartbeatInterval: 300,
+      }),
+      serverOptions: { connectionStateRecovery: { maxDisconnectionDuration: MAX_DISCONNECTION } },
+    })
+  })
+
+  afterEach(async () => {
+    for (const client of clients.splice(0)) client.disconnect()
+    await killFixture(node)
+    node = undefined
+  })
+
+  afterAll(async () => {
+    await survivor?.close()
+    for (const table of [id, `${id}_packets`, `${id}_sessions`, `${id}_offsets`]) {
+      await dropTable(pool, table).catch(() => {})
+    }
+    await pool?.end()
+  })
+
+  const startNode = async () => {
+    node = runFixture("node.ts", {
+      DATABASE_URL: databaseUrl(),
+      CHANNEL_PREFIX: id,
+      TABLE_NAME: id,
+      HEARTBEAT_INTERVAL: "300",
+      RECOVERY_MS: String(MAX_DISCONNECTION),
+    })
+    const ready = await node.waitForMessage("ready")
+    return `http://127.0.0.1:${ready["port"]}`
+  }
+
+  const sessionRow = async (pid: string) =>
+    (
+      await pool.query<{ sid: string; rooms: Array<string>; live: boolean }>(
+        `SELECT sid, rooms, expires_at IS NULL AS live FROM ${id}_sessions WHERE pid = $1`,
+        [pid],
+      )
+    ).rows[0]
+
+  // A new client that presents the old one's private id and offset, as a reconnecting one does.
+  const resume = async (old: ClientSocket, url: string, received: Array<unknown>) => {
+    const client = ioClient(url, {
+      transports: ["websocket"],
+      forceNew: true,
+      reconnection: false,
+      autoConnect: false,
+    })
+    // Private fields of socket.io-client: what it sends in its CONNECT packet to be recovered.
+    ;(client as any)._pid = (old as any)._pid
+    ;(client as any)._lastOffset = (old as any)._lastOffset
+    client.on("news", (n: unknown) => received.push(n))
+    clients.push(client)
+    client.connect()
+    await new Promise<void>((resolve, reject) => {
+      client.once("connect", resolve)
+      client.once("connect_error", reject)
+    })
+    return client
+  }
+
+  it("restores on a survivor the session of a socket whose server was killed", async () => {
+    const url = await startNode()
+    const client = await connectClient(url, { query: { room: "blue", tag: "k1" } })
+    clients.push(client)
+    const received: Array<unknown> = []
+    client.on("news", (n: unknown) => received.push(n))
+    survivor.io.to("blue").emit("news", 1)
+    await eventually(() => received.length === 1, { message: "first packet" })
+    const pid = (client as any)._pid as string
+    const sid = client.id
+    await eventually(async () => (await sessionRow(pid))?.live === true, {
+      message: "the live session row is written",
+    })
+
+    const { rows } = await pool.query(`SELECT owner_pid FROM ${id}_sessions WHERE pid = $1`, [pid])
+    node!.child.kill("SIGKILL")
+    await node!.exited
+    // PostgreSQL ends the killed server's backends as soon as it sees their sockets close.
+    await eventually(
+      async () =>
+        (await pool.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1`, [rows[0].owner_pid]))
+          .rowCount === 0,
+      { message: "the killed server's LISTEN backend is gone" },
+    )
+    survivor.io.to("blue").emit("news", 2)
+    survivor.io.to("red").emit("news", -1)
+    survivor.io.emit("news", 3)
+
+    const next = await resume(client, survivor.url, received)
+    expect(next.recovered).toBe(true)
+    expect(next.id).toBe(sid)
+    await eventually(() => received.length === 3, { message: "missed packets replayed" })
+    expect(received).toEqual([1, 2, 3])
+    const socket = survivor.io.sockets.sockets.get(next.id!)!
+    expect(socket.rooms.has("blue")).toBe(true)
+    expect(socket.data).toEqual({ from: "child", at: "k1" })
+    // The restore took the session: it is live again, now on the survivor.
+    await eventually(async () => (await sessionRow(pid))?.live === true)
+  })
+
+  it("does not restore the session of a socket whose server is alive", async () => {
+    const url = await startNode()
+    const client = await connectClient(url, { query: { room: "green" } })
+    clients.push(client)
+    const received: Array<unknown> = []
+    client.on("news", (n: unknown) => received.push(n))
+    survivor.io.to("green").emit("news", 1)
+    await eventually(() => received.length === 1)
+    const pid = (client as any)._pid as string
+    await eventually(async () => (await sessionRow(pid))?.live === true)
+    // Someone presents the pid of a socket that is still connected elsewhere: a new socket.
+    const other = await resume(client, survivor.url, [])
+    expect(other.recovered).toBe(false)
+    expect(other.id).not.toBe(client.id)
+    expect(client.connected).toBe(true)
+  })
+
+  it("restores after io.close() on the server that held the socket", async () => {
+    const url = await startNode()
+    const client = await connectClient(url, { query: { room: "blue", tag: "c1" } })
+    clients.push(client)
+    const received: Array<unknown> = []
+    client.on("news", (n: unknown) => received.push(n))
+    survivor.io.to("blue").emit("news", 1)
+    await eventually(() => received.length === 1)
+    const pid = (client as any)._pid as string
+    const sid = client.id
+
+    node!.send("close")
+    await node!.waitForMessage("closed")
+    await eventually(async () => (await sessionRow(pid))?.live === false, {
+      message: "the closing server wrote the session as disconnected",
+    })
+    survivor.io.to("blue").emit("news", 2)
+
+    const next = await resume(client, survivor.url, received)
+    expect(next.recovered).toBe(true)
+    expect(next.id).toBe(sid)
+    await eventually(() => received.length === 2)
+    expect(received).toEqual([1, 2])
+  })
+
+  it("a socket that disconnects on purpose leaves no session behind", async () => {
+    const url = await startNode()
+    const client = await connectClient(url, { query: { room: "blue" } })
+    const pid = (client as any)._pid as string
+    await eventually(async () => (await sessionRow(pid)) !== undefined)
+    client.disconnect()
+    await eventually(async () => (await sessionRow(pid)) === undefined, {
+      message: "the live row is deleted",
+    })
+  })
+})
