@@ -103,6 +103,12 @@ const decodeOptions = (opts: {
 
 const NOT_RESTORED = null as unknown as Session
 
+const maxOffset = (a: bigint | undefined, b: bigint | undefined): bigint | undefined =>
+  a === undefined || (b !== undefined && b > a) ? b : a
+
+/** At most this many packets are read back after the LISTEN connection was lost. */
+const CATCH_UP_LIMIT = 100_000
+
 const randomId = () => crypto.randomUUID().replaceAll("-", "").slice(0, 16)
 
 // What Socket.IO keeps for recovery: an EVENT without acknowledgement, not volatile.
@@ -145,6 +151,10 @@ export class PostgresAdapter extends ClusterAdapter {
   readonly #dirty = new Set<string>()
   #sessionWrites: Promise<void> = Promise.resolve()
   #listenerPid: (() => number | undefined) | undefined
+  /** The LISTEN connection was lost and the packets missed are not read back yet. */
+  #catchingUp = false
+  /** Offsets up to this one were delivered, or committed before we listened. */
+  #caughtUpTo: bigint | undefined
 
   /** Use {@link createAdapter}; constructed by Socket.IO for each namespace. */
   constructor(nsp: any, shared: Shared) {
@@ -174,6 +184,12 @@ export class PostgresAdapter extends ClusterAdapter {
           deliver: (message) => this.#handle(message),
           skip: this.#skip,
           wanted: (notification) => this.#wanted(notification),
+          ...(this.#sequencer === undefined
+            ? {}
+            : {
+                announce: (offset: string) => this.#sequencer!.announce(BigInt(offset)),
+                retract: (offset: string) => this.#sequencer!.retract(BigInt(offset)),
+              }),
         })
         if (this.#maxDisconnection !== undefined) yield* this.#setupRecovery()
         const heartbeat = yield* Heartbeat
@@ -189,10 +205,17 @@ export class PostgresAdapter extends ClusterAdapter {
             // Announce ourselves only once we can hear the replies (and again after a reconnect).
             this.#send({ type: MessageType.INITIAL_HEARTBEAT })
             this.#listening()
-            // A new LISTEN connection is a new backend: tie the live sessions to it.
             if (this.#sequencer !== undefined) {
+              // A new LISTEN connection is a new backend: tie the live sessions to it.
               for (const sid of this.nsp.sockets.keys()) this.#markLive(sid)
+              this.#catchUp()
             }
+          },
+          onLost: () => {
+            // Hold every delivery until what was missed meanwhile is read back (#catchUp).
+            if (this.#sequencer === undefined || this.#catchingUp) return
+            this.#catchingUp = true
+            this.#sequencer.hold()
           },
         })
         return yield* Effect.never
@@ -350,6 +373,54 @@ export class PostgresAdapter extends ClusterAdapter {
     )
   }
 
+  // With recovery, nothing is lost while the LISTEN connection is down: the stored packets after
+  // the last delivered offset are read back and delivered first, in order, then the live ones.
+  // The first time, the namespace's last offset is where listening started.
+  #catchUp(): void {
+    const sequencer = this.#sequencer!
+    const catchingUp = this.#catchingUp
+    if (!catchingUp && this.#caughtUpTo !== undefined) return
+    const from = maxOffset(this.#caughtUpTo, sequencer.lastDelivered)
+    const nsp = this.nsp.name
+    this.#pending++
+    void this.#runtime
+      .runPromiseExit(
+        Effect.flatMap(Recovery, (recovery) =>
+          !catchingUp || from === undefined
+            ? Effect.map(recovery.lastOffset(nsp), (last) => ({ last, rows: [] }))
+            : Effect.map(recovery.packetsSince(nsp, from, CATCH_UP_LIMIT), (rows) => ({
+                last: rows.length > 0 ? rows[rows.length - 1]!.offset : from,
+                rows,
+              })),
+        ),
+      )
+      .then((exit) => {
+        this.#settled()
+        if (Exit.isSuccess(exit)) this.#caughtUpTo = maxOffset(this.#caughtUpTo, exit.value.last)
+        else if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
+        if (!catchingUp) return
+        this.#catchingUp = false
+        // Could not read them back: what was missed stays missed, live delivery resumes.
+        if (Exit.isFailure(exit)) return sequencer.release()
+        const { last, rows } = exit.value
+        if (rows.length === CATCH_UP_LIMIT) {
+          this.#log("warning", `more than ${CATCH_UP_LIMIT} packets missed; later ones are lost`)
+        }
+        sequencer.release({
+          upTo: last,
+          items: rows.map((row) => {
+            const offset = String(row.offset)
+            const packet = { type: 2, data: [...row.data, offset], nsp }
+            const opts = decodeOptions({ rooms: [...row.rooms], except: [...row.except] })
+            return {
+              offset: row.offset,
+              item: () => this.#deliverLocally(packet, opts, row.offset),
+            }
+          }),
+        })
+      })
+  }
+
   // Session writes run one after the other: a socket's rows are written in the order of events.
   #writeSessions(f: (recovery: Context.Tag.Service<Recovery>) => Effect.Effect<void, Error>): void {
     this.#pending++
@@ -416,14 +487,14 @@ export class PostgresAdapter extends ClusterAdapter {
     const sequencer = this.#sequencer
     if (sequencer === undefined || this.#closed) return NOT_RESTORED
     // Hold live packets until the restored socket exists: it must get those after its replay.
-    sequencer.beginRestore()
+    sequencer.hold()
     const exit = await this.#runtime.runPromiseExit(
       Effect.flatMap(Recovery, (recovery) => recovery.restore(this.nsp.name, pid, offset)).pipe(
         Effect.timeout(this.#shared.config.requestsTimeout),
       ),
     )
     // Socket.IO builds the socket in the microtasks after we return; deliver after that.
-    setImmediate(() => sequencer.endRestore())
+    setImmediate(() => sequencer.release())
     if (Exit.isFailure(exit)) {
       if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
       return NOT_RESTORED
@@ -617,11 +688,20 @@ export class PostgresAdapter extends ClusterAdapter {
   }
 
   #handle(message: Codec.WireMessage): void {
+    // An announced offset that is not going to be pushed must not hold own packets back.
+    const drop = () => {
+      if (this.#sequencer !== undefined && Codec.isOffset(message.offset)) {
+        this.#sequencer.retract(BigInt(message.offset))
+      }
+    }
     if (this.#closed) return
-    if (message.uid === this.uid) return
-    if (message.nsp !== undefined && message.nsp !== this.nsp.name) return
+    if (message.uid === this.uid) return drop()
+    if (message.nsp !== undefined && message.nsp !== this.nsp.name) return drop()
     const invalid = Codec.validateMessage(message)
-    if (invalid !== undefined) return this.#skip(invalid)
+    if (invalid !== undefined) {
+      drop()
+      return this.#skip(invalid)
+    }
     // Emitters before ours send no nsp: the channel tells the namespace.
     const full = (message.nsp === undefined ? { ...message, nsp: this.nsp.name } : message) as any
     if (message.uid !== Codec.EMITTER_UID) this.#membership?.seen(message.uid)
@@ -649,6 +729,7 @@ export class PostgresAdapter extends ClusterAdapter {
   #sequence(message: any): void {
     const data = message.data
     if (message.type !== MessageType.BROADCAST || data.requestId !== undefined) {
+      if (Codec.isOffset(message.offset)) this.#sequencer!.retract(BigInt(message.offset))
       return this.#sequencer!.push(undefined, () => {
         try {
           super.onMessage(message)

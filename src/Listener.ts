@@ -24,6 +24,8 @@ export interface Subscriber {
   readonly onNotification: (payload: string) => void
   /** The channel is listened on: first time, and again after every reconnection. */
   readonly onListen: () => void
+  /** The connection was lost: notifications are missed until the next `onListen`. */
+  readonly onLost?: () => void
 }
 
 /** The Listener service. */
@@ -163,7 +165,18 @@ export const make = Effect.gen(function* () {
     Effect.zipRight(
       runSession.pipe(
         Effect.catchAll((error) =>
-          Effect.logWarning(error.message).pipe(
+          Effect.sync(() => {
+            for (const set of subscribers.values()) {
+              for (const subscriber of set) {
+                try {
+                  subscriber.onLost?.()
+                } catch (e) {
+                  Effect.runFork(Effect.logError("onLost handler threw", e))
+                }
+              }
+            }
+          }).pipe(
+            Effect.zipRight(Effect.logWarning(error.message)),
             Effect.zipRight(Metric.increment(Metrics.listenerDrops)),
             Effect.zipRight(report(new Error(error.message, { cause: error }))),
           ),

@@ -50,6 +50,15 @@ export interface RestoredSession {
   readonly last: bigint
 }
 
+/** A stored packet read back. */
+export interface StoredRow {
+  readonly offset: bigint
+  readonly rooms: ReadonlyArray<string>
+  readonly except: ReadonlyArray<string>
+  /** The packet's args, without the offset. */
+  readonly data: Array<unknown>
+}
+
 /** The Recovery service. */
 export class Recovery extends Context.Tag("socket.io-postgres-effect/Recovery")<
   Recovery,
@@ -86,6 +95,17 @@ export class Recovery extends Context.Tag("socket.io-postgres-effect/Recovery")<
       pid: string,
       offset: string,
     ) => Effect.Effect<RestoredSession | undefined, DatabaseError>
+    /** The namespace's last offset (0 before its first packet). */
+    readonly lastOffset: (nsp: string) => Effect.Effect<bigint, DatabaseError>
+    /**
+     * The stored packets of a namespace after `offset` (at most `limit`), in order: what a server
+     * missed while its LISTEN connection was down.
+     */
+    readonly packetsSince: (
+      nsp: string,
+      offset: bigint,
+      limit: number,
+    ) => Effect.Effect<ReadonlyArray<StoredRow>, DatabaseError>
     /** One cleanup pass: expired packets and sessions; resolves with the counts deleted. */
     readonly cleanup: Effect.Effect<{ readonly packets: number; readonly sessions: number }>
   }
@@ -347,7 +367,40 @@ export const make = Effect.gen(function* () {
           )
       : Effect.succeed(undefined)
 
-  return Recovery.of({ ensureTables, retain, persistLive, forget, persist, restore, cleanup })
+  const lastOffset = (nsp: string) =>
+    database
+      .query<{ last: string }>(`SELECT last::text AS last FROM ${t.offsets} WHERE nsp = $1`, [nsp])
+      .pipe(Effect.map((rows) => BigInt(rows[0]?.last ?? 0)))
+
+  const packetsSince = (nsp: string, offset: bigint, limit: number) =>
+    database
+      .query<{ n: string; rooms: Array<string>; excepts: Array<string>; data: Buffer }>(
+        `SELECT "offset"::text AS n, rooms, excepts, data FROM ${t.packets} ` +
+          `WHERE nsp = $1 AND "offset" > $2 ORDER BY "offset" LIMIT $3`,
+        [nsp, String(offset), limit],
+      )
+      .pipe(
+        Effect.map((rows) =>
+          rows.flatMap((row) => {
+            const data = Codec.decodePacketData(row.data)
+            return Either.isRight(data)
+              ? [{ offset: BigInt(row.n), rooms: row.rooms, except: row.excepts, data: data.right }]
+              : []
+          }),
+        ),
+      )
+
+  return Recovery.of({
+    ensureTables,
+    retain,
+    persistLive,
+    forget,
+    persist,
+    restore,
+    lastOffset,
+    packetsSince,
+    cleanup,
+  })
 })
 
 const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {

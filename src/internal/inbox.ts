@@ -20,6 +20,12 @@ export interface InboxOptions {
    * is only given for attachments (inline answers are cheap to check later).
    */
   readonly wanted: (notification: { uid: string; type: number; requestId?: string }) => boolean
+  /**
+   * Told at arrival of each wanted notification that carries a recovery offset, before any fetch;
+   * `retract` when that notification will not be delivered after all.
+   */
+  readonly announce?: (offset: string) => void
+  readonly retract?: (offset: string) => void
 }
 
 /** Returns the function to hand each notification payload to. */
@@ -32,29 +38,36 @@ export const makeInbox = (options: InboxOptions): ((payload: string) => void) =>
     if (notification._tag === "Inline") {
       const { message } = notification
       // Answers to others are only worth skipping when skipping saves a SELECT.
-      return options.wanted({ uid: message.uid, type: message.type })
-        ? inbox.push(message)
-        : undefined
+      if (!options.wanted({ uid: message.uid, type: message.type })) return
+      if (options.announce !== undefined && Codec.isOffset(message.offset)) {
+        options.announce(message.offset)
+      }
+      return inbox.push(message)
     }
     if (!options.wanted(notification)) return
+    const offset = notification.offset
+    if (offset !== undefined) options.announce?.(offset)
+    const skip = (reason: string) => {
+      options.skip(reason)
+      if (offset !== undefined) options.retract?.(offset)
+    }
     const fill = inbox.reserve()
     const id = notification.attachmentId
     options.store.unsafeFetch(id, (exit) => {
       if (Exit.isFailure(exit)) {
-        options.skip(`attachment ${id} could not be read`)
+        skip(`attachment ${id} could not be read`)
         return fill(undefined)
       }
       if (exit.value === undefined) {
-        options.skip(`attachment ${id} not found`)
+        skip(`attachment ${id} not found`)
         return fill(undefined)
       }
       const message = Codec.decodeAttachment(exit.value)
       if (Either.isLeft(message)) {
-        options.skip(message.left)
+        skip(message.left)
         return fill(undefined)
       }
       // A stored broadcast's offset travels in the header (the row was written before it was known).
-      const offset = notification.offset
       fill(offset === undefined ? message.right : { ...message.right, offset })
     })
   }
