@@ -106,6 +106,8 @@ const NOT_RESTORED = null as unknown as Session
 const maxOffset = (a: bigint | undefined, b: bigint | undefined): bigint | undefined =>
   a === undefined || (b !== undefined && b > a) ? b : a
 
+const MAX_OFFSET = 2n ** 63n - 1n
+
 /** At most this many packets are read back after the LISTEN connection was lost. */
 const CATCH_UP_LIMIT = 100_000
 
@@ -281,6 +283,10 @@ export class PostgresAdapter extends ClusterAdapter {
     if (!toLocalSocket) {
       this.#send({ type: MessageType.BROADCAST, data: { packet, opts: encodeOptions(opts) } })
     }
+    // With recovery, after the stored packets sent before it.
+    if (this.#sequencer !== undefined) {
+      return this.#sequencer.own(() => Adapter.prototype.broadcast.call(this, packet, opts))
+    }
     Adapter.prototype.broadcast.call(this, packet, opts)
   }
 
@@ -306,28 +312,25 @@ export class PostgresAdapter extends ClusterAdapter {
         } as Codec.WireMessage)
     if (message !== undefined) this.#membership?.published()
     this.#pending++
-    sequencer.beginStore()
+    const slot = sequencer.beginStore()
+    // Not stored, so not replayable: local clients still get it, in its place, without an offset.
+    const unstored = () => sequencer.endStore(slot, () => this.#deliverLocally(packet, opts))
     const run = (publisher: Context.Tag.Service<Publisher> | undefined) => {
       if (publisher === undefined) {
-        // Closed before the runtime was up: delivered locally, without an offset.
-        sequencer.endStore()
-        this.#deliverLocally(packet, opts, undefined)
+        unstored()
         return this.#settled()
       }
-      publisher.unsafeStore(this.channel, message, stored, (error, offset) => {
+      publisher.unsafeStore(this.channel, message, stored, (error, offset, after) => {
         if (error !== undefined || offset === undefined) {
-          // Not stored, so not replayable: local clients still get it, without an offset.
           if (error !== undefined) this.#report(error)
-          sequencer.endStore()
-          this.#deliverLocally(packet, opts, undefined)
+          unstored()
         } else {
-          sequencer.endStore({
-            offset: BigInt(offset),
-            item: () => {
-              args.push(offset)
-              this.#deliverLocally(packet, opts, BigInt(offset))
-            },
-          })
+          const at = BigInt(offset)
+          const deliver = () => {
+            args.push(offset)
+            this.#deliverLocally(packet, opts, at)
+          }
+          sequencer.endStore(slot, deliver, at, after === undefined ? undefined : BigInt(after))
         }
         this.#settled()
       })
@@ -344,7 +347,7 @@ export class PostgresAdapter extends ClusterAdapter {
   }
 
   // Local delivery of a packet; a socket whose restore already replayed it is left out.
-  #deliverLocally(packet: any, opts: BroadcastOptions, offset: bigint | undefined): void {
+  #deliverLocally(packet: any, opts: BroadcastOptions, offset?: bigint): void {
     let except = opts.except
     if (offset !== undefined && this.#restored.size > 0) {
       for (const [sid, last] of this.#restored) {
@@ -387,17 +390,32 @@ export class PostgresAdapter extends ClusterAdapter {
       .runPromiseExit(
         Effect.flatMap(Recovery, (recovery) =>
           !catchingUp || from === undefined
-            ? Effect.map(recovery.lastOffset(nsp), (last) => ({ last, rows: [] }))
+            ? recovery.lastOffset(nsp).pipe(
+                Effect.retry(
+                  Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(5))),
+                ),
+                Effect.map((last) => ({ last, rows: [] })),
+              )
             : Effect.map(recovery.packetsSince(nsp, from, CATCH_UP_LIMIT), (rows) => ({
                 last: rows.length > 0 ? rows[rows.length - 1]!.offset : from,
                 rows,
               })),
+        ).pipe(
+          // Deliveries are held meanwhile: a frozen PostgreSQL must not hold them for ever.
+          Effect.timeout(this.#shared.config.publishTimeout),
         ),
       )
       .then((exit) => {
         this.#settled()
-        if (Exit.isSuccess(exit)) this.#caughtUpTo = maxOffset(this.#caughtUpTo, exit.value.last)
-        else if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
+        if (Exit.isSuccess(exit)) {
+          this.#caughtUpTo = maxOffset(this.#caughtUpTo, exit.value.last)
+          // Notifications up to there were committed before we listened: none to wait for.
+          if (!catchingUp) sequencer.seenUpTo(exit.value.last)
+        } else {
+          if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
+          // Where listening started is unknown: own packets stop waiting for earlier ones.
+          if (!catchingUp) sequencer.seenUpTo(MAX_OFFSET)
+        }
         if (!catchingUp) return
         this.#catchingUp = false
         // Could not read them back: what was missed stays missed, live delivery resumes.

@@ -21,8 +21,16 @@ import * as Metrics from "./Metrics.js"
 /** Called once with the outcome of a publish: `undefined` when PostgreSQL committed it. */
 export type PublishCallback = (error: PublishError | undefined) => void
 
-/** Called once with the outcome of a stored publish: the packet's offset once committed. */
-export type StoreCallback = (error: PublishError | undefined, offset: string | undefined) => void
+/**
+ * Called once with the outcome of a stored publish: the packet's offset once committed, and the
+ * highest offset of its namespace notified before its statement (`after`): a receiver has seen
+ * every notification of the namespace committed before this packet once it has seen that one.
+ */
+export type StoreCallback = (
+  error: PublishError | undefined,
+  offset: string | undefined,
+  after?: string,
+) => void
 
 /** A broadcast packet kept for connection state recovery. */
 export interface StoredPacket {
@@ -100,10 +108,10 @@ const toPublishError = (error: unknown): PublishError =>
 const closedError = () =>
   new PublishError({ reason: "Closed", message: "the publisher was closed" })
 
-const settle = (item: Item, error: PublishError | undefined, offset?: string) => {
+const settle = (item: Item, error: PublishError | undefined, offset?: string, after?: string) => {
   if (item.settled) return
   item.settled = true
-  item.done(error, offset)
+  item.done(error, offset, after)
 }
 
 const toBuffer = (bytes: Uint8Array) =>
@@ -149,13 +157,22 @@ export const make = Effect.gen(function* () {
     if (stored.length > 0) {
       const nsp = param(stored[0]!.stored!.nsp)
       count = param(stored.length)
+      // The position of the run's last notified packet, 0 when none is notified.
+      let notified = 0
+      stored.forEach((item, i) => {
+        if (item.encoded !== undefined) notified = i + 1
+      })
+      const lastNotified = param(notified)
       const rows = stored.map((item, i) => {
         const packet = item.stored!
         return `(${i + 1}, ${param(packet.rooms)}::text[], ${param(packet.except)}::text[], ${param(toBuffer(packet.bytes))}::bytea)`
       })
       ctes.push(
-        `c AS (INSERT INTO ${offsetsTable} AS o (nsp, last) VALUES (${nsp}, ${count}::bigint) ` +
-          `ON CONFLICT (nsp) DO UPDATE SET last = o.last + EXCLUDED.last RETURNING last)`,
+        `c AS (INSERT INTO ${offsetsTable} AS o (nsp, last, notified, prev_notified) ` +
+          `VALUES (${nsp}, ${count}::bigint, ${lastNotified}::bigint, 0) ` +
+          `ON CONFLICT (nsp) DO UPDATE SET last = o.last + EXCLUDED.last, prev_notified = o.notified, ` +
+          `notified = CASE WHEN EXCLUDED.notified > 0 THEN o.last + EXCLUDED.notified ELSE o.notified END ` +
+          `RETURNING last, prev_notified)`,
         `p AS (INSERT INTO ${packetsTable} (nsp, "offset", rooms, excepts, data) ` +
           `SELECT ${nsp}, c.last - ${count}::bigint + v.i, v.r, v.e, v.d FROM c, ` +
           `(VALUES ${rows.join(", ")}) AS v(i, r, e, d))`,
@@ -196,7 +213,10 @@ export const make = Effect.gen(function* () {
         `ids AS (SELECT array_agg(id ORDER BY id) AS a FROM ins)`,
       )
     }
-    const select = [...(stored.length > 0 ? ["c.last::text AS last"] : []), ...calls]
+    const select = [
+      ...(stored.length > 0 ? ["c.last::text AS last", "c.prev_notified::text AS after"] : []),
+      ...calls,
+    ]
     return [
       `WITH ${ctes.join(", ")} SELECT ${select.join(", ")}${stored.length > 0 ? " FROM c" : ""}`,
       params,
@@ -226,7 +246,7 @@ export const make = Effect.gen(function* () {
       }
       const run = items.slice(start, end)
       const [sql, params] = statement(run)
-      const rows = await database.unsafeQuery<{ last?: string }>(sql, params)
+      const rows = await database.unsafeQuery<{ last?: string; after?: string }>(sql, params)
       const notified = run.filter((item) => item.encoded !== undefined).length
       Metrics.notifyStatements.unsafeUpdate(1, [])
       if (notified > 0) Metrics.notificationsSent.unsafeUpdate(notified, [])
@@ -237,7 +257,8 @@ export const make = Effect.gen(function* () {
       let offset = storedCount === 0 ? 0n : BigInt(rows[0]!.last!) - BigInt(storedCount)
       if (storedCount > 0) Metrics.packetsStored.unsafeUpdate(storedCount, [])
       for (const item of run) {
-        settle(item, undefined, item.stored === undefined ? undefined : String(++offset))
+        if (item.stored === undefined) settle(item, undefined)
+        else settle(item, undefined, String(++offset), rows[0]!.after)
       }
       start = end
     }

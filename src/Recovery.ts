@@ -142,7 +142,8 @@ export const make = Effect.gen(function* () {
   const createTables = Effect.gen(function* () {
     if (t.schema !== undefined) yield* database.query(`CREATE SCHEMA IF NOT EXISTS ${t.schema}`)
     yield* database.query(
-      `CREATE TABLE IF NOT EXISTS ${t.offsets} (nsp text PRIMARY KEY, last bigint NOT NULL, cleaned bigint NOT NULL DEFAULT 0)`,
+      `CREATE TABLE IF NOT EXISTS ${t.offsets} (nsp text PRIMARY KEY, last bigint NOT NULL, ` +
+        `notified bigint NOT NULL DEFAULT 0, prev_notified bigint NOT NULL DEFAULT 0, cleaned bigint NOT NULL DEFAULT 0)`,
     )
     yield* database.query(
       `CREATE TABLE IF NOT EXISTS ${t.packets} (nsp text NOT NULL, "offset" bigint NOT NULL, ` +

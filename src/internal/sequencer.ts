@@ -8,31 +8,48 @@
  * - Other servers' packets arrive in commit order, which is offset order. They are announced when
  *   their notification arrives and pushed when they are ready (an attachment may be fetched in
  *   between), in the same order.
- * - A server's own packet learns its offset when its statement returns, and that answer races with
- *   the notifications. While own packets are being stored, pushed packets wait; when a statement
- *   returns, the waiting packets and the own ones are merged by offset. Waiting packets arrived
- *   before the next statement was sent, so own packets still queued take higher offsets.
- * - An own packet also waits for the packets announced before it with a lower offset.
+ * - This server's own packets keep the order they were sent in. A stored one learns its offset
+ *   when its statement returns, and that answer races with the notifications: while own packets
+ *   are being stored, pushed packets wait; when a statement returns, the waiting packets and the
+ *   own ones are merged by offset. (Waiting packets arrived before the next statement was sent, so
+ *   own packets still queued take higher offsets.) The other way round, a notification committed
+ *   just before an own packet may arrive after its statement returned: the statement also returns
+ *   the last offset notified before it (`after`), and an own packet waits until that one was seen,
+ *   and until the announced packets with lower offsets were pushed. Own packets without offset
+ *   (volatile, with an acknowledgement, or whose store failed) only keep their place among own
+ *   packets.
  * - A session restore, or a lost LISTEN connection being caught up, holds everything until it ends.
  *
  * Deliveries are therefore in increasing offset order; a packet whose offset was already delivered
  * (a caught-up packet that also arrives live) is dropped.
  */
+
+/** An own packet's place, taken when it is sent; filled when its store settles. */
+export interface Slot<A> {
+  done: boolean
+  offset: bigint | undefined
+  after: bigint | undefined
+  item: A | undefined
+}
+
 export class Sequencer<A> {
+  /** Own slots not filled yet. */
   #storing = 0
   #holds = 0
   /** Pushed packets not delivered yet, in arrival order. */
   #waiting: Array<{ readonly offset: bigint | undefined; readonly item: A }> = []
-  /** Own packets not delivered yet, any order. */
-  #own: Array<{ readonly offset: bigint; readonly item: A }> = []
+  /** Own packets not delivered yet, in the order they were sent. */
+  #own: Array<Slot<A>> = []
   /** Offsets announced but not pushed yet, in arrival (offset) order. */
   #announced: Array<bigint> = []
   #scheduled = false
   #last: bigint | undefined
+  /** The highest offset known to have arrived (announced, pushed, own, or read back). */
+  #seen: bigint | undefined
 
   constructor(private readonly deliver: (item: A, offset: bigint | undefined) => void) {}
 
-  /** Items held back, own and others'. */
+  /** Items held back (own ones being stored included). */
   get held(): number {
     return this.#waiting.length + this.#own.length
   }
@@ -42,30 +59,50 @@ export class Sequencer<A> {
     return this.#last
   }
 
-  /** Raises the delivered offset (a starting point known from PostgreSQL). */
-  advanceTo(offset: bigint): void {
-    if (this.#last === undefined || offset > this.#last) this.#last = offset
+  /**
+   * Every notification up to `offset` has arrived or will never come: where listening started,
+   * read from PostgreSQL. Until it is known, own stored packets wait.
+   */
+  seenUpTo(offset: bigint): void {
+    this.#see(offset)
+    this.#flush(false)
   }
 
-  /** An own packet is being stored: hold pushed packets until it is settled. */
-  beginStore(): void {
+  #see(offset: bigint): void {
+    if (this.#seen === undefined || offset > this.#seen) this.#seen = offset
+  }
+
+  /** An own packet is being stored: it takes its place, and pushed packets wait. */
+  beginStore(): Slot<A> {
+    const slot: Slot<A> = { done: false, offset: undefined, after: undefined, item: undefined }
     this.#storing++
+    this.#own.push(slot)
+    return slot
   }
 
   /**
-   * The store's statement returned: `own` is the packet with its offset (none when it failed, in
-   * which case the caller delivers it itself). Delivery follows a microtask later, once the
-   * statement's other packets have settled too.
+   * The store settled: `offset` and `after` when it was stored, none when it failed. Delivery
+   * follows a microtask later, once the statement's other packets have settled too.
    */
-  endStore(own?: { readonly offset: bigint; readonly item: A }): void {
+  endStore(slot: Slot<A>, item: A, offset?: bigint, after?: bigint): void {
+    if (slot.done) return
+    slot.done = true
+    slot.offset = offset
+    slot.after = after
+    slot.item = item
     this.#storing--
-    if (own !== undefined) this.#own.push(own)
     if (this.#scheduled) return
     this.#scheduled = true
     queueMicrotask(() => {
       this.#scheduled = false
       this.#flush(true)
     })
+  }
+
+  /** An own packet without offset: delivered at once unless earlier ones still wait. */
+  own(item: A): void {
+    if (this.#own.length === 0 && this.#holds === 0) return this.deliver(item, undefined)
+    this.#own.push({ done: true, offset: undefined, item })
   }
 
   /** Holds everything (a session restore, a catch-up) until {@link release}. */
@@ -83,6 +120,7 @@ export class Sequencer<A> {
   }): void {
     this.#holds--
     if (caughtUp !== undefined) {
+      this.#see(caughtUp.upTo)
       const later = this.#waiting.filter(
         ({ offset }) => offset === undefined || offset > caughtUp.upTo,
       )
@@ -95,6 +133,7 @@ export class Sequencer<A> {
   /** A notification with this offset arrived; its packet is pushed later, in order. */
   announce(offset: bigint): void {
     this.#announced.push(offset)
+    this.#see(offset)
   }
 
   /** An announced packet will not come (unreadable, attachment missing). */
@@ -108,6 +147,7 @@ export class Sequencer<A> {
   push(offset: bigint | undefined, item: A): void {
     // Announced in the same order: this one and any skipped before it are no longer expected.
     if (offset !== undefined) {
+      this.#see(offset)
       let n = 0
       while (n < this.#announced.length && this.#announced[n]! <= offset) n++
       if (n > 0) this.#announced.splice(0, n)
@@ -128,30 +168,61 @@ export class Sequencer<A> {
     this.deliver(item, offset)
   }
 
-  // Right after a statement returned, everything waiting can go (see above); otherwise only
-  // when no own packet is in flight.
+  // Right after a statement returned, every waiting packet can go (see above); otherwise only
+  // while no own packet is being stored.
   #flush(afterStore: boolean): void {
     if (this.#holds > 0 || this.held === 0) return
-    if (!afterStore && this.#storing > 0) return
-    const own = this.#own.sort((a, b) => (a.offset < b.offset ? -1 : a.offset > b.offset ? 1 : 0))
+    const foreignFree = afterStore || this.#storing === 0
+    let o = 0
+    let w = 0
+    const own = this.#own
     const waiting = this.#waiting
-    this.#waiting = []
-    let next = 0
-    for (const { offset, item } of waiting) {
-      if (offset !== undefined) {
-        while (next < own.length && own[next]!.offset < offset) {
-          this.#emit(own[next]!.item, own[next]!.offset)
-          next++
+    for (;;) {
+      const slot = own[o]
+      const next = waiting[w]
+      if (slot !== undefined && slot.done) {
+        const offset = slot.offset
+        if (offset === undefined) {
+          this.#emit(slot.item!, undefined)
+          o++
+          continue
         }
+        // Lower offsets first, and anything of the others without an offset.
+        if (
+          foreignFree &&
+          next !== undefined &&
+          (next.offset === undefined || next.offset < offset)
+        ) {
+          this.#emit(next.item, next.offset)
+          w++
+          continue
+        }
+        // Wait for what was committed before it (`after`) and announced below it.
+        const after = slot.after ?? 0n
+        if (after > 0n && (this.#seen === undefined || after > this.#seen)) break
+        const bound = this.#announced[0]
+        if (bound !== undefined && bound < offset) break
+        if (
+          !foreignFree &&
+          next !== undefined &&
+          (next.offset === undefined || next.offset < offset)
+        ) {
+          break
+        }
+        this.#see(offset)
+        this.#emit(slot.item!, offset)
+        o++
+        continue
       }
-      this.#emit(item, offset)
+      // The next own packet is still being stored (or there is none).
+      if (foreignFree && next !== undefined) {
+        this.#emit(next.item, next.offset)
+        w++
+        continue
+      }
+      break
     }
-    // An own packet still waits for lower offsets announced before it.
-    const bound = this.#announced[0]
-    while (next < own.length && (bound === undefined || own[next]!.offset < bound)) {
-      this.#emit(own[next]!.item, own[next]!.offset)
-      next++
-    }
-    this.#own = own.slice(next)
+    this.#own = own.slice(o)
+    this.#waiting = waiting.slice(w)
   }
 }
