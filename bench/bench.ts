@@ -23,8 +23,22 @@ import pg from "pg"
 import { openDatabase, redactUrl } from "../demo/postgres.js"
 import type { ClientsReport, ConnectArgs } from "./clients.js"
 import { Worker } from "./ipc.js"
-import type { EmitArgs, EmitResult, Measurement, RequestResult, StartArgs } from "./node.js"
-import { formatTable, ratios, renderSvg, type RunResult, summarize } from "./report.js"
+import type {
+  EmitArgs,
+  EmitResult,
+  Measurement,
+  RequestResult,
+  StartArgs,
+  StatementStats,
+} from "./node.js"
+import {
+  formatTable,
+  ratios,
+  recoveryCosts,
+  renderSvg,
+  type RunResult,
+  summarize,
+} from "./report.js"
 import {
   ALL_KINDS,
   type AdapterKind,
@@ -49,10 +63,10 @@ const USAGE = `usage: npm run bench -- [--quick] [--repeat N] [--scenario NAME].
                        [--out DIR] [--profile] [--verbose]
   --quick          tiny counts, 1 repetition (smoke test, CI)
   --repeat N       repetitions per scenario and kind (default 3; medians are reported)
-  --scenario NAME  run only this scenario (repeatable): ${allScenarios(false)
+  --scenario NAME  run only this scenario (repeatable, or NAME,NAME,…): ${allScenarios(false)
     .map((s) => s.name)
     .join(", ")}
-  --kind KIND      run only this kind (repeatable): ${ALL_KINDS.join(", ")}
+  --kind KIND      run only this kind (repeatable, or KIND,KIND,…): ${ALL_KINDS.join(", ")}
   --out DIR        where latest.json and latest.svg go (default bench/results)
   --profile        write V8 CPU profiles of the servers' measured work to DIR/profiles
   --verbose        show the workers' output`
@@ -91,11 +105,13 @@ const parseOptions = (argv: ReadonlyArray<string>): Options => {
   const repeat = values.repeat === undefined ? (quick ? 1 : 3) : Number(values.repeat)
   if (!Number.isInteger(repeat) || repeat < 1) throw new UsageError("--repeat must be 1 or more")
   const available = allScenarios(quick)
-  const wanted = values.scenario ?? []
+  const list = (values: ReadonlyArray<string> | undefined) =>
+    (values ?? []).flatMap((v) => v.split(",")).filter((v) => v !== "")
+  const wanted = list(values.scenario)
   for (const name of wanted) {
     if (!available.some((s) => s.name === name)) throw new UsageError(`unknown scenario ${name}`)
   }
-  const kinds = values.kind ?? [...ALL_KINDS]
+  const kinds = values.kind === undefined ? [...ALL_KINDS] : list(values.kind)
   for (const kind of kinds) {
     if (!(ALL_KINDS as ReadonlyArray<string>).includes(kind))
       throw new UsageError(`unknown kind ${kind}`)
@@ -172,12 +188,16 @@ interface Context {
 
 let runSequence = 0
 
-/** Names unique to one run: channel prefix, table, and the application_name of its connections. */
+/**
+ * Names unique to one run: channel prefix, tables (attachments; recovery's three), and the
+ * application_name of its connections.
+ */
 const runNames = () => {
   const id = `${(++runSequence).toString(36)}_${randomBytes(4).toString("hex")}`
   return {
     channelPrefix: `bench_${id}`,
     tableName: `bench_${id}`,
+    recoveryTablePrefix: `bench_${id}_recovery`,
     application: `sio-bench ${id}`,
   }
 }
@@ -195,6 +215,7 @@ const startArgs = (
   url: ctx.url,
   channelPrefix: names.channelPrefix,
   tableName: names.tableName,
+  recoveryTablePrefix: names.recoveryTablePrefix,
   applicationName: `${names.application} s${index}`,
   heartbeatInterval,
   requestsTimeout: REQUESTS_TIMEOUT_MS,
@@ -292,6 +313,27 @@ const measure = async <A>(
 
 const cpuOf = (m: Measurement) => m.cpuUserMs + m.cpuSystemMs
 
+/**
+ * The emitting server's publishing statements ("store" with recovery, "notify" otherwise; its
+ * heartbeats included): how many, how long each took, and how much of the run they filled.
+ */
+const statementFields = (emitter: Measurement, count: number, durationMs: number | null) => {
+  const all = [emitter.statements.store, emitter.statements.notify].filter(
+    (s): s is StatementStats => s !== undefined,
+  )
+  const statements = all.reduce((sum, s) => sum + s.count, 0)
+  const totalMs = all.reduce((sum, s) => sum + s.totalMs, 0)
+  const main = all.sort((a, b) => b.count - a.count)[0]
+  return {
+    statements,
+    broadcastsPerStatement: statements === 0 ? null : round(count / statements),
+    statementMs: statements === 0 ? null : round(totalMs / statements, 3),
+    statementP99Ms: round(main?.p99Ms, 3),
+    statementBusy: durationMs === null || durationMs <= 0 ? null : round(totalMs / durationMs, 3),
+    emitterStatements: emitter.statements,
+  }
+}
+
 const per1k = (value: number | undefined | null, count: number) =>
   value === undefined || value === null || count === 0 ? null : round((value * 1000) / count)
 
@@ -316,6 +358,14 @@ const resourceFields = (measured: Measured<unknown>, count: number) => {
 }
 
 const EMPTY = {
+  withOffset: null,
+  offsetErrors: 0,
+  statements: null,
+  broadcastsPerStatement: null,
+  statementMs: null,
+  statementP99Ms: null,
+  statementBusy: null,
+  emitterStatements: null,
   lost: 0,
   duplicates: 0,
   outOfOrder: 0,
@@ -334,6 +384,8 @@ const mergeReports = (reports: ReadonlyArray<ClientsReport>) => {
   for (const r of reports) for (const l of r.latencies) latencies.push(l)
   const lastAts = reports.flatMap((r) => (r.lastAt === null ? [] : [r.lastAt]))
   return {
+    received: reports.reduce((s, r) => s + r.unique + r.duplicates + r.unexpected, 0),
+    withOffset: reports.reduce((s, r) => s + r.withOffset, 0),
     expected: reports.reduce((s, r) => s + r.expected, 0),
     unique: reports.reduce((s, r) => s + r.unique, 0),
     duplicates: reports.reduce((s, r) => s + r.duplicates, 0),
@@ -348,7 +400,7 @@ const mergeReports = (reports: ReadonlyArray<ClientsReport>) => {
 const deliveryFields = (
   count: number,
   emit: EmitResult,
-  remote: ReturnType<typeof mergeReports>,
+  remote: Omit<ReturnType<typeof mergeReports>, "received" | "withOffset">,
   complete: boolean,
 ) => {
   const receivers = count === 0 ? 0 : Math.round(remote.expected / count)
@@ -378,6 +430,9 @@ const createTable = (ctx: Context, table: string) =>
     `CREATE TABLE IF NOT EXISTS ${table} (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)`,
   )
 
+const recoveryTables = (names: Names) =>
+  ["packets", "sessions", "offsets"].map((t) => `${names.recoveryTablePrefix}_${t}`).join(", ")
+
 /** Starts the servers and their clients, runs `body`, and tears everything down again. */
 const withCluster = async <A>(
   ctx: Context,
@@ -404,6 +459,10 @@ const withCluster = async <A>(
     await Promise.allSettled(clientWorkers.map((w) => w.call("disconnect")))
     await Promise.allSettled(servers.map((w) => w.call("stopServer")))
     await ctx.admin.query(`DROP TABLE IF EXISTS ${names.tableName}`).catch(() => {})
+    // Created by the adapter when the servers run with connectionStateRecovery.
+    if (kind === "ours-recovery") {
+      await ctx.admin.query(`DROP TABLE IF EXISTS ${recoveryTables(names)}`).catch(() => {})
+    }
   }
 }
 
@@ -439,17 +498,29 @@ const runBroadcast = (
         ctx.workers.clients.map((w) => w.call<ClientsReport>("report")),
       )
       const remote = mergeReports(reports.slice(1))
+      const all = mergeReports(reports)
       const local = percentiles(reports[0]!.latencies)
+      const delivery = deliveryFields(
+        scenario.count,
+        measured.value.emit,
+        remote,
+        measured.value.complete,
+      )
       return {
         ...EMPTY,
         scenario: scenario.name,
         kind,
         rep,
         count: scenario.count,
-        ...deliveryFields(scenario.count, measured.value.emit, remote, measured.value.complete),
+        ...delivery,
         ...resourceFields(measured, scenario.count),
+        ...statementFields(measured.servers[0]!, scenario.count, delivery.durationMs),
         localP50: round(local.p50, 3),
         localP99: round(local.p99, 3),
+        // With recovery every packet comes with its offset (unless storing it failed); without,
+        // none does.
+        withOffset: all.withOffset,
+        offsetErrors: kind === "ours-recovery" ? all.received - all.withOffset : all.withOffset,
       }
     },
   )
@@ -620,9 +691,9 @@ const runJoin = async (
 const runOne = (ctx: Context, scenario: Scenario, kind: Kind, rep: number): Promise<RunResult> => {
   switch (scenario.type) {
     case "broadcast":
-      return kind === "ours" || kind === "upstream"
-        ? runBroadcast(ctx, scenario, kind, rep)
-        : runRaw(ctx, scenario, kind, rep)
+      return kind === "raw-x1" || kind === "raw-x10"
+        ? runRaw(ctx, scenario, kind, rep)
+        : runBroadcast(ctx, scenario, kind, rep)
     case "request":
       return runRequest(ctx, scenario, kind as AdapterKind, rep)
     case "join":
@@ -752,7 +823,11 @@ const main = async () => {
             result = await runOne(ctx, scenario, kind, rep)
           } catch (error) {
             result = failedRun(scenario, kind, rep, error)
-            if (options.verbose) log(String((error as Error)?.stack ?? error))
+            // A dead worker's last output is in the message: keep it, not only with --verbose.
+            const detail = String(
+              (options.verbose ? (error as Error)?.stack : (error as Error)?.message) ?? error,
+            )
+            if (options.verbose || detail.includes("\n")) log(detail)
             // A worker may be wedged or dead: start afresh for the rest of this repetition.
             await Promise.all([stopGroup(servers), stopGroup(clients)])
             ;[servers, clients] = await Promise.all([
@@ -763,7 +838,7 @@ const main = async () => {
           runs.push(result)
           done++
           log(
-            `[${String(done).padStart(String(total).length)}/${total}] ${scenario.name.padEnd(22)} ${KIND_LABEL[kind].padEnd(14)} ${describeRun(result)}`,
+            `[${String(done).padStart(String(total).length)}/${total}] ${scenario.name.padEnd(22)} ${KIND_LABEL[kind].padEnd(15)} ${describeRun(result)}`,
           )
         }
       }
@@ -775,10 +850,11 @@ const main = async () => {
 
     const summaries = summarize(runs, options.scenarios)
     const ratioOf = ratios(summaries)
+    const recoveryOf = recoveryCosts(summaries)
     const durationS = round((Date.now() - began) / 1000, 1)
     const pgVersion = pgInfo.rows[0]?.version.split(" on ")[0] ?? "unknown"
     const caption = `${new Date().toISOString().slice(0, 16).replace("T", " ")} · ${pgVersion} · node ${process.version} · ${os.cpus().length} cpus · median of ${options.repeat}${options.quick ? " (quick)" : ""}`
-    console.log(`\n${formatTable(summaries, ratioOf, options.scenarios)}`)
+    console.log(`\n${formatTable(summaries, ratioOf, options.scenarios, recoveryOf)}`)
     console.log(
       `\nmedian of ${options.repeat} run(s); lost = expected deliveries that never came (+ misdelivered); ooo = out of order;` +
         `\nsrv cpu = user+system of the 3 server processes; pg cpu = this run's PostgreSQL backends (/proc); rate ${FIXED_RATE}/s scenarios are paced.`,
@@ -822,13 +898,14 @@ const main = async () => {
           summaries.filter((x) => x.scenario === s.name).map((x) => [x.kind, x]),
         ),
         ratio: ratioOf[s.name] ?? null,
+        recoveryCost: recoveryOf[s.name] ?? null,
       })),
       runs,
     }
     const jsonFile = path.join(options.out, "latest.json")
     const svgFile = path.join(options.out, "latest.svg")
     await writeAtomically(jsonFile, `${JSON.stringify(json, null, 2)}\n`)
-    await writeAtomically(svgFile, renderSvg(summaries, options.scenarios, caption))
+    await writeAtomically(svgFile, renderSvg(summaries, options.scenarios, caption, recoveryOf))
     log(
       `\nwrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), svgFile)} in ${durationS} s`,
     )

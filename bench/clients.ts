@@ -28,12 +28,18 @@ export interface ClientsReport {
   readonly firstAt: number | null
   /** When the last packet arrived at any client. */
   readonly lastAt: number | null
+  /**
+   * Packets that came with a recovery offset: with `connectionStateRecovery`, the server appends
+   * it (a string) as the last argument of the event, after the packet.
+   */
+  readonly withOffset: number
   readonly latencies: Array<number>
 }
 
 interface Client {
   readonly socket: Socket
   readonly tracker: Tracker
+  readonly offsets: { count: number }
 }
 
 let clients: Array<Client> = []
@@ -47,14 +53,19 @@ const connectOne = (url: string, room: string | undefined, expected: number): Pr
       ...(room !== undefined ? { query: { room } } : {}),
     })
     const tracker = new Tracker(expected)
-    socket.on("m", (packet: { s: number; t: number }) => tracker.record(packet.s, packet.t))
+    const offsets = { count: 0 }
+    // `(packet)` or, with recovery, `(packet, offset)`: the packet stays the first argument.
+    socket.on("m", (packet: { s: number; t: number }, ...rest: Array<unknown>) => {
+      tracker.record(packet?.s, packet?.t)
+      if (rest.length === 1 && typeof rest[0] === "string") offsets.count++
+    })
     const timer = setTimeout(() => {
       socket.disconnect()
       reject(new Error(`no connection to ${url} within 10 s`))
     }, 10_000)
     socket.once("connect", () => {
       clearTimeout(timer)
-      resolve({ socket, tracker })
+      resolve({ socket, tracker, offsets })
     })
     socket.once("connect_error", (error) => {
       clearTimeout(timer)
@@ -94,9 +105,11 @@ serve({
   report(): ClientsReport {
     let firstAt: number | null = null
     let lastAt: number | null = null
+    let withOffset = 0
     const total = { expected: 0, unique: 0, duplicates: 0, outOfOrder: 0, unexpected: 0 }
     const latencies: Array<number> = []
-    for (const { tracker } of clients) {
+    for (const { tracker, offsets } of clients) {
+      withOffset += offsets.count
       const stats = tracker.stats()
       total.expected += stats.expected
       total.unique += stats.unique
@@ -107,7 +120,7 @@ serve({
       if (stats.lastAt !== undefined) lastAt = Math.max(lastAt ?? -Infinity, stats.lastAt)
       for (const latency of tracker.latencies) latencies.push(Math.round(latency * 1000) / 1000)
     }
-    return { clients: clients.length, ...total, firstAt, lastAt, latencies }
+    return { clients: clients.length, ...total, firstAt, lastAt, withOffset, latencies }
   },
 
   disconnect,

@@ -1,6 +1,7 @@
 /**
  * A benchmark worker: one Socket.IO server at a time, clustered through PostgreSQL by this adapter
- * ("ours") or `@socket.io/postgres-adapter` 0.5.0 ("upstream"), driven by `bench.ts` over IPC. It
+ * ("ours"; "ours-recovery" with `connectionStateRecovery` on) or `@socket.io/postgres-adapter`
+ * 0.5.0 ("upstream"), driven by `bench.ts` over IPC. It
  * also runs the raw `pg_notify` sender and listener, and measures its own CPU and memory.
  */
 import { createAdapter as createUpstreamAdapter } from "@socket.io/postgres-adapter"
@@ -14,7 +15,7 @@ import { Server } from "socket.io"
 import { createAdapter } from "../src/index.js"
 import { serve } from "./ipc.js"
 import type { AdapterKind, PayloadKind } from "./scenarios.js"
-import { now, Tracker } from "./stats.js"
+import { now, percentiles, Tracker } from "./stats.js"
 
 /** Arguments of `start`. */
 export interface StartArgs {
@@ -22,6 +23,8 @@ export interface StartArgs {
   readonly url: string
   readonly channelPrefix: string
   readonly tableName: string
+  /** Prefix of the recovery tables ("ours-recovery" only; the adapter creates them). */
+  readonly recoveryTablePrefix: string
   /** `application_name` of every connection, to find our backends in `pg_stat_activity`. */
   readonly applicationName: string
   readonly heartbeatInterval: number
@@ -57,6 +60,22 @@ export interface Measurement {
   readonly peakHeapMb: number
   /** Errors the adapter handed to its errorHandler (publish failures, ...). */
   readonly adapterErrors: number
+  /** Statements this server sent through its pool while measured, by {@link statementKind}. */
+  readonly statements: Partial<Record<StatementKind, StatementStats>>
+}
+
+/**
+ * What a pool statement does: "store" writes recovery packets (and notifies them), "notify" only
+ * notifies (attachment rows included), "other" is anything else (heartbeats are notifies too).
+ */
+export type StatementKind = "store" | "notify" | "other"
+
+/** Round trips of one kind of statement, as the caller sees them (queueing in Node included). */
+export interface StatementStats {
+  readonly count: number
+  readonly totalMs: number
+  readonly p50Ms: number | null
+  readonly p99Ms: number | null
 }
 
 /** What `request` reports. */
@@ -91,6 +110,9 @@ const packet = (payload: PayloadKind, s: number, t: number): Record<string, unkn
 
 const MB = 1024 * 1024
 
+/** `maxDisconnectionDuration` of the "ours-recovery" servers (Socket.IO's default). */
+const RECOVERY_MS = 120_000
+
 let instance: Instance | undefined
 let adapterErrors = 0
 let watch: Promise<number | null> | undefined
@@ -101,6 +123,7 @@ let measuring:
       peakRss: number
       peakHeap: number
       errors: number
+      statements: Map<StatementKind, Array<number>>
       timer: ReturnType<typeof setInterval>
     }
   | undefined
@@ -130,6 +153,38 @@ const startWatch = (args: WatchArgs) => {
 const serverCount = (): Promise<number> =>
   instance === undefined ? Promise.resolve(0) : instance.io.of("/").adapter.serverCount()
 
+const statementKind = (sql: string): StatementKind =>
+  sql.includes("_offsets") ? "store" : sql.includes("pg_notify") ? "notify" : "other"
+
+/** Durations of the pool's statements while measuring, by kind. */
+let statementTimes: Map<StatementKind, Array<number>> | undefined
+
+const timeStatement = (sql: string, ms: number) => {
+  if (statementTimes === undefined) return
+  const kind = statementKind(sql)
+  let times = statementTimes.get(kind)
+  if (times === undefined) statementTimes.set(kind, (times = []))
+  times.push(ms)
+}
+
+const statementStats = (
+  times: Map<StatementKind, Array<number>> | undefined,
+): Partial<Record<StatementKind, StatementStats>> =>
+  Object.fromEntries(
+    [...(times ?? [])].map(([kind, list]) => {
+      const p = percentiles(list)
+      return [
+        kind,
+        {
+          count: list.length,
+          totalMs: list.reduce((sum, ms) => sum + ms, 0),
+          p50Ms: p.p50 ?? null,
+          p99Ms: p.p99 ?? null,
+        },
+      ]
+    }),
+  )
+
 const makePool = (url: string, applicationName: string) => {
   const pool = new pg.Pool({
     connectionString: url,
@@ -139,6 +194,17 @@ const makePool = (url: string, applicationName: string) => {
     idleTimeoutMillis: 0,
   })
   pool.on("error", () => {})
+  // Time the promise form of `pool.query` (what both adapters publish with): call to result.
+  const query = pool.query.bind(pool) as (...args: Array<unknown>) => unknown
+  ;(pool as { query: unknown }).query = (...args: Array<unknown>) => {
+    const t = now()
+    const result = query(...args)
+    const sql = typeof args[0] === "string" ? args[0] : undefined
+    if (sql === undefined || !(result instanceof Promise)) return result
+    const done = () => timeStatement(sql, now() - t)
+    result.then(done, done)
+    return result
+  }
   return pool
 }
 
@@ -219,10 +285,14 @@ serve({
     const t0 = now()
     const io = new Server(httpServer, {
       adapter:
-        args.kind === "ours"
-          ? createAdapter(pool, options)
-          : (createUpstreamAdapter(pool, options) as any),
+        args.kind === "upstream"
+          ? (createUpstreamAdapter(pool, options) as any)
+          : createAdapter(pool, { ...options, recoveryTablePrefix: args.recoveryTablePrefix }),
       serveClient: false,
+      // Every broadcast is then stored with an offset, delivered locally once it is committed.
+      ...(args.kind === "ours-recovery"
+        ? { connectionStateRecovery: { maxDisconnectionDuration: RECOVERY_MS } }
+        : {}),
     })
     io.on("connection", (socket) => {
       const room = socket.handshake.query["room"]
@@ -261,6 +331,7 @@ serve({
       peakRss: baseRss,
       peakHeap: process.memoryUsage().heapUsed,
       errors: adapterErrors,
+      statements: new Map<StatementKind, Array<number>>(),
       timer: setInterval(() => {
         state.peakRss = Math.max(state.peakRss, process.memoryUsage.rss())
         // Heap statistics cost more than the RSS: sample them less often.
@@ -270,6 +341,7 @@ serve({
       }, 20),
     }
     measuring = state
+    statementTimes = state.statements
     return null
   },
 
@@ -277,6 +349,7 @@ serve({
     const state = measuring
     if (state === undefined) throw new Error("measureStart was not called")
     measuring = undefined
+    statementTimes = undefined
     clearInterval(state.timer)
     const cpu = process.cpuUsage(state.cpu)
     const rss = process.memoryUsage.rss()
@@ -288,6 +361,7 @@ serve({
       peakRssMb: Math.max(state.peakRss, rss) / MB,
       peakHeapMb: state.peakHeap / MB,
       adapterErrors: adapterErrors - state.errors,
+      statements: statementStats(state.statements),
     }
   },
 

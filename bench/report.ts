@@ -1,4 +1,5 @@
 /** The benchmark's results: one record per run, their medians, the table, the JSON and the chart. */
+import type { StatementKind, StatementStats } from "./node.js"
 import { type Kind, KIND_LABEL, type Scenario } from "./scenarios.js"
 import { median, round } from "./stats.js"
 
@@ -56,6 +57,21 @@ export interface RunResult {
   readonly seenByOthersMs: number | null
   /** Join scenario: ms from the new server's init until it counts both others. */
   readonly seesOthersMs: number | null
+  /** Broadcasts: deliveries (every client) that came with a recovery offset. */
+  readonly withOffset: number | null
+  /** Deliveries without an offset in a recovery run, or with one in any other run. */
+  readonly offsetErrors: number
+  /** Broadcasts: the emitting server's publishing statements (heartbeats included). */
+  readonly statements: number | null
+  readonly broadcastsPerStatement: number | null
+  /** Mean call-to-result time of those statements, ms (Node's own delays included). */
+  readonly statementMs: number | null
+  /** p99 of the most frequent kind of them ("store" with recovery, "notify" otherwise), ms. */
+  readonly statementP99Ms: number | null
+  /** Their summed time ÷ first emit to last arrival: near 1, PostgreSQL round trips set the pace. */
+  readonly statementBusy: number | null
+  /** Every statement of the emitting server's pool, by kind. */
+  readonly emitterStatements: Partial<Record<StatementKind, StatementStats>> | null
 }
 
 /** Medians (and sums of the error counts) over the repetitions of one scenario and kind. */
@@ -92,6 +108,11 @@ export interface Summary {
   /** The slowest join of the repetitions: a median hides a join that waited a whole heartbeat. */
   readonly seenByOthersWorstMs: number | null
   readonly seesOthersWorstMs: number | null
+  readonly offsetErrors: number
+  readonly broadcastsPerStatement: number | null
+  readonly statementMs: number | null
+  readonly statementP99Ms: number | null
+  readonly statementBusy: number | null
 }
 
 /** ours ÷ 0.5.0 for one scenario: above 1 means more throughput, or more latency/CPU/memory. */
@@ -124,9 +145,20 @@ const MEDIAN_FIELDS = [
   "localP99",
   "seenByOthersMs",
   "seesOthersMs",
+  "broadcastsPerStatement",
+  "statementMs",
+  "statementP99Ms",
+  "statementBusy",
 ] as const
 
-const SUM_FIELDS = ["lost", "duplicates", "outOfOrder", "unexpected", "adapterErrors"] as const
+const SUM_FIELDS = [
+  "lost",
+  "duplicates",
+  "outOfOrder",
+  "unexpected",
+  "adapterErrors",
+  "offsetErrors",
+] as const
 
 /** One summary per scenario and kind that ran, in the order of `order`. */
 export const summarize = (
@@ -163,7 +195,7 @@ const worst = (values: ReadonlyArray<number | null>): number | null => {
   return defined.length === 0 ? null : round(Math.max(...defined))
 }
 
-const KIND_ORDER: ReadonlyArray<Kind> = ["ours", "upstream", "raw-x1", "raw-x10"]
+const KIND_ORDER: ReadonlyArray<Kind> = ["ours", "ours-recovery", "upstream", "raw-x1", "raw-x10"]
 
 const divide = (a: number | null | undefined, b: number | null | undefined) =>
   a == null || b == null || b === 0 ? null : round(a / b, 3)
@@ -188,6 +220,63 @@ export const ratios = (summaries: ReadonlyArray<Summary>): Record<string, Ratio>
   return out
 }
 
+/** A value without and with recovery ("ours", then "ours-recovery"). */
+export interface Pair {
+  readonly ours: number | null
+  readonly recovery: number | null
+}
+
+/** What connection state recovery costs in one scenario: "ours-recovery" against "ours". */
+export interface RecoveryCost {
+  /** ours-recovery ÷ ours: below 1 means less throughput with recovery. */
+  readonly throughput: number | null
+  readonly delivered: Pair
+  /** ours-recovery − ours, ms: remote clients, and the emitting server's own clients. */
+  readonly p50DiffMs: number | null
+  readonly p99DiffMs: number | null
+  readonly localP50DiffMs: number | null
+  readonly p50Ms: Pair
+  readonly p99Ms: Pair
+  readonly serverCpuPer1k: Pair
+  readonly emitterCpuPer1k: Pair
+  readonly pgCpuPer1k: Pair
+  readonly statementMs: Pair
+  readonly broadcastsPerStatement: Pair
+  readonly statementBusy: Pair
+}
+
+const subtract = (a: number | null | undefined, b: number | null | undefined) =>
+  a == null || b == null ? null : round(a - b, 3)
+
+/** ours-recovery against ours per scenario where both ran. */
+export const recoveryCosts = (summaries: ReadonlyArray<Summary>): Record<string, RecoveryCost> => {
+  const out: Record<string, RecoveryCost> = {}
+  for (const recovery of summaries.filter((s) => s.kind === "ours-recovery")) {
+    const ours = summaries.find((s) => s.scenario === recovery.scenario && s.kind === "ours")
+    if (ours === undefined) continue
+    const pair = (field: keyof Summary & keyof RecoveryCost): Pair => ({
+      ours: ours[field] as number | null,
+      recovery: recovery[field] as number | null,
+    })
+    out[recovery.scenario] = {
+      throughput: divide(recovery.throughput, ours.throughput),
+      delivered: pair("throughput"),
+      p50DiffMs: subtract(recovery.p50, ours.p50),
+      p99DiffMs: subtract(recovery.p99, ours.p99),
+      localP50DiffMs: subtract(recovery.localP50, ours.localP50),
+      p50Ms: { ours: ours.p50, recovery: recovery.p50 },
+      p99Ms: { ours: ours.p99, recovery: recovery.p99 },
+      serverCpuPer1k: pair("serverCpuPer1k"),
+      emitterCpuPer1k: pair("emitterCpuPer1k"),
+      pgCpuPer1k: pair("pgCpuPer1k"),
+      statementMs: pair("statementMs"),
+      broadcastsPerStatement: pair("broadcastsPerStatement"),
+      statementBusy: pair("statementBusy"),
+    }
+  }
+  return out
+}
+
 // ─── table ────────────────────────────────────────────────────────────────────────────────────
 
 const fmt = (value: number | null | undefined, digits = 1): string => {
@@ -199,6 +288,14 @@ const fmt = (value: number | null | undefined, digits = 1): string => {
 
 const times = (value: number | null | undefined): string =>
   value === null || value === undefined ? "-" : `x${value.toFixed(2)}`
+
+const plus = (value: number | null | undefined, digits = 2): string =>
+  value === null || value === undefined
+    ? "-"
+    : `${value >= 0 ? "+" : "-"}${fmt(Math.abs(value), digits)}`
+
+const arrow = (pair: Pair, digits = 1): string =>
+  `${fmt(pair.ours, digits)} → ${fmt(pair.recovery, digits)}`
 
 const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) => {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
@@ -215,9 +312,11 @@ export const formatTable = (
   summaries: ReadonlyArray<Summary>,
   ratioOf: Record<string, Ratio>,
   order: ReadonlyArray<Scenario>,
+  recoveryOf: Record<string, RecoveryCost> = {},
 ): string => {
   const rows: Array<Array<string>> = []
   const joinRows: Array<Array<string>> = []
+  const recoveryRows: Array<Array<string>> = []
   const problems: Array<string> = []
   for (const scenario of order) {
     const mine = summaries.filter((s) => s.scenario === scenario.name)
@@ -232,6 +331,27 @@ export const formatTable = (
       if (s.adapterErrors > 0) {
         problems.push(`${s.scenario} ${KIND_LABEL[s.kind]}: ${s.adapterErrors} adapter error(s)`)
       }
+      if (s.offsetErrors > 0) {
+        problems.push(
+          `${s.scenario} ${KIND_LABEL[s.kind]}: ${s.offsetErrors} deliveries ${s.kind === "ours-recovery" ? "without" : "with"} a recovery offset`,
+        )
+      }
+    }
+    const cost = recoveryOf[scenario.name]
+    if (cost !== undefined) {
+      recoveryRows.push([
+        scenario.name,
+        arrow(cost.delivered, 0),
+        times(cost.throughput),
+        arrow(cost.p50Ms, 2),
+        plus(cost.p50DiffMs),
+        arrow(cost.p99Ms, 2),
+        plus(cost.p99DiffMs),
+        arrow(cost.serverCpuPer1k),
+        arrow(cost.pgCpuPer1k),
+        arrow(cost.statementMs, 2),
+        arrow(cost.broadcastsPerStatement),
+      ])
     }
     if (scenario.type === "join") {
       mine.forEach((s, i) => {
@@ -309,6 +429,28 @@ export const formatTable = (
       rows,
     ),
   ]
+  if (recoveryRows.length > 0) {
+    parts.push(
+      "",
+      "Recovery cost: ours → ours + recovery (connectionStateRecovery on)",
+      table(
+        [
+          "scenario",
+          "delivered/s",
+          "ratio",
+          "p50 ms",
+          "Δ p50",
+          "p99 ms",
+          "Δ p99",
+          "srv cpu ms/1k",
+          "pg cpu ms/1k",
+          "stmt ms",
+          "broadcasts/stmt",
+        ],
+        recoveryRows,
+      ),
+    )
+  }
   if (joinRows.length > 0) {
     parts.push(
       "",
@@ -326,6 +468,7 @@ export const formatTable = (
 
 const COLORS: Record<Kind, string> = {
   ours: "#2f6fb3",
+  "ours-recovery": "#86b6e3",
   upstream: "#e07b39",
   "raw-x1": "#8a8a8a",
   "raw-x10": "#bdbdbd",
@@ -351,6 +494,8 @@ const LABEL_WIDTH = 230
 const BAR_AREA = 540
 const BAR_HEIGHT = 14
 const GROUP_GAP = 10
+/** About the mean advance of an 11 px sans-serif character, to keep the values on the canvas. */
+const VALUE_CHAR_WIDTH = 6.3
 
 /** A panel of horizontal bars; each group is scaled to its own longest bar. */
 const panel = (
@@ -374,12 +519,23 @@ const panel = (
     parts.push(
       `<text x="${LABEL_WIDTH - 10}" y="${cy + groupHeight / 2 + 4}" class="label" text-anchor="end">${escapeXml(group.label)}</text>`,
     )
+    const text = (bar: Bar) =>
+      `${fmt(bar.value, 1)} ${unit}${bar.note ?? ""}  ${KIND_LABEL[bar.kind]}`
+    // Shorter bars than BAR_AREA where a long value would run off the right edge.
+    const area = Math.min(
+      BAR_AREA,
+      ...bars.map(
+        (bar) =>
+          (WIDTH - LABEL_WIDTH - 14 - text(bar).length * VALUE_CHAR_WIDTH) /
+          Math.max(bar.value! / top, 1e-9),
+      ),
+    )
     for (const bar of bars) {
-      const w = Math.max(1, (bar.value! / top) * BAR_AREA)
+      const w = Math.max(1, (bar.value! / top) * area)
       parts.push(
         `<rect x="${LABEL_WIDTH}" y="${cy}" width="${w.toFixed(1)}" height="${BAR_HEIGHT}" fill="${COLORS[bar.kind]}"/>`,
         `<text x="${(LABEL_WIDTH + w + 6).toFixed(1)}" y="${cy + BAR_HEIGHT - 3}" class="value">${escapeXml(
-          `${fmt(bar.value, 1)} ${unit}${bar.note ?? ""}  ${KIND_LABEL[bar.kind]}`,
+          text(bar),
         )}</text>`,
       )
       cy += BAR_HEIGHT + 2
@@ -394,6 +550,7 @@ export const renderSvg = (
   summaries: ReadonlyArray<Summary>,
   order: ReadonlyArray<Scenario>,
   caption: string,
+  recoveryOf: Record<string, RecoveryCost> = {},
 ): string => {
   const groupsOf = (
     pick: (s: Summary) => number | null,
@@ -408,24 +565,69 @@ export const renderSvg = (
     }))
   const notJoin = (s: Scenario) => s.type !== "join"
   const broadcasts = (s: Scenario) => s.type === "broadcast"
+  const withRecovery = Object.keys(recoveryOf).length > 0
+  // On the "ours + recovery" bars: how they compare with "ours".
+  const costNote =
+    (text: (cost: RecoveryCost) => string) =>
+    (s: Summary): string => {
+      const cost = recoveryOf[s.scenario]
+      return s.kind === "ours-recovery" && cost !== undefined ? text(cost) : ""
+    }
+  const recoveryGroups = (pick: (s: Summary) => number | null, what: string): Array<Group> =>
+    order
+      .filter((scenario) => recoveryOf[scenario.name] !== undefined)
+      .map((scenario) => {
+        const pair = summaries.filter(
+          (s) => s.scenario === scenario.name && (s.kind === "ours" || s.kind === "ours-recovery"),
+        )
+        const ours = pair.find((s) => s.kind === "ours")
+        return {
+          label: `${scenario.name} · ${what}`,
+          bars: pair.map((s) => ({
+            kind: s.kind,
+            value: pick(s),
+            note:
+              s.kind === "ours-recovery" && ours !== undefined
+                ? ` (${times(divide(pick(s), pick(ours)))})`
+                : "",
+          })),
+        }
+      })
   const panels: Array<[string, string, string, Array<Group>]> = [
     [
       "Throughput, fully delivered (higher is better)",
-      "broadcasts/s from server 0 to every remote client; round trips/s for requests",
+      `broadcasts/s from server 0 to every remote client; round trips/s for requests${withRecovery ? "; (xN): ours + recovery ÷ ours" : ""}`,
       "/s",
-      groupsOf((s) => s.throughput, notJoin),
+      groupsOf(
+        (s) => s.throughput,
+        notJoin,
+        costNote((c) => ` (${times(c.throughput)})`),
+      ),
     ],
     [
       "Latency p99 (lower is better)",
-      "emit on server 0 to arrival at a client of server 1 or 2; round trip for requests",
+      `emit on server 0 to arrival at a client of server 1 or 2; round trip for requests${withRecovery ? "; (±N ms): ours + recovery − ours" : ""}`,
       "ms",
-      groupsOf((s) => s.p99, notJoin),
+      groupsOf(
+        (s) => s.p99,
+        notJoin,
+        costNote((c) => ` (${plus(c.p99DiffMs)} ms)`),
+      ),
     ],
     [
       "Server CPU per 1,000 broadcasts (lower is better)",
       "user + system time of the three server processes",
       "ms",
       groupsOf((s) => s.serverCpuPer1k, notJoin),
+    ],
+    [
+      "Connection state recovery: CPU per 1,000 broadcasts (lower is better)",
+      "ours vs ours + recovery; server: the three server processes; PostgreSQL: this run's backends",
+      "ms",
+      [
+        ...recoveryGroups((s) => s.serverCpuPer1k, "server"),
+        ...recoveryGroups((s) => s.pgCpuPer1k, "PostgreSQL"),
+      ],
     ],
     [
       "Peak RSS of the emitting server (lower is better)",

@@ -1,7 +1,10 @@
 /** What the benchmark measures: its scenarios, their sizes, and who runs them. */
 
-/** The adapters under test: this package, and `@socket.io/postgres-adapter` 0.5.0. */
-export type AdapterKind = "ours" | "upstream"
+/**
+ * The adapters under test: this package, the same with Socket.IO's `connectionStateRecovery` on
+ * (every broadcast stored with an offset), and `@socket.io/postgres-adapter` 0.5.0.
+ */
+export type AdapterKind = "ours" | "ours-recovery" | "upstream"
 
 /** Raw `pg_notify` from one connection: one call per statement, or ten. */
 export type RawKind = "raw-x1" | "raw-x10"
@@ -9,11 +12,18 @@ export type RawKind = "raw-x1" | "raw-x10"
 /** Everything a scenario can be run with. */
 export type Kind = AdapterKind | RawKind
 
-export const ALL_KINDS: ReadonlyArray<Kind> = ["ours", "upstream", "raw-x1", "raw-x10"]
+export const ALL_KINDS: ReadonlyArray<Kind> = [
+  "ours",
+  "ours-recovery",
+  "upstream",
+  "raw-x1",
+  "raw-x10",
+]
 
 /** How each kind is named in the table and the chart. */
 export const KIND_LABEL: Record<Kind, string> = {
   ours: "ours",
+  "ours-recovery": "ours + recovery",
   upstream: "0.5.0",
   "raw-x1": "raw pg_notify",
   "raw-x10": "raw x10/stmt",
@@ -38,6 +48,8 @@ export interface BroadcastScenario {
   readonly room?: boolean
   /** Raw `pg_notify` references run in this scenario, with their packet counts. */
   readonly raw?: Partial<Record<RawKind, number>>
+  /** Also run "ours-recovery": what connection state recovery costs per broadcast. */
+  readonly recovery?: boolean
 }
 
 /** Server 0 makes `count` round trips, one after the other. */
@@ -86,9 +98,11 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
     ...extra,
   })
   const rate = { rate: FIXED_RATE }
+  const recovery = { recovery: true }
   return [
     broadcast("small", "small, full speed", "small JSON, full speed", "small", n(10_000, 200), {
       raw: { "raw-x1": n(10_000, 300), "raw-x10": n(50_000, 1000) },
+      ...recovery,
     }),
     broadcast(
       "small-rate",
@@ -96,7 +110,7 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
       `small JSON at ${FIXED_RATE}/s`,
       "small",
       n(3000, 200),
-      rate,
+      { ...rate, ...recovery },
     ),
     broadcast(
       "binary",
@@ -104,6 +118,7 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
       "1 KB binary, full speed",
       "binary",
       n(3000, 100),
+      recovery,
     ),
     broadcast(
       "binary-rate",
@@ -113,7 +128,14 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
       n(3000, 100),
       rate,
     ),
-    broadcast("large", "20 KB JSON, full speed", "20 KB JSON, full speed", "large", n(1500, 50)),
+    broadcast(
+      "large",
+      "20 KB JSON, full speed",
+      "20 KB JSON, full speed",
+      "large",
+      n(1500, 50),
+      recovery,
+    ),
     broadcast(
       "large-rate",
       `20 KB JSON, ${FIXED_RATE}/s`,
@@ -131,6 +153,7 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
       {
         room: true,
         clientsPerServer: 2,
+        ...recovery,
       },
     ),
     broadcast(
@@ -186,6 +209,9 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
 /** The kinds a scenario is run with. */
 export const kindsOf = (scenario: Scenario): ReadonlyArray<Kind> => [
   "ours",
+  ...(scenario.type === "broadcast" && scenario.recovery === true
+    ? (["ours-recovery"] as const)
+    : []),
   "upstream",
   ...(scenario.type === "broadcast" && scenario.raw !== undefined
     ? (Object.keys(scenario.raw) as Array<RawKind>)
