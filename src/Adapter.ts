@@ -37,7 +37,7 @@ import { makeInbox } from "./internal/inbox.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { Publisher } from "./Publisher.js"
-import { Recovery } from "./Recovery.js"
+import { Recovery, type StoredRow } from "./Recovery.js"
 import { Sequencer } from "./internal/sequencer.js"
 
 const { MessageType } = Codec
@@ -389,18 +389,18 @@ export class PostgresAdapter extends ClusterAdapter {
     void this.#runtime
       .runPromiseExit(
         Effect.flatMap(Recovery, (recovery) =>
-          !catchingUp || from === undefined
-            ? recovery.lastOffset(nsp).pipe(
-                Effect.retry(
-                  Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(5))),
-                ),
-                Effect.map((last) => ({ last, rows: [] })),
-              )
-            : Effect.map(recovery.packetsSince(nsp, from, CATCH_UP_LIMIT), (rows) => ({
-                last: rows.length > 0 ? rows[rows.length - 1]!.offset : from,
-                rows,
-              })),
+          Effect.flatMap(recovery.lastOffset(nsp), (last) =>
+            !catchingUp || from === undefined
+              ? Effect.succeed({ last, rows: [] as ReadonlyArray<StoredRow> })
+              : Effect.map(recovery.packetsSince(nsp, from, CATCH_UP_LIMIT), (rows) => ({
+                  last,
+                  rows,
+                })),
+          ),
         ).pipe(
+          Effect.retry(
+            Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(4))),
+          ),
           // Deliveries are held meanwhile: a frozen PostgreSQL must not hold them for ever.
           Effect.timeout(this.#shared.config.publishTimeout),
         ),
@@ -409,18 +409,23 @@ export class PostgresAdapter extends ClusterAdapter {
         this.#settled()
         if (Exit.isSuccess(exit)) {
           this.#caughtUpTo = maxOffset(this.#caughtUpTo, exit.value.last)
-          // Notifications up to there were committed before we listened: none to wait for.
-          if (!catchingUp) sequencer.seenUpTo(exit.value.last)
+          // Up to there, notifications came before we listened, were read back, or are lost:
+          // none to wait for.
+          sequencer.seenUpTo(exit.value.last)
         } else {
           if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
-          // Where listening started is unknown: own packets stop waiting for earlier ones.
-          if (!catchingUp) sequencer.seenUpTo(MAX_OFFSET)
+          // Unknown: own packets stop waiting for earlier notifications (order is then only
+          // best effort).
+          sequencer.seenUpTo(MAX_OFFSET)
         }
         if (!catchingUp) return
         this.#catchingUp = false
         // Could not read them back: what was missed stays missed, live delivery resumes.
         if (Exit.isFailure(exit)) return sequencer.release()
-        const { last, rows } = exit.value
+        // Nothing delivered and no start known: nothing to read back.
+        if (from === undefined) return sequencer.release()
+        const { rows } = exit.value
+        const last = rows.length > 0 ? rows[rows.length - 1]!.offset : from
         if (rows.length === CATCH_UP_LIMIT) {
           this.#log("warning", `more than ${CATCH_UP_LIMIT} packets missed; later ones are lost`)
         }

@@ -11,7 +11,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import { quoteIdentifier, quoteTableName } from "./Channel.js"
 import { Config } from "./Config.js"
-import { Database } from "./Database.js"
+import { catalogRace, Database } from "./Database.js"
 import type { DatabaseError } from "./Errors.js"
 
 /** Called once with the outcome of a fetch. */
@@ -119,10 +119,7 @@ export const make = Effect.gen(function* () {
       yield* database.query(
         `CREATE TABLE IF NOT EXISTS ${table} (id bigserial UNIQUE, created_at timestamptz DEFAULT now(), payload bytea)`,
       )
-    }).pipe(
-      // Servers starting together race on the catalog ("duplicate key ... pg_type"): try again.
-      Effect.retry({ times: 3 }),
-    ),
+    }).pipe(Effect.retry(catalogRace)),
   })
 })
 

@@ -10,6 +10,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import pg from "pg"
 import { type DatabaseError, databaseError } from "./Errors.js"
 
@@ -122,3 +123,12 @@ export const connect = Effect.fnUntraced(function* (options: pg.ClientConfig) {
       ),
   )
 })
+
+/**
+ * How `CREATE ... IF NOT EXISTS` is retried: servers starting together race on the catalog
+ * ("duplicate key ... pg_type_typname_nsp_index"); jitter spreads the next attempts apart.
+ */
+export const catalogRace = Schedule.exponential("20 millis").pipe(
+  Schedule.jittered,
+  Schedule.intersect(Schedule.recurs(8)),
+)

@@ -26,7 +26,7 @@ import * as Schedule from "effect/Schedule"
 import { quoteIdentifier, quoteTableName, shortIdentifier } from "./Channel.js"
 import * as Codec from "./Codec.js"
 import { Config } from "./Config.js"
-import { Database } from "./Database.js"
+import { catalogRace, Database } from "./Database.js"
 import { type DatabaseError, RecoveryError } from "./Errors.js"
 
 /** What Socket.IO hands to `persistSession`, with the namespace. */
@@ -160,10 +160,7 @@ export const make = Effect.gen(function* () {
     yield* database.query(
       `CREATE INDEX IF NOT EXISTS ${t.sessionsExpiresAt} ON ${t.sessions} (expires_at)`,
     )
-  }).pipe(
-    // Servers starting together race on the catalog ("duplicate key ... pg_type"): try again.
-    Effect.retry({ times: 3 }),
-  )
+  }).pipe(Effect.retry(catalogRace))
   // Once it succeeded; a failure is tried again by the next caller.
   const created = yield* Ref.make(false)
   const ensureTables = Effect.suspend(() =>

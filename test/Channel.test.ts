@@ -9,6 +9,7 @@ import {
   MAX_IDENTIFIER_BYTES,
   quoteIdentifier,
   quoteTableName,
+  shortIdentifier,
   truncateUtf8,
 } from "../src/Channel.js"
 
@@ -175,4 +176,69 @@ describe("quoteIdentifier and quoteTableName", () => {
       assert.strictEqual(inner.replaceAll('""', '"'), identifier)
     },
   )
+})
+
+describe("shortIdentifier", () => {
+  /** Identifiers of every kind, around the 63-byte limit and well past it. */
+  const name = fc.oneof(
+    fc.string({ minLength: 1, maxLength: 80 }),
+    fc.fullUnicodeString({ minLength: 1, maxLength: 80 }),
+    fc.fullUnicodeString({ minLength: 40, maxLength: 300 }),
+    fc.string16bits({ minLength: 1, maxLength: 80 }),
+    fc.string({ unit: fc.constantFrom("a", "é", "€", "😀", '"', "\u0000", "_"), maxLength: 120 }),
+    fc.integer({ min: 55, max: 75 }).map((n) => "x".repeat(n)),
+  )
+
+  it("keeps a name of up to 63 bytes, and shortens a longer one to prefix~16 hex digits", () => {
+    assert.strictEqual(
+      shortIdentifier("socket_io_recovery_packets_created_at"),
+      "socket_io_recovery_packets_created_at",
+    )
+    assert.strictEqual(shortIdentifier("x".repeat(63)), "x".repeat(63))
+    const shortened = shortIdentifier("x".repeat(64))
+    assert.match(shortened, /^x{46}~[0-9a-f]{16}$/)
+    assert.strictEqual(bytes(shortened), MAX_IDENTIFIER_BYTES)
+  })
+
+  it("is what channelName gives for `${prefix}#${nsp}`", () => {
+    for (const nsp of ["/", "/admin", `/${"n".repeat(100)}`, "/😀".repeat(30)]) {
+      assert.strictEqual(channelName("socket.io", nsp), shortIdentifier(`socket.io#${nsp}`))
+    }
+  })
+
+  it.prop("is the name itself whenever it fits in 63 bytes without NUL", [name], ([n]) => {
+    if (bytes(n) <= MAX_IDENTIFIER_BYTES && !n.includes("\u0000")) {
+      assert.strictEqual(shortIdentifier(n), n)
+    }
+  })
+
+  it.prop(
+    "is at most 63 bytes, has no NUL, is stable, and is valid UTF-8 when the name is",
+    [name],
+    ([n]) => {
+      const short = shortIdentifier(n)
+      assert.isAtMost(bytes(short), MAX_IDENTIFIER_BYTES)
+      assert.isFalse(short.includes("\u0000"))
+      assert.strictEqual(shortIdentifier(n), short)
+      if (isWellFormed(n)) assert.isTrue(isWellFormed(short))
+    },
+  )
+
+  it.prop(
+    "gives distinct (well-formed) names distinct identifiers, as PostgreSQL sees them",
+    [name, name],
+    ([a, b]) => {
+      fc.pre(a !== b && isWellFormed(a) && isWellFormed(b))
+      assert.isFalse(Buffer.from(shortIdentifier(a)).equals(Buffer.from(shortIdentifier(b))))
+    },
+  )
+
+  it("gives the recovery indexes of the longest prefixes distinct names", () => {
+    const base = "p".repeat(54)
+    const packets = shortIdentifier(`${base}_packets_created_at`)
+    const sessions = shortIdentifier(`${base}_sessions_expires_at`)
+    assert.notStrictEqual(packets, sessions)
+    assert.isAtMost(bytes(packets), MAX_IDENTIFIER_BYTES)
+    assert.isAtMost(bytes(sessions), MAX_IDENTIFIER_BYTES)
+  })
 })

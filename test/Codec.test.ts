@@ -581,3 +581,128 @@ describe("Codec.validateMessage", () => {
     },
   )
 })
+
+describe("Codec recovery offsets", () => {
+  /** Offsets as PostgreSQL's bigint counter gives them: 1 to 2^63 - 1, as decimal text. */
+  const offset = fc
+    .oneof(
+      fc.bigInt({ min: 1n, max: 1000n }),
+      fc.bigInt({ min: 1n, max: 2n ** 63n - 1n }),
+      fc.constant(2n ** 63n - 1n),
+    )
+    .map(String)
+
+  const broadcastWith = (
+    data: unknown,
+    extra: Record<string, unknown> = {},
+  ): Codec.WireMessage => ({
+    uid: "node-1",
+    type: MessageType.BROADCAST,
+    nsp: "/chat",
+    data: { opts: { rooms: [], except: [], flags: {} }, packet: { type: 2, data: ["e", data] } },
+    ...extra,
+  })
+
+  it.prop(
+    "isOffset accepts exactly the decimal text of 0 to 2^63 - 1, at most 19 digits",
+    [
+      fc.oneof(
+        offset,
+        fc.string({ maxLength: 22 }),
+        fc.stringMatching(/^\d{1,21}$/),
+        fc.constantFrom("0", "-1", "1.0", "1e3", " 1", "١", "9223372036854775808", ""),
+        fc.anything(),
+      ),
+    ],
+    ([value]) => {
+      const expected =
+        typeof value === "string" && /^[0-9]{1,19}$/.test(value) && BigInt(value) <= 2n ** 63n - 1n
+      assert.strictEqual(Codec.isOffset(value), expected, JSON.stringify(value))
+    },
+  )
+
+  it.prop(
+    "carries a stored message's offset as the last field of its attachment header, which decodes it",
+    {
+      offset,
+      id: fc.bigInt({ min: 1n, max: 2n ** 63n - 1n }).map(String),
+      bytes: fc.uint8Array({ maxLength: 16 }),
+      nsp: fc.oneof(fc.fullUnicodeString({ maxLength: 30 }), fc.constant("/".repeat(8000))),
+    },
+    ({ offset, id, bytes, nsp }) => {
+      const message = { ...broadcastWith(Buffer.from(bytes), { offset }), nsp }
+      const header = expectAttachment(Codec.encode(message, 8000)).header(id)
+      assert.isTrue(header.endsWith(`,"offset":"${offset}"}`), header)
+      assert.isAtMost(Buffer.byteLength(header), MAX_NOTIFY_BYTES)
+      const decoded = right(Codec.decodeNotification(header))
+      assert.strictEqual(decoded._tag, "Attachment")
+      assert.strictEqual((decoded as { offset?: string }).offset, offset)
+      assert.strictEqual((decoded as { attachmentId: string }).attachmentId, id)
+    },
+  )
+
+  it("gives no offset for a header without one, or with one that is not an offset", () => {
+    for (const offset of [undefined, "", "abc", "-1", 7, "1.5", "92233720368547758070", null]) {
+      const payload = JSON.stringify({ uid: "a", type: 3, nsp: "/", attachmentId: "5", offset })
+      const decoded = right(Codec.decodeNotification(payload))
+      assert.strictEqual(decoded._tag, "Attachment", payload)
+      assert.isFalse("offset" in decoded, payload)
+    }
+    // A header without an offset field at all, as the encoder writes for a message without one.
+    const header = expectAttachment(Codec.encode(broadcastWith(Buffer.from([1])), 8000)).header("9")
+    assert.notInclude(header, "offset")
+  })
+
+  it("keeps an inline message's offset among its fields", () => {
+    const payload = JSON.stringify(broadcastWith("x", { offset: "42" }))
+    const decoded = right(Codec.decodeNotification(payload))
+    assert.strictEqual(decoded._tag, "Inline")
+    assert.strictEqual(
+      (decoded as Extract<Codec.Notification, { _tag: "Inline" }>).message.offset,
+      "42",
+    )
+  })
+})
+
+describe("Codec stored packet data", () => {
+  it.prop(
+    "gives back the args of a stored packet, binary at any depth as Buffers",
+    {
+      args: fc.array(
+        jsonValue
+          .filter((value) => !JSON.stringify(value ?? null).includes('"__proto__"'))
+          .map((value) => (value === undefined ? null : JSON.parse(JSON.stringify(value)))),
+        { maxLength: 4 },
+      ),
+      bytes: fc.uint8Array({ maxLength: 64 }),
+      kind: fc.integer({ min: 0, max: 4 }),
+      path: fc.array(fc.boolean(), { maxLength: 5 }),
+    },
+    ({ args, bytes, kind, path }) => {
+      const data = [...args, nestIn(path, binaryOf(bytes, kind))]
+      const decoded = right(Codec.decodePacketData(Codec.encodePacketData(data)))
+      assert.strictEqual(decoded.length, data.length)
+      assert.deepStrictEqual(decoded.slice(0, args.length), args)
+      let found: unknown = decoded[args.length]
+      for (const asArray of path)
+        found = asArray ? (found as Array<unknown>)[1] : (found as { inner: unknown }).inner
+      assert.isTrue(Buffer.isBuffer(found))
+      const view = binaryOf(bytes, kind) as ArrayBufferView | ArrayBuffer
+      const expected =
+        view instanceof ArrayBuffer
+          ? Buffer.from(view)
+          : Buffer.from(view.buffer, view.byteOffset, view.byteLength)
+      assert.isTrue(expected.equals(found as Buffer))
+    },
+  )
+
+  it("refuses what is not msgpack of an array, without throwing", () => {
+    assert.isTrue(Either.isLeft(Codec.decodePacketData(new Uint8Array([0xc1]))))
+    assert.isTrue(Either.isLeft(Codec.decodePacketData(new Uint8Array([]))))
+    assert.isTrue(Either.isLeft(Codec.decodePacketData(Codec.encodePacketData({ a: 1 } as any))))
+  })
+
+  it.prop("never throws, whatever the bytes", [fc.uint8Array({ maxLength: 100 })], ([bytes]) => {
+    Codec.decodePacketData(bytes)
+  })
+})

@@ -251,3 +251,83 @@ describe("createAdapter option checks", () => {
     assert.throws(() => createAdapter({} as any), TypeError)
   })
 })
+
+describe("Config recoveryTablePrefix", () => {
+  it("defaults to socket_io_recovery", () => {
+    assert.strictEqual(decodeRight({}).recoveryTablePrefix, "socket_io_recovery")
+    assert.strictEqual(Config.defaults.recoveryTablePrefix, "socket_io_recovery")
+  })
+
+  it("accepts a schema-qualified prefix and parts of up to 54 bytes, multi-byte included", () => {
+    for (const prefix of [
+      "app.recovery",
+      "Mixed Case.with spaces",
+      'quote".x',
+      "p".repeat(54),
+      `${"s".repeat(54)}.${"p".repeat(54)}`,
+      "€".repeat(18),
+      `${"é".repeat(27)}.${"😀".repeat(13)}aa`,
+    ]) {
+      assert.strictEqual(decodeRight({ recoveryTablePrefix: prefix }).recoveryTablePrefix, prefix)
+    }
+  })
+
+  it("rejects a part over 54 bytes, since `_sessions` must still fit in 63, naming the option", () => {
+    for (const prefix of [
+      "p".repeat(55),
+      `app.${"p".repeat(55)}`,
+      `${"s".repeat(55)}.p`,
+      "€".repeat(19),
+      `${"😀".repeat(13)}abc`,
+    ]) {
+      const error = decodeLeft({ recoveryTablePrefix: prefix })
+      assert.strictEqual(error.option, "recoveryTablePrefix", prefix)
+      assert.include(error.message, "recoveryTablePrefix", prefix)
+      assert.include(error.message, "54 bytes", prefix)
+    }
+  })
+
+  it("rejects empty, three-part, empty-part, NUL and non-string prefixes, naming the option", () => {
+    for (const prefix of ["", "a.b.c", "a.", ".b", "a\u0000b", 42, null, ["x"], {}]) {
+      const error = decodeLeft({ recoveryTablePrefix: prefix })
+      assert.strictEqual(error.option, "recoveryTablePrefix", JSON.stringify(prefix))
+      assert.include(error.message, "recoveryTablePrefix", JSON.stringify(prefix))
+    }
+  })
+
+  it.prop(
+    "accepts a prefix iff it has one or two non-empty parts without NUL, each at most 54 bytes",
+    [
+      fc.oneof(
+        fc.fullUnicodeString({ maxLength: 60 }),
+        fc
+          .tuple(fc.fullUnicodeString({ maxLength: 60 }), fc.fullUnicodeString({ maxLength: 60 }))
+          .map(([a, b]) => `${a}.${b}`),
+        fc.string({ unit: fc.constantFrom("a", "é", "€", "😀", ".", "\u0000"), maxLength: 70 }),
+      ),
+    ],
+    ([prefix]) => {
+      const parts = prefix.split(".")
+      const valid =
+        parts.length <= 2 &&
+        !prefix.includes("\u0000") &&
+        parts.every((part) => part.length > 0 && Buffer.byteLength(part) <= 54)
+      const result = Config.decode({ recoveryTablePrefix: prefix })
+      assert.strictEqual(Either.isRight(result), valid, JSON.stringify(prefix))
+      if (Either.isLeft(result)) assert.strictEqual(result.left.option, "recoveryTablePrefix")
+    },
+  )
+
+  it("makes createAdapter throw synchronously for a bad prefix, before touching the pool", async () => {
+    const pool = new pg.Pool({ host: "127.0.0.1", port: 1 })
+    try {
+      assert.throws(
+        () => createAdapter(pool, { recoveryTablePrefix: "p".repeat(55) }),
+        /recoveryTablePrefix/,
+      )
+      assert.strictEqual(pool.totalCount, 0)
+    } finally {
+      await pool.end()
+    }
+  })
+})

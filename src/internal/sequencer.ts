@@ -102,7 +102,7 @@ export class Sequencer<A> {
   /** An own packet without offset: delivered at once unless earlier ones still wait. */
   own(item: A): void {
     if (this.#own.length === 0 && this.#holds === 0) return this.deliver(item, undefined)
-    this.#own.push({ done: true, offset: undefined, item })
+    this.#own.push({ done: true, offset: undefined, after: undefined, item })
   }
 
   /** Holds everything (a session restore, a catch-up) until {@link release}. */
