@@ -37,7 +37,7 @@ import { makeInbox } from "./internal/inbox.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { Publisher } from "./Publisher.js"
-import { Recovery, type StoredRow } from "./Recovery.js"
+import { Recovery, type SessionToPersist, type StoredRow } from "./Recovery.js"
 import { Sequencer } from "./internal/sequencer.js"
 
 const { MessageType } = Codec
@@ -152,6 +152,8 @@ export class PostgresAdapter extends ClusterAdapter {
   /** Sockets whose live session row is to be (re)written. */
   readonly #dirty = new Set<string>()
   #sessionWrites: Promise<void> = Promise.resolve()
+  /** Sessions of disconnected sockets, written at the next turn of the event loop. */
+  #disconnected: Array<SessionToPersist> = []
   #listenerPid: (() => number | undefined) | undefined
   /** The LISTEN connection was lost and the packets missed are not read back yet. */
   #catchingUp = false
@@ -371,9 +373,16 @@ export class PostgresAdapter extends ClusterAdapter {
   override persistSession(session: Omit<Session, "missedPackets">): void {
     if (this.#maxDisconnection === undefined || this.#closed) return
     this.#live.delete(session.sid)
-    this.#writeSessions((recovery) =>
-      recovery.persist({ ...session, nsp: this.nsp.name }, this.#maxDisconnection!),
-    )
+    // Batched: `io.close()` disconnects every socket at once.
+    this.#disconnected.push({ ...session, nsp: this.nsp.name })
+    if (this.#disconnected.length > 1) return
+    this.#pending++
+    setImmediate(() => {
+      const sessions = this.#disconnected
+      this.#disconnected = []
+      this.#writeSessions((recovery) => recovery.persistAll(sessions, this.#maxDisconnection!))
+      this.#settled()
+    })
   }
 
   // With recovery, nothing is lost while the LISTEN connection is down: the stored packets after
@@ -448,12 +457,17 @@ export class PostgresAdapter extends ClusterAdapter {
   #writeSessions(f: (recovery: Context.Tag.Service<Recovery>) => Effect.Effect<void, Error>): void {
     this.#pending++
     this.#sessionWrites = this.#sessionWrites.then(() =>
-      this.#runtime.runPromiseExit(Effect.flatMap(Recovery, f)).then((exit) => {
-        if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) {
-          this.#report(Cause.squash(exit.cause))
-        }
-        this.#settled()
-      }),
+      this.#runtime
+        .runPromiseExit(
+          // A frozen PostgreSQL must not hold `close()` (which waits for these) for ever.
+          Effect.flatMap(Recovery, f).pipe(Effect.timeout(this.#shared.config.publishTimeout)),
+        )
+        .then((exit) => {
+          if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) {
+            this.#report(Cause.squash(exit.cause))
+          }
+          this.#settled()
+        }),
     )
   }
 

@@ -81,6 +81,11 @@ export class Recovery extends Context.Tag("socket.io-postgres-effect/Recovery")<
     ) => Effect.Effect<void, DatabaseError>
     /** Forgets live sessions (their sockets left for good). */
     readonly forget: (pids: ReadonlyArray<string>) => Effect.Effect<void, DatabaseError>
+    /** Saves disconnected sockets' sessions until `maxDisconnection` has passed. */
+    readonly persistAll: (
+      sessions: ReadonlyArray<SessionToPersist>,
+      maxDisconnection: Duration.Duration,
+    ) => Effect.Effect<void, DatabaseError | RecoveryError>
     /** Saves a disconnected socket's session until `maxDisconnection` has passed. */
     readonly persist: (
       session: SessionToPersist,
@@ -285,34 +290,49 @@ export const make = Effect.gen(function* () {
     }
   }
 
-  const persist = (session: SessionToPersist, maxDisconnection: Duration.Duration) =>
-    Effect.try({
-      try: () => Codec.encodePacketData([session.data]),
-      catch: (cause) =>
-        new RecoveryError({
-          message: `socket.data of ${session.sid} cannot be stored: ${(cause as Error)?.message}`,
-          cause,
-        }),
-    }).pipe(
-      Effect.flatMap((data) =>
-        database.query(
-          `INSERT INTO ${t.sessions} (pid, nsp, sid, rooms, data, expires_at) ` +
-            `VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) ` +
+  // Disconnected sockets' sessions, expiring `maxDisconnection` from now, in statements of up to
+  // 1000 rows. Sessions whose data cannot be encoded are left out, then reported.
+  const persistAll = (
+    sessions: ReadonlyArray<SessionToPersist>,
+    maxDisconnection: Duration.Duration,
+  ) => {
+    const encoded = sessions.flatMap((session) =>
+      encodeSession(session).map((e) => ({ ...e, nsp: session.nsp })),
+    )
+    const failed = sessions.filter((session) => !encoded.some((e) => e.session === session))
+    return Effect.forEach(
+      chunks(encoded, 1000),
+      (chunk) => {
+        const params: Array<unknown> = [seconds(maxDisconnection)]
+        const rows = chunk.map(({ session, data, nsp }) => {
+          params.push(session.pid, nsp, session.sid, session.rooms, toBuffer(data))
+          const n = params.length
+          return `($${n - 4}, $${n - 3}, $${n - 2}, $${n - 1}::text[], $${n}::bytea, now() + make_interval(secs => $1))`
+        })
+        return database.query(
+          `INSERT INTO ${t.sessions} (pid, nsp, sid, rooms, data, expires_at) VALUES ${rows.join(", ")} ` +
             `ON CONFLICT (pid) DO UPDATE SET nsp = EXCLUDED.nsp, sid = EXCLUDED.sid, ` +
             `rooms = EXCLUDED.rooms, data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, ` +
             `owner_pid = NULL`,
-          [
-            session.pid,
-            session.nsp,
-            session.sid,
-            session.rooms,
-            Buffer.from(data.buffer, data.byteOffset, data.byteLength),
-            seconds(maxDisconnection),
-          ],
-        ),
+          params,
+        )
+      },
+      { discard: true },
+    ).pipe(
+      Effect.zipRight(
+        failed.length === 0
+          ? Effect.void
+          : Effect.fail(
+              new RecoveryError({
+                message: `socket.data of ${failed.map((f) => f.sid).join(", ")} cannot be stored`,
+              }),
+            ),
       ),
-      Effect.asVoid,
     )
+  }
+
+  const persist = (session: SessionToPersist, maxDisconnection: Duration.Duration) =>
+    persistAll([session], maxDisconnection)
 
   // One statement, one snapshot: the session (deleted, so one restore wins), the namespace's
   // last offset, and the packets after the client's offset up to it that match its rooms.
@@ -394,6 +414,7 @@ export const make = Effect.gen(function* () {
     persistLive,
     forget,
     persist,
+    persistAll,
     restore,
     lastOffset,
     packetsSince,
