@@ -4,12 +4,13 @@
  * (`io.close()` writes the sessions of its sockets).
  */
 import type pg from "pg"
-import { io as ioClient, type Socket as ClientSocket } from "socket.io-client"
+import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { createAdapter } from "../src/index.js"
 import { killFixture, runFixture, type ChildScript } from "./fixtures/faults.js"
 import { connectClient, eventually, startServer, type TestServer } from "./utils/cluster.js"
 import { databaseUrl, dropTable, makePool, suiteId } from "./utils/postgres.js"
+import { pidOf, resume, sessionRow } from "./utils/recovery.js"
 
 const MAX_DISCONNECTION = 60_000
 
@@ -60,34 +61,18 @@ describe("recovery when the server that held the socket goes away", () => {
     return `http://127.0.0.1:${ready["port"]}`
   }
 
-  const sessionRow = async (pid: string) =>
-    (
-      await pool.query<{ sid: string; rooms: Array<string>; live: boolean }>(
-        `SELECT sid, rooms, expires_at IS NULL AS live FROM ${id}_sessions WHERE pid = $1`,
-        [pid],
-      )
-    ).rows[0]
-
-  // A new client that presents the old one's private id and offset, as a reconnecting one does.
-  const resume = async (old: ClientSocket, url: string, received: Array<unknown>) => {
-    const client = ioClient(url, {
-      transports: ["websocket"],
-      forceNew: true,
-      reconnection: false,
-      autoConnect: false,
-    })
-    // Private fields of socket.io-client: what it sends in its CONNECT packet to be recovered.
-    ;(client as any)._pid = (old as any)._pid
-    ;(client as any)._lastOffset = (old as any)._lastOffset
-    client.on("news", (n: unknown) => received.push(n))
-    clients.push(client)
-    client.connect()
-    await new Promise<void>((resolve, reject) => {
-      client.once("connect", resolve)
-      client.once("connect_error", reject)
-    })
-    return client
+  // Whether the session row of `pid` is live (its socket connected), if there is one.
+  const live = async (pid: string) => {
+    const row = await sessionRow(pool, id, pid)
+    return row === undefined ? undefined : !row.disconnected
   }
+
+  // A new client presenting the old one's private id and offset, recording "news".
+  const resumeOn = (old: ClientSocket, url: string, received: Array<unknown>) =>
+    resume(old, url, {
+      track: clients,
+      attach: (client) => client.on("news", (n: unknown) => received.push(n)),
+    })
 
   it("restores on a survivor the session of a socket whose server was killed", async () => {
     const url = await startNode()
@@ -97,9 +82,9 @@ describe("recovery when the server that held the socket goes away", () => {
     client.on("news", (n: unknown) => received.push(n))
     survivor.io.to("blue").emit("news", 1)
     await eventually(() => received.length === 1, { message: "first packet" })
-    const pid = (client as any)._pid as string
+    const pid = pidOf(client)
     const sid = client.id
-    await eventually(async () => (await sessionRow(pid))?.live === true, {
+    await eventually(async () => (await live(pid)) === true, {
       message: "the live session row is written",
     })
 
@@ -117,7 +102,7 @@ describe("recovery when the server that held the socket goes away", () => {
     survivor.io.to("red").emit("news", -1)
     survivor.io.emit("news", 3)
 
-    const next = await resume(client, survivor.url, received)
+    const next = await resumeOn(client, survivor.url, received)
     expect(next.recovered).toBe(true)
     expect(next.id).toBe(sid)
     await eventually(() => received.length === 3, { message: "missed packets replayed" })
@@ -126,7 +111,7 @@ describe("recovery when the server that held the socket goes away", () => {
     expect(socket.rooms.has("blue")).toBe(true)
     expect(socket.data).toEqual({ from: "child", at: "k1" })
     // The restore took the session: it is live again, now on the survivor.
-    await eventually(async () => (await sessionRow(pid))?.live === true)
+    await eventually(async () => (await live(pid)) === true)
   })
 
   it("does not restore the session of a socket whose server is alive", async () => {
@@ -137,10 +122,10 @@ describe("recovery when the server that held the socket goes away", () => {
     client.on("news", (n: unknown) => received.push(n))
     survivor.io.to("green").emit("news", 1)
     await eventually(() => received.length === 1)
-    const pid = (client as any)._pid as string
-    await eventually(async () => (await sessionRow(pid))?.live === true)
+    const pid = pidOf(client)
+    await eventually(async () => (await live(pid)) === true)
     // Someone presents the pid of a socket that is still connected elsewhere: a new socket.
-    const other = await resume(client, survivor.url, [])
+    const other = await resumeOn(client, survivor.url, [])
     expect(other.recovered).toBe(false)
     expect(other.id).not.toBe(client.id)
     expect(client.connected).toBe(true)
@@ -154,17 +139,17 @@ describe("recovery when the server that held the socket goes away", () => {
     client.on("news", (n: unknown) => received.push(n))
     survivor.io.to("blue").emit("news", 1)
     await eventually(() => received.length === 1)
-    const pid = (client as any)._pid as string
+    const pid = pidOf(client)
     const sid = client.id
 
     node!.send("close")
     await node!.waitForMessage("closed")
-    await eventually(async () => (await sessionRow(pid))?.live === false, {
+    await eventually(async () => (await live(pid)) === false, {
       message: "the closing server wrote the session as disconnected",
     })
     survivor.io.to("blue").emit("news", 2)
 
-    const next = await resume(client, survivor.url, received)
+    const next = await resumeOn(client, survivor.url, received)
     expect(next.recovered).toBe(true)
     expect(next.id).toBe(sid)
     await eventually(() => received.length === 2)
@@ -174,10 +159,10 @@ describe("recovery when the server that held the socket goes away", () => {
   it("a socket that disconnects on purpose leaves no session behind", async () => {
     const url = await startNode()
     const client = await connectClient(url, { query: { room: "blue" } })
-    const pid = (client as any)._pid as string
-    await eventually(async () => (await sessionRow(pid)) !== undefined)
+    const pid = pidOf(client)
+    await eventually(async () => (await live(pid)) !== undefined)
     client.disconnect()
-    await eventually(async () => (await sessionRow(pid)) === undefined, {
+    await eventually(async () => (await live(pid)) === undefined, {
       message: "the live row is deleted",
     })
   })
