@@ -106,7 +106,8 @@ const NOT_RESTORED = null as unknown as Session
 const maxOffset = (a: bigint | undefined, b: bigint | undefined): bigint | undefined =>
   a === undefined || (b !== undefined && b > a) ? b : a
 
-const MAX_OFFSET = 2n ** 63n - 1n
+// How a stored broadcast's payload ends: `,"offset":"<digits>"}`.
+const OFFSET_FIELD = `"offset":"`
 
 /** At most this many packets are read back after the LISTEN connection was lost. */
 const CATCH_UP_LIMIT = 100_000
@@ -154,9 +155,12 @@ export class PostgresAdapter extends ClusterAdapter {
   #sessionWrites: Promise<void> = Promise.resolve()
   /** Sessions of disconnected sockets, written at the next turn of the event loop. */
   #disconnected: Array<SessionToPersist> = []
+  /** Private ids of sockets that left for good, whose live rows go at the next turn. */
+  #gone: Array<string> = []
   #listenerPid: (() => number | undefined) | undefined
   /** The LISTEN connection was lost and the packets missed are not read back yet. */
   #catchingUp = false
+  #catchUpTimer: ReturnType<typeof setTimeout> | undefined
   /** Offsets up to this one were delivered, or committed before we listened. */
   #caughtUpTo: bigint | undefined
 
@@ -216,10 +220,19 @@ export class PostgresAdapter extends ClusterAdapter {
             }
           },
           onLost: () => {
-            // Hold every delivery until what was missed meanwhile is read back (#catchUp).
-            if (this.#sequencer === undefined || this.#catchingUp) return
+            // Hold every delivery until what was missed meanwhile is read back (#catchUp), for
+            // at most publishTimeout: then local delivery goes on, and what was missed is lost.
+            const sequencer = this.#sequencer
+            if (sequencer === undefined || this.#catchingUp) return
             this.#catchingUp = true
-            this.#sequencer.hold()
+            sequencer.hold()
+            this.#catchUpTimer = setTimeout(() => {
+              if (!this.#catchingUp) return
+              this.#catchingUp = false
+              this.#log("warning", "LISTEN connection still down: delivering without catching up")
+              sequencer.stopWaiting()
+              sequencer.release()
+            }, Duration.toMillis(this.#shared.config.publishTimeout))
           },
         })
         return yield* Effect.never
@@ -254,6 +267,7 @@ export class PostgresAdapter extends ClusterAdapter {
     if (this.#closed) return
     this.#send({ type: MessageType.ADAPTER_CLOSE })
     this.#closed = true
+    clearTimeout(this.#catchUpTimer)
     this.#storeReadyResolve?.(undefined)
     if (this.#pending > 0) await new Promise<void>((resolve) => (this.#drained = resolve))
     for (const [requestId, request] of this.#requests) {
@@ -423,12 +437,13 @@ export class PostgresAdapter extends ClusterAdapter {
           sequencer.seenUpTo(exit.value.last)
         } else {
           if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
-          // Unknown: own packets stop waiting for earlier notifications (order is then only
-          // best effort).
-          sequencer.seenUpTo(MAX_OFFSET)
+          // Unknown: the own packets sent so far stop waiting for earlier notifications.
+          sequencer.stopWaiting()
         }
-        if (!catchingUp) return
+        // Not caught up in time: the hold was released already (see onLost).
+        if (!catchingUp || !this.#catchingUp) return
         this.#catchingUp = false
+        clearTimeout(this.#catchUpTimer)
         // Could not read them back: what was missed stays missed, live delivery resumes.
         if (Exit.isFailure(exit)) return sequencer.release()
         // Nothing delivered and no start known: nothing to read back.
@@ -489,7 +504,16 @@ export class PostgresAdapter extends ClusterAdapter {
     const pid = this.#live.get(id)
     if (pid === undefined) return
     this.#live.delete(id)
-    this.#writeSessions((recovery) => recovery.forget([pid]))
+    // Batched: `disconnectSockets()` may end thousands at once.
+    this.#gone.push(pid)
+    if (this.#gone.length > 1) return
+    this.#pending++
+    setImmediate(() => {
+      const pids = this.#gone
+      this.#gone = []
+      this.#writeSessions((recovery) => recovery.forget(pids))
+      this.#settled()
+    })
   }
 
   // The session of a connected socket is written (batched, once per turn of the event loop) so
@@ -709,7 +733,16 @@ export class PostgresAdapter extends ClusterAdapter {
   #receive(payload: string): void {
     Metrics.notificationsReceived.unsafeUpdate(1, [])
     // Ours start with this prefix (inline and attachment headers alike): no need to parse them.
-    if (payload.startsWith(this.#selfPrefix)) return
+    if (payload.startsWith(this.#selfPrefix)) {
+      // Except for the offset of a stored one (its last field): a store reported as failed may
+      // have committed after all, and later own packets wait until its offset was seen.
+      if (this.#sequencer !== undefined) {
+        const at = payload.lastIndexOf(OFFSET_FIELD)
+        const offset = at === -1 ? "" : payload.slice(at + OFFSET_FIELD.length, -2)
+        if (Codec.isOffset(offset)) this.#sequencer.seenUpTo(BigInt(offset))
+      }
+      return
+    }
     this.#inbox?.(payload)
   }
 

@@ -223,13 +223,14 @@ export const make = Effect.gen(function* () {
     ]
   }
 
-  const send = async (items: ReadonlyArray<Item>) => {
+  const send = async (items: ReadonlyArray<Item>, batch: { cancelled: boolean }) => {
     // Within one transaction PostgreSQL folds identical (channel, payload) pairs into one
     // notification: a repeated pair starts a new statement so that none is lost. (Attachment
     // headers hold their own row id, so they never repeat.)
     // Stored packets of one namespace per statement: one counter row, so no lock-order deadlock.
     let start = 0
-    while (start < items.length) {
+    // A batch that timed out sends no more statements: they would run beside the next batch.
+    while (start < items.length && !batch.cancelled) {
       const seen = new Set<string>()
       let nsp: string | undefined
       let end = start
@@ -283,8 +284,10 @@ export const make = Effect.gen(function* () {
         timeoutMillis,
       )
     })
-    Promise.race([send(items), timedOut])
+    const batch = { cancelled: false }
+    Promise.race([send(items, batch), timedOut])
       .catch((error) => {
+        batch.cancelled = true
         const failure = toPublishError(error)
         Metrics.publishFailures.unsafeUpdate(items.filter((item) => !item.settled).length, [])
         for (const item of items) settle(item, failure)

@@ -160,7 +160,8 @@ export const make = Effect.gen(function* () {
     )
     yield* database.query(
       `CREATE TABLE IF NOT EXISTS ${t.sessions} (pid text PRIMARY KEY, nsp text NOT NULL, ` +
-        `sid text NOT NULL, rooms text[] NOT NULL, data bytea NOT NULL, expires_at timestamptz, owner_pid int)`,
+        `sid text NOT NULL, rooms text[] NOT NULL, data bytea NOT NULL, expires_at timestamptz, ` +
+        `owner_pid int, owner_start timestamptz)`,
     )
     yield* database.query(
       `CREATE INDEX IF NOT EXISTS ${t.sessionsExpiresAt} ON ${t.sessions} (expires_at)`,
@@ -177,7 +178,10 @@ export const make = Effect.gen(function* () {
   )
 
   // Live sessions whose server's LISTEN backend is gone start expiring now.
-  const ownerGone = `NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.owner_pid)`
+  // A backend is its pid and its start time: pids are reused.
+  const ownerGone =
+    `NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.owner_pid ` +
+    `AND a.backend_start IS NOT DISTINCT FROM s.owner_start)`
   const deleteExpired = ({ keep, max }: { keep: Duration.Duration; max: Duration.Duration }) =>
     Effect.all({
       orphans: database.query(
@@ -259,15 +263,18 @@ export const make = Effect.gen(function* () {
         const rows = chunk.map(({ session, data }) => {
           params.push(session.pid, session.sid, session.rooms, toBuffer(data))
           const n = params.length
-          return `($${n - 3}, $1, $${n - 2}, $${n - 1}::text[], $${n}::bytea, NULL::timestamptz, $2::int)`
+          return `($${n - 3}, $1, $${n - 2}, $${n - 1}::text[], $${n}::bytea)`
         })
-        // A row already expiring belongs to a disconnected socket: a late live write must not
-        // bring it back to life.
+        // A row written at a disconnection (no owner) must not be brought back to life by a late
+        // live write; a live row that the cleanup started expiring (its owner's LISTEN backend
+        // changed) is live again.
         return database.query(
-          `INSERT INTO ${t.sessions} AS s (pid, nsp, sid, rooms, data, expires_at, owner_pid) ` +
-            `VALUES ${rows.join(", ")} ON CONFLICT (pid) DO UPDATE SET nsp = EXCLUDED.nsp, ` +
-            `sid = EXCLUDED.sid, rooms = EXCLUDED.rooms, data = EXCLUDED.data, ` +
-            `owner_pid = EXCLUDED.owner_pid WHERE s.expires_at IS NULL`,
+          `INSERT INTO ${t.sessions} AS s (pid, nsp, sid, rooms, data, expires_at, owner_pid, owner_start) ` +
+            `SELECT v.*, NULL::timestamptz, $2::int, (SELECT backend_start FROM pg_stat_activity WHERE pid = $2) ` +
+            `FROM (VALUES ${rows.join(", ")}) AS v ON CONFLICT (pid) DO UPDATE SET nsp = EXCLUDED.nsp, ` +
+            `sid = EXCLUDED.sid, rooms = EXCLUDED.rooms, data = EXCLUDED.data, expires_at = NULL, ` +
+            `owner_pid = EXCLUDED.owner_pid, owner_start = EXCLUDED.owner_start ` +
+            `WHERE s.expires_at IS NULL OR s.owner_pid IS NOT NULL`,
           params,
         )
       },
@@ -299,7 +306,8 @@ export const make = Effect.gen(function* () {
     const encoded = sessions.flatMap((session) =>
       encodeSession(session).map((e) => ({ ...e, nsp: session.nsp })),
     )
-    const failed = sessions.filter((session) => !encoded.some((e) => e.session === session))
+    const written = new Set(encoded.map((e) => e.session))
+    const failed = sessions.filter((session) => !written.has(session))
     return Effect.forEach(
       chunks(encoded, 1000),
       (chunk) => {
@@ -313,7 +321,7 @@ export const make = Effect.gen(function* () {
           `INSERT INTO ${t.sessions} (pid, nsp, sid, rooms, data, expires_at) VALUES ${rows.join(", ")} ` +
             `ON CONFLICT (pid) DO UPDATE SET nsp = EXCLUDED.nsp, sid = EXCLUDED.sid, ` +
             `rooms = EXCLUDED.rooms, data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, ` +
-            `owner_pid = NULL`,
+            `owner_pid = NULL, owner_start = NULL`,
           params,
         )
       },

@@ -695,6 +695,14 @@ describe("Recovery.cleanup", () => {
           { pid: "orphan", expiring: true, late: true },
           { pid: "owned", expiring: false, late: false },
         ])
+        // Its server is alive after all (its LISTEN connection came back): live again.
+        yield* recovery.persistLive([live("orphan")], "/", alive)
+        const [revived] = yield* sql<{ expiring: boolean }>(
+          `SELECT expires_at IS NOT NULL AS expiring FROM ${prefix}_sessions WHERE pid = 'orphan'`,
+        )
+        assert.isFalse(revived!.expiring)
+        yield* recovery.persistLive([live("orphan")], "/", 2_147_483_000)
+        yield* recovery.cleanup
         // An expiring orphan goes once its time is up.
         yield* sql(
           `UPDATE ${prefix}_sessions SET expires_at = now() - interval '1 second' WHERE pid = 'orphan'`,

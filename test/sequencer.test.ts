@@ -221,6 +221,24 @@ describe("Sequencer with notifications committed before an own packet arriving a
   )
 
   it.effect(
+    "stops waiting when what an own packet waits for is known to be lost (failed catch-up)",
+    async(async () => {
+      const { delivered, sequencer, store } = recording()
+      store()("o9", 9, 8)
+      await microtasks()
+      assert.deepStrictEqual(delivered, [])
+      sequencer.stopWaiting()
+      assert.deepStrictEqual(delivered, ["o9"])
+      // Later own packets wait as usual.
+      store()("o11", 11, 10)
+      await microtasks()
+      assert.deepStrictEqual(delivered, ["o9"])
+      sequencer.seenUpTo(10n)
+      assert.deepStrictEqual(delivered, ["o9", "o11"])
+    }),
+  )
+
+  it.effect(
     "holds an own packet until lower offsets announced before it are pushed",
     async(async () => {
       const { delivered, sequencer, store } = recording()

@@ -30,6 +30,8 @@ export interface Slot<A> {
   offset: bigint | undefined
   after: bigint | undefined
   item: A | undefined
+  /** Delivered without waiting for `after` (what it waits for is known to be lost). */
+  unblocked?: boolean
 }
 
 export class Sequencer<A> {
@@ -65,6 +67,15 @@ export class Sequencer<A> {
    */
   seenUpTo(offset: bigint): void {
     this.#see(offset)
+    this.#flush(false)
+  }
+
+  /**
+   * The own packets sent so far stop waiting for earlier notifications: some are lost (a catch-up
+   * failed), and whether theirs are among them is unknown. Later packets wait as usual.
+   */
+  stopWaiting(): void {
+    for (const slot of this.#own) slot.unblocked = true
     this.#flush(false)
   }
 
@@ -198,7 +209,7 @@ export class Sequencer<A> {
           continue
         }
         // Wait for what was committed before it (`after`) and announced below it.
-        const after = slot.after ?? 0n
+        const after = slot.unblocked === true ? 0n : (slot.after ?? 0n)
         if (after > 0n && (this.#seen === undefined || after > this.#seen)) break
         const bound = this.#announced[0]
         if (bound !== undefined && bound < offset) break
