@@ -103,6 +103,12 @@ const decodeOptions = (opts: {
 
 const NOT_RESTORED = null as unknown as Session
 
+// Whether a packet sent with `opts` is for a socket in `rooms` (as Socket.IO's own adapter decides
+// which stored packets a session missed).
+const matches = (rooms: ReadonlyArray<string>, opts: BroadcastOptions): boolean =>
+  (opts.rooms.size === 0 || rooms.some((room) => opts.rooms.has(room))) &&
+  !rooms.some((room) => opts.except?.has(room))
+
 const maxOffset = (a: bigint | undefined, b: bigint | undefined): bigint | undefined =>
   a === undefined || (b !== undefined && b > a) ? b : a
 
@@ -161,6 +167,13 @@ export class PostgresAdapter extends ClusterAdapter {
   /** The LISTEN connection was lost and the packets missed are not read back yet. */
   #catchingUp = false
   #catchUpTimer: ReturnType<typeof setTimeout> | undefined
+  /** Restores in flight, and the stored packets delivered meanwhile. */
+  #restoring = 0
+  #recorded: Array<{
+    readonly offset: bigint
+    readonly data: Array<unknown>
+    readonly opts: BroadcastOptions
+  }> = []
   /** Offsets up to this one were delivered, or committed before we listened. */
   #caughtUpTo: bigint | undefined
 
@@ -372,6 +385,9 @@ export class PostgresAdapter extends ClusterAdapter {
         else (except = new Set(except)).add(sid)
       }
     }
+    if (offset !== undefined && this.#restoring > 0) {
+      this.#recorded.push({ offset, data: packet.data, opts })
+    }
     try {
       Adapter.prototype.broadcast.call(
         this,
@@ -545,17 +561,18 @@ export class PostgresAdapter extends ClusterAdapter {
    */
   // Typed `Promise<Session>` like the base class, though Socket.IO takes `null` for "not restored".
   override async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
-    const sequencer = this.#sequencer
-    if (sequencer === undefined || this.#closed) return NOT_RESTORED
-    // Hold live packets until the restored socket exists: it must get those after its replay.
-    sequencer.hold()
+    if (this.#sequencer === undefined || this.#closed) return NOT_RESTORED
+    // Packets delivered while the restore runs are recorded: the session's snapshot may predate
+    // them, and the restored socket does not exist yet to receive them live.
+    this.#restoring++
+    const recorded = this.#recorded.length
     const exit = await this.#runtime.runPromiseExit(
       Effect.flatMap(Recovery, (recovery) => recovery.restore(this.nsp.name, pid, offset)).pipe(
         Effect.timeout(this.#shared.config.requestsTimeout),
       ),
     )
-    // Socket.IO builds the socket in the microtasks after we return; deliver after that.
-    setImmediate(() => sequencer.release())
+    const since = this.#recorded.slice(recorded)
+    if (--this.#restoring === 0) this.#recorded = []
     if (Exit.isFailure(exit)) {
       if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
       return NOT_RESTORED
@@ -563,13 +580,23 @@ export class PostgresAdapter extends ClusterAdapter {
     const session = exit.value
     if (session === undefined) return NOT_RESTORED
     Metrics.sessionsRestored.unsafeUpdate(1, [])
-    this.#restored.set(session.sid, session.last)
+    // Those after the snapshot that are the socket's go with the missed ones. Socket.IO builds the
+    // socket in the microtasks after we return: with no delivery in between, later ones reach it
+    // live, and earlier ones that arrive late are not sent to it again.
+    const missedPackets = [...session.missedPackets]
+    let last = session.last
+    for (const entry of since) {
+      if (entry.offset <= last || !matches(session.rooms, entry.opts)) continue
+      missedPackets.push(entry.data)
+      last = entry.offset
+    }
+    this.#restored.set(session.sid, last)
     return {
       sid: session.sid,
       pid: session.pid,
       rooms: session.rooms,
       data: session.data,
-      missedPackets: session.missedPackets,
+      missedPackets,
     }
   }
 
