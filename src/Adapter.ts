@@ -37,8 +37,9 @@ import { makeInbox } from "./internal/inbox.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { Publisher } from "./Publisher.js"
-import { Recovery, type SessionToPersist, type StoredRow } from "./Recovery.js"
+import { Recovery, type StoredRow } from "./Recovery.js"
 import { Sequencer } from "./internal/sequencer.js"
+import { SessionWriter } from "./internal/sessions.js"
 
 const { MessageType } = Codec
 
@@ -154,15 +155,8 @@ export class PostgresAdapter extends ClusterAdapter {
   #storeReady: Promise<Context.Tag.Service<Publisher> | undefined> | undefined
   #storeReadyResolve: ((publisher: Context.Tag.Service<Publisher> | undefined) => void) | undefined
   #storesWaiting = 0
-  /** Connected sockets whose live session row was written: sid -> pid. */
-  readonly #live = new Map<string, string>()
-  /** Sockets whose live session row is to be (re)written. */
-  readonly #dirty = new Set<string>()
-  #sessionWrites: Promise<void> = Promise.resolve()
-  /** Sessions of disconnected sockets, written at the next turn of the event loop. */
-  #disconnected: Array<SessionToPersist> = []
-  /** Private ids of sockets that left for good, whose live rows go at the next turn. */
-  #gone: Array<string> = []
+  /** Session writes (recovery only). */
+  #sessions: SessionWriter | undefined
   #listenerPid: (() => number | undefined) | undefined
   /** The LISTEN connection was lost and the packets missed are not read back yet. */
   #catchingUp = false
@@ -189,6 +183,21 @@ export class PostgresAdapter extends ClusterAdapter {
     const recovery = nsp.server?.opts?.connectionStateRecovery
     if (recovery) {
       this.#maxDisconnection = Duration.millis(recovery.maxDisconnectionDuration ?? 120_000)
+      this.#sessions = new SessionWriter({
+        nsp: nsp.name,
+        maxDisconnection: this.#maxDisconnection,
+        timeout: shared.config.publishTimeout,
+        run: (effect) => this.#runtime.runPromiseExit(effect),
+        report: (exit) => {
+          if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) {
+            this.#report(Cause.squash(exit.cause))
+          }
+        },
+        socket: (sid) => this.nsp.sockets.get(sid),
+        backendPid: () => this.#listenerPid?.(),
+        begin: () => void this.#pending++,
+        end: () => this.#settled(),
+      })
       this.#sequencer = new Sequencer((deliver) => deliver())
       this.#storeReady = new Promise((resolve) => (this.#storeReadyResolve = resolve))
     }
@@ -228,7 +237,7 @@ export class PostgresAdapter extends ClusterAdapter {
             this.#listening()
             if (this.#sequencer !== undefined) {
               // A new LISTEN connection is a new backend: tie the live sessions to it.
-              for (const sid of this.nsp.sockets.keys()) this.#markLive(sid)
+              for (const sid of this.nsp.sockets.keys()) this.#sessions?.changed(sid)
               this.#catchUp()
             }
           },
@@ -280,6 +289,7 @@ export class PostgresAdapter extends ClusterAdapter {
     if (this.#closed) return
     this.#send({ type: MessageType.ADAPTER_CLOSE })
     this.#closed = true
+    this.#sessions?.close()
     clearTimeout(this.#catchUpTimer)
     this.#storeReadyResolve?.(undefined)
     if (this.#pending > 0) await new Promise<void>((resolve) => (this.#drained = resolve))
@@ -401,18 +411,8 @@ export class PostgresAdapter extends ClusterAdapter {
 
   /** Saves a disconnected socket's session in PostgreSQL (recovery on); never rejects. */
   override persistSession(session: Omit<Session, "missedPackets">): void {
-    if (this.#maxDisconnection === undefined || this.#closed) return
-    this.#live.delete(session.sid)
-    // Batched: `io.close()` disconnects every socket at once.
-    this.#disconnected.push({ ...session, nsp: this.nsp.name })
-    if (this.#disconnected.length > 1) return
-    this.#pending++
-    setImmediate(() => {
-      const sessions = this.#disconnected
-      this.#disconnected = []
-      this.#writeSessions((recovery) => recovery.persistAll(sessions, this.#maxDisconnection!))
-      this.#settled()
-    })
+    if (this.#closed) return
+    this.#sessions?.disconnected({ ...session, nsp: this.nsp.name })
   }
 
   // With recovery, nothing is lost while the LISTEN connection is down: the stored packets after
@@ -484,74 +484,22 @@ export class PostgresAdapter extends ClusterAdapter {
       })
   }
 
-  // Session writes run one after the other: a socket's rows are written in the order of events.
-  #writeSessions(f: (recovery: Context.Tag.Service<Recovery>) => Effect.Effect<void, Error>): void {
-    this.#pending++
-    this.#sessionWrites = this.#sessionWrites.then(() =>
-      this.#runtime
-        .runPromiseExit(
-          // A frozen PostgreSQL must not hold `close()` (which waits for these) for ever.
-          Effect.flatMap(Recovery, f).pipe(Effect.timeout(this.#shared.config.publishTimeout)),
-        )
-        .then((exit) => {
-          if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) {
-            this.#report(Cause.squash(exit.cause))
-          }
-          this.#settled()
-        }),
-    )
-  }
-
+  // The session of a connected socket is written when it connects and when its rooms change, so
+  // that it survives this server being killed: see `Recovery`.
   override addAll(id: string, rooms: Set<Room>): void {
     super.addAll(id, rooms)
-    if (this.#sequencer !== undefined) this.#markLive(id)
+    this.#sessions?.changed(id)
   }
 
   override del(id: string, room: Room): void {
     super.del(id, room)
-    if (this.#sequencer !== undefined && this.#live.has(id)) this.#markLive(id)
+    if (this.#sessions?.isLive(id)) this.#sessions.changed(id)
   }
 
   // A socket leaves for good (or was persisted just before): its live row goes.
   override delAll(id: string): void {
     super.delAll(id)
-    if (this.#sequencer === undefined) return
-    this.#dirty.delete(id)
-    const pid = this.#live.get(id)
-    if (pid === undefined) return
-    this.#live.delete(id)
-    // Batched: `disconnectSockets()` may end thousands at once.
-    this.#gone.push(pid)
-    if (this.#gone.length > 1) return
-    this.#pending++
-    setImmediate(() => {
-      const pids = this.#gone
-      this.#gone = []
-      this.#writeSessions((recovery) => recovery.forget(pids))
-      this.#settled()
-    })
-  }
-
-  // The session of a connected socket is written (batched, once per turn of the event loop) so
-  // that it survives this server being killed: see `Recovery`.
-  #markLive(sid: string): void {
-    if (this.#closed) return
-    this.#dirty.add(sid)
-    if (this.#dirty.size > 1) return
-    setImmediate(() => {
-      const dirty = [...this.#dirty]
-      this.#dirty.clear()
-      const pid = this.#listenerPid?.()
-      if (pid === undefined || this.#closed) return
-      const sessions = dirty.flatMap((sid) => {
-        const socket: any = this.nsp.sockets.get(sid)
-        if (socket === undefined || typeof socket.pid !== "string") return []
-        this.#live.set(sid, socket.pid)
-        return [{ sid, pid: socket.pid, rooms: [...socket.rooms].map(String), data: socket.data }]
-      })
-      if (sessions.length === 0) return
-      this.#writeSessions((recovery) => recovery.persistLive(sessions, this.nsp.name, pid))
-    })
+    this.#sessions?.left(id)
   }
 
   /**
