@@ -189,11 +189,15 @@ export const make = Effect.gen(function* () {
         [seconds(max)],
       ),
       packets: database.query<{ n: number }>(
-        `WITH d AS (DELETE FROM ${t.packets} WHERE created_at < now() - make_interval(secs => $1) RETURNING nsp, "offset"), ` +
-          `m AS (SELECT nsp, max("offset") AS m, count(*) AS n FROM d GROUP BY nsp), ` +
+        // One server at a time (the others skip this pass): two would do the same work, and
+        // could deadlock on the counter rows they update.
+        `WITH l AS (SELECT pg_try_advisory_xact_lock(hashtext($2)) AS got), ` +
+          `d AS (DELETE FROM ${t.packets} WHERE (SELECT got FROM l) ` +
+          `AND created_at < now() - make_interval(secs => $1) RETURNING nsp, "offset"), ` +
+          `m AS (SELECT nsp, max("offset") AS m, count(*) AS n FROM d GROUP BY nsp ORDER BY nsp), ` +
           `u AS (UPDATE ${t.offsets} o SET cleaned = GREATEST(o.cleaned, m.m) FROM m WHERE o.nsp = m.nsp) ` +
           `SELECT coalesce(sum(n), 0)::int AS n FROM m`,
-        [seconds(keep)],
+        [seconds(keep), t.packets],
       ),
       sessions: database.query<{ n: number }>(
         `WITH d AS (DELETE FROM ${t.sessions} WHERE expires_at < now() RETURNING 1) SELECT count(*)::int AS n FROM d`,
