@@ -13,7 +13,7 @@
  *   was killed), the row can be restored. A disconnected socket's row expires
  *   `maxDisconnectionDuration` after the disconnection.
  *
- * @since 0.2.0
+ * @since 0.1.0
  */
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
