@@ -13,7 +13,6 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Runtime from "effect/Runtime"
-import * as Schedule from "effect/Schedule"
 import type pg from "pg"
 import {
   Adapter,
@@ -37,8 +36,7 @@ import { makeInbox } from "./internal/inbox.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { Publisher } from "./Publisher.js"
-import { Recovery, type StoredRow } from "./Recovery.js"
-import { Sequencer } from "./internal/sequencer.js"
+import { isStorable, NOT_RESTORED, RecoveredDelivery } from "./internal/recovered.js"
 import { SessionWriter } from "./internal/sessions.js"
 
 const { MessageType } = Codec
@@ -92,38 +90,10 @@ const encodeOptions = (opts: BroadcastOptions) => ({
   flags: opts.flags ?? {},
 })
 
-const decodeOptions = (opts: {
-  rooms: Array<string>
-  except: Array<string>
-  flags?: BroadcastOptions["flags"]
-}): BroadcastOptions => ({
-  rooms: new Set(opts.rooms),
-  except: new Set(opts.except),
-  flags: opts.flags ?? {},
-})
-
-const NOT_RESTORED = null as unknown as Session
-
-// Whether a packet sent with `opts` is for a socket in `rooms` (as Socket.IO's own adapter decides
-// which stored packets a session missed).
-const matches = (rooms: ReadonlyArray<string>, opts: BroadcastOptions): boolean =>
-  (opts.rooms.size === 0 || rooms.some((room) => opts.rooms.has(room))) &&
-  !rooms.some((room) => opts.except?.has(room))
-
-const maxOffset = (a: bigint | undefined, b: bigint | undefined): bigint | undefined =>
-  a === undefined || (b !== undefined && b > a) ? b : a
-
 // How a stored broadcast's payload ends: `,"offset":"<digits>"}`.
 const OFFSET_FIELD = `"offset":"`
 
-/** At most this many packets are read back after the LISTEN connection was lost. */
-const CATCH_UP_LIMIT = 100_000
-
 const randomId = () => crypto.randomUUID().replaceAll("-", "").slice(0, 16)
-
-// What Socket.IO keeps for recovery: an EVENT without acknowledgement, not volatile.
-const isStorable = (packet: any, opts: BroadcastOptions): boolean =>
-  packet.type === 2 && packet.id === undefined && opts.flags?.volatile === undefined
 
 /** The `socket.io-adapter` adapter of one namespace, created by {@link createAdapter}. */
 export class PostgresAdapter extends ClusterAdapter {
@@ -147,29 +117,10 @@ export class PostgresAdapter extends ClusterAdapter {
   readonly ready: Promise<void>
   readonly #selfPrefix: string
   /** Set when the server runs with `connectionStateRecovery`. */
-  readonly #maxDisconnection: Duration.Duration | undefined
-  readonly #sequencer: Sequencer<() => void> | undefined
-  /** Restored sockets and the last offset their restore read: older packets are not resent. */
-  readonly #restored = new Map<string, bigint>()
-  /** Resolves with the Publisher once recovery's tables are there (recovery only). */
-  #storeReady: Promise<Context.Tag.Service<Publisher> | undefined> | undefined
-  #storeReadyResolve: ((publisher: Context.Tag.Service<Publisher> | undefined) => void) | undefined
-  #storesWaiting = 0
+  readonly #recovered: RecoveredDelivery | undefined
   /** Session writes (recovery only). */
   #sessions: SessionWriter | undefined
   #listenerPid: (() => number | undefined) | undefined
-  /** The LISTEN connection was lost and the packets missed are not read back yet. */
-  #catchingUp = false
-  #catchUpTimer: ReturnType<typeof setTimeout> | undefined
-  /** Restores in flight, and the stored packets delivered meanwhile. */
-  #restoring = 0
-  #recorded: Array<{
-    readonly offset: bigint
-    readonly data: Array<unknown>
-    readonly opts: BroadcastOptions
-  }> = []
-  /** Offsets up to this one were delivered, or committed before we listened. */
-  #caughtUpTo: bigint | undefined
 
   /** Use {@link createAdapter}; constructed by Socket.IO for each namespace. */
   constructor(nsp: any, shared: Shared) {
@@ -182,10 +133,10 @@ export class PostgresAdapter extends ClusterAdapter {
     this.ready = new Promise((resolve) => (this.#listening = resolve))
     const recovery = nsp.server?.opts?.connectionStateRecovery
     if (recovery) {
-      this.#maxDisconnection = Duration.millis(recovery.maxDisconnectionDuration ?? 120_000)
+      const maxDisconnection = Duration.millis(recovery.maxDisconnectionDuration ?? 120_000)
       this.#sessions = new SessionWriter({
         nsp: nsp.name,
-        maxDisconnection: this.#maxDisconnection,
+        maxDisconnection,
         timeout: shared.config.publishTimeout,
         run: (effect) => this.#runtime.runPromiseExit(effect),
         report: (exit) => {
@@ -198,8 +149,22 @@ export class PostgresAdapter extends ClusterAdapter {
         begin: () => void this.#pending++,
         end: () => this.#settled(),
       })
-      this.#sequencer = new Sequencer((deliver) => deliver())
-      this.#storeReady = new Promise((resolve) => (this.#storeReadyResolve = resolve))
+      this.#recovered = new RecoveredDelivery({
+        nsp: nsp.name,
+        channel: this.channel,
+        maxDisconnection,
+        publishTimeout: shared.config.publishTimeout,
+        requestsTimeout: shared.config.requestsTimeout,
+        run: (effect) => this.#runtime.runPromiseExit(effect),
+        report: (failure) => this.#report(failure),
+        warn: (message) => this.#log("warning", message),
+        skip: (reason) => this.#skip(reason),
+        begin: () => void this.#pending++,
+        end: () => this.#settled(),
+        published: () => this.#membership?.published(),
+        deliver: (packet, opts) => Adapter.prototype.broadcast.call(this, packet, opts),
+        onMessage: (message) => super.onMessage(message),
+      })
     }
   }
 
@@ -208,20 +173,21 @@ export class PostgresAdapter extends ClusterAdapter {
     if (this.#fiber !== undefined || this.#closed) return
     this.#fiber = this.#runtime.runFork(
       Effect.gen(this, function* () {
+        const recovered = this.#recovered
         this.#publisher = yield* Publisher
         this.#inbox = makeInbox({
           store: yield* AttachmentStore,
           deliver: (message) => this.#handle(message),
           skip: this.#skip,
           wanted: (notification) => this.#wanted(notification),
-          ...(this.#sequencer === undefined
+          ...(recovered === undefined
             ? {}
             : {
-                announce: (offset: string) => this.#sequencer!.announce(BigInt(offset)),
-                retract: (offset: string) => this.#sequencer!.retract(BigInt(offset)),
+                announce: (offset: string) => recovered.sequencer.announce(BigInt(offset)),
+                retract: (offset: string) => recovered.sequencer.retract(BigInt(offset)),
               }),
         })
-        if (this.#maxDisconnection !== undefined) yield* this.#setupRecovery()
+        if (recovered !== undefined) yield* recovered.setup()
         const heartbeat = yield* Heartbeat
         const listener = yield* Listener
         this.#listenerPid = listener.unsafeBackendPid
@@ -235,53 +201,17 @@ export class PostgresAdapter extends ClusterAdapter {
             // Announce ourselves only once we can hear the replies (and again after a reconnect).
             this.#send({ type: MessageType.INITIAL_HEARTBEAT })
             this.#listening()
-            if (this.#sequencer !== undefined) {
+            if (recovered !== undefined) {
               // A new LISTEN connection is a new backend: tie the live sessions to it.
               for (const sid of this.nsp.sockets.keys()) this.#sessions?.changed(sid)
-              this.#catchUp()
+              recovered.catchUp()
             }
           },
-          onLost: () => {
-            // Hold every delivery until what was missed meanwhile is read back (#catchUp), for
-            // at most publishTimeout: then local delivery goes on, and what was missed is lost.
-            const sequencer = this.#sequencer
-            if (sequencer === undefined || this.#catchingUp) return
-            this.#catchingUp = true
-            sequencer.hold()
-            this.#catchUpTimer = setTimeout(() => {
-              if (!this.#catchingUp) return
-              this.#catchingUp = false
-              this.#log("warning", "LISTEN connection still down: delivering without catching up")
-              sequencer.stopWaiting()
-              sequencer.release()
-            }, Duration.toMillis(this.#shared.config.publishTimeout))
-          },
+          onLost: () => recovered?.lost(),
         })
         return yield* Effect.never
       }).pipe(Effect.scoped, Effect.annotateLogs({ module: "Adapter", nsp: this.nsp.name })),
     )
-  }
-
-  // Recovery's tables must exist before the first packet is stored: wait for them (up to 5 s,
-  // then stores fail and are delivered without offset while creation goes on in the background).
-  *#setupRecovery() {
-    const recovery = yield* Recovery
-    const config = yield* Config.Config
-    yield* recovery.retain(this.#maxDisconnection!)
-    if (config.createTable) {
-      const setup = yield* recovery.ensureTables.pipe(
-        Effect.tapError((error) =>
-          Effect.logWarning(`creating the recovery tables failed: ${error.message}`),
-        ),
-        Effect.retry(
-          Schedule.exponential("200 millis").pipe(Schedule.union(Schedule.spaced("10 seconds"))),
-        ),
-        Effect.forkScoped,
-      )
-      yield* setup.await.pipe(Effect.timeout("5 seconds"), Effect.ignore)
-    }
-    this.#storeReadyResolve!(this.#publisher!)
-    this.#storeReadyResolve = undefined
   }
 
   /** Announces `ADAPTER_CLOSE`, waits for in-flight publishes, then releases everything. */
@@ -290,8 +220,7 @@ export class PostgresAdapter extends ClusterAdapter {
     this.#send({ type: MessageType.ADAPTER_CLOSE })
     this.#closed = true
     this.#sessions?.close()
-    clearTimeout(this.#catchUpTimer)
-    this.#storeReadyResolve?.(undefined)
+    this.#recovered?.close()
     if (this.#pending > 0) await new Promise<void>((resolve) => (this.#drained = resolve))
     for (const [requestId, request] of this.#requests) {
       this.#requests.delete(requestId)
@@ -311,177 +240,30 @@ export class PostgresAdapter extends ClusterAdapter {
   // stored packet needs its offset first: it is delivered when its statement returns.
   override async broadcast(packet: any, opts: BroadcastOptions): Promise<void> {
     if (opts.flags?.local) return Adapter.prototype.broadcast.call(this, packet, opts)
+    const recovered = this.#recovered
     // With recovery, Socket.IO sends even `socket.emit` through here: not a cluster matter.
     const toLocalSocket =
-      this.#sequencer !== undefined &&
+      recovered !== undefined &&
       opts.rooms.size === 1 &&
       this.nsp.sockets.has(opts.rooms.values().next().value)
-    if (this.#sequencer !== undefined && isStorable(packet, opts)) {
-      return this.#store(packet, opts, toLocalSocket)
-    }
-    if (!toLocalSocket) {
-      this.#send({ type: MessageType.BROADCAST, data: { packet, opts: encodeOptions(opts) } })
-    }
-    // With recovery, after the stored packets sent before it.
-    if (this.#sequencer !== undefined) {
-      return this.#sequencer.own(() => Adapter.prototype.broadcast.call(this, packet, opts))
-    }
-    Adapter.prototype.broadcast.call(this, packet, opts)
-  }
-
-  // Stores the packet (and notifies it, unless it is for one local socket), then delivers it
-  // locally with its offset, in offset order with the other nodes' packets.
-  #store(packet: any, opts: BroadcastOptions, toLocalSocket: boolean): void {
-    if (this.#closed) return Adapter.prototype.broadcast.call(this, packet, opts)
-    const sequencer = this.#sequencer!
-    const args = packet.data as Array<unknown>
-    const stored = {
-      nsp: this.nsp.name,
-      rooms: [...opts.rooms].map(String),
-      except: [...(opts.except ?? [])].map(String),
-      data: args,
-    }
     const message = toLocalSocket
       ? undefined
-      : ({
-          uid: this.uid,
-          nsp: this.nsp.name,
-          type: MessageType.BROADCAST,
-          data: { packet, opts: encodeOptions(opts) },
-        } as Codec.WireMessage)
-    if (message !== undefined) this.#membership?.published()
-    this.#pending++
-    const slot = sequencer.beginStore()
-    // Not stored, so not replayable: local clients still get it, in its place, without an offset.
-    const unstored = () => sequencer.endStore(slot, () => this.#deliverLocally(packet, opts))
-    const run = (publisher: Context.Tag.Service<Publisher> | undefined) => {
-      if (publisher === undefined) {
-        unstored()
-        return this.#settled()
-      }
-      publisher.unsafeStore(this.channel, message, stored, (error, offset, after) => {
-        if (error !== undefined || offset === undefined) {
-          if (error !== undefined) this.#report(error)
-          unstored()
-        } else {
-          const at = BigInt(offset)
-          const deliver = () => {
-            args.push(offset)
-            this.#deliverLocally(packet, opts, at)
-          }
-          sequencer.endStore(slot, deliver, at, after === undefined ? undefined : BigInt(after))
-        }
-        this.#settled()
-      })
+      : { type: MessageType.BROADCAST, data: { packet, opts: encodeOptions(opts) } }
+    if (recovered !== undefined && isStorable(packet, opts)) {
+      return recovered.store(packet, opts, message && this.#wire(message))
     }
-    // Until the tables are there, stores wait for the runtime, in order.
-    if (this.#storeReadyResolve === undefined && this.#storesWaiting === 0) {
-      return run(this.#publisher!)
+    if (message !== undefined) this.#send(message)
+    // With recovery, after the stored packets sent before it.
+    if (recovered !== undefined) {
+      return recovered.sequencer.own(() => Adapter.prototype.broadcast.call(this, packet, opts))
     }
-    this.#storesWaiting++
-    void this.#storeReady!.then((publisher) => {
-      this.#storesWaiting--
-      run(publisher)
-    })
-  }
-
-  // Local delivery of a packet; a socket whose restore already replayed it is left out.
-  #deliverLocally(packet: any, opts: BroadcastOptions, offset?: bigint): void {
-    let except = opts.except
-    if (offset !== undefined && this.#restored.size > 0) {
-      for (const [sid, last] of this.#restored) {
-        // Deliveries come in offset order: past `last`, the entry has done its job.
-        if (offset > last) this.#restored.delete(sid)
-        else (except = new Set(except)).add(sid)
-      }
-    }
-    if (offset !== undefined && this.#restoring > 0) {
-      this.#recorded.push({ offset, data: packet.data, opts })
-    }
-    try {
-      Adapter.prototype.broadcast.call(
-        this,
-        packet,
-        except === opts.except ? opts : { ...opts, except },
-      )
-    } catch (e) {
-      this.#skip(`local delivery failed: ${(e as Error)?.message}`)
-    }
+    Adapter.prototype.broadcast.call(this, packet, opts)
   }
 
   /** Saves a disconnected socket's session in PostgreSQL (recovery on); never rejects. */
   override persistSession(session: Omit<Session, "missedPackets">): void {
     if (this.#closed) return
     this.#sessions?.disconnected({ ...session, nsp: this.nsp.name })
-  }
-
-  // With recovery, nothing is lost while the LISTEN connection is down: the stored packets after
-  // the last delivered offset are read back and delivered first, in order, then the live ones.
-  // The first time, the namespace's last offset is where listening started.
-  #catchUp(): void {
-    const sequencer = this.#sequencer!
-    const catchingUp = this.#catchingUp
-    if (!catchingUp && this.#caughtUpTo !== undefined) return
-    const from = maxOffset(this.#caughtUpTo, sequencer.lastDelivered)
-    const nsp = this.nsp.name
-    this.#pending++
-    void this.#runtime
-      .runPromiseExit(
-        Effect.flatMap(Recovery, (recovery) =>
-          Effect.flatMap(recovery.lastOffset(nsp), (last) =>
-            !catchingUp || from === undefined
-              ? Effect.succeed({ last, rows: [] as ReadonlyArray<StoredRow> })
-              : Effect.map(recovery.packetsSince(nsp, from, CATCH_UP_LIMIT), (rows) => ({
-                  last,
-                  rows,
-                })),
-          ),
-        ).pipe(
-          Effect.retry(
-            Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(4))),
-          ),
-          // Deliveries are held meanwhile: a frozen PostgreSQL must not hold them for ever.
-          Effect.timeout(this.#shared.config.publishTimeout),
-        ),
-      )
-      .then((exit) => {
-        this.#settled()
-        if (Exit.isSuccess(exit)) {
-          this.#caughtUpTo = maxOffset(this.#caughtUpTo, exit.value.last)
-          // Up to there, notifications came before we listened, were read back, or are lost:
-          // none to wait for.
-          sequencer.seenUpTo(exit.value.last)
-        } else {
-          if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
-          // Unknown: the own packets sent so far stop waiting for earlier notifications.
-          sequencer.stopWaiting()
-        }
-        // Not caught up in time: the hold was released already (see onLost).
-        if (!catchingUp || !this.#catchingUp) return
-        this.#catchingUp = false
-        clearTimeout(this.#catchUpTimer)
-        // Could not read them back: what was missed stays missed, live delivery resumes.
-        if (Exit.isFailure(exit)) return sequencer.release()
-        // Nothing delivered and no start known: nothing to read back.
-        if (from === undefined) return sequencer.release()
-        const { rows } = exit.value
-        const last = rows.length > 0 ? rows[rows.length - 1]!.offset : from
-        if (rows.length === CATCH_UP_LIMIT) {
-          this.#log("warning", `more than ${CATCH_UP_LIMIT} packets missed; later ones are lost`)
-        }
-        sequencer.release({
-          upTo: last,
-          items: rows.map((row) => {
-            const offset = String(row.offset)
-            const packet = { type: 2, data: [...row.data, offset], nsp }
-            const opts = decodeOptions({ rooms: [...row.rooms], except: [...row.except] })
-            return {
-              offset: row.offset,
-              item: () => this.#deliverLocally(packet, opts, row.offset),
-            }
-          }),
-        })
-      })
   }
 
   // The session of a connected socket is written when it connects and when its rooms change, so
@@ -508,44 +290,11 @@ export class PostgresAdapter extends ClusterAdapter {
    * within `requestsTimeout`: Socket.IO then connects the client as a new socket.
    */
   // Typed `Promise<Session>` like the base class, though Socket.IO takes `null` for "not restored".
-  override async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
-    if (this.#sequencer === undefined || this.#closed) return NOT_RESTORED
-    // Packets delivered while the restore runs are recorded: the session's snapshot may predate
-    // them, and the restored socket does not exist yet to receive them live.
-    this.#restoring++
-    const recorded = this.#recorded.length
-    const exit = await this.#runtime.runPromiseExit(
-      Effect.flatMap(Recovery, (recovery) => recovery.restore(this.nsp.name, pid, offset)).pipe(
-        Effect.timeout(this.#shared.config.requestsTimeout),
-      ),
-    )
-    const since = this.#recorded.slice(recorded)
-    if (--this.#restoring === 0) this.#recorded = []
-    if (Exit.isFailure(exit)) {
-      if (!Exit.isInterrupted(exit)) this.#report(Cause.squash(exit.cause))
-      return NOT_RESTORED
-    }
-    const session = exit.value
-    if (session === undefined) return NOT_RESTORED
-    Metrics.sessionsRestored.unsafeUpdate(1, [])
-    // Those after the snapshot that are the socket's go with the missed ones. Socket.IO builds the
-    // socket in the microtasks after we return: with no delivery in between, later ones reach it
-    // live, and earlier ones that arrive late are not sent to it again.
-    const missedPackets = [...session.missedPackets]
-    let last = session.last
-    for (const entry of since) {
-      if (entry.offset <= last || !matches(session.rooms, entry.opts)) continue
-      missedPackets.push(entry.data)
-      last = entry.offset
-    }
-    this.#restored.set(session.sid, last)
-    return {
-      sid: session.sid,
-      pid: session.pid,
-      rooms: session.rooms,
-      data: session.data,
-      missedPackets,
-    }
+  // Not async: the restore's own promise is returned, as awaiting it would put microtasks between
+  // the restore's end and Socket.IO building the socket (see RecoveredDelivery.restore).
+  override restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
+    if (this.#recovered === undefined || this.#closed) return Promise.resolve(NOT_RESTORED)
+    return this.#recovered.restore(pid, offset)
   }
 
   override addSockets(opts: BroadcastOptions, rooms: Array<Room>): Promise<void> {
@@ -649,13 +398,7 @@ export class PostgresAdapter extends ClusterAdapter {
   /** Publishes a message of this namespace; never rejects: errors go to the errorHandler. */
   #send(message: { type: number; data?: unknown }): Promise<void> {
     if (this.#closed) return Promise.resolve()
-    // `uid` first: receivers recognise their own notifications by this prefix, unparsed.
-    const wire = {
-      uid: this.uid,
-      nsp: this.nsp.name,
-      type: message.type,
-      data: message.data,
-    } as Codec.WireMessage
+    const wire = this.#wire(message)
     this.#membership?.published()
     this.#pending++
     const publisher = this.#publisher
@@ -681,6 +424,16 @@ export class PostgresAdapter extends ClusterAdapter {
         }
         this.#settled()
       })
+  }
+
+  #wire(message: { type: number; data?: unknown }): Codec.WireMessage {
+    // `uid` first: receivers recognise their own notifications by this prefix, unparsed.
+    return {
+      uid: this.uid,
+      nsp: this.nsp.name,
+      type: message.type,
+      data: message.data,
+    } as Codec.WireMessage
   }
 
   #settled(): void {
@@ -711,10 +464,10 @@ export class PostgresAdapter extends ClusterAdapter {
     if (payload.startsWith(this.#selfPrefix)) {
       // Except for the offset of a stored one (its last field): a store reported as failed may
       // have committed after all, and later own packets wait until its offset was seen.
-      if (this.#sequencer !== undefined) {
+      if (this.#recovered !== undefined) {
         const at = payload.lastIndexOf(OFFSET_FIELD)
         const offset = at === -1 ? "" : payload.slice(at + OFFSET_FIELD.length, -2)
-        if (Codec.isOffset(offset)) this.#sequencer.seenUpTo(BigInt(offset))
+        if (Codec.isOffset(offset)) this.#recovered.sequencer.seenUpTo(BigInt(offset))
       }
       return
     }
@@ -735,8 +488,8 @@ export class PostgresAdapter extends ClusterAdapter {
   #handle(message: Codec.WireMessage): void {
     // An announced offset that is not going to be pushed must not hold own packets back.
     const drop = () => {
-      if (this.#sequencer !== undefined && Codec.isOffset(message.offset)) {
-        this.#sequencer.retract(BigInt(message.offset))
+      if (this.#recovered !== undefined && Codec.isOffset(message.offset)) {
+        this.#recovered.sequencer.retract(BigInt(message.offset))
       }
     }
     if (this.#closed) return
@@ -761,36 +514,12 @@ export class PostgresAdapter extends ClusterAdapter {
           this.#membership?.remove(message.uid)
           return this.#removeNode(message.uid)
         default:
-          if (this.#sequencer === undefined) return super.onMessage(full)
-          return this.#sequence(full)
+          if (this.#recovered === undefined) return super.onMessage(full)
+          return this.#recovered.sequence(full)
       }
     } catch (e) {
       this.#skip(`message of type ${message.type} failed: ${(e as Error)?.message}`)
     }
-  }
-
-  // Recovery on: packets of other nodes keep their order with our own (see Sequencer). A stored
-  // broadcast gets its offset as last argument; no other message gets one.
-  #sequence(message: any): void {
-    const data = message.data
-    if (message.type !== MessageType.BROADCAST || data.requestId !== undefined) {
-      if (Codec.isOffset(message.offset)) this.#sequencer!.retract(BigInt(message.offset))
-      return this.#sequencer!.push(undefined, () => {
-        try {
-          super.onMessage(message)
-        } catch (e) {
-          this.#skip(`message of type ${message.type} failed: ${(e as Error)?.message}`)
-        }
-      })
-    }
-    const offset = Codec.isOffset(message.offset) ? message.offset : undefined
-    const packet = data.packet
-    const opts = decodeOptions(data.opts)
-    this.#sequencer!.push(offset === undefined ? undefined : BigInt(offset), () => {
-      if (offset === undefined) return this.#deliverLocally(packet, opts, undefined)
-      if (isStorable(packet, opts)) packet.data.push(offset)
-      this.#deliverLocally(packet, opts, BigInt(offset))
-    })
   }
 
   #timeoutMillis(): number {
