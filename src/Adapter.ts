@@ -158,7 +158,7 @@ export class PostgresAdapter extends ClusterAdapter {
         run: (effect) => this.#runtime.runPromiseExit(effect),
         report: (failure) => this.#report(failure),
         warn: (message) => this.#log("warning", message),
-        skip: (reason) => this.#skip(reason),
+        onSkipped: (reason) => this.#skip(reason),
         begin: () => void this.#pending++,
         end: () => this.#settled(),
         published: () => this.#membership?.published(),
@@ -178,7 +178,7 @@ export class PostgresAdapter extends ClusterAdapter {
         this.#inbox = makeInbox({
           store: yield* AttachmentStore,
           deliver: (message) => this.#handle(message),
-          skip: this.#skip,
+          onSkipped: this.#skip,
           wanted: (notification) => this.#wanted(notification),
           ...(recovered === undefined
             ? {}

@@ -193,7 +193,7 @@ export const make = Effect.gen(function* () {
           }
           deliver(message)
         },
-        skip: () => {},
+        onSkipped: () => {},
         // Servers' messages (and our own INITIAL_HEARTBEAT coming back); of the answers, only
         // those to our own requests.
         wanted: (notification) =>

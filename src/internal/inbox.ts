@@ -14,7 +14,7 @@ export interface InboxOptions {
   /** Receives each message, in the order PostgreSQL delivered the notifications. */
   readonly deliver: (message: Codec.WireMessage) => void
   /** Told why a notification was skipped (malformed, attachment missing or unreadable). */
-  readonly skip: (reason: string) => void
+  readonly onSkipped: (reason: string) => void
   /**
    * Whether a notification is worth delivering; asked before any attachment is fetched. `requestId`
    * is only given for attachments (inline answers are cheap to check later).
@@ -33,7 +33,7 @@ export const makeInbox = (options: InboxOptions): ((payload: string) => void) =>
   const inbox = new OrderedDelivery(options.deliver)
   return (payload) => {
     const decoded = Codec.decodeNotification(payload)
-    if (Either.isLeft(decoded)) return options.skip(decoded.left)
+    if (Either.isLeft(decoded)) return options.onSkipped(decoded.left)
     const notification = decoded.right
     if (notification._tag === "Inline") {
       const { message } = notification
@@ -48,7 +48,7 @@ export const makeInbox = (options: InboxOptions): ((payload: string) => void) =>
     const offset = notification.offset
     if (offset !== undefined) options.announce?.(offset)
     const skip = (reason: string) => {
-      options.skip(reason)
+      options.onSkipped(reason)
       if (offset !== undefined) options.retract?.(offset)
     }
     const fill = inbox.reserve()

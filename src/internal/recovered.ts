@@ -65,7 +65,7 @@ export interface RecoveredDeliveryOptions {
   /** Logs a warning. */
   readonly warn: (message: string) => void
   /** Told why a message was not delivered. */
-  readonly skip: (reason: string) => void
+  readonly onSkipped: (reason: string) => void
   /** Around each store and catch-up, so that `close()` can wait for them. */
   readonly begin: () => void
   readonly end: () => void
@@ -203,7 +203,7 @@ export class RecoveredDelivery {
         try {
           this.options.onMessage(message)
         } catch (e) {
-          this.options.skip(`message of type ${message.type} failed: ${(e as Error)?.message}`)
+          this.options.onSkipped(`message of type ${message.type} failed: ${(e as Error)?.message}`)
         }
       })
     }
@@ -233,7 +233,7 @@ export class RecoveredDelivery {
     try {
       this.options.deliver(packet, except === opts.except ? opts : { ...opts, except })
     } catch (e) {
-      this.options.skip(`local delivery failed: ${(e as Error)?.message}`)
+      this.options.onSkipped(`local delivery failed: ${(e as Error)?.message}`)
     }
   }
 
