@@ -268,26 +268,38 @@ describe("Recovery.ensureTables", () => {
   )
 })
 
+/** What the helpers below hand to a test body. */
+interface Services {
+  readonly prefix: string
+  readonly recovery: Context.Tag.Service<Recovery.Recovery>
+  readonly publisher: Context.Tag.Service<Publisher.Publisher>
+}
+
+/** Services on fresh tables, with `count` packets `[label, i]` stored in "/" (offsets 1..count). */
+const withStored = <A, E, R>(
+  name: string,
+  count: number,
+  body: (services: Services) => Effect.Effect<A, E, R>,
+  options: Parameters<typeof servicesLayer>[1],
+  label: string,
+) =>
+  Effect.gen(function* () {
+    const prefix = freshPrefix(name)
+    const context = yield* Layer.build(servicesLayer(prefix, options))
+    const recovery = Context.get(context, Recovery.Recovery)
+    const publisher = Context.get(context, Publisher.Publisher)
+    yield* setup(prefix, recovery)
+    for (let i = 1; i <= count; i++) yield* store(publisher, packetOf([label, i]))
+    return yield* body({ prefix, recovery, publisher })
+  })
+
 describe("Recovery.persist and restore", () => {
   /** Services on fresh tables, with `count` packets stored in namespace "/" (offsets 1..count). */
   const withPackets = <A, E, R>(
     name: string,
     count: number,
-    body: (services: {
-      readonly prefix: string
-      readonly recovery: Context.Tag.Service<Recovery.Recovery>
-      readonly publisher: Context.Tag.Service<Publisher.Publisher>
-    }) => Effect.Effect<A, E, R>,
-  ) =>
-    Effect.gen(function* () {
-      const prefix = freshPrefix(name)
-      const context = yield* Layer.build(servicesLayer(prefix))
-      const recovery = Context.get(context, Recovery.Recovery)
-      const publisher = Context.get(context, Publisher.Publisher)
-      yield* setup(prefix, recovery)
-      for (let i = 1; i <= count; i++) yield* store(publisher, packetOf(["before", i]))
-      return yield* body({ prefix, recovery, publisher })
-    })
+    body: (services: Services) => Effect.Effect<A, E, R>,
+  ) => withStored(name, count, body, {}, "before")
 
   it.scopedLive(
     "gives back the session's rooms and data, Buffers and nested objects included",
@@ -567,21 +579,8 @@ describe("Recovery.cleanup", () => {
   const withCleanup = <A, E, R>(
     name: string,
     count: number,
-    body: (services: {
-      readonly prefix: string
-      readonly recovery: Context.Tag.Service<Recovery.Recovery>
-      readonly publisher: Context.Tag.Service<Publisher.Publisher>
-    }) => Effect.Effect<A, E, R>,
-  ) =>
-    Effect.gen(function* () {
-      const prefix = freshPrefix(name)
-      const context = yield* Layer.build(servicesLayer(prefix, { cleanupInterval: 1000 }))
-      const recovery = Context.get(context, Recovery.Recovery)
-      const publisher = Context.get(context, Publisher.Publisher)
-      yield* setup(prefix, recovery)
-      for (let i = 1; i <= count; i++) yield* store(publisher, packetOf(["p", i]))
-      return yield* body({ prefix, recovery, publisher })
-    })
+    body: (services: Services) => Effect.Effect<A, E, R>,
+  ) => withStored(name, count, body, { cleanupInterval: 1000 }, "p")
 
   const counter = (prefix: string, nsp = "/") =>
     sql<{ last: string; cleaned: string }>(
