@@ -150,6 +150,8 @@ export const make = Effect.gen(function* () {
         params.push(item.channel, (item.encoded as { payload: string }).payload)
       return [notifyStatement(run.length), params]
     }
+    // Each stored packet's place among them: its offset is the counter's old value plus that.
+    const position = new Map(stored.map((item, i) => [item, i + 1]))
     const ctes: Array<string> = []
     const values: Array<string> = []
     const calls: Array<string> = []
@@ -185,7 +187,7 @@ export const make = Effect.gen(function* () {
       let tail = ""
       if (item.stored !== undefined) {
         const at = text.lastIndexOf(OFFSET_MARKER)
-        const index = stored.indexOf(item) + 1
+        const index = position.get(item)!
         tail = ` || (c.last - ${count}::bigint + ${index})::text || ${param(text.slice(at + OFFSET_MARKER.length))}`
         text = text.slice(0, at)
       }
@@ -226,10 +228,10 @@ export const make = Effect.gen(function* () {
   const send = async (items: ReadonlyArray<Item>, batch: { cancelled: boolean }) => {
     // Within one transaction PostgreSQL folds identical (channel, payload) pairs into one
     // notification: a repeated pair starts a new statement so that none is lost. (Attachment
-    // headers hold their own row id, so they never repeat.)
+    // headers hold their own row id, and stored payloads their offset, so they never repeat.)
     // Stored packets of one namespace per statement: one counter row, so no lock-order deadlock.
-    let start = 0
     // A batch that timed out sends no more statements: they would run beside the next batch.
+    let start = 0
     while (start < items.length && !batch.cancelled) {
       const seen = new Set<string>()
       let nsp: string | undefined
@@ -248,15 +250,20 @@ export const make = Effect.gen(function* () {
       const run = items.slice(start, end)
       const [sql, params] = statement(run)
       const rows = await database.unsafeQuery<{ last?: string; after?: string }>(sql, params)
-      const notified = run.filter((item) => item.encoded !== undefined).length
+      let notified = 0
+      let attachments = 0
+      let storedCount = 0
+      for (const item of run) {
+        if (item.encoded !== undefined) notified++
+        if (item.encoded?._tag === "Attachment") attachments++
+        if (item.stored !== undefined) storedCount++
+      }
       Metrics.notifyStatements.unsafeUpdate(1, [])
       if (notified > 0) Metrics.notificationsSent.unsafeUpdate(notified, [])
-      const attachments = run.filter((item) => item.encoded?._tag === "Attachment").length
       if (attachments > 0) Metrics.attachmentsWritten.unsafeUpdate(attachments, [])
-      const storedCount = run.filter((item) => item.stored !== undefined).length
+      if (storedCount > 0) Metrics.packetsStored.unsafeUpdate(storedCount, [])
       // The counter's new value is the offset of the run's last stored packet.
       let offset = storedCount === 0 ? 0n : BigInt(rows[0]!.last!) - BigInt(storedCount)
-      if (storedCount > 0) Metrics.packetsStored.unsafeUpdate(storedCount, [])
       for (const item of run) {
         if (item.stored === undefined) settle(item, undefined)
         else settle(item, undefined, String(++offset), rows[0]!.after)
