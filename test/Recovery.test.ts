@@ -18,6 +18,7 @@ import * as Config from "../src/Config.js"
 import * as Database from "../src/Database.js"
 import * as Publisher from "../src/Publisher.js"
 import * as Recovery from "../src/Recovery.js"
+import { eventually as waitUntil } from "./utils/cluster.js"
 import { createAttachmentTable, databaseUrl, makePool, suiteId } from "./utils/postgres.js"
 
 let pool: pg.Pool
@@ -161,15 +162,8 @@ const backendPid = Effect.map(
   (client) => (client as unknown as { processID: number }).processID,
 )
 
-/** Waits (real time) until `predicate` holds, failing after `timeout` ms. */
-const eventually = (predicate: () => boolean, timeout = 5000) =>
-  fromPromise(async () => {
-    const deadline = Date.now() + timeout
-    while (!predicate()) {
-      if (Date.now() > deadline) throw new Error("condition not met in time")
-      await new Promise((resolve) => setTimeout(resolve, 10))
-    }
-  })
+/** Waits (real time) until `predicate` holds (the harness's `eventually`, as an Effect). */
+const eventually = (predicate: () => boolean) => fromPromise(() => waitUntil(predicate))
 
 describe("Recovery.ensureTables", () => {
   it.scopedLive("creates the three tables and their indexes, and can run again", () =>
@@ -391,7 +385,16 @@ describe("Recovery.persist and restore", () => {
         assert.strictEqual(rows.length, 0)
         // A session persisted with (almost) no duration expires as well.
         yield* recovery.persist(session("p2"), Duration.millis(1))
-        yield* fromPromise(() => new Promise((resolve) => setTimeout(resolve, 20)))
+        yield* fromPromise(() =>
+          waitUntil(
+            async () =>
+              (
+                await pool.query(
+                  `SELECT 1 FROM ${prefix}_sessions WHERE pid = 'p2' AND expires_at < now()`,
+                )
+              ).rowCount === 1,
+          ),
+        )
         assert.isUndefined(yield* recovery.restore("/", "p2", "1"))
       }),
     ),

@@ -256,14 +256,12 @@ describe("recovery: when a session cannot be restored", () => {
   ) => {
     const { cluster } = s
     const log = recorder()
-    const started = Date.now()
     const next = await resume(old?.client, cluster.servers[1]!.url, {
       ...options,
       attach: log.attach,
       track: s.resumed,
       timeoutMs: 5000,
     })
-    expect(Date.now() - started).toBeLessThan(5000)
     expect(next.recovered).toBe(false)
     if (old !== undefined) expect(next.id).not.toBe(old.sid)
     // A new socket: a new private id, no room but its own, nothing replayed.
@@ -691,13 +689,11 @@ describe("recovery: a client of a killed server", () => {
       await emitStored(cluster.pool, cluster.id, () => cluster.servers[1]!.io.emit("ev", 3)),
     ]
 
-    const started = Date.now()
     const next = await resume(client, cluster.servers[1]!.url, {
       attach: log.attach,
       track: s.resumed,
       timeoutMs: 5000,
     })
-    expect(Date.now() - started).toBeLessThan(5000)
     expect(next.recovered).toBe(true)
     expect(next.id).toBe(sid)
     const socket = cluster.servers[1]!.io.of("/").sockets.get(sid!)!
