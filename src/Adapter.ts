@@ -12,7 +12,6 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
-import * as Runtime from "effect/Runtime"
 import type pg from "pg"
 import {
   Adapter,
@@ -43,9 +42,7 @@ const { MessageType } = Codec
 
 /** Runs the adapter's effects: a `ManagedRuntime` (facade) or the caller's runtime (Effect apps). */
 interface Runner {
-  readonly runFork: <A, E>(
-    effect: Effect.Effect<A, E, Cluster.Services>,
-  ) => Fiber.RuntimeFiber<A, E>
+  readonly runFork: <A, E>(effect: Effect.Effect<A, E, Cluster.Services>) => Fiber.Fiber<A, E>
   readonly runPromise: <A, E>(effect: Effect.Effect<A, E, Cluster.Services>) => Promise<A>
   readonly runPromiseExit: <A, E>(
     effect: Effect.Effect<A, E, Cluster.Services>,
@@ -74,7 +71,7 @@ const makeSkipLogger = (log: (message: string) => void) => {
   let last = 0
   return (reason: string) => {
     skipped++
-    Metrics.malformedNotifications.unsafeUpdate(1, [])
+    Metrics.malformedNotifications.updateUnsafe(1, Context.empty())
     const now = Date.now()
     if (now - last >= 1000) {
       log(`skipped ${skipped} malformed notification(s), last: ${reason}`)
@@ -102,7 +99,7 @@ export class PostgresAdapter extends ClusterAdapter {
   readonly #shared: Shared
   readonly #runtime: Runner
   readonly #requests = new Map<string, PendingRequest>()
-  #publisher: Context.Tag.Service<Publisher> | undefined
+  #publisher: Publisher["Service"] | undefined
   /** Publishes not settled yet; `close()` waits for them. */
   #pending = 0
   #slowPending = 0
@@ -110,7 +107,7 @@ export class PostgresAdapter extends ClusterAdapter {
   #inbox: ((payload: string) => void) | undefined
   readonly #skip: (reason: string) => void
   #membership: Membership | undefined
-  #fiber: Fiber.RuntimeFiber<never, never> | undefined
+  #fiber: Fiber.Fiber<never, never> | undefined
   #closed = false
   #listening: () => void = () => {}
   /** Resolves once this namespace's channel is listened on (first time). */
@@ -140,7 +137,7 @@ export class PostgresAdapter extends ClusterAdapter {
         timeout: shared.config.publishTimeout,
         run: (effect) => this.#runtime.runPromiseExit(effect),
         report: (exit) => {
-          if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) {
+          if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) {
             this.#report(Cause.squash(exit.cause))
           }
         },
@@ -172,7 +169,7 @@ export class PostgresAdapter extends ClusterAdapter {
   override init(): void {
     if (this.#fiber !== undefined || this.#closed) return
     this.#fiber = this.#runtime.runFork(
-      Effect.gen(this, function* () {
+      Effect.gen({ self: this }, function* () {
         const recovered = this.#recovered
         this.#publisher = yield* Publisher
         this.#inbox = makeInbox({
@@ -419,7 +416,7 @@ export class PostgresAdapter extends ClusterAdapter {
       )
       .then((exit) => {
         this.#slowPending--
-        if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) {
+        if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) {
           this.#report(Cause.squash(exit.cause))
         }
         this.#settled()
@@ -459,7 +456,7 @@ export class PostgresAdapter extends ClusterAdapter {
 
   // A notification, in commit order. Own ones are dropped before any attachment is fetched.
   #receive(payload: string): void {
-    Metrics.notificationsReceived.unsafeUpdate(1, [])
+    Metrics.notificationsReceived.updateUnsafe(1, Context.empty())
     // Ours start with this prefix (inline and attachment headers alike): no need to parse them.
     if (payload.startsWith(this.#selfPrefix)) {
       // Except for the offset of a stored one (its last field): a store reported as failed may
@@ -618,15 +615,15 @@ export function createAdapter(
 export const makeAdapterFactory: Effect.Effect<
   (nsp: any) => PostgresAdapter,
   never,
-  Cluster.Services | ErrorHandler
+  Cluster.Services
 > = Effect.gen(function* () {
-  const runtime = yield* Effect.runtime<Cluster.Services>()
+  const context = yield* Effect.context<Cluster.Services>()
   const config = yield* Config.Config
   const errorHandler = yield* ErrorHandler
   const runner: Runner = {
-    runFork: (effect) => Runtime.runFork(runtime)(effect),
-    runPromise: (effect) => Runtime.runPromise(runtime)(effect),
-    runPromiseExit: (effect) => Runtime.runPromiseExit(runtime)(effect),
+    runFork: (effect) => Effect.runForkWith(context)(effect),
+    runPromise: (effect) => Effect.runPromiseWith(context)(effect),
+    runPromiseExit: (effect) => Effect.runPromiseExitWith(context)(effect),
   }
   const shared: Shared = {
     config,

@@ -8,6 +8,7 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Latch from "effect/Latch"
 import * as Layer from "effect/Layer"
 import { quoteIdentifier, quoteTableName } from "./Channel.js"
 import { Config } from "./Config.js"
@@ -18,7 +19,7 @@ import type { DatabaseError } from "./Errors.js"
 export type FetchCallback = (result: Exit.Exit<Uint8Array | undefined, DatabaseError>) => void
 
 /** The AttachmentStore service. */
-export class AttachmentStore extends Context.Tag("socket.io-postgres-effect/AttachmentStore")<
+export class AttachmentStore extends Context.Service<
   AttachmentStore,
   {
     /** Stores payloads; resolves with their row ids (as text), in the same order. */
@@ -34,7 +35,7 @@ export class AttachmentStore extends Context.Tag("socket.io-postgres-effect/Atta
     /** `CREATE TABLE IF NOT EXISTS` (and its schema when qualified). */
     readonly ensureTable: Effect.Effect<void, DatabaseError>
   }
->() {}
+>()("socket.io-postgres-effect/AttachmentStore") {}
 
 /** Builds the store for the configured table. */
 export const make = Effect.gen(function* () {
@@ -49,10 +50,10 @@ export const make = Effect.gen(function* () {
 
   // Fetches requested while one is in flight share the next SELECT.
   const waiting = new Map<string, Array<FetchCallback>>()
-  const wake = yield* Effect.makeLatch(false)
+  const wake = yield* Latch.make(false)
   yield* Effect.gen(function* () {
     yield* wake.await
-    wake.unsafeClose()
+    wake.closeUnsafe()
     const batch = new Map(waiting)
     waiting.clear()
     if (batch.size === 0) return
@@ -66,7 +67,7 @@ export const make = Effect.gen(function* () {
       batch.size === 1
         ? select([...batch.keys()])
         : select([...batch.keys()]).pipe(
-            Effect.catchAll(() =>
+            Effect.catch(() =>
               Effect.forEach(
                 [...batch.keys()],
                 (id) => select([id]).pipe(Effect.orElseSucceed(() => [])),
@@ -93,7 +94,7 @@ export const make = Effect.gen(function* () {
     const callbacks = waiting.get(id)
     if (callbacks === undefined) waiting.set(id, [callback])
     else callbacks.push(callback)
-    wake.unsafeOpen()
+    wake.openUnsafe()
   }
 
   return AttachmentStore.of({
@@ -105,7 +106,7 @@ export const make = Effect.gen(function* () {
         ),
       ),
     fetch: (id) =>
-      Effect.async<Uint8Array | undefined, DatabaseError>((resume) => unsafeFetch(id, resume)),
+      Effect.callback<Uint8Array | undefined, DatabaseError>((resume) => unsafeFetch(id, resume)),
     unsafeFetch,
     deleteOlderThan: (age) =>
       database
@@ -124,7 +125,7 @@ export const make = Effect.gen(function* () {
 })
 
 /** The AttachmentStore layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<AttachmentStore, never, Config | Database> = Layer.scoped(
+export const layer: Layer.Layer<AttachmentStore, never, Config | Database> = Layer.effect(
   AttachmentStore,
   make,
 )

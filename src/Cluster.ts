@@ -5,6 +5,7 @@
  */
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import type pg from "pg"
@@ -37,7 +38,7 @@ export const layerTableSetup: Layer.Layer<
   never,
   never,
   Config.Config | AttachmentStore.AttachmentStore
-> = Layer.scopedDiscard(
+> = Layer.effectDiscard(
   Effect.gen(function* () {
     const config = yield* Config.Config
     if (!config.createTable) return
@@ -47,12 +48,12 @@ export const layerTableSetup: Layer.Layer<
         Effect.logWarning(`creating the attachments table failed: ${error.message}`),
       ),
       Effect.retry(
-        Schedule.exponential("200 millis").pipe(Schedule.union(Schedule.spaced("10 seconds"))),
+        Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("10 seconds")]),
       ),
       Effect.annotateLogs({ module: "AttachmentStore" }),
       Effect.forkScoped,
     )
-    yield* setup.await.pipe(Effect.timeout("5 seconds"), Effect.ignore)
+    yield* Fiber.await(setup).pipe(Effect.timeout("5 seconds"), Effect.ignore)
   }),
 )
 
@@ -67,9 +68,7 @@ export const layer: Layer.Layer<Services, never, Config.Config | Database.Databa
     layerTableSetup,
   ).pipe(
     Layer.provideMerge(AttachmentStore.layer),
-    Layer.provideMerge(
-      Layer.mergeAll(Layer.context<Config.Config>(), Layer.context<Database.Database>()),
-    ),
+    Layer.provideMerge(Layer.effectContext(Effect.context<Config.Config | Database.Database>())),
   )
 
 /** The cluster over a caller-owned `pg.Pool`, with validated options. */

@@ -9,9 +9,7 @@ import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
-import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as AttachmentStore from "./AttachmentStore.js"
@@ -49,7 +47,7 @@ export interface RequestResult<A> {
 }
 
 /** The ClusterEmitter service. */
-export class ClusterEmitter extends Context.Tag("socket.io-postgres-effect/ClusterEmitter")<
+export class ClusterEmitter extends Context.Service<
   ClusterEmitter,
   {
     /** Publishes a message of namespace `nsp` as the emitter (uid `"emitter"`). */
@@ -78,7 +76,7 @@ export class ClusterEmitter extends Context.Tag("socket.io-postgres-effect/Clust
       packet: ReadonlyArray<unknown>,
     ) => Effect.Effect<RequestResult<unknown>, PublishError>
   }
->() {}
+>()("socket.io-postgres-effect/ClusterEmitter") {}
 
 interface Pending {
   readonly missing: Set<string>
@@ -106,6 +104,8 @@ export const make = Effect.gen(function* () {
   const heartbeat = yield* Heartbeat.Heartbeat
   const store = yield* AttachmentStore.AttachmentStore
   const scope = yield* Effect.scope
+  // Work started from callbacks runs with the application's services (logger included).
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
   const pending = new Map<string, Pending>()
   const watches = new Map<string, Deferred.Deferred<Watch, PublishError>>()
 
@@ -121,7 +121,7 @@ export const make = Effect.gen(function* () {
     packet: { readonly type: number; readonly data: ReadonlyArray<unknown> },
     target: Target,
   ) =>
-    Effect.async<void, PublishError>((resume) =>
+    Effect.callback<void, PublishError>((resume) =>
       publisher.unsafeStore(
         channelName(config.channelPrefix, nsp),
         {
@@ -137,7 +137,7 @@ export const make = Effect.gen(function* () {
 
   const complete = (requestId: string, request: Pending) => {
     pending.delete(requestId)
-    Deferred.unsafeDone(request.done, Exit.void)
+    Deferred.doneUnsafe(request.done, Exit.void)
   }
 
   const forget = (uid: string) => {
@@ -173,9 +173,9 @@ export const make = Effect.gen(function* () {
   // subscription and membership behind, one more per failed request, until the layer closes.
   const startWatch = (nsp: string) =>
     Effect.gen(function* () {
-      const child = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+      const child = yield* Scope.fork(scope, "sequential")
       return yield* watchIn(nsp).pipe(
-        Scope.extend(child),
+        Scope.provide(child),
         Effect.onExit((exit) => (Exit.isFailure(exit) ? Scope.close(child, exit) : Effect.void)),
       )
     })
@@ -189,7 +189,7 @@ export const make = Effect.gen(function* () {
         store,
         deliver: (message) => {
           if (message.uid === Codec.EMITTER_UID && message.type === MessageType.INITIAL_HEARTBEAT) {
-            Deferred.unsafeDone(echoed, Exit.void)
+            Deferred.doneUnsafe(echoed, Exit.void)
           }
           deliver(message)
         },
@@ -213,18 +213,20 @@ export const make = Effect.gen(function* () {
       yield* listener.subscribe(channelName(config.channelPrefix, nsp), {
         onNotification: receive,
         onListen: () => {
-          Effect.runFork(publish(nsp, { type: MessageType.INITIAL_HEARTBEAT }).pipe(Effect.ignore))
-          Deferred.unsafeDone(listening, Exit.void)
+          runFork(publish(nsp, { type: MessageType.INITIAL_HEARTBEAT }).pipe(Effect.ignore))
+          Deferred.doneUnsafe(listening, Exit.void)
         },
       })
       yield* Deferred.await(listening).pipe(
-        Effect.timeoutFail({
+        Effect.timeoutOrElse({
           duration: config.requestsTimeout,
-          onTimeout: () =>
-            new PublishError({
-              reason: "Timeout",
-              message: `could not listen for the servers' answers within the requestsTimeout`,
-            }),
+          orElse: () =>
+            Effect.fail(
+              new PublishError({
+                reason: "Timeout",
+                message: `could not listen for the servers' answers within the requestsTimeout`,
+              }),
+            ),
         }),
       )
       // Wait for the servers' answers to the INITIAL_HEARTBEAT to go quiet.
@@ -251,13 +253,13 @@ export const make = Effect.gen(function* () {
     Effect.suspend(() => {
       const existing = watches.get(nsp)
       if (existing !== undefined) return Deferred.await(existing)
-      const created = Deferred.unsafeMake<Watch, PublishError>(FiberId.none)
+      const created = Deferred.makeUnsafe<Watch, PublishError>()
       watches.set(nsp, created)
       return startWatch(nsp).pipe(
         Effect.exit,
         Effect.flatMap((exit) => {
           if (Exit.isFailure(exit)) watches.delete(nsp)
-          return Deferred.done(created, exit).pipe(Effect.zipRight(exit))
+          return Deferred.done(created, exit).pipe(Effect.andThen(exit))
         }),
       )
     })
@@ -276,11 +278,11 @@ export const make = Effect.gen(function* () {
         missing: new Set(nodes),
         responses: [],
         flatten: type === MessageType.FETCH_SOCKETS,
-        done: Deferred.unsafeMake<void>(FiberId.none),
+        done: Deferred.makeUnsafe<void>(),
       }
       pending.set(requestId, entry)
       yield* publish(nsp, { type, data: data(requestId) }).pipe(
-        Effect.zipRight(
+        Effect.andThen(
           Deferred.await(entry.done).pipe(Effect.timeout(config.requestsTimeout), Effect.ignore),
         ),
         Effect.ensuring(Effect.sync(() => pending.delete(requestId))),
@@ -305,7 +307,7 @@ export const make = Effect.gen(function* () {
 })
 
 /** The ClusterEmitter over its own Publisher, Listener and Heartbeat; needs `Config`, `Database`. */
-export const layer: Layer.Layer<ClusterEmitter, never, Config | Database> = Layer.scoped(
+export const layer: Layer.Layer<ClusterEmitter, never, Config | Database> = Layer.effect(
   ClusterEmitter,
   make,
 ).pipe(

@@ -4,7 +4,7 @@
  * @since 0.1.0
  */
 import { decode as msgpackDecode, Encoder } from "@msgpack/msgpack"
-import * as Either from "effect/Either"
+import * as Result from "effect/Result"
 import { MAX_NOTIFY_BYTES } from "./Config.js"
 
 /** The uid of messages sent by an emitter; never counted as a cluster member. */
@@ -140,16 +140,16 @@ export const encodePacketData = (data: ReadonlyArray<unknown>): Uint8Array =>
   encoder.encode(viewArrayBuffers(data, new Map()))
 
 /** Decodes stored packet args back; binary values come back as `Buffer`s. */
-export const decodePacketData = (bytes: Uint8Array): Either.Either<Array<unknown>, string> => {
+export const decodePacketData = (bytes: Uint8Array): Result.Result<Array<unknown>, string> => {
   let decoded: unknown
   try {
     decoded = msgpackDecode(bytes)
   } catch (e) {
-    return Either.left(`stored packet is not msgpack: ${(e as Error).message}`)
+    return Result.fail(`stored packet is not msgpack: ${(e as Error).message}`)
   }
   return Array.isArray(decoded)
-    ? Either.right(toBuffers(decoded) as Array<unknown>)
-    : Either.left("stored packet is not an array")
+    ? Result.succeed(toBuffers(decoded) as Array<unknown>)
+    : Result.fail("stored packet is not an array")
 }
 
 /** A recovery offset as it travels: the text of a positive bigint. */
@@ -190,28 +190,28 @@ const viewArrayBuffers = (value: unknown, done: Map<object, unknown>): unknown =
 const isRecord = (u: unknown): u is Record<string, unknown> =>
   typeof u === "object" && u !== null && !Array.isArray(u)
 
-/** Parses a notification payload; `Left` of a reason for anything that is not ours. */
-export const decodeNotification = (payload: string): Either.Either<Notification, string> => {
+/** Parses a notification payload; `Failure` of a reason for anything that is not ours. */
+export const decodeNotification = (payload: string): Result.Result<Notification, string> => {
   let parsed: unknown
   try {
     parsed = JSON.parse(payload)
   } catch {
-    return Either.left("payload is not JSON")
+    return Result.fail("payload is not JSON")
   }
-  if (!isRecord(parsed)) return Either.left("payload is not a JSON object")
+  if (!isRecord(parsed)) return Result.fail("payload is not a JSON object")
   const { uid, type, nsp, attachmentId } = parsed
-  if (typeof uid !== "string") return Either.left("uid is missing or not a string")
+  if (typeof uid !== "string") return Result.fail("uid is missing or not a string")
   if (typeof type !== "number" || !Number.isInteger(type)) {
-    return Either.left("type is missing or not an integer")
+    return Result.fail("type is missing or not an integer")
   }
-  if (nsp !== undefined && typeof nsp !== "string") return Either.left("nsp is not a string")
+  if (nsp !== undefined && typeof nsp !== "string") return Result.fail("nsp is not a string")
   if (attachmentId !== undefined) {
     if (typeof attachmentId !== "string" && typeof attachmentId !== "number") {
-      return Either.left("attachmentId is not a string or number")
+      return Result.fail("attachmentId is not a string or number")
     }
     const id = String(attachmentId)
     if (!/^\d{1,19}$/.test(id) || BigInt(id) > MAX_BIGINT) {
-      return Either.left("attachmentId is not a row id")
+      return Result.fail("attachmentId is not a row id")
     }
     const notification: Notification = {
       _tag: "Attachment",
@@ -222,23 +222,23 @@ export const decodeNotification = (payload: string): Either.Either<Notification,
       ...(typeof parsed.requestId === "string" ? { requestId: parsed.requestId } : {}),
       ...(isOffset(parsed.offset) ? { offset: parsed.offset } : {}),
     }
-    return Either.right(notification)
+    return Result.succeed(notification)
   }
-  return Either.right({ _tag: "Inline", message: parsed as WireMessage })
+  return Result.succeed({ _tag: "Inline", message: parsed as WireMessage })
 }
 
 /** Decodes an attachment back into its message; binary values come back as `Buffer`s. */
-export const decodeAttachment = (bytes: Uint8Array): Either.Either<WireMessage, string> => {
+export const decodeAttachment = (bytes: Uint8Array): Result.Result<WireMessage, string> => {
   let decoded: unknown
   try {
     decoded = msgpackDecode(bytes)
   } catch (e) {
-    return Either.left(`attachment is not msgpack: ${(e as Error).message}`)
+    return Result.fail(`attachment is not msgpack: ${(e as Error).message}`)
   }
   if (!isRecord(decoded) || typeof decoded.uid !== "string" || typeof decoded.type !== "number") {
-    return Either.left("attachment does not hold a cluster message")
+    return Result.fail("attachment does not hold a cluster message")
   }
-  return Either.right(toBuffers(decoded) as WireMessage)
+  return Result.succeed(toBuffers(decoded) as WireMessage)
 }
 
 // msgpack decodes binary as Uint8Array; Socket.IO users expect the Buffers they sent.

@@ -5,10 +5,11 @@
  */
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
-import * as Either from "effect/Either"
+import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as ParseResult from "effect/ParseResult"
+import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
+import * as SchemaIssue from "effect/SchemaIssue"
 import { ConfigError } from "./Errors.js"
 
 /** The largest NOTIFY payload PostgreSQL accepts: a payload must be shorter than 8000 bytes. */
@@ -65,24 +66,24 @@ export interface ClusterConfig {
 }
 
 const Millis = (name: string) =>
-  Schema.Number.pipe(
-    Schema.int({ message: () => `${name} must be an integer number of milliseconds` }),
-    Schema.positive({ message: () => `${name} must be greater than 0` }),
-    Schema.lessThanOrEqualTo(2 ** 31 - 1, {
-      message: () => `${name} must be at most 2147483647 ms`,
-    }),
+  Schema.Number.check(
+    Schema.isInt({ message: `${name} must be an integer number of milliseconds` }),
+    Schema.isGreaterThan(0, { message: `${name} must be greater than 0` }),
+    Schema.isLessThanOrEqualTo(2 ** 31 - 1, { message: `${name} must be at most 2147483647 ms` }),
   )
 
 const Identifier = (name: string) =>
-  Schema.String.pipe(
-    Schema.minLength(1, { message: () => `${name} must not be empty` }),
-    Schema.filter((s) => !s.includes("\u0000") || `${name} must not contain NUL characters`),
+  Schema.String.check(
+    Schema.isMinLength(1, { message: `${name} must not be empty` }),
+    Schema.makeFilter(
+      (s: string) => !s.includes("\u0000") || `${name} must not contain NUL characters`,
+    ),
   )
 
 /** A table name, optionally `schema.table`; each part at most `maxBytes` bytes. */
 const TableName = (name: string, maxBytes: number) =>
-  Identifier(name).pipe(
-    Schema.filter((s) => {
+  Identifier(name).check(
+    Schema.makeFilter((s: string) => {
       const parts = s.split(".")
       if (parts.length > 2) return `${name} must be \`table\` or \`schema.table\``
       if (parts.some((p) => p.length === 0)) return `${name} has an empty part`
@@ -97,9 +98,9 @@ const RECOVERY_SUFFIX_BYTES = 9
 
 const OptionsSchema = Schema.Struct({
   channelPrefix: Schema.optional(
-    Identifier("channelPrefix").pipe(
-      Schema.filter(
-        (s) =>
+    Identifier("channelPrefix").check(
+      Schema.makeFilter(
+        (s: string) =>
           Buffer.byteLength(s) <= 40 ||
           "channelPrefix must be at most 40 bytes (channels are limited to 63 bytes)",
       ),
@@ -107,9 +108,9 @@ const OptionsSchema = Schema.Struct({
   ),
   tableName: Schema.optional(TableName("tableName", 63)),
   payloadThreshold: Schema.optional(
-    Schema.Number.pipe(
-      Schema.int({ message: () => "payloadThreshold must be an integer" }),
-      Schema.nonNegative({ message: () => "payloadThreshold must be 0 or more" }),
+    Schema.Number.check(
+      Schema.isInt({ message: "payloadThreshold must be an integer" }),
+      Schema.isGreaterThanOrEqualTo(0, { message: "payloadThreshold must be 0 or more" }),
     ),
   ),
   cleanupInterval: Schema.optional(Millis("cleanupInterval")),
@@ -119,9 +120,9 @@ const OptionsSchema = Schema.Struct({
   createTable: Schema.optional(Schema.Boolean),
   publishTimeout: Schema.optional(Millis("publishTimeout")),
   maxPendingPublishes: Schema.optional(
-    Schema.Number.pipe(
-      Schema.int({ message: () => "maxPendingPublishes must be an integer" }),
-      Schema.positive({ message: () => "maxPendingPublishes must be greater than 0" }),
+    Schema.Number.check(
+      Schema.isInt({ message: "maxPendingPublishes must be an integer" }),
+      Schema.isGreaterThan(0, { message: "maxPendingPublishes must be greater than 0" }),
     ),
   ),
   reconnectMaxDelay: Schema.optional(Millis("reconnectMaxDelay")),
@@ -130,10 +131,12 @@ const OptionsSchema = Schema.Struct({
   ),
   errorHandler: Schema.optional(
     Schema.declare((u): u is (error: Error) => void => typeof u === "function", {
-      message: () => "errorHandler must be a function",
+      message: "errorHandler must be a function",
     }),
   ),
 })
+
+const formatIssue = SchemaIssue.makeFormatterStandardSchemaV1()
 
 /** The defaults of every option, in milliseconds where they are durations. */
 export const defaults = {
@@ -152,40 +155,40 @@ export const defaults = {
 } as const
 
 /**
- * Validates user options: `Right` of the resolved config, or `Left` of a `ConfigError` whose
+ * Validates user options: `Success` of the resolved config, or `Failure` of a `ConfigError` whose
  * message names the offending option.
  */
-export const decode = (input: unknown): Either.Either<ClusterConfig, ConfigError> => {
-  if (input === undefined || input === null) return Either.right(resolve({}))
+export const decode = (input: unknown): Result.Result<ClusterConfig, ConfigError> => {
+  if (input === undefined || input === null) return Result.succeed(resolve({}))
   if (typeof input !== "object" || Array.isArray(input)) {
-    return Either.left(new ConfigError({ option: "options", message: "options must be an object" }))
+    return Result.fail(new ConfigError({ option: "options", message: "options must be an object" }))
   }
-  return Schema.decodeUnknownEither(OptionsSchema, { errors: "first" })(input).pipe(
-    Either.mapLeft((error) => {
-      const issue = ParseResult.ArrayFormatter.formatErrorSync(error)[0]
-      const option = String(issue?.path[0] ?? "options")
+  return Schema.decodeUnknownResult(OptionsSchema, { errors: "first" })(input).pipe(
+    Result.mapError((error) => {
+      const issue = formatIssue(error.issue).issues[0]
+      const option = String(issue?.path?.[0] ?? "options")
       const message = issue?.message.startsWith(option)
         ? issue.message
         : `${option}: ${issue?.message ?? "invalid value"}`
       return new ConfigError({ option, message: `Invalid option ${message}` })
     }),
-    Either.flatMap((options) => {
+    Result.flatMap((options) => {
       const config = resolve(options)
-      return Duration.lessThanOrEqualTo(config.heartbeatTimeout, config.heartbeatInterval)
-        ? Either.left(
+      return Duration.isLessThanOrEqualTo(config.heartbeatTimeout, config.heartbeatInterval)
+        ? Result.fail(
             new ConfigError({
               option: "heartbeatTimeout",
               message: "Invalid option heartbeatTimeout: must be greater than heartbeatInterval",
             }),
           )
-        : Either.right(config)
+        : Result.succeed(config)
     }),
   )
 }
 
 /** Like {@link decode}, but throws the `ConfigError`; for the facades' constructors. */
 export const decodeSync = (input: unknown): ClusterConfig =>
-  Either.getOrThrowWith(decode(input), (e) => e)
+  Result.getOrThrowWith(decode(input), (e) => e)
 
 const resolve = (o: typeof OptionsSchema.Type): ClusterConfig => {
   const heartbeatInterval = o.heartbeatInterval ?? defaults.heartbeatInterval
@@ -208,14 +211,16 @@ const resolve = (o: typeof OptionsSchema.Type): ClusterConfig => {
 }
 
 /** The cluster configuration service. */
-export class Config extends Context.Tag("socket.io-postgres-effect/Config")<
-  Config,
-  ClusterConfig
->() {}
+export class Config extends Context.Service<Config, ClusterConfig>()(
+  "socket.io-postgres-effect/Config",
+) {}
 
 /** A `Config` layer from user options (validated; fails with `ConfigError`). */
 export const layer = (options?: AdapterOptions): Layer.Layer<Config, ConfigError> =>
-  Layer.effect(Config, decode(options ?? {}))
+  Layer.effect(
+    Config,
+    Effect.suspend(() => Effect.fromResult(decode(options ?? {}))),
+  )
 
 /** The `Config` layer with every default. */
 export const layerDefault: Layer.Layer<Config> = Layer.succeed(Config, resolve({}))

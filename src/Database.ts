@@ -4,13 +4,15 @@
  *
  * @since 0.1.0
  */
-import * as SqlClient from "@effect/sql/SqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import type * as SqlClient from "effect/sql/SqlClient"
 import pg from "pg"
 import { type DatabaseError, databaseError } from "./Errors.js"
 
@@ -18,7 +20,7 @@ import { type DatabaseError, databaseError } from "./Errors.js"
 export type DedicatedClient = pg.Client
 
 /** The database service. */
-export class Database extends Context.Tag("socket.io-postgres-effect/Database")<
+export class Database extends Context.Service<
   Database,
   {
     /** Runs one statement with bind parameters; resolves with its rows. */
@@ -37,10 +39,10 @@ export class Database extends Context.Tag("socket.io-postgres-effect/Database")<
     /** Options to open a dedicated connection with (TCP keep-alive on). */
     readonly connectionOptions: pg.ClientConfig
   }
->() {}
+>()("socket.io-postgres-effect/Database") {}
 
 /** Builds the service over a `pg.Pool` that the caller owns (never ended by us). */
-export const fromPool = (pool: pg.Pool): Context.Tag.Service<Database> => ({
+export const fromPool = (pool: pg.Pool): Database["Service"] => ({
   query: <A>(sql: string, params?: ReadonlyArray<unknown>) =>
     Effect.tryPromise({
       try: () => pool.query(sql, params as Array<unknown> | undefined),
@@ -61,32 +63,46 @@ export const fromPool = (pool: pg.Pool): Context.Tag.Service<Database> => ({
 export const layerPool = (pool: pg.Pool): Layer.Layer<Database> =>
   Layer.succeed(Database, fromPool(pool))
 
-/** A `Database` layer over `@effect/sql-pg`'s `PgClient`; LISTEN uses a connection of its own. */
+/**
+ * A `Database` layer over `@effect/sql-pg`'s `PgClient`; LISTEN uses a node-postgres connection of
+ * its own, opened with the client's settings.
+ */
 export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = Layer.effect(
   Database,
   Effect.gen(function* () {
     const client = yield* PgClient.PgClient
     const sql: SqlClient.SqlClient = client
     const config = client.config
+    // The promise variant runs with the layer's context: the app's logger and tracer apply.
+    const context = yield* Effect.context<never>()
+    const runPromiseExit = Effect.runPromiseExitWith(context)
     const query = <A>(statement: string, params?: ReadonlyArray<unknown>) =>
-      sql.unsafe<A & object>(statement, params as ReadonlyArray<any>).pipe(
+      sql.unsafe<A & object>(statement, params).pipe(
         Effect.map((rows) => rows as ReadonlyArray<A>),
         Effect.mapError(databaseError(statement.slice(0, 40))),
       )
+    const password = config.password
+    const socket = config.path?.match(/^(.*)\/\.s\.PGSQL\.(\d+)$/)
     return {
       query,
       unsafeQuery: <B>(statement: string, params?: ReadonlyArray<unknown>) =>
-        Effect.runPromise(Effect.either(query<B>(statement, params))).then(
-          (result): ReadonlyArray<B> | Promise<never> =>
-            result._tag === "Right" ? result.right : Promise.reject(result.left),
+        runPromiseExit(query<B>(statement, params)).then(
+          (exit): ReadonlyArray<B> | Promise<never> =>
+            Exit.isSuccess(exit) ? exit.value : Promise.reject(Cause.squash(exit.cause)),
         ),
       connectionOptions: {
         connectionString: config.url ? Redacted.value(config.url) : undefined,
-        host: config.host,
-        port: config.port,
+        // node-postgres takes a unix socket's directory as host, and its port.
+        host: socket ? socket[1] : config.host,
+        port: socket ? Number(socket[2]) : config.port,
         database: config.database,
         user: config.username,
-        password: config.password ? Redacted.value(config.password) : undefined,
+        password:
+          password === undefined
+            ? undefined
+            : Redacted.isRedacted(password)
+              ? Redacted.value(password)
+              : () => Effect.runPromiseWith(context)(password).then(Redacted.value),
         ssl: config.ssl,
         application_name: config.applicationName,
         keepAlive: true,
@@ -130,5 +146,5 @@ export const connect = Effect.fnUntraced(function* (options: pg.ClientConfig) {
  */
 export const catalogRace = Schedule.exponential("20 millis").pipe(
   Schedule.jittered,
-  Schedule.intersect(Schedule.recurs(8)),
+  Schedule.upTo({ times: 8 }),
 )

@@ -94,7 +94,7 @@ class Core {
    * see every failure).
    */
   run<A>(
-    f: (emitter: ClusterEmitter.ClusterEmitter["Type"]) => Effect.Effect<A, PublishError>,
+    f: (emitter: ClusterEmitter.ClusterEmitter["Service"]) => Effect.Effect<A, PublishError>,
   ): Promise<A> {
     this.#runtime ??= ManagedRuntime.make(this.#layer)
     const promise = this.#runtime

@@ -17,27 +17,27 @@ export class ConfigError extends Schema.TaggedError<ConfigError>()("ConfigError"
 export class DatabaseError extends Schema.TaggedError<DatabaseError>()("DatabaseError", {
   operation: Schema.String,
   message: Schema.String,
-  cause: Schema.optional(Schema.Defect),
+  cause: Schema.optional(Schema.Defect()),
 }) {}
 
 /** A message could not be published to the cluster. */
 export class PublishError extends Schema.TaggedError<PublishError>()("PublishError", {
-  reason: Schema.Literal("Database", "Timeout", "Overloaded", "Closed", "Encode"),
+  reason: Schema.Literals(["Database", "Timeout", "Overloaded", "Closed", "Encode"]),
   message: Schema.String,
-  cause: Schema.optional(Schema.Defect),
+  cause: Schema.optional(Schema.Defect()),
 }) {}
 
 /** A session could not be saved for connection state recovery (e.g. `socket.data` unencodable). */
 export class RecoveryError extends Schema.TaggedError<RecoveryError>()("RecoveryError", {
   message: Schema.String,
-  cause: Schema.optional(Schema.Defect),
+  cause: Schema.optional(Schema.Defect()),
 }) {}
 
 /** The LISTEN connection failed or a channel could not be listened on. */
 export class ListenError extends Schema.TaggedError<ListenError>()("ListenError", {
   channel: Schema.optional(Schema.String),
   message: Schema.String,
-  cause: Schema.optional(Schema.Defect),
+  cause: Schema.optional(Schema.Defect()),
 }) {}
 
 /** Builds a `DatabaseError` from anything a `pg` call rejected with. */
@@ -52,15 +52,15 @@ export const databaseError = (operation: string) => (cause: unknown) =>
  * Where publish and listen errors are reported besides the log: the facade provides the
  * `errorHandler` option here. Defaults to doing nothing.
  */
-export class ErrorHandler extends Context.Reference<ErrorHandler>()(
+export const ErrorHandler = Context.Reference<(error: Error) => void>(
   "socket.io-postgres-effect/ErrorHandler",
-  { defaultValue: (): ((error: Error) => void) => () => {} },
-) {}
+  { defaultValue: () => () => {} },
+)
 
 /** Reports an error to the `ErrorHandler`; a throwing handler is caught and logged. */
 export const report = (error: Error) =>
   Effect.flatMap(ErrorHandler, (handler) =>
-    Effect.try(() => handler(error)).pipe(
-      Effect.catchAll((e) => Effect.logError("errorHandler threw", e.error)),
+    Effect.try({ try: () => handler(error), catch: (thrown) => thrown }).pipe(
+      Effect.catch((thrown) => Effect.logError("errorHandler threw", thrown)),
     ),
   )

@@ -35,13 +35,13 @@ export interface TrackOptions {
 }
 
 /** The Heartbeat service. */
-export class Heartbeat extends Context.Tag("socket.io-postgres-effect/Heartbeat")<
+export class Heartbeat extends Context.Service<
   Heartbeat,
   {
     /** Tracks a namespace's members and sends its heartbeats for the lifetime of the scope. */
     readonly track: (options: TrackOptions) => Effect.Effect<Membership, never, Scope.Scope>
   }
->() {}
+>()("socket.io-postgres-effect/Heartbeat") {}
 
 /** Builds the Heartbeat service. */
 export const make = Effect.gen(function* () {
@@ -52,23 +52,23 @@ export const make = Effect.gen(function* () {
 
   const track = (options: TrackOptions) =>
     Effect.gen(function* () {
-      const clock = yield* Effect.clock
+      const clock = yield* Clock.Clock
       const lastSeen = new Map<string, number>()
-      let lastPublished = clock.unsafeCurrentTimeMillis()
+      let lastPublished = clock.currentTimeMillisUnsafe()
 
       const membership: Membership = {
-        seen: (uid) => void lastSeen.set(uid, clock.unsafeCurrentTimeMillis()),
+        seen: (uid) => void lastSeen.set(uid, clock.currentTimeMillisUnsafe()),
         remove: (uid) => void lastSeen.delete(uid),
-        published: () => void (lastPublished = clock.unsafeCurrentTimeMillis()),
+        published: () => void (lastPublished = clock.currentTimeMillisUnsafe()),
         nodes: () => [...lastSeen.keys()],
       }
 
       // Sleep until the next heartbeat is due; publishing anything postpones it.
       const heartbeatLoop = Effect.suspend(() => {
-        const wait = lastPublished + interval - clock.unsafeCurrentTimeMillis()
+        const wait = lastPublished + interval - clock.currentTimeMillisUnsafe()
         return wait > 0
           ? Effect.sleep(Duration.millis(wait))
-          : Effect.sync(membership.published).pipe(Effect.zipRight(options.publishHeartbeat))
+          : Effect.sync(membership.published).pipe(Effect.andThen(options.publishHeartbeat))
       }).pipe(Effect.forever)
 
       const expiryCheck = Clock.currentTimeMillis.pipe(
@@ -84,7 +84,7 @@ export const make = Effect.gen(function* () {
       )
 
       yield* Effect.all([heartbeatLoop, expiryCheck], { concurrency: 2, discard: true }).pipe(
-        Effect.catchAllCause((cause) => Effect.logError("heartbeat loop failed", cause)),
+        Effect.catchCause((cause) => Effect.logError("heartbeat loop failed", cause)),
         Effect.annotateLogs({ module: "Heartbeat" }),
         Effect.withTracerEnabled(false),
         Effect.forkScoped,

@@ -12,6 +12,7 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
+import * as Semaphore from "effect/Semaphore"
 import { quoteIdentifier } from "./Channel.js"
 import { Config } from "./Config.js"
 import { connect, Database, type DedicatedClient } from "./Database.js"
@@ -29,7 +30,7 @@ export interface Subscriber {
 }
 
 /** The Listener service. */
-export class Listener extends Context.Tag("socket.io-postgres-effect/Listener")<
+export class Listener extends Context.Service<
   Listener,
   {
     /**
@@ -48,20 +49,22 @@ export class Listener extends Context.Tag("socket.io-postgres-effect/Listener")<
      */
     readonly unsafeBackendPid: () => number | undefined
   }
->() {}
+>()("socket.io-postgres-effect/Listener") {}
 
 interface Session {
   readonly client: DedicatedClient
   /** Channels whose LISTEN was sent on this connection. */
   readonly listened: Set<string>
   /** One LISTEN/UNLISTEN at a time: pg deprecates queueing queries on a busy client. */
-  readonly lock: Effect.Semaphore
+  readonly lock: Semaphore.Semaphore
 }
 
 /** Builds the Listener; its connection loop runs until the scope closes. */
 export const make = Effect.gen(function* () {
   const config = yield* Config
   const database = yield* Database
+  // Handlers' failures are logged through the application's logger.
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
   const subscribers = new Map<string, Set<Subscriber>>()
   let session: Session | undefined
 
@@ -96,15 +99,16 @@ export const make = Effect.gen(function* () {
         subscriber.onNotification(message.payload ?? "")
       } catch (e) {
         // A subscriber must not break the others, nor the connection.
-        Effect.runFork(Effect.logError("notification handler threw", e))
+        runFork(Effect.logError("notification handler threw", e))
       }
     }
   }
 
-  const backoff = Schedule.exponential("100 millis", 2).pipe(
-    Schedule.jittered,
-    Schedule.union(Schedule.spaced(config.reconnectMaxDelay)),
-  )
+  // Recurs while either does, with the shorter delay: exponential, capped at reconnectMaxDelay.
+  const backoff = Schedule.min([
+    Schedule.exponential("100 millis", 2).pipe(Schedule.jittered),
+    Schedule.spaced(config.reconnectMaxDelay),
+  ])
 
   // One connection's life: connect (retried), LISTEN everything, wait until it is lost.
   const runSession = Effect.scoped(
@@ -116,13 +120,13 @@ export const make = Effect.gen(function* () {
             message: `LISTEN connection failed: ${error.message}`,
             cause: error,
           })
-          return Effect.logWarning(failed.message).pipe(Effect.zipRight(report(failed)))
+          return Effect.logWarning(failed.message).pipe(Effect.andThen(report(failed)))
         }),
         Effect.retry(backoff),
       )
       const lost = yield* Deferred.make<never, ListenError>()
       const onLost = (cause: unknown) =>
-        Deferred.unsafeDone(
+        Deferred.doneUnsafe(
           lost,
           Effect.fail(
             new ListenError({
@@ -135,7 +139,7 @@ export const make = Effect.gen(function* () {
       client.on("notification", dispatch)
       client.on("error", onLost)
       client.on("end", onEnd)
-      const current: Session = { client, listened: new Set(), lock: yield* Effect.makeSemaphore(1) }
+      const current: Session = { client, listened: new Set(), lock: yield* Semaphore.make(1) }
       // `Scope.addFinalizer`, not `Effect.addFinalizer`: in Effect 3.22 an `Effect.addFinalizer`
       // that runs before the connection's release makes that release's FiberRefs restore wipe an
       // interruption arriving meanwhile (database stopping while we close), and this loop would
@@ -150,11 +154,11 @@ export const make = Effect.gen(function* () {
         }),
       )
       session = current
-      yield* Metric.increment(Metrics.listenerConnects)
+      yield* Metric.update(Metrics.listenerConnects, 1)
       yield* Effect.logDebug("LISTEN connection established")
       yield* Effect.forEach([...subscribers.keys()], (channel) => listenOn(current, channel), {
         discard: true,
-      }).pipe(Effect.catchAll((error) => Deferred.fail(lost, error)))
+      }).pipe(Effect.catch((error) => Deferred.fail(lost, error)))
       return yield* Deferred.await(lost)
     }),
   )
@@ -162,23 +166,23 @@ export const make = Effect.gen(function* () {
   // The connection is opened when the first subscriber arrives, not before.
   const wanted = yield* Deferred.make<void>()
   yield* Deferred.await(wanted).pipe(
-    Effect.zipRight(
+    Effect.andThen(
       runSession.pipe(
-        Effect.catchAll((error) =>
+        Effect.catch((error) =>
           Effect.sync(() => {
             for (const set of subscribers.values()) {
               for (const subscriber of set) {
                 try {
                   subscriber.onLost?.()
                 } catch (e) {
-                  Effect.runFork(Effect.logError("onLost handler threw", e))
+                  runFork(Effect.logError("onLost handler threw", e))
                 }
               }
             }
           }).pipe(
-            Effect.zipRight(Effect.logWarning(error.message)),
-            Effect.zipRight(Metric.increment(Metrics.listenerDrops)),
-            Effect.zipRight(report(new Error(error.message, { cause: error }))),
+            Effect.andThen(Effect.logWarning(error.message)),
+            Effect.andThen(Metric.update(Metrics.listenerDrops, 1)),
+            Effect.andThen(report(new Error(error.message, { cause: error }))),
           ),
         ),
         Effect.forever,
@@ -197,7 +201,7 @@ export const make = Effect.gen(function* () {
           subscribers.set(channel, set)
         }
         set.add(subscriber)
-        Deferred.unsafeDone(wanted, Effect.void)
+        Deferred.doneUnsafe(wanted, Effect.void)
         const current = session
         if (current === undefined) return
         if (current.listened.has(channel)) {
@@ -206,13 +210,13 @@ export const make = Effect.gen(function* () {
           return
         }
         yield* listenOn(current, channel).pipe(
-          Effect.catchAll((error) =>
+          Effect.catch((error) =>
             // A channel that cannot be listened on fails alone; the connection is kept.
             Effect.logWarning(error.message).pipe(
-              Effect.zipRight(report(new Error(error.message, { cause: error }))),
+              Effect.andThen(report(new Error(error.message, { cause: error }))),
             ),
           ),
-          Effect.forkDaemon,
+          Effect.forkDetach,
         )
       }),
       () =>
@@ -243,4 +247,4 @@ export const make = Effect.gen(function* () {
 })
 
 /** The Listener layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<Listener, never, Config | Database> = Layer.scoped(Listener, make)
+export const layer: Layer.Layer<Listener, never, Config | Database> = Layer.effect(Listener, make)

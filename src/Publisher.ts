@@ -42,7 +42,7 @@ export interface StoredPacket {
 }
 
 /** The Publisher service. */
-export class Publisher extends Context.Tag("socket.io-postgres-effect/Publisher")<
+export class Publisher extends Context.Service<
   Publisher,
   {
     /**
@@ -75,7 +75,7 @@ export class Publisher extends Context.Tag("socket.io-postgres-effect/Publisher"
       done: StoreCallback,
     ) => void
   }
->() {}
+>()("socket.io-postgres-effect/Publisher") {}
 
 interface Stored {
   readonly nsp: string
@@ -125,6 +125,8 @@ const toBuffer = (bytes: Uint8Array) =>
 export const make = Effect.gen(function* () {
   const config = yield* Config
   const database = yield* Database
+  // Metrics are updated in the application's context (its metric registry).
+  const context = yield* Effect.context<never>()
   const timeoutMillis = Duration.toMillis(config.publishTimeout)
   const table = quoteTableName(config.tableName)
   const packetsTable = quoteTableName(`${config.recoveryTablePrefix}_packets`)
@@ -258,10 +260,10 @@ export const make = Effect.gen(function* () {
         if (item.encoded?._tag === "Attachment") attachments++
         if (item.stored !== undefined) storedCount++
       }
-      Metrics.notifyStatements.unsafeUpdate(1, [])
-      if (notified > 0) Metrics.notificationsSent.unsafeUpdate(notified, [])
-      if (attachments > 0) Metrics.attachmentsWritten.unsafeUpdate(attachments, [])
-      if (storedCount > 0) Metrics.packetsStored.unsafeUpdate(storedCount, [])
+      Metrics.notifyStatements.updateUnsafe(1, context)
+      if (notified > 0) Metrics.notificationsSent.updateUnsafe(notified, context)
+      if (attachments > 0) Metrics.attachmentsWritten.updateUnsafe(attachments, context)
+      if (storedCount > 0) Metrics.packetsStored.updateUnsafe(storedCount, context)
       // The counter's new value is the offset of the run's last stored packet.
       let offset = storedCount === 0 ? 0n : BigInt(rows[0]!.last!) - BigInt(storedCount)
       for (const item of run) {
@@ -278,7 +280,7 @@ export const make = Effect.gen(function* () {
     const items = queue.length <= MAX_BATCH ? queue : queue.slice(0, MAX_BATCH)
     queue = queue.length <= MAX_BATCH ? [] : queue.slice(MAX_BATCH)
     inflight = items
-    Metrics.pendingPublishes.unsafeUpdate(queue.length, [])
+    Metrics.pendingPublishes.updateUnsafe(queue.length, context)
     const timedOut = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () =>
@@ -296,7 +298,7 @@ export const make = Effect.gen(function* () {
       .catch((error) => {
         batch.cancelled = true
         const failure = toPublishError(error)
-        Metrics.publishFailures.unsafeUpdate(items.filter((item) => !item.settled).length, [])
+        Metrics.publishFailures.updateUnsafe(items.filter((item) => !item.settled).length, context)
         for (const item of items) settle(item, failure)
       })
       .finally(() => {
@@ -324,7 +326,7 @@ export const make = Effect.gen(function* () {
   ) => {
     if (closed) return done(closedError(), undefined)
     if (queue.length >= config.maxPendingPublishes) {
-      Metrics.publishFailures.unsafeUpdate(1, [])
+      Metrics.publishFailures.updateUnsafe(1, context)
       return done(
         new PublishError({
           reason: "Overloaded",
@@ -380,7 +382,7 @@ export const make = Effect.gen(function* () {
     channel: string,
     message: Codec.WireMessage,
   ): Effect.Effect<void, PublishError> =>
-    Effect.async<void, PublishError>((resume) =>
+    Effect.callback<void, PublishError>((resume) =>
       unsafePublish(channel, message, (error) =>
         resume(error === undefined ? Effect.void : Effect.fail(error)),
       ),
@@ -406,4 +408,4 @@ const notifyStatement = (n: number): string =>
   ).join(", ")}`)
 
 /** The Publisher layer; needs `Config`, `Database` and `AttachmentStore`. */
-export const layer: Layer.Layer<Publisher, never, Config | Database> = Layer.scoped(Publisher, make)
+export const layer: Layer.Layer<Publisher, never, Config | Database> = Layer.effect(Publisher, make)

@@ -18,10 +18,10 @@
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as Result from "effect/Result"
 import * as Schedule from "effect/Schedule"
 import { quoteIdentifier, quoteTableName, shortIdentifier } from "./Channel.js"
 import * as Codec from "./Codec.js"
@@ -60,7 +60,7 @@ export interface StoredRow {
 }
 
 /** The Recovery service. */
-export class Recovery extends Context.Tag("socket.io-postgres-effect/Recovery")<
+export class Recovery extends Context.Service<
   Recovery,
   {
     /** Creates the three tables and their indexes when missing (once per service). */
@@ -114,7 +114,7 @@ export class Recovery extends Context.Tag("socket.io-postgres-effect/Recovery")<
     /** One cleanup pass: expired packets and sessions; resolves with the counts deleted. */
     readonly cleanup: Effect.Effect<{ readonly packets: number; readonly sessions: number }>
   }
->() {}
+>()("socket.io-postgres-effect/Recovery") {}
 
 /** The tables' quoted names for a prefix, and their index names. */
 export const tableNames = (prefix: string) => {
@@ -172,7 +172,7 @@ export const make = Effect.gen(function* () {
   const ensureTables = Effect.suspend(() =>
     Ref.get(created).pipe(
       Effect.flatMap((done) =>
-        done ? Effect.void : createTables.pipe(Effect.zipRight(Ref.set(created, true))),
+        done ? Effect.void : createTables.pipe(Effect.andThen(Ref.set(created, true))),
       ),
     ),
   )
@@ -221,12 +221,12 @@ export const make = Effect.gen(function* () {
         ? Effect.logDebug(`deleted ${packets} packets and ${sessions} sessions`)
         : Effect.void,
     ),
-    Effect.catchAll((error) =>
+    Effect.catch((error) =>
       Effect.logWarning(`recovery cleanup failed: ${error.message}`).pipe(
         Effect.as({ packets: 0, sessions: 0 }),
       ),
     ),
-    Effect.catchAllCause((cause) =>
+    Effect.catchCause((cause) =>
       Effect.logError("recovery cleanup failed", cause).pipe(
         Effect.as({ packets: 0, sessions: 0 }),
       ),
@@ -331,7 +331,7 @@ export const make = Effect.gen(function* () {
       },
       { discard: true },
     ).pipe(
-      Effect.zipRight(
+      Effect.andThen(
         failed.length === 0
           ? Effect.void
           : Effect.fail(
@@ -374,8 +374,8 @@ export const make = Effect.gen(function* () {
               const head = rows[0]
               if (head === undefined || head.kind !== 0) return Effect.succeed(undefined)
               const data = Codec.decodePacketData(head.data)
-              if (Either.isLeft(data)) {
-                return Effect.logWarning(`session ${head.sid}: ${data.left}`).pipe(
+              if (Result.isFailure(data)) {
+                return Effect.logWarning(`session ${head.sid}: ${data.failure}`).pipe(
                   Effect.as(undefined),
                 )
               }
@@ -383,13 +383,13 @@ export const make = Effect.gen(function* () {
               for (const row of rows.slice(1)) {
                 const args = Codec.decodePacketData(row.data)
                 // Unreadable rows cannot come from this package; the client simply misses them.
-                if (Either.isRight(args)) missedPackets.push([...args.right, String(row.n)])
+                if (Result.isSuccess(args)) missedPackets.push([...args.success, String(row.n)])
               }
               return Effect.succeed<RestoredSession>({
                 sid: head.sid!,
                 pid,
                 rooms: head.rooms!,
-                data: data.right[0],
+                data: data.success[0],
                 missedPackets,
                 last: BigInt(head.n),
               })
@@ -413,8 +413,15 @@ export const make = Effect.gen(function* () {
         Effect.map((rows) =>
           rows.flatMap((row) => {
             const data = Codec.decodePacketData(row.data)
-            return Either.isRight(data)
-              ? [{ offset: BigInt(row.n), rooms: row.rooms, except: row.excepts, data: data.right }]
+            return Result.isSuccess(data)
+              ? [
+                  {
+                    offset: BigInt(row.n),
+                    rooms: row.rooms,
+                    except: row.excepts,
+                    data: data.success,
+                  },
+                ]
               : []
           }),
         ),
@@ -441,4 +448,4 @@ const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A
 }
 
 /** The Recovery layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<Recovery, never, Config | Database> = Layer.scoped(Recovery, make)
+export const layer: Layer.Layer<Recovery, never, Config | Database> = Layer.effect(Recovery, make)

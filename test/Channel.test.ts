@@ -3,7 +3,7 @@
  * shortened form that is still valid UTF-8 and at most 63 bytes.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as fc from "effect/FastCheck"
+import * as fc from "fast-check"
 import {
   channelName,
   MAX_IDENTIFIER_BYTES,
@@ -15,6 +15,14 @@ import {
 
 const bytes = (s: string) => Buffer.byteLength(s)
 
+/** Any UTF-16 code unit, lone surrogates included (fast-check 3's `char16bits`). */
+const char16bits = fc.nat({ max: 0xffff }).map((n) => String.fromCharCode(n))
+
+/** Any code point of the Basic Multilingual Plane but the surrogates (fast-check 3's `unicode`). */
+const unicodeChar = fc
+  .nat({ max: 0xffff - 0x800 })
+  .map((n) => String.fromCharCode(n < 0xd800 ? n : n + 0x800))
+
 /** True when `s` has no lone surrogate, i.e. it survives UTF-8 unchanged. */
 const isWellFormed = (s: string) => Buffer.from(s).toString() === s
 
@@ -23,20 +31,20 @@ const prefix = fc
   .oneof(
     fc.constant("socket.io"),
     fc.string({ minLength: 1, maxLength: 40 }),
-    fc.fullUnicodeString({ minLength: 1, maxLength: 15 }),
+    fc.string({ unit: "binary", minLength: 1, maxLength: 15 }),
   )
   .filter((p) => bytes(p) <= 40 && !p.includes("\u0000"))
 
 /**
  * Namespace names of every kind: short and long, ASCII and astral, with quotes, NULs and (from
- * `string16bits`) lone surrogates.
+ * `char16bits`) lone surrogates.
  */
 const namespace = fc.oneof(
   fc.string({ maxLength: 80 }),
-  fc.unicodeString({ maxLength: 80 }),
-  fc.fullUnicodeString({ maxLength: 80 }),
-  fc.fullUnicodeString({ minLength: 40, maxLength: 500 }),
-  fc.string16bits({ maxLength: 80 }),
+  fc.string({ unit: unicodeChar, maxLength: 80 }),
+  fc.string({ unit: "binary", maxLength: 80 }),
+  fc.string({ unit: "binary", minLength: 40, maxLength: 500 }),
+  fc.string({ unit: char16bits, maxLength: 80 }),
   fc.string({
     unit: fc.constantFrom("a", "é", "€", "😀", '"', "\u0000", "/", "#"),
     maxLength: 200,
@@ -78,72 +86,77 @@ describe("channelName", () => {
     assert.notStrictEqual(channel, channelName("socket.io", "/ab"))
   })
 
-  it.prop(
-    "is `${prefix}#${nsp}` whenever that fits in 63 bytes without NUL",
-    [prefix, namespace],
-    ([p, nsp]) => {
-      const full = `${p}#${nsp}`
-      if (bytes(full) <= MAX_IDENTIFIER_BYTES && !full.includes("\u0000")) {
-        assert.strictEqual(channelName(p, nsp), full)
-      }
-    },
-  )
+  it("is `${prefix}#${nsp}` whenever that fits in 63 bytes without NUL", () => {
+    fc.assert(
+      fc.property(prefix, namespace, (p, nsp) => {
+        const full = `${p}#${nsp}`
+        if (bytes(full) <= MAX_IDENTIFIER_BYTES && !full.includes("\u0000")) {
+          assert.strictEqual(channelName(p, nsp), full)
+        }
+      }),
+    )
+  })
 
-  it.prop(
-    "is at most 63 bytes, has no NUL, is deterministic, and is valid UTF-8 when the name is",
-    [prefix, namespace],
-    ([p, nsp]) => {
-      const channel = channelName(p, nsp)
-      assert.isAtMost(bytes(channel), MAX_IDENTIFIER_BYTES)
-      assert.isFalse(channel.includes("\u0000"))
-      assert.strictEqual(channelName(p, nsp), channel)
-      if (isWellFormed(p) && isWellFormed(nsp)) assert.isTrue(isWellFormed(channel))
-    },
-  )
+  it("is at most 63 bytes, has no NUL, is deterministic, and is valid UTF-8 when the name is", () => {
+    fc.assert(
+      fc.property(prefix, namespace, (p, nsp) => {
+        const channel = channelName(p, nsp)
+        assert.isAtMost(bytes(channel), MAX_IDENTIFIER_BYTES)
+        assert.isFalse(channel.includes("\u0000"))
+        assert.strictEqual(channelName(p, nsp), channel)
+        if (isWellFormed(p) && isWellFormed(nsp)) assert.isTrue(isWellFormed(channel))
+      }),
+    )
+  })
 
-  it.prop(
-    "gives distinct (well-formed) namespaces distinct channels, as PostgreSQL sees them",
-    [prefix, namespace, namespace],
-    ([p, a, b]) => {
-      fc.pre(a !== b && isWellFormed(a) && isWellFormed(b))
-      assert.isFalse(Buffer.from(channelName(p, a)).equals(Buffer.from(channelName(p, b))))
-    },
-  )
+  it("gives distinct (well-formed) namespaces distinct channels, as PostgreSQL sees them", () => {
+    fc.assert(
+      fc.property(prefix, namespace, namespace, (p, a, b) => {
+        fc.pre(a !== b && isWellFormed(a) && isWellFormed(b))
+        assert.isFalse(Buffer.from(channelName(p, a)).equals(Buffer.from(channelName(p, b))))
+      }),
+    )
+  })
 
-  it.prop(
-    "gives distinct long namespaces sharing a long common start distinct channels",
-    [
-      prefix,
-      fc.fullUnicodeString({ minLength: 60, maxLength: 200 }),
-      fc.fullUnicodeString({ minLength: 1, maxLength: 20 }),
-      fc.fullUnicodeString({ minLength: 1, maxLength: 20 }),
-    ],
-    ([p, start, endA, endB]) => {
-      fc.pre(endA !== endB)
-      const a = channelName(p, `/${start}${endA}`)
-      const b = channelName(p, `/${start}${endB}`)
-      assert.notStrictEqual(a, b)
-      assert.isAtMost(bytes(a), MAX_IDENTIFIER_BYTES)
-      assert.isAtMost(bytes(b), MAX_IDENTIFIER_BYTES)
-    },
-  )
+  it("gives distinct long namespaces sharing a long common start distinct channels", () => {
+    fc.assert(
+      fc.property(
+        prefix,
+        fc.string({ unit: "binary", minLength: 60, maxLength: 200 }),
+        fc.string({ unit: "binary", minLength: 1, maxLength: 20 }),
+        fc.string({ unit: "binary", minLength: 1, maxLength: 20 }),
+        (p, start, endA, endB) => {
+          fc.pre(endA !== endB)
+          const a = channelName(p, `/${start}${endA}`)
+          const b = channelName(p, `/${start}${endB}`)
+          assert.notStrictEqual(a, b)
+          assert.isAtMost(bytes(a), MAX_IDENTIFIER_BYTES)
+          assert.isAtMost(bytes(b), MAX_IDENTIFIER_BYTES)
+        },
+      ),
+    )
+  })
 })
 
 describe("truncateUtf8", () => {
-  it.prop(
-    "gives the longest prefix within the byte budget, on a character boundary",
-    [fc.fullUnicodeString({ maxLength: 100 }), fc.integer({ min: 0, max: 120 })],
-    ([s, max]) => {
-      const cut = truncateUtf8(s, max)
-      assert.isTrue(s.startsWith(cut))
-      assert.isAtMost(bytes(cut), max)
-      assert.isTrue(isWellFormed(cut))
-      if (cut.length < s.length) {
-        const next = String.fromCodePoint(s.codePointAt(cut.length)!)
-        assert.isAbove(bytes(cut) + bytes(next), max)
-      }
-    },
-  )
+  it("gives the longest prefix within the byte budget, on a character boundary", () => {
+    fc.assert(
+      fc.property(
+        fc.string({ unit: "binary", maxLength: 100 }),
+        fc.integer({ min: 0, max: 120 }),
+        (s, max) => {
+          const cut = truncateUtf8(s, max)
+          assert.isTrue(s.startsWith(cut))
+          assert.isAtMost(bytes(cut), max)
+          assert.isTrue(isWellFormed(cut))
+          if (cut.length < s.length) {
+            const next = String.fromCodePoint(s.codePointAt(cut.length)!)
+            assert.isAbove(bytes(cut) + bytes(next), max)
+          }
+        },
+      ),
+    )
+  })
 })
 
 describe("quoteIdentifier and quoteTableName", () => {
@@ -164,27 +177,30 @@ describe("quoteIdentifier and quoteTableName", () => {
     assert.strictEqual(quoteTableName('s"x.t'), '"s""x"."t"')
   })
 
-  it.prop(
-    "quotes any identifier so that unquoting gives it back",
-    [fc.fullUnicodeString({ maxLength: 40 }).filter((s) => !s.includes("\u0000"))],
-    ([identifier]) => {
-      const quoted = quoteIdentifier(identifier)
-      assert.isTrue(quoted.startsWith('"') && quoted.endsWith('"'))
-      const inner = quoted.slice(1, -1)
-      // Every quote inside comes in a pair, so none can end the identifier early.
-      assert.notMatch(inner.replaceAll('""', ""), /"/)
-      assert.strictEqual(inner.replaceAll('""', '"'), identifier)
-    },
-  )
+  it("quotes any identifier so that unquoting gives it back", () => {
+    fc.assert(
+      fc.property(
+        fc.string({ unit: "binary", maxLength: 40 }).filter((s) => !s.includes("\u0000")),
+        (identifier) => {
+          const quoted = quoteIdentifier(identifier)
+          assert.isTrue(quoted.startsWith('"') && quoted.endsWith('"'))
+          const inner = quoted.slice(1, -1)
+          // Every quote inside comes in a pair, so none can end the identifier early.
+          assert.notMatch(inner.replaceAll('""', ""), /"/)
+          assert.strictEqual(inner.replaceAll('""', '"'), identifier)
+        },
+      ),
+    )
+  })
 })
 
 describe("shortIdentifier", () => {
   /** Identifiers of every kind, around the 63-byte limit and well past it. */
   const name = fc.oneof(
     fc.string({ minLength: 1, maxLength: 80 }),
-    fc.fullUnicodeString({ minLength: 1, maxLength: 80 }),
-    fc.fullUnicodeString({ minLength: 40, maxLength: 300 }),
-    fc.string16bits({ minLength: 1, maxLength: 80 }),
+    fc.string({ unit: "binary", minLength: 1, maxLength: 80 }),
+    fc.string({ unit: "binary", minLength: 40, maxLength: 300 }),
+    fc.string({ unit: char16bits, minLength: 1, maxLength: 80 }),
     fc.string({ unit: fc.constantFrom("a", "é", "€", "😀", '"', "\u0000", "_"), maxLength: 120 }),
     fc.integer({ min: 55, max: 75 }).map((n) => "x".repeat(n)),
   )
@@ -206,32 +222,36 @@ describe("shortIdentifier", () => {
     }
   })
 
-  it.prop("is the name itself whenever it fits in 63 bytes without NUL", [name], ([n]) => {
-    if (bytes(n) <= MAX_IDENTIFIER_BYTES && !n.includes("\u0000")) {
-      assert.strictEqual(shortIdentifier(n), n)
-    }
+  it("is the name itself whenever it fits in 63 bytes without NUL", () => {
+    fc.assert(
+      fc.property(name, (n) => {
+        if (bytes(n) <= MAX_IDENTIFIER_BYTES && !n.includes("\u0000")) {
+          assert.strictEqual(shortIdentifier(n), n)
+        }
+      }),
+    )
   })
 
-  it.prop(
-    "is at most 63 bytes, has no NUL, is stable, and is valid UTF-8 when the name is",
-    [name],
-    ([n]) => {
-      const short = shortIdentifier(n)
-      assert.isAtMost(bytes(short), MAX_IDENTIFIER_BYTES)
-      assert.isFalse(short.includes("\u0000"))
-      assert.strictEqual(shortIdentifier(n), short)
-      if (isWellFormed(n)) assert.isTrue(isWellFormed(short))
-    },
-  )
+  it("is at most 63 bytes, has no NUL, is stable, and is valid UTF-8 when the name is", () => {
+    fc.assert(
+      fc.property(name, (n) => {
+        const short = shortIdentifier(n)
+        assert.isAtMost(bytes(short), MAX_IDENTIFIER_BYTES)
+        assert.isFalse(short.includes("\u0000"))
+        assert.strictEqual(shortIdentifier(n), short)
+        if (isWellFormed(n)) assert.isTrue(isWellFormed(short))
+      }),
+    )
+  })
 
-  it.prop(
-    "gives distinct (well-formed) names distinct identifiers, as PostgreSQL sees them",
-    [name, name],
-    ([a, b]) => {
-      fc.pre(a !== b && isWellFormed(a) && isWellFormed(b))
-      assert.isFalse(Buffer.from(shortIdentifier(a)).equals(Buffer.from(shortIdentifier(b))))
-    },
-  )
+  it("gives distinct (well-formed) names distinct identifiers, as PostgreSQL sees them", () => {
+    fc.assert(
+      fc.property(name, name, (a, b) => {
+        fc.pre(a !== b && isWellFormed(a) && isWellFormed(b))
+        assert.isFalse(Buffer.from(shortIdentifier(a)).equals(Buffer.from(shortIdentifier(b))))
+      }),
+    )
+  })
 
   it("gives the recovery indexes of the longest prefixes distinct names", () => {
     const base = "p".repeat(54)

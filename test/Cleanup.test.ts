@@ -7,7 +7,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
-import * as TestClock from "effect/TestClock"
+import { TestClock } from "effect/testing"
 import { AttachmentStore } from "../src/AttachmentStore.js"
 import * as Cleanup from "../src/Cleanup.js"
 import * as Config from "../src/Config.js"
@@ -50,10 +50,13 @@ const makeCleanup = (fails: (call: number) => boolean = () => false) => {
     Config.Config,
     Config.decodeSync({ cleanupInterval: CLEANUP_INTERVAL }),
   )
-  const logger = Logger.add(
-    Logger.make(({ message }) => {
-      recorded.logs.push((Array.isArray(message) ? message : [message]).map(String).join(" "))
-    }),
+  const logger = Logger.layer(
+    [
+      Logger.make(({ message }) => {
+        recorded.logs.push((Array.isArray(message) ? message : [message]).map(String).join(" "))
+      }),
+    ],
+    { mergeWithExisting: true },
   )
   const layer = Cleanup.layer.pipe(Layer.provide(Layer.merge(store, config)))
   return { recorded, layer, logger }
@@ -61,7 +64,7 @@ const makeCleanup = (fails: (call: number) => boolean = () => false) => {
 
 /** Moves the clock, then lets the woken fibers run. */
 const advance = (millis: number) =>
-  TestClock.adjust(Duration.millis(millis)).pipe(Effect.zipRight(Effect.yieldNow()))
+  TestClock.adjust(Duration.millis(millis)).pipe(Effect.andThen(Effect.yieldNow))
 
 describe("Cleanup", () => {
   it.effect("deletes nothing before the first interval, then once per interval", () => {

@@ -8,7 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
-import * as TestClock from "effect/TestClock"
+import { TestClock } from "effect/testing"
 import * as Config from "../src/Config.js"
 import * as Heartbeat from "../src/Heartbeat.js"
 
@@ -36,7 +36,7 @@ const trackRecorded = Effect.gen(function* () {
 
 /** Moves the clock, then lets the woken fibers run. */
 const advance = (duration: Parameters<typeof TestClock.adjust>[0]) =>
-  TestClock.adjust(duration).pipe(Effect.zipRight(Effect.yieldNow()))
+  TestClock.adjust(duration).pipe(Effect.andThen(Effect.yieldNow))
 
 const test = <A, E>(name: string, body: Effect.Effect<A, E, Heartbeat.Heartbeat | Scope.Scope>) =>
   it.effect(name, () => body.pipe(Effect.scoped, Effect.provide(HeartbeatTest)))
@@ -158,7 +158,7 @@ describe("Heartbeat", () => {
     "stops sending heartbeats and checking nodes when the scope closes",
     Effect.gen(function* () {
       const scope = yield* Scope.make()
-      const { membership, recorded } = yield* Scope.extend(trackRecorded, scope)
+      const { membership, recorded } = yield* Scope.provide(trackRecorded, scope)
       membership.seen("node-a")
       yield* advance("5 seconds")
       assert.strictEqual(recorded.heartbeats, 1)

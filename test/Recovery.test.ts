@@ -8,9 +8,9 @@ import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
-import * as TestClock from "effect/TestClock"
+import * as Result from "effect/Result"
+import { TestClock } from "effect/testing"
 import pg from "pg"
 import { channelName, MAX_IDENTIFIER_BYTES } from "../src/Channel.js"
 import * as Codec from "../src/Codec.js"
@@ -85,7 +85,7 @@ const sql = <A extends pg.QueryResultRow = any>(text: string, params?: Array<unk
   fromPromise(() => pool.query<A>(text, params)).pipe(Effect.map((result) => result.rows))
 
 /** Creates the recovery tables (and the attachments table) of the services in context. */
-const setup = (prefix: string, recovery: Context.Tag.Service<Recovery.Recovery>) =>
+const setup = (prefix: string, recovery: Recovery.Recovery["Service"]) =>
   Effect.gen(function* () {
     yield* recovery.ensureTables
     if (!prefix.includes("."))
@@ -94,11 +94,11 @@ const setup = (prefix: string, recovery: Context.Tag.Service<Recovery.Recovery>)
 
 /** `Publisher.unsafeStore` as an Effect: succeeds with the packet's offset. */
 const store = (
-  publisher: Context.Tag.Service<Publisher.Publisher>,
+  publisher: Publisher.Publisher["Service"],
   packet: Publisher.StoredPacket,
   options: { readonly channel?: string; readonly message?: Codec.WireMessage } = {},
 ) =>
-  Effect.async<string, Error>((resume) =>
+  Effect.callback<string, Error>((resume) =>
     publisher.unsafeStore(options.channel ?? "unused", options.message, packet, (error, offset) =>
       resume(
         error !== undefined || offset === undefined
@@ -166,7 +166,7 @@ const backendPid = Effect.map(
 const eventually = (predicate: () => boolean) => fromPromise(() => waitUntil(predicate))
 
 describe("Recovery.ensureTables", () => {
-  it.scopedLive("creates the three tables and their indexes, and can run again", () =>
+  it.live("creates the three tables and their indexes, and can run again", () =>
     Effect.gen(function* () {
       const prefix = freshPrefix("rec_tables")
       const first = yield* Layer.build(servicesLayer(prefix))
@@ -190,7 +190,7 @@ describe("Recovery.ensureTables", () => {
     }),
   )
 
-  it.scopedLive(
+  it.live(
     "gives five servers creating the same tables at once the tables, plain and schema-qualified",
     () =>
       Effect.gen(function* () {
@@ -209,11 +209,11 @@ describe("Recovery.ensureTables", () => {
           )
           const first = yield* Effect.forEach(
             services,
-            (context) => Context.get(context, Recovery.Recovery).ensureTables.pipe(Effect.either),
+            (context) => Context.get(context, Recovery.Recovery).ensureTables.pipe(Effect.result),
             { concurrency: "unbounded" },
           )
           // The catalog races ("duplicate key ... pg_type" / "pg_class") are retried with jitter.
-          for (const result of first) assert.isTrue(Either.isRight(result), prefix)
+          for (const result of first) assert.isTrue(Result.isSuccess(result), prefix)
           for (const table of [
             Recovery.tableNames(prefix).packets,
             Recovery.tableNames(prefix).sessions,
@@ -246,7 +246,7 @@ describe("Recovery.ensureTables", () => {
     })
   })
 
-  it.scopedLive("works with a schema-qualified prefix end to end", () =>
+  it.live("works with a schema-qualified prefix end to end", () =>
     Effect.gen(function* () {
       const prefix = freshSchemaPrefix("rec_schema")
       const context = yield* Layer.build(servicesLayer(prefix))
@@ -265,8 +265,8 @@ describe("Recovery.ensureTables", () => {
 /** What the helpers below hand to a test body. */
 interface Services {
   readonly prefix: string
-  readonly recovery: Context.Tag.Service<Recovery.Recovery>
-  readonly publisher: Context.Tag.Service<Publisher.Publisher>
+  readonly recovery: Recovery.Recovery["Service"]
+  readonly publisher: Publisher.Publisher["Service"]
 }
 
 /** Services on fresh tables, with `count` packets `[label, i]` stored in "/" (offsets 1..count). */
@@ -295,33 +295,31 @@ describe("Recovery.persist and restore", () => {
     body: (services: Services) => Effect.Effect<A, E, R>,
   ) => withStored(name, count, body, {}, "before")
 
-  it.scopedLive(
-    "gives back the session's rooms and data, Buffers and nested objects included",
-    () =>
-      withPackets("rec_roundtrip", 1, ({ recovery }) =>
-        Effect.gen(function* () {
-          const data = {
-            user: { name: "ünïcødé 😀", roles: ["a", "b"], nested: { deep: [1, { x: null }] } },
-            avatar: Buffer.from([0, 1, 2, 253, 254, 255]),
-            list: [Buffer.from("in an array"), true, 1.5],
-          }
-          yield* recovery.persist(session("p1", { rooms: ["sid-p1", "room a", "é"], data }), HOUR)
-          const restored = yield* recovery.restore("/", "p1", "1")
-          assert.isDefined(restored)
-          assert.strictEqual(restored!.sid, "sid-p1")
-          assert.strictEqual(restored!.pid, "p1")
-          assert.sameMembers(restored!.rooms, ["sid-p1", "room a", "é"])
-          assert.deepStrictEqual(restored!.data, data)
-          const back = restored!.data as typeof data
-          assert.isTrue(Buffer.isBuffer(back.avatar))
-          assert.isTrue(Buffer.isBuffer(back.list[0]))
-          assert.deepStrictEqual(restored!.missedPackets, [])
-          assert.strictEqual(restored!.last, 1n)
-        }),
-      ),
+  it.live("gives back the session's rooms and data, Buffers and nested objects included", () =>
+    withPackets("rec_roundtrip", 1, ({ recovery }) =>
+      Effect.gen(function* () {
+        const data = {
+          user: { name: "ünïcødé 😀", roles: ["a", "b"], nested: { deep: [1, { x: null }] } },
+          avatar: Buffer.from([0, 1, 2, 253, 254, 255]),
+          list: [Buffer.from("in an array"), true, 1.5],
+        }
+        yield* recovery.persist(session("p1", { rooms: ["sid-p1", "room a", "é"], data }), HOUR)
+        const restored = yield* recovery.restore("/", "p1", "1")
+        assert.isDefined(restored)
+        assert.strictEqual(restored!.sid, "sid-p1")
+        assert.strictEqual(restored!.pid, "p1")
+        assert.sameMembers(restored!.rooms, ["sid-p1", "room a", "é"])
+        assert.deepStrictEqual(restored!.data, data)
+        const back = restored!.data as typeof data
+        assert.isTrue(Buffer.isBuffer(back.avatar))
+        assert.isTrue(Buffer.isBuffer(back.list[0]))
+        assert.deepStrictEqual(restored!.missedPackets, [])
+        assert.strictEqual(restored!.last, 1n)
+      }),
+    ),
   )
 
-  it.scopedLive("replaces an earlier session of the same private id", () =>
+  it.live("replaces an earlier session of the same private id", () =>
     withPackets("rec_replace", 1, ({ recovery }) =>
       Effect.gen(function* () {
         yield* recovery.persist(session("p1", { data: { v: 1 }, rooms: ["a"] }), HOUR)
@@ -333,20 +331,20 @@ describe("Recovery.persist and restore", () => {
     ),
   )
 
-  it.scopedLive("fails with a RecoveryError for data that cannot be stored", () =>
+  it.live("fails with a RecoveryError for data that cannot be stored", () =>
     withPackets("rec_bad_data", 1, ({ recovery }) =>
       Effect.gen(function* () {
         const data = JSON.parse('{"__proto__": {"x": 1}}')
-        const result = yield* recovery.persist(session("p1", { data }), HOUR).pipe(Effect.either)
-        assert.isTrue(Either.isLeft(result))
-        const error = (result as Either.Left<{ _tag: string; message: string }, void>).left
+        const result = yield* recovery.persist(session("p1", { data }), HOUR).pipe(Effect.result)
+        assert.isTrue(Result.isFailure(result))
+        const error = (result as Result.Failure<void, { _tag: string; message: string }>).failure
         assert.strictEqual(error._tag, "RecoveryError")
         assert.include(error.message, "sid-p1")
       }),
     ),
   )
 
-  it.scopedLive("takes the session: a second restore, or a concurrent one, gets nothing", () =>
+  it.live("takes the session: a second restore, or a concurrent one, gets nothing", () =>
     withPackets("rec_once", 2, ({ recovery }) =>
       Effect.gen(function* () {
         yield* recovery.persist(session("p1"), HOUR)
@@ -363,7 +361,7 @@ describe("Recovery.persist and restore", () => {
     ),
   )
 
-  it.scopedLive("restores nothing for an unknown session or another namespace's", () =>
+  it.live("restores nothing for an unknown session or another namespace's", () =>
     withPackets("rec_unknown", 1, ({ recovery }) =>
       Effect.gen(function* () {
         assert.isUndefined(yield* recovery.restore("/", "nobody", "1"))
@@ -373,7 +371,7 @@ describe("Recovery.persist and restore", () => {
     ),
   )
 
-  it.scopedLive("restores nothing for an expired session, and deletes it", () =>
+  it.live("restores nothing for an expired session, and deletes it", () =>
     withPackets("rec_expired", 1, ({ prefix, recovery }) =>
       Effect.gen(function* () {
         yield* recovery.persist(session("p1"), HOUR)
@@ -400,7 +398,7 @@ describe("Recovery.persist and restore", () => {
     ),
   )
 
-  it.scopedLive(
+  it.live(
     "restores nothing for an offset that is not one, and leaves the session for a valid one",
     () =>
       withPackets("rec_garbage", 3, ({ recovery }) =>
@@ -428,7 +426,7 @@ describe("Recovery.persist and restore", () => {
       ),
   )
 
-  it.scopedLive(
+  it.live(
     "restores nothing for an offset past the namespace's last, or in a namespace without packets",
     () =>
       withPackets("rec_future", 3, ({ recovery }) =>
@@ -446,7 +444,7 @@ describe("Recovery.persist and restore", () => {
       ),
   )
 
-  it.scopedLive("restores from the last offset, and from 0 with every packet kept", () =>
+  it.live("restores from the last offset, and from 0 with every packet kept", () =>
     withPackets("rec_edges", 3, ({ recovery }) =>
       Effect.gen(function* () {
         yield* recovery.persist(session("p1"), HOUR)
@@ -467,7 +465,7 @@ describe("Recovery.persist and restore", () => {
     ),
   )
 
-  it.scopedLive(
+  it.live(
     "gives the missed packets the session's rooms let through, in offset order, each ending with its offset",
     () =>
       withPackets("rec_missed", 1, ({ recovery, publisher }) =>
@@ -510,7 +508,7 @@ describe("Recovery.persist and restore", () => {
 })
 
 describe("Recovery.lastOffset and packetsSince", () => {
-  it.scopedLive("reads a namespace's last offset and its packets after an offset", () =>
+  it.live("reads a namespace's last offset and its packets after an offset", () =>
     Effect.gen(function* () {
       const prefix = freshPrefix("rec_since")
       const context = yield* Layer.build(servicesLayer(prefix))
@@ -541,7 +539,7 @@ describe("Recovery.lastOffset and packetsSince", () => {
 })
 
 describe("Recovery live sessions (connected sockets)", () => {
-  it.scopedLive(
+  it.live(
     "restores a live session only once its owner's backend is gone, and never revives a disconnected one",
     () =>
       Effect.gen(function* () {
@@ -604,7 +602,7 @@ describe("Recovery.cleanup", () => {
       [interval, nsp, upTo],
     )
 
-  it.scopedLive("deletes nothing before a namespace asked for retention", () =>
+  it.live("deletes nothing before a namespace asked for retention", () =>
     withCleanup("rec_clean_idle", 3, ({ prefix, recovery }) =>
       Effect.gen(function* () {
         yield* age(prefix, 3, "1 day")
@@ -617,7 +615,7 @@ describe("Recovery.cleanup", () => {
     ),
   )
 
-  it.scopedLive(
+  it.live(
     "deletes packets older than the retention, records the highest as cleaned, and deletes expired sessions",
     () =>
       withCleanup("rec_clean", 5, ({ prefix, recovery, publisher }) =>
@@ -663,7 +661,7 @@ describe("Recovery.cleanup", () => {
       ),
   )
 
-  it.scopedLive("keeps packets as long as the longest retention asked for", () =>
+  it.live("keeps packets as long as the longest retention asked for", () =>
     withCleanup("rec_clean_longest", 3, ({ prefix, recovery }) =>
       Effect.gen(function* () {
         yield* recovery.retain(HOUR)
@@ -678,7 +676,7 @@ describe("Recovery.cleanup", () => {
     ),
   )
 
-  it.scopedLive("starts expiring the live sessions whose owner's backend is gone", () =>
+  it.live("starts expiring the live sessions whose owner's backend is gone", () =>
     withCleanup("rec_clean_orphans", 1, ({ prefix, recovery }) =>
       Effect.gen(function* () {
         yield* recovery.retain(HOUR)
@@ -714,7 +712,7 @@ describe("Recovery.cleanup", () => {
     ),
   )
 
-  it.scoped(
+  it.effect(
     "runs every cleanupInterval once retention was asked for, the first after one interval",
     () =>
       Effect.gen(function* () {
@@ -747,7 +745,7 @@ describe("Recovery.cleanup", () => {
         const passes = () =>
           statements.filter((text) => text.includes(`d AS (DELETE FROM "${prefix}_packets"`)).length
         const advance = (millis: number) =>
-          TestClock.adjust(Duration.millis(millis)).pipe(Effect.zipRight(Effect.yieldNow()))
+          TestClock.adjust(Duration.millis(millis)).pipe(Effect.andThen(Effect.yieldNow))
 
         // Without retention a pass runs no statement.
         yield* advance(3000)
@@ -766,7 +764,7 @@ describe("Recovery.cleanup", () => {
 })
 
 describe("Publisher.unsafeStore", () => {
-  it.scopedLive(
+  it.live(
     "gives consecutive offsets 1..1000 to two servers storing 500 packets each at once, each in its own order",
     () =>
       Effect.gen(function* () {
@@ -780,7 +778,7 @@ describe("Publisher.unsafeStore", () => {
         const b = yield* Layer.build(servicesLayer(prefix, {}, poolB))
         yield* Context.get(a, Recovery.Recovery).ensureTables
         // Each server stores its packets in bursts of varying size, in turns of the event loop.
-        const storeAll = (publisher: Context.Tag.Service<Publisher.Publisher>, name: string) =>
+        const storeAll = (publisher: Publisher.Publisher["Service"], name: string) =>
           fromPromise(async () => {
             const offsets: Array<bigint> = []
             const settled: Array<Promise<void>> = []
@@ -834,9 +832,9 @@ describe("Publisher.unsafeStore", () => {
         fromB.forEach((offset, i) => byOffset.set(String(offset), ["b", i]))
         for (const row of rows) {
           const data = Codec.decodePacketData(row.data)
-          assert.isTrue(Either.isRight(data))
+          assert.isTrue(Result.isSuccess(data))
           assert.deepStrictEqual(
-            (data as Either.Right<string, Array<unknown>>).right,
+            (data as Result.Success<Array<unknown>, string>).success,
             byOffset.get(row.n),
           )
         }
@@ -845,7 +843,7 @@ describe("Publisher.unsafeStore", () => {
       }),
   )
 
-  it.scopedLive(
+  it.live(
     "returns with each stored packet the last offset notified before its statement, whoever stored it",
     () =>
       Effect.gen(function* () {
@@ -857,8 +855,8 @@ describe("Publisher.unsafeStore", () => {
         const publisherB = Context.get(b, Publisher.Publisher)
         const message: Codec.WireMessage = { uid: "node", type: Codec.MessageType.BROADCAST }
         /** Stores one packet; resolves with its offset and `after`. */
-        const stored = (publisher: Context.Tag.Service<Publisher.Publisher>, notified: boolean) =>
-          Effect.async<readonly [string | undefined, string | undefined], Error>((resume) =>
+        const stored = (publisher: Publisher.Publisher["Service"], notified: boolean) =>
+          Effect.callback<readonly [string | undefined, string | undefined], Error>((resume) =>
             publisher.unsafeStore(
               "unused",
               notified ? message : undefined,
@@ -887,7 +885,7 @@ describe("Publisher.unsafeStore", () => {
       }),
   )
 
-  it.scopedLive("counts each namespace on its own, even within one statement", () =>
+  it.live("counts each namespace on its own, even within one statement", () =>
     Effect.gen(function* () {
       const prefix = freshPrefix("pub_nsps")
       const context = yield* Layer.build(servicesLayer(prefix))
@@ -904,7 +902,7 @@ describe("Publisher.unsafeStore", () => {
     }),
   )
 
-  it.scopedLive(
+  it.live(
     "stores and notifies every one of identical packets, each notification ending with its offset",
     () =>
       Effect.gen(function* () {
@@ -932,8 +930,8 @@ describe("Publisher.unsafeStore", () => {
           const json = JSON.stringify(message)
           assert.strictEqual(payload, `${json.slice(0, -1)},"offset":"${i + 1}"}`)
           const decoded = Codec.decodeNotification(payload)
-          assert.isTrue(Either.isRight(decoded))
-          assert.deepStrictEqual((decoded as any).right, {
+          assert.isTrue(Result.isSuccess(decoded))
+          assert.deepStrictEqual((decoded as any).success, {
             _tag: "Inline",
             message: { ...message, offset: String(i + 1) },
           })
@@ -943,7 +941,7 @@ describe("Publisher.unsafeStore", () => {
       }),
   )
 
-  it.scopedLive("notifies nothing for a packet stored without a message", () =>
+  it.live("notifies nothing for a packet stored without a message", () =>
     Effect.gen(function* () {
       const prefix = freshPrefix("pub_silent")
       const channel = channelName(prefix, "/")
@@ -974,61 +972,59 @@ describe("Publisher.unsafeStore", () => {
     }),
   )
 
-  it.scopedLive(
-    "puts the offset in the attachment header of a binary or large stored message",
-    () =>
-      Effect.gen(function* () {
-        const prefix = freshPrefix("pub_attach")
-        const channel = channelName(prefix, "/")
-        const context = yield* Layer.build(servicesLayer(prefix))
-        yield* setup(prefix, Context.get(context, Recovery.Recovery))
-        const publisher = Context.get(context, Publisher.Publisher)
-        const { payloads } = yield* listen(channel)
-        const broadcast = (args: Array<unknown>): Codec.WireMessage => ({
-          uid: "node-1",
-          type: Codec.MessageType.BROADCAST,
-          nsp: "/",
-          data: { opts: { rooms: [], except: [], flags: {} }, packet: { type: 2, data: args } },
-        })
-        const messages = [
-          broadcast(["binary", Buffer.from([1, 2, 3])]),
-          // Text that holds the placeholders' digits must not confuse them.
-          broadcast(["large 9223372036854775806 9223372036854775807", "é".repeat(5000)]),
-          broadcast(["inline 9223372036854775806"]),
-        ]
-        const offsets = yield* Effect.all(
-          messages.map((message, i) => store(publisher, packetOf(["p", i]), { channel, message })),
-          { concurrency: "unbounded" },
-        )
-        yield* eventually(() => payloads.length === 3)
-        for (const [i, payload] of payloads.entries()) {
-          const decoded = Codec.decodeNotification(payload)
-          assert.isTrue(Either.isRight(decoded), payload)
-          const notification = (decoded as Either.Right<string, Codec.Notification>).right
-          if (i === 2) {
-            assert.strictEqual(notification._tag, "Inline")
-            assert.isTrue(payload.endsWith(`,"offset":"${offsets[i]}"}`), payload)
-            assert.deepStrictEqual(
-              (notification as Extract<Codec.Notification, { _tag: "Inline" }>).message,
-              { ...messages[i]!, offset: offsets[i] },
-            )
-            continue
-          }
-          assert.strictEqual(notification._tag, "Attachment", payload)
-          const header = notification as Extract<Codec.Notification, { _tag: "Attachment" }>
-          assert.strictEqual(header.offset, offsets[i])
+  it.live("puts the offset in the attachment header of a binary or large stored message", () =>
+    Effect.gen(function* () {
+      const prefix = freshPrefix("pub_attach")
+      const channel = channelName(prefix, "/")
+      const context = yield* Layer.build(servicesLayer(prefix))
+      yield* setup(prefix, Context.get(context, Recovery.Recovery))
+      const publisher = Context.get(context, Publisher.Publisher)
+      const { payloads } = yield* listen(channel)
+      const broadcast = (args: Array<unknown>): Codec.WireMessage => ({
+        uid: "node-1",
+        type: Codec.MessageType.BROADCAST,
+        nsp: "/",
+        data: { opts: { rooms: [], except: [], flags: {} }, packet: { type: 2, data: args } },
+      })
+      const messages = [
+        broadcast(["binary", Buffer.from([1, 2, 3])]),
+        // Text that holds the placeholders' digits must not confuse them.
+        broadcast(["large 9223372036854775806 9223372036854775807", "é".repeat(5000)]),
+        broadcast(["inline 9223372036854775806"]),
+      ]
+      const offsets = yield* Effect.all(
+        messages.map((message, i) => store(publisher, packetOf(["p", i]), { channel, message })),
+        { concurrency: "unbounded" },
+      )
+      yield* eventually(() => payloads.length === 3)
+      for (const [i, payload] of payloads.entries()) {
+        const decoded = Codec.decodeNotification(payload)
+        assert.isTrue(Result.isSuccess(decoded), payload)
+        const notification = (decoded as Result.Success<Codec.Notification, string>).success
+        if (i === 2) {
+          assert.strictEqual(notification._tag, "Inline")
           assert.isTrue(payload.endsWith(`,"offset":"${offsets[i]}"}`), payload)
-          const [row] = yield* sql<{ payload: Buffer }>(
-            `SELECT payload FROM ${prefix}_att WHERE id = $1`,
-            [header.attachmentId],
+          assert.deepStrictEqual(
+            (notification as Extract<Codec.Notification, { _tag: "Inline" }>).message,
+            { ...messages[i]!, offset: offsets[i] },
           )
-          const message = Codec.decodeAttachment(row!.payload)
-          assert.isTrue(Either.isRight(message))
-          const { offset: _placeholder, ...rest } = (
-            message as Either.Right<string, Codec.WireMessage>
-          ).right
-          assert.deepStrictEqual(rest, messages[i])
+          continue
         }
-      }),
+        assert.strictEqual(notification._tag, "Attachment", payload)
+        const header = notification as Extract<Codec.Notification, { _tag: "Attachment" }>
+        assert.strictEqual(header.offset, offsets[i])
+        assert.isTrue(payload.endsWith(`,"offset":"${offsets[i]}"}`), payload)
+        const [row] = yield* sql<{ payload: Buffer }>(
+          `SELECT payload FROM ${prefix}_att WHERE id = $1`,
+          [header.attachmentId],
+        )
+        const message = Codec.decodeAttachment(row!.payload)
+        assert.isTrue(Result.isSuccess(message))
+        const { offset: _placeholder, ...rest } = (
+          message as Result.Success<Codec.WireMessage, string>
+        ).success
+        assert.deepStrictEqual(rest, messages[i])
+      }
+    }),
   )
 })

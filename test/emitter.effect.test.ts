@@ -76,34 +76,32 @@ describe("ClusterEmitter service against 3 servers on our adapter", () => {
     }).pipe(Effect.provide(emitterLayer())),
   )
 
-  it.scopedLive(
-    "fetchSockets returns every socket of the cluster, and a room's when targeted",
-    () =>
-      Effect.gen(function* () {
-        // Built in the test's scope: released when the test ends.
-        const context = yield* Layer.build(emitterLayer())
-        const emitter = Context.get(context, ClusterEmitter.ClusterEmitter)
-        const socket = cluster.servers[1]!.io.of("/").sockets.get(clients[1]!.id!)!
-        socket.join("fx-room")
-        socket.data = { name: "one" }
+  it.live("fetchSockets returns every socket of the cluster, and a room's when targeted", () =>
+    Effect.gen(function* () {
+      // Built in the test's scope: released when the test ends.
+      const context = yield* Layer.build(emitterLayer())
+      const emitter = Context.get(context, ClusterEmitter.ClusterEmitter)
+      const socket = cluster.servers[1]!.io.of("/").sockets.get(clients[1]!.id!)!
+      socket.join("fx-room")
+      socket.data = { name: "one" }
 
-        const all = yield* emitter.fetchSockets("/", everyone)
-        assert.strictEqual(all.missing, 0)
-        assert.deepStrictEqual(
-          all.responses.map((s) => s.id).sort(),
-          clients.map((client) => client.id!).sort(),
-        )
-        const described = all.responses.find((s) => s.id === clients[1]!.id)!
-        assert.deepStrictEqual(described.data, { name: "one" })
-        assert.include(described.rooms, "fx-room")
+      const all = yield* emitter.fetchSockets("/", everyone)
+      assert.strictEqual(all.missing, 0)
+      assert.deepStrictEqual(
+        all.responses.map((s) => s.id).sort(),
+        clients.map((client) => client.id!).sort(),
+      )
+      const described = all.responses.find((s) => s.id === clients[1]!.id)!
+      assert.deepStrictEqual(described.data, { name: "one" })
+      assert.include(described.rooms, "fx-room")
 
-        const inRoom = yield* emitter.fetchSockets("/", { ...everyone, rooms: ["fx-room"] })
-        assert.deepStrictEqual(
-          inRoom.responses.map((s) => s.id),
-          [clients[1]!.id],
-        )
-        assert.strictEqual(inRoom.missing, 0)
-      }),
+      const inRoom = yield* emitter.fetchSockets("/", { ...everyone, rooms: ["fx-room"] })
+      assert.deepStrictEqual(
+        inRoom.responses.map((s) => s.id),
+        [clients[1]!.id],
+      )
+      assert.strictEqual(inRoom.missing, 0)
+    }),
   )
 
   it.live("serverSideEmitWithAck collects one answer per server", () =>

@@ -8,7 +8,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import * as fc from "effect/FastCheck"
+import * as fc from "fast-check"
 import { Sequencer } from "../src/internal/sequencer.js"
 
 /** Lets every queued microtask run (the Sequencer delivers own packets one microtask later). */
@@ -538,11 +538,9 @@ interface Packet {
 const compare = (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0)
 
 describe("Sequencer against a model of the cluster", () => {
-  it.effect.prop(
-    "delivers each offset once in increasing order, nothing lost, others' and own packets each in their order",
-    [steps],
-    ([run]) =>
-      Effect.promise(async () => {
+  it("delivers each offset once in increasing order, nothing lost, others' and own packets each in their order", () =>
+    fc.assert(
+      fc.asyncProperty(steps, async (run) => {
         const delivered: Array<{ readonly packet: Packet; readonly offset: bigint | undefined }> =
           []
         const sequencer = new Sequencer<Packet>((packet, offset) =>
@@ -799,6 +797,6 @@ describe("Sequencer against a model of the cluster", () => {
         inOrder(new Map(pushed.map((packet, i) => [packet.label, i])), (p) => pushedSet.has(p))
         inOrder(new Map(sent.map((packet, i) => [packet.label, i])), (p) => !pushedSet.has(p))
       }),
-    { fastCheck: { numRuns: 300 } },
-  )
+      { numRuns: 300 },
+    ))
 })

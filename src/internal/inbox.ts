@@ -2,15 +2,15 @@
  * The receiving side shared by the adapter and the emitter: a notification payload becomes a
  * cluster message, inline or fetched from the attachments table, delivered in commit order.
  */
-import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
+import * as Result from "effect/Result"
 import type { AttachmentStore } from "../AttachmentStore.js"
 import * as Codec from "../Codec.js"
 import { OrderedDelivery } from "./ordered.js"
 
 /** What an inbox needs. */
 export interface InboxOptions {
-  readonly store: AttachmentStore["Type"]
+  readonly store: AttachmentStore["Service"]
   /** Receives each message, in the order PostgreSQL delivered the notifications. */
   readonly deliver: (message: Codec.WireMessage) => void
   /** Told why a notification was skipped (malformed, attachment missing or unreadable). */
@@ -33,8 +33,8 @@ export const makeInbox = (options: InboxOptions): ((payload: string) => void) =>
   const inbox = new OrderedDelivery(options.deliver)
   return (payload) => {
     const decoded = Codec.decodeNotification(payload)
-    if (Either.isLeft(decoded)) return options.onSkipped(decoded.left)
-    const notification = decoded.right
+    if (Result.isFailure(decoded)) return options.onSkipped(decoded.failure)
+    const notification = decoded.success
     if (notification._tag === "Inline") {
       const { message } = notification
       // Answers to others are only worth skipping when skipping saves a SELECT.
@@ -63,12 +63,12 @@ export const makeInbox = (options: InboxOptions): ((payload: string) => void) =>
         return fill(undefined)
       }
       const message = Codec.decodeAttachment(exit.value)
-      if (Either.isLeft(message)) {
-        skip(message.left)
+      if (Result.isFailure(message)) {
+        skip(message.failure)
         return fill(undefined)
       }
       // A stored broadcast's offset travels in the header (the row was written before it was known).
-      fill(offset === undefined ? message.right : { ...message.right, offset })
+      fill(offset === undefined ? message.success : { ...message.success, offset })
     })
   }
 }

@@ -8,6 +8,8 @@ import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type { BroadcastOptions, PrivateSessionId, Session } from "socket.io-adapter"
@@ -83,10 +85,10 @@ export class RecoveredDelivery {
   readonly sequencer = new Sequencer<() => void>((deliver) => deliver())
   /** Restored sockets and the last offset their restore read: older packets are not resent. */
   readonly #restored = new Map<string, bigint>()
-  #publisher: Publisher["Type"] | undefined
+  #publisher: Publisher["Service"] | undefined
   /** Resolves with the Publisher once recovery's tables are there. */
-  readonly #storeReady: Promise<Publisher["Type"] | undefined>
-  #storeReadyResolve: ((publisher: Publisher["Type"] | undefined) => void) | undefined
+  readonly #storeReady: Promise<Publisher["Service"] | undefined>
+  #storeReadyResolve: ((publisher: Publisher["Service"] | undefined) => void) | undefined
   #storesWaiting = 0
   /** The LISTEN connection was lost and the packets missed are not read back yet. */
   #catchingUp = false
@@ -112,7 +114,7 @@ export class RecoveredDelivery {
    * creation goes on in the background).
    */
   setup(): Effect.Effect<void, never, Recovery | Config.Config | Publisher | Scope.Scope> {
-    return Effect.gen(this, function* () {
+    return Effect.gen({ self: this }, function* () {
       this.#publisher = yield* Publisher
       const recovery = yield* Recovery
       const config = yield* Config.Config
@@ -123,11 +125,11 @@ export class RecoveredDelivery {
             Effect.logWarning(`creating the recovery tables failed: ${error.message}`),
           ),
           Effect.retry(
-            Schedule.exponential("200 millis").pipe(Schedule.union(Schedule.spaced("10 seconds"))),
+            Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("10 seconds")]),
           ),
           Effect.forkScoped,
         )
-        yield* setup.await.pipe(Effect.timeout("5 seconds"), Effect.ignore)
+        yield* Fiber.await(setup).pipe(Effect.timeout("5 seconds"), Effect.ignore)
       }
       this.#storeReadyResolve!(this.#publisher)
       this.#storeReadyResolve = undefined
@@ -160,7 +162,7 @@ export class RecoveredDelivery {
     const slot = sequencer.beginStore()
     // Not stored, so not replayable: local clients still get it, in its place, without an offset.
     const unstored = () => sequencer.endStore(slot, () => this.#deliverLocally(packet, opts))
-    const run = (publisher: Publisher["Type"] | undefined) => {
+    const run = (publisher: Publisher["Service"] | undefined) => {
       if (publisher === undefined) {
         unstored()
         return this.options.end()
@@ -280,9 +282,7 @@ export class RecoveredDelivery {
                 })),
           ),
         ).pipe(
-          Effect.retry(
-            Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(4))),
-          ),
+          Effect.retry(Schedule.max([Schedule.exponential("100 millis"), Schedule.recurs(4)])),
           // Deliveries are held meanwhile: a frozen PostgreSQL must not hold them for ever.
           Effect.timeout(this.options.publishTimeout),
         ),
@@ -295,7 +295,7 @@ export class RecoveredDelivery {
           // none to wait for.
           sequencer.seenUpTo(exit.value.last)
         } else {
-          if (!Exit.isInterrupted(exit)) this.options.report(Cause.squash(exit.cause))
+          if (!Exit.hasInterrupts(exit)) this.options.report(Cause.squash(exit.cause))
           // Unknown: the own packets sent so far stop waiting for earlier notifications.
           sequencer.stopWaiting()
         }
@@ -336,17 +336,20 @@ export class RecoveredDelivery {
     const exit = await this.options.run(
       Effect.flatMap(Recovery, (recovery) => recovery.restore(this.options.nsp, pid, offset)).pipe(
         Effect.timeout(this.options.requestsTimeout),
+        // Counted in the application's context (its metric registry).
+        Effect.tap((session) =>
+          session === undefined ? Effect.void : Metric.update(Metrics.sessionsRestored, 1),
+        ),
       ),
     )
     const since = this.#recorded.slice(recorded)
     if (--this.#restoring === 0) this.#recorded = []
     if (Exit.isFailure(exit)) {
-      if (!Exit.isInterrupted(exit)) this.options.report(Cause.squash(exit.cause))
+      if (!Exit.hasInterrupts(exit)) this.options.report(Cause.squash(exit.cause))
       return NOT_RESTORED
     }
     const session = exit.value
     if (session === undefined) return NOT_RESTORED
-    Metrics.sessionsRestored.unsafeUpdate(1, [])
     // Those after the snapshot that are the socket's go with the missed ones. Socket.IO builds the
     // socket in the microtasks after we return: with no delivery in between, later ones reach it
     // live, and earlier ones that arrive late are not sent to it again.

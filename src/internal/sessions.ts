@@ -119,7 +119,7 @@ export class SessionWriter {
     }
   }
 
-  #write(f: (recovery: Recovery["Type"]) => Effect.Effect<void, unknown>): void {
+  #write(f: (recovery: Recovery["Service"]) => Effect.Effect<void, unknown>): void {
     this.options.begin()
     this.#writes = this.#writes.then(() =>
       this.options
