@@ -172,12 +172,15 @@ export interface Received {
  * Records every event received by a client and by the clients that take over its session, in
  * arrival order. `attach` is what {@link ResumeOptions.attach} takes.
  */
-export const recorder = (ignore: ReadonlyArray<string> = []) => {
+export const recorder = (
+  ignore: ReadonlyArray<string> = [],
+): { received: Array<Received>; attach: (client: ClientSocket) => void } => {
   const received: Array<Received> = []
-  const attach = (client: ClientSocket) =>
+  const attach = (client: ClientSocket) => {
     client.onAny((event: string, ...args: Array<unknown>) => {
       if (!ignore.includes(event)) received.push({ event, args })
     })
+  }
   return { received, attach }
 }
 
