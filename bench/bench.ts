@@ -14,6 +14,7 @@
  * `DATABASE_URL` selects the PostgreSQL; without it an embedded one is started and deleted after.
  */
 import { randomBytes } from "node:crypto"
+import { existsSync } from "node:fs"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -68,6 +69,8 @@ const USAGE = `usage: npm run bench -- [--quick] [--repeat N] [--scenario NAME].
     .join(", ")}
   --kind KIND      run only this kind (repeatable, or KIND,KIND,…): ${ALL_KINDS.join(", ")}
   --out DIR        where latest.json and latest.svg go (default bench/results)
+  --baseline DIR   also run kind ours-base: the adapter built in DIR (another checkout, after
+                   npm ci and npm run build there), to compare two versions in one run
   --profile        write V8 CPU profiles of the servers' measured work to DIR/profiles
   --verbose        show the workers' output`
 
@@ -92,6 +95,7 @@ const parseOptions = (argv: ReadonlyArray<string>): Options => {
       scenario: { type: "string", multiple: true },
       kind: { type: "string", multiple: true },
       out: { type: "string" },
+      baseline: { type: "string" },
       profile: { type: "boolean", default: false },
       verbose: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
@@ -115,6 +119,19 @@ const parseOptions = (argv: ReadonlyArray<string>): Options => {
   for (const kind of kinds) {
     if (!(ALL_KINDS as ReadonlyArray<string>).includes(kind))
       throw new UsageError(`unknown kind ${kind}`)
+  }
+  // The workers load the baseline's build from this directory (see node.ts).
+  if (values.baseline !== undefined) {
+    const baseline = path.resolve(values.baseline)
+    if (!existsSync(path.join(baseline, "dist", "index.js"))) {
+      throw new UsageError(
+        `--baseline ${baseline}: no dist/index.js there (run npm ci and npm run build in it)`,
+      )
+    }
+    process.env["BENCH_BASELINE"] = baseline
+  } else if (kinds.includes("ours-base")) {
+    if (values.kind !== undefined) throw new UsageError("kind ours-base needs --baseline DIR")
+    kinds.splice(kinds.indexOf("ours-base"), 1)
   }
   return {
     quick,

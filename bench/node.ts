@@ -7,6 +7,8 @@
 import { createAdapter as createUpstreamAdapter } from "@socket.io/postgres-adapter"
 import { randomBytes } from "node:crypto"
 import { writeFile } from "node:fs/promises"
+import * as path from "node:path"
+import { pathToFileURL } from "node:url"
 import * as http from "node:http"
 import { Session } from "node:inspector/promises"
 import type { AddressInfo } from "node:net"
@@ -109,6 +111,14 @@ const packet = (payload: PayloadKind, s: number, t: number): Record<string, unkn
 }
 
 const MB = 1024 * 1024
+
+/** `createAdapter` of the checkout named by `bench.ts --baseline DIR` (its own build and modules). */
+const baselineAdapter = async (): Promise<typeof createAdapter> => {
+  const dir = process.env["BENCH_BASELINE"]
+  if (dir === undefined) throw new Error("kind ours-base needs bench.ts --baseline DIR")
+  const module = await import(pathToFileURL(path.join(dir, "dist", "index.js")).href)
+  return module.createAdapter
+}
 
 /** `maxDisconnectionDuration` of the "ours-recovery" servers (Socket.IO's default). */
 const RECOVERY_MS = 120_000
@@ -287,7 +297,10 @@ serve({
       adapter:
         args.kind === "upstream"
           ? (createUpstreamAdapter(pool, options) as any)
-          : createAdapter(pool, { ...options, recoveryTablePrefix: args.recoveryTablePrefix }),
+          : (args.kind === "ours-base" ? await baselineAdapter() : createAdapter)(pool, {
+              ...options,
+              recoveryTablePrefix: args.recoveryTablePrefix,
+            }),
       serveClient: false,
       // Every broadcast is then stored with an offset, delivered locally once it is committed.
       ...(args.kind === "ours-recovery"

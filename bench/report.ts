@@ -195,7 +195,14 @@ const worst = (values: ReadonlyArray<number | null>): number | null => {
   return defined.length === 0 ? null : round(Math.max(...defined))
 }
 
-const KIND_ORDER: ReadonlyArray<Kind> = ["ours", "ours-recovery", "upstream", "raw-x1", "raw-x10"]
+const KIND_ORDER: ReadonlyArray<Kind> = [
+  "ours",
+  "ours-base",
+  "ours-recovery",
+  "upstream",
+  "raw-x1",
+  "raw-x10",
+]
 
 const divide = (a: number | null | undefined, b: number | null | undefined) =>
   a == null || b == null || b === 0 ? null : round(a / b, 3)
@@ -468,6 +475,7 @@ export const formatTable = (
 
 const COLORS: Record<Kind, string> = {
   ours: "#2f6fb3",
+  "ours-base": "#5a8f4e",
   "ours-recovery": "#86b6e3",
   upstream: "#e07b39",
   "raw-x1": "#8a8a8a",

@@ -4,7 +4,7 @@
  * The adapters under test: this package, the same with Socket.IO's `connectionStateRecovery` on
  * (every broadcast stored with an offset), and `@socket.io/postgres-adapter` 0.5.0.
  */
-export type AdapterKind = "ours" | "ours-recovery" | "upstream"
+export type AdapterKind = "ours" | "ours-base" | "ours-recovery" | "upstream"
 
 /** Raw `pg_notify` from one connection: one call per statement, or ten. */
 export type RawKind = "raw-x1" | "raw-x10"
@@ -14,6 +14,7 @@ export type Kind = AdapterKind | RawKind
 
 export const ALL_KINDS: ReadonlyArray<Kind> = [
   "ours",
+  "ours-base",
   "ours-recovery",
   "upstream",
   "raw-x1",
@@ -23,6 +24,7 @@ export const ALL_KINDS: ReadonlyArray<Kind> = [
 /** How each kind is named in the table and the chart. */
 export const KIND_LABEL: Record<Kind, string> = {
   ours: "ours",
+  "ours-base": "ours @ baseline",
   "ours-recovery": "ours + recovery",
   upstream: "0.5.0",
   "raw-x1": "raw pg_notify",
@@ -209,6 +211,8 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
 /** The kinds a scenario is run with. */
 export const kindsOf = (scenario: Scenario): ReadonlyArray<Kind> => [
   "ours",
+  // Only with `--baseline DIR`: the same adapter built from another checkout.
+  "ours-base",
   ...(scenario.type === "broadcast" && scenario.recovery === true
     ? (["ours-recovery"] as const)
     : []),
