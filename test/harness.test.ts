@@ -5,6 +5,7 @@
 import { createAdapter } from "@socket.io/postgres-adapter"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type pg from "pg"
+import { EmbeddedPostgresError, startEmbeddedPostgres } from "./setup/embedded.js"
 import {
   collect,
   eventually,
@@ -106,5 +107,18 @@ describe("startPrivatePostgres", () => {
     } finally {
       await server.destroy()
     }
+  })
+})
+
+describe("startEmbeddedPostgres", () => {
+  it("rejects with what failed and PostgreSQL's own words when the server cannot start", async () => {
+    const failure = await startEmbeddedPostgres({ settings: { max_connections: "many" } }).then(
+      () => undefined,
+      (error: unknown) => error,
+    )
+    expect(failure).toBeInstanceOf(EmbeddedPostgresError)
+    expect((failure as Error).message).toMatch(
+      /cannot start an embedded PostgreSQL: the server on port \d+ exited \(1\) before accepting connections[\s\S]*invalid value for parameter "max_connections": "many"/,
+    )
   })
 })

@@ -18,7 +18,20 @@ export default async function setup(project: TestProject): Promise<() => Promise
     project.provide("databaseUrl", fromEnv)
     return async () => {}
   }
-  const server = await startEmbeddedPostgres()
+  let server
+  try {
+    server = await startEmbeddedPostgres()
+  } catch (error) {
+    // One message, with no stack: it is about the machine, not about this code.
+    const failure = new Error(
+      `${(error as Error)?.message ?? String(error)}\n` +
+        "Or run the tests against a PostgreSQL of your own: " +
+        "DATABASE_URL=postgres://user:password@127.0.0.1:5432/db npm test " +
+        "(the fault tests still start embedded servers of their own).",
+    )
+    failure.stack = failure.message
+    throw failure
+  }
   project.provide("databaseUrl", server.url)
   return () => server.destroy()
 }
