@@ -10,15 +10,7 @@ import pg from "pg"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { eventually } from "./utils/cluster.js"
 import { databaseUrl, makePool, suiteId } from "./utils/postgres.js"
-import { startProxy, type TcpProxy } from "./utils/proxy.js"
-
-/** A seeded generator (mulberry32), so that jitter and loss are the same on every run. */
-const seeded = (seed: number) => () => {
-  seed = (seed + 0x6d2b79f5) | 0
-  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-}
+import { seededRandom, startProxy, type TcpProxy } from "./utils/proxy.js"
 
 /** A promise's state, read without waiting: tells "still pending" from "settled". */
 const track = <A>(promise: Promise<A>) => {
@@ -165,7 +157,7 @@ describe("the network fault proxy in front of PostgreSQL", () => {
   })
 
   it("delays chunks with latency and jitter, keeping each direction's order", async () => {
-    proxy = await startProxy({ target: databaseUrl(), random: seeded(11) })
+    proxy = await startProxy({ target: databaseUrl(), random: seededRandom(11) })
     const client = await connect()
     // Jitter as large as the delay: without order keeping, chunks would overtake each other.
     proxy.latency({ delayMs: 5, jitterMs: 5 })
@@ -179,7 +171,7 @@ describe("the network fault proxy in front of PostgreSQL", () => {
   })
 
   it("turns packet loss into retransmission stalls, losing no byte", async () => {
-    proxy = await startProxy({ target: databaseUrl(), random: seeded(7) })
+    proxy = await startProxy({ target: databaseUrl(), random: seededRandom(7) })
     const client = await connect()
     proxy.drop({ rate: 0.2, rtoMs: 2, maxRtoMs: 16 })
     await bigRoundTrips(client)

@@ -129,6 +129,17 @@ export interface TcpProxy {
   readonly close: () => Promise<void>
 }
 
+/** A seeded generator (mulberry32) for {@link ProxyOptions.random}: the same faults on every run. */
+export const seededRandom = (seed: number): (() => number) => {
+  let state = seed | 0
+  return () => {
+    state = (state + 0x6d2b79f5) | 0
+    let t = Math.imul(state ^ (state >>> 15), 1 | state)
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
 /** Bytes held per direction before the proxy stops reading and lets the sender back up. */
 export const HOLD_LIMIT = 16 * 1024 * 1024
 
