@@ -13,11 +13,12 @@ import * as Result from "effect/Result"
 import { TestClock } from "effect/testing"
 import pg from "pg"
 import { channelName, MAX_IDENTIFIER_BYTES } from "../src/Channel.js"
+import * as Cleanup from "../src/Cleanup.js"
 import * as Codec from "../src/Codec.js"
 import * as Config from "../src/Config.js"
 import * as Database from "../src/Database.js"
 import * as Publisher from "../src/Publisher.js"
-import * as Recovery from "../src/Recovery.js"
+import * as Recovery from "../src/recovery/Recovery.js"
 import { eventually as waitUntil } from "./utils/cluster.js"
 import { createAttachmentTable, databaseUrl, makePool, suiteId } from "./utils/postgres.js"
 
@@ -60,7 +61,7 @@ const servicesLayer = (
   options: Config.AdapterOptions = {},
   on: pg.Pool = pool,
 ): Layer.Layer<Recovery.Recovery | Publisher.Publisher> =>
-  Layer.mergeAll(Recovery.layer, Publisher.layer).pipe(
+  Layer.mergeAll(Recovery.layer.pipe(Layer.provide(Cleanup.layerEmpty)), Publisher.layer).pipe(
     Layer.provide(
       Layer.mergeAll(
         Layer.succeed(
@@ -730,6 +731,7 @@ describe("Recovery.cleanup", () => {
               )) as typeof real.query,
         })
         const layer = Recovery.layer.pipe(
+          Layer.provideMerge(Cleanup.layerEmpty),
           Layer.provide(
             Layer.mergeAll(
               Layer.succeed(

@@ -17,8 +17,8 @@ import * as Codec from "../Codec.js"
 import * as Config from "../Config.js"
 import * as Metrics from "../Metrics.js"
 import { Publisher } from "../Publisher.js"
-import { Recovery, type StoredRow } from "../Recovery.js"
-import { Sequencer } from "./sequencer.js"
+import { Recovery, type StoredRow } from "./Recovery.js"
+import { Sequencer } from "./Sequencer.js"
 
 const { MessageType } = Codec
 
