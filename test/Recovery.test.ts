@@ -10,6 +10,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Result from "effect/Result"
+import * as Tracer from "effect/Tracer"
 import { TestClock } from "effect/testing"
 import pg from "pg"
 import { channelName, MAX_IDENTIFIER_BYTES } from "../src/Channel.js"
@@ -316,6 +317,30 @@ describe("Recovery.persist and restore", () => {
         assert.isTrue(Buffer.isBuffer(back.list[0]))
         assert.deepStrictEqual(restored!.missedPackets, [])
         assert.strictEqual(restored!.last, 1n)
+      }),
+    ),
+  )
+
+  it.live("traces each restore as the span restore, with its namespace", () =>
+    withPackets("rec_span", 1, ({ recovery }) =>
+      Effect.gen(function* () {
+        const spans: Array<Tracer.NativeSpan> = []
+        const tracer = Tracer.make({
+          span: (options) => {
+            const span = new Tracer.NativeSpan(options)
+            spans.push(span)
+            return span
+          },
+        })
+        yield* recovery.persist(session("p1"), HOUR)
+        assert.isDefined(yield* recovery.restore("/", "p1", "1").pipe(Effect.withTracer(tracer)))
+        assert.isUndefined(yield* recovery.restore("/", "p1", "1").pipe(Effect.withTracer(tracer)))
+        const restores = spans.filter((span) => span.name === "restore")
+        assert.strictEqual(restores.length, 2)
+        for (const span of restores) {
+          assert.strictEqual(span.attributes.get("nsp"), "/")
+          assert.strictEqual(span.status._tag, "Ended")
+        }
       }),
     ),
   )

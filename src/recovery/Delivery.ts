@@ -44,6 +44,17 @@ const matches = (rooms: ReadonlyArray<string>, opts: BroadcastOptions): boolean 
 const maxOffset = (a: bigint | undefined, b: bigint | undefined): bigint | undefined =>
   a === undefined || (b !== undefined && b > a) ? b : a
 
+const notFound = Metric.withAttributes(Metrics.restoresFailed, { reason: "not_found" })
+const failed = Metric.withAttributes(Metrics.restoresFailed, { reason: "error" })
+
+// Every restore that reached the Recovery service, but one interrupted (the adapter closed).
+const countRestore = (exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> => {
+  if (Exit.isSuccess(exit)) {
+    return Metric.update(exit.value === undefined ? notFound : Metrics.sessionsRestored, 1)
+  }
+  return Cause.hasInterruptsOnly(exit.cause) ? Effect.void : Metric.update(failed, 1)
+}
+
 /** At most this many packets are read back after the LISTEN connection was lost. */
 const CATCH_UP_LIMIT = 100_000
 
@@ -337,9 +348,7 @@ export class RecoveredDelivery {
       Effect.flatMap(Recovery, (recovery) => recovery.restore(this.options.nsp, pid, offset)).pipe(
         Effect.timeout(this.options.requestsTimeout),
         // Counted in the application's context (its metric registry).
-        Effect.tap((session) =>
-          session === undefined ? Effect.void : Metric.update(Metrics.sessionsRestored, 1),
-        ),
+        Effect.onExit((exit) => countRestore(exit)),
       ),
     )
     const since = this.#recorded.slice(recorded)
