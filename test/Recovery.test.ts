@@ -56,13 +56,16 @@ const freshSchemaPrefix = (name: string): string => {
   return `${schema}.recovery`
 }
 
-/** Recovery and Publisher over `pool`, with `prefix`'s tables (and attachments table). */
+/**
+ * Recovery and Publisher over `pool`, with `prefix`'s tables (and attachments table), and the
+ * cleanup loop Recovery registers in (without the attachments' task).
+ */
 const servicesLayer = (
   prefix: string,
   options: Config.AdapterOptions = {},
   on: pg.Pool = pool,
-): Layer.Layer<Recovery.Recovery | Publisher.Publisher> =>
-  Layer.mergeAll(Recovery.layer.pipe(Layer.provide(Cleanup.layerEmpty)), Publisher.layer).pipe(
+): Layer.Layer<Recovery.Recovery | Publisher.Publisher | Cleanup.Cleanup> =>
+  Layer.mergeAll(Recovery.layer.pipe(Layer.provideMerge(Cleanup.layerEmpty)), Publisher.layer).pipe(
     Layer.provide(
       Layer.mergeAll(
         Layer.succeed(
@@ -269,6 +272,7 @@ interface Services {
   readonly prefix: string
   readonly recovery: Recovery.Recovery["Service"]
   readonly publisher: Publisher.Publisher["Service"]
+  readonly cleanup: Cleanup.Cleanup["Service"]
 }
 
 /** Services on fresh tables, with `count` packets `[label, i]` stored in "/" (offsets 1..count). */
@@ -284,9 +288,10 @@ const withStored = <A, E, R>(
     const context = yield* Layer.build(servicesLayer(prefix, options))
     const recovery = Context.get(context, Recovery.Recovery)
     const publisher = Context.get(context, Publisher.Publisher)
+    const cleanup = Context.get(context, Cleanup.Cleanup)
     yield* setup(prefix, recovery)
     for (let i = 1; i <= count; i++) yield* store(publisher, packetOf([label, i]))
-    return yield* body({ prefix, recovery, publisher })
+    return yield* body({ prefix, recovery, publisher, cleanup })
   })
 
 describe("Recovery.persist and restore", () => {
@@ -685,6 +690,25 @@ describe("Recovery.cleanup", () => {
           assert.deepStrictEqual(yield* counter(prefix), { last: "5", cleaned: "3" })
         }),
       ),
+  )
+
+  it.live("runs in the Cleanup loop once a namespace asked for retention", () =>
+    withCleanup("rec_clean_loop", 3, ({ prefix, recovery, cleanup }) =>
+      Effect.gen(function* () {
+        yield* age(prefix, 2, "1 day")
+        yield* recovery.persist(session("p1"), HOUR)
+        yield* sql(`UPDATE ${prefix}_sessions SET expires_at = now() - interval '1 second'`)
+        // Off until a namespace asks: the loop has nothing of recovery to run.
+        assert.strictEqual(yield* cleanup.runOnce, 0)
+        assert.deepStrictEqual(yield* offsetsLeft(prefix), [1, 2, 3])
+        yield* recovery.retain(Duration.minutes(1))
+        yield* recovery.retain(Duration.minutes(2))
+        // The packets older than the longest retention, and the expired session.
+        assert.strictEqual(yield* cleanup.runOnce, 3)
+        assert.deepStrictEqual(yield* offsetsLeft(prefix), [3])
+        assert.strictEqual(yield* cleanup.runOnce, 0)
+      }),
+    ),
   )
 
   it.live("keeps packets as long as the longest retention asked for", () =>
