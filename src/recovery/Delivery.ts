@@ -4,26 +4,24 @@
  * order), what was missed while the LISTEN connection was down is read back, and session restores
  * neither miss nor repeat the packets delivered around them.
  */
-import * as Cause from "effect/Cause"
-import * as Duration from "effect/Duration"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
+import type * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type { BroadcastOptions, PrivateSessionId, Session } from "socket.io-adapter"
 import * as Codec from "../Codec.js"
 import * as Config from "../Config.js"
-import * as Metrics from "../Metrics.js"
 import { Publisher } from "../Publisher.js"
-import { Recovery, type StoredRow } from "./Recovery.js"
+import { CatchUp } from "./CatchUp.js"
+import { Recovery } from "./Recovery.js"
+import { Restores } from "./Restores.js"
 import { Sequencer } from "./Sequencer.js"
 
-const { MessageType } = Codec
+export { NOT_RESTORED } from "./Restores.js"
 
-/** What `restoreSession` resolves with when it restores nothing (Socket.IO takes `null`). */
-export const NOT_RESTORED = null as unknown as Session
+const { MessageType } = Codec
 
 const decodeOptions = (opts: {
   rooms: Array<string>
@@ -35,32 +33,34 @@ const decodeOptions = (opts: {
   flags: opts.flags ?? {},
 })
 
-// Whether a packet sent with `opts` is for a socket in `rooms` (as Socket.IO's own adapter decides
-// which stored packets a session missed).
-const matches = (rooms: ReadonlyArray<string>, opts: BroadcastOptions): boolean =>
-  (opts.rooms.size === 0 || rooms.some((room) => opts.rooms.has(room))) &&
-  !rooms.some((room) => opts.except?.has(room))
-
-const maxOffset = (a: bigint | undefined, b: bigint | undefined): bigint | undefined =>
-  a === undefined || (b !== undefined && b > a) ? b : a
-
-const notFound = Metric.withAttributes(Metrics.restoresFailed, { reason: "not_found" })
-const failed = Metric.withAttributes(Metrics.restoresFailed, { reason: "error" })
-
-// Every restore that reached the Recovery service, but one interrupted (the adapter closed).
-const countRestore = (exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> => {
-  if (Exit.isSuccess(exit)) {
-    return Metric.update(exit.value === undefined ? notFound : Metrics.sessionsRestored, 1)
-  }
-  return Cause.hasInterruptsOnly(exit.cause) ? Effect.void : Metric.update(failed, 1)
-}
-
-/** At most this many packets are read back after the LISTEN connection was lost. */
-const CATCH_UP_LIMIT = 100_000
-
 /** What Socket.IO keeps for recovery: an EVENT without acknowledgement, not volatile. */
 export const isStorable = (packet: any, opts: BroadcastOptions): boolean =>
   packet.type === 2 && packet.id === undefined && opts.flags?.volatile === undefined
+
+/**
+ * Keeps packets for `maxDisconnection`. Recovery's tables must exist before the first packet is
+ * stored: waits for them (up to 5 s, then stores fail and are delivered without offset while
+ * creation goes on in the background). Resolves with the Publisher that stores.
+ */
+const setupStore = Effect.fnUntraced(function* (maxDisconnection: Duration.Duration) {
+  const publisher = yield* Publisher
+  const recovery = yield* Recovery
+  const config = yield* Config.Config
+  yield* recovery.retain(maxDisconnection)
+  if (config.createTable) {
+    const setup = yield* recovery.ensureTables.pipe(
+      Effect.tapError((error) =>
+        Effect.logWarning(`creating the recovery tables failed: ${error.message}`),
+      ),
+      Effect.retry(
+        Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("10 seconds")]),
+      ),
+      Effect.forkScoped,
+    )
+    yield* Fiber.await(setup).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+  }
+  return publisher
+})
 
 /** What the delivery needs from its adapter. */
 export interface RecoveredDeliveryOptions {
@@ -94,55 +94,29 @@ export interface RecoveredDeliveryOptions {
 export class RecoveredDelivery {
   /** Orders every local delivery of the namespace (see Sequencer). */
   readonly sequencer = new Sequencer<() => void>((deliver) => deliver())
-  /** Restored sockets and the last offset their restore read: older packets are not resent. */
-  readonly #restored = new Map<string, bigint>()
+  readonly #catchUp: CatchUp
+  readonly #restores: Restores
   #publisher: Publisher["Service"] | undefined
   /** Resolves with the Publisher once recovery's tables are there. */
   readonly #storeReady: Promise<Publisher["Service"] | undefined>
   #storeReadyResolve: ((publisher: Publisher["Service"] | undefined) => void) | undefined
   #storesWaiting = 0
-  /** The LISTEN connection was lost and the packets missed are not read back yet. */
-  #catchingUp = false
-  #catchUpTimer: ReturnType<typeof setTimeout> | undefined
-  /** Restores in flight, and the stored packets delivered meanwhile. */
-  #restoring = 0
-  #recorded: Array<{
-    readonly offset: bigint
-    readonly data: Array<unknown>
-    readonly opts: BroadcastOptions
-  }> = []
-  /** Offsets up to this one were delivered, or committed before we listened. */
-  #caughtUpTo: bigint | undefined
   #closed = false
 
   constructor(private readonly options: RecoveredDeliveryOptions) {
     this.#storeReady = new Promise((resolve) => (this.#storeReadyResolve = resolve))
+    this.#catchUp = new CatchUp(this.sequencer, {
+      ...options,
+      deliver: (packet, opts, offset) => this.#deliverLocally(packet, opts, offset),
+    })
+    this.#restores = new Restores(options)
   }
 
-  /**
-   * Keeps packets for `maxDisconnection`. Recovery's tables must exist before the first packet is
-   * stored: wait for them (up to 5 s, then stores fail and are delivered without offset while
-   * creation goes on in the background).
-   */
+  /** Prepares stores (see {@link setupStore}); until then they wait, in order. */
   setup(): Effect.Effect<void, never, Recovery | Config.Config | Publisher | Scope.Scope> {
-    return Effect.gen({ self: this }, function* () {
-      this.#publisher = yield* Publisher
-      const recovery = yield* Recovery
-      const config = yield* Config.Config
-      yield* recovery.retain(this.options.maxDisconnection)
-      if (config.createTable) {
-        const setup = yield* recovery.ensureTables.pipe(
-          Effect.tapError((error) =>
-            Effect.logWarning(`creating the recovery tables failed: ${error.message}`),
-          ),
-          Effect.retry(
-            Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("10 seconds")]),
-          ),
-          Effect.forkScoped,
-        )
-        yield* Fiber.await(setup).pipe(Effect.timeout("5 seconds"), Effect.ignore)
-      }
-      this.#storeReadyResolve!(this.#publisher)
+    return Effect.map(setupStore(this.options.maxDisconnection), (publisher) => {
+      this.#publisher = publisher
+      this.#storeReadyResolve!(publisher)
       this.#storeReadyResolve = undefined
     })
   }
@@ -150,7 +124,7 @@ export class RecoveredDelivery {
   /** The adapter closes: no catch-up timer any more, stores still waiting go unstored. */
   close(): void {
     this.#closed = true
-    clearTimeout(this.#catchUpTimer)
+    this.#catchUp.close()
     this.#storeReadyResolve?.(undefined)
   }
 
@@ -232,17 +206,8 @@ export class RecoveredDelivery {
 
   // Local delivery of a packet; a socket whose restore already replayed it is left out.
   #deliverLocally(packet: any, opts: BroadcastOptions, offset?: bigint): void {
-    let except = opts.except
-    if (offset !== undefined && this.#restored.size > 0) {
-      for (const [sid, last] of this.#restored) {
-        // Deliveries come in offset order: past `last`, the entry has done its job.
-        if (offset > last) this.#restored.delete(sid)
-        else (except = new Set(except)).add(sid)
-      }
-    }
-    if (offset !== undefined && this.#restoring > 0) {
-      this.#recorded.push({ offset, data: packet.data, opts })
-    }
+    const except =
+      offset === undefined ? opts.except : this.#restores.delivering(offset, packet.data, opts)
     try {
       this.options.deliver(packet, except === opts.except ? opts : { ...opts, except })
     } catch (e) {
@@ -250,132 +215,18 @@ export class RecoveredDelivery {
     }
   }
 
-  /**
-   * The LISTEN connection was lost: hold every delivery until what was missed meanwhile is read
-   * back (catchUp), for at most publishTimeout: then local delivery goes on, and what was missed
-   * is lost.
-   */
+  /** The LISTEN connection was lost: deliveries wait for the catch-up (see CatchUp). */
   lost(): void {
-    const sequencer = this.sequencer
-    if (this.#catchingUp) return
-    this.#catchingUp = true
-    sequencer.hold()
-    this.#catchUpTimer = setTimeout(() => {
-      if (!this.#catchingUp) return
-      this.#catchingUp = false
-      this.options.warn("LISTEN connection still down: delivering without catching up")
-      sequencer.stopWaiting()
-      sequencer.release()
-    }, Duration.toMillis(this.options.publishTimeout))
+    this.#catchUp.lost()
   }
 
-  /**
-   * The channel is listened on (again). Nothing is lost while the LISTEN connection is down: the
-   * stored packets after the last delivered offset are read back and delivered first, in order,
-   * then the live ones. The first time, the namespace's last offset is where listening started.
-   */
+  /** The channel is listened on (again): what was missed meanwhile is read back first. */
   catchUp(): void {
-    const sequencer = this.sequencer
-    const catchingUp = this.#catchingUp
-    if (!catchingUp && this.#caughtUpTo !== undefined) return
-    const from = maxOffset(this.#caughtUpTo, sequencer.lastDelivered)
-    const nsp = this.options.nsp
-    this.options.begin()
-    void this.options
-      .run(
-        Effect.flatMap(Recovery, (recovery) =>
-          Effect.flatMap(recovery.lastOffset(nsp), (last) =>
-            !catchingUp || from === undefined
-              ? Effect.succeed({ last, rows: [] as ReadonlyArray<StoredRow> })
-              : Effect.map(recovery.packetsSince(nsp, from, CATCH_UP_LIMIT), (rows) => ({
-                  last,
-                  rows,
-                })),
-          ),
-        ).pipe(
-          Effect.retry(Schedule.max([Schedule.exponential("100 millis"), Schedule.recurs(4)])),
-          // Deliveries are held meanwhile: a frozen PostgreSQL must not hold them for ever.
-          Effect.timeout(this.options.publishTimeout),
-        ),
-      )
-      .then((exit) => {
-        this.options.end()
-        if (Exit.isSuccess(exit)) {
-          this.#caughtUpTo = maxOffset(this.#caughtUpTo, exit.value.last)
-          // Up to there, notifications came before we listened, were read back, or are lost:
-          // none to wait for.
-          sequencer.seenUpTo(exit.value.last)
-        } else {
-          if (!Exit.hasInterrupts(exit)) this.options.report(Cause.squash(exit.cause))
-          // Unknown: the own packets sent so far stop waiting for earlier notifications.
-          sequencer.stopWaiting()
-        }
-        // Not caught up in time: the hold was released already (see lost).
-        if (!catchingUp || !this.#catchingUp) return
-        this.#catchingUp = false
-        clearTimeout(this.#catchUpTimer)
-        // Could not read them back: what was missed stays missed, live delivery resumes.
-        if (Exit.isFailure(exit)) return sequencer.release()
-        // Nothing delivered and no start known: nothing to read back.
-        if (from === undefined) return sequencer.release()
-        const { rows } = exit.value
-        const last = rows.length > 0 ? rows[rows.length - 1]!.offset : from
-        if (rows.length === CATCH_UP_LIMIT) {
-          this.options.warn(`more than ${CATCH_UP_LIMIT} packets missed; later ones are lost`)
-        }
-        sequencer.release({
-          upTo: last,
-          items: rows.map((row) => {
-            const offset = String(row.offset)
-            const packet = { type: 2, data: [...row.data, offset], nsp }
-            const opts = decodeOptions({ rooms: [...row.rooms], except: [...row.except] })
-            return {
-              offset: row.offset,
-              item: () => this.#deliverLocally(packet, opts, row.offset),
-            }
-          }),
-        })
-      })
+    this.#catchUp.listening()
   }
 
-  /** Restores a session with the packets it missed, those delivered during the restore included. */
-  async restore(pid: PrivateSessionId, offset: string): Promise<Session> {
-    // Packets delivered while the restore runs are recorded: the session's snapshot may predate
-    // them, and the restored socket does not exist yet to receive them live.
-    this.#restoring++
-    const recorded = this.#recorded.length
-    const exit = await this.options.run(
-      Effect.flatMap(Recovery, (recovery) => recovery.restore(this.options.nsp, pid, offset)).pipe(
-        Effect.timeout(this.options.requestsTimeout),
-        // Counted in the application's context (its metric registry).
-        Effect.onExit((exit) => countRestore(exit)),
-      ),
-    )
-    const since = this.#recorded.slice(recorded)
-    if (--this.#restoring === 0) this.#recorded = []
-    if (Exit.isFailure(exit)) {
-      if (!Exit.hasInterrupts(exit)) this.options.report(Cause.squash(exit.cause))
-      return NOT_RESTORED
-    }
-    const session = exit.value
-    if (session === undefined) return NOT_RESTORED
-    // Those after the snapshot that are the socket's go with the missed ones. Socket.IO builds the
-    // socket in the microtasks after we return: with no delivery in between, later ones reach it
-    // live, and earlier ones that arrive late are not sent to it again.
-    const missedPackets = [...session.missedPackets]
-    let last = session.last
-    for (const entry of since) {
-      if (entry.offset <= last || !matches(session.rooms, entry.opts)) continue
-      missedPackets.push(entry.data)
-      last = entry.offset
-    }
-    this.#restored.set(session.sid, last)
-    return {
-      sid: session.sid,
-      pid: session.pid,
-      rooms: session.rooms,
-      data: session.data,
-      missedPackets,
-    }
+  /** Restores a session with the packets it missed (see Restores). */
+  restore(pid: PrivateSessionId, offset: string): Promise<Session> {
+    return this.#restores.restore(pid, offset)
   }
 }
