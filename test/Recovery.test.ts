@@ -575,7 +575,7 @@ describe("Recovery.cleanup", () => {
   )
 
   it.effect(
-    "runs every cleanupInterval once retention was asked for, the first after one interval",
+    "runs in each pass of the Cleanup loop (every cleanupInterval) once retention was asked for",
     () =>
       Effect.gen(function* () {
         const prefix = freshPrefix("rec_clean_clock")
@@ -610,7 +610,7 @@ describe("Recovery.cleanup", () => {
         const advance = (millis: number) =>
           TestClock.adjust(Duration.millis(millis)).pipe(Effect.andThen(Effect.yieldNow))
 
-        // Without retention a pass runs no statement.
+        // Without retention a pass runs no statement. The loop's passes fall on whole seconds.
         yield* advance(3000)
         assert.strictEqual(passes(), 0)
         yield* recovery.retain(Duration.millis(1))
