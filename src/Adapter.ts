@@ -35,8 +35,8 @@ import { makeInbox } from "./internal/inbox.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { Publisher } from "./Publisher.js"
-import { isStorable, NOT_RESTORED, RecoveredDelivery } from "./internal/recovered.js"
-import { SessionWriter } from "./internal/sessions.js"
+import { isStorable, NOT_RESTORED, RecoveredDelivery } from "./recovery/Delivery.js"
+import { SessionWriter } from "./recovery/SessionWriter.js"
 
 const { MessageType } = Codec
 
@@ -86,9 +86,6 @@ const encodeOptions = (opts: BroadcastOptions) => ({
   except: [...(opts.except ?? [])],
   flags: opts.flags ?? {},
 })
-
-// How a stored broadcast's payload ends: `,"offset":"<digits>"}`.
-const OFFSET_FIELD = `"offset":"`
 
 const randomId = () => crypto.randomUUID().replaceAll("-", "").slice(0, 16)
 
@@ -462,9 +459,8 @@ export class PostgresAdapter extends ClusterAdapter {
       // Except for the offset of a stored one (its last field): a store reported as failed may
       // have committed after all, and later own packets wait until its offset was seen.
       if (this.#recovered !== undefined) {
-        const at = payload.lastIndexOf(OFFSET_FIELD)
-        const offset = at === -1 ? "" : payload.slice(at + OFFSET_FIELD.length, -2)
-        if (Codec.isOffset(offset)) this.#recovered.sequencer.seenUpTo(BigInt(offset))
+        const offset = Codec.storedOffsetOf(payload)
+        if (offset !== undefined) this.#recovered.sequencer.seenUpTo(BigInt(offset))
       }
       return
     }

@@ -17,7 +17,7 @@ import type { ConfigError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
 import * as Listener from "./Listener.js"
 import * as Publisher from "./Publisher.js"
-import * as Recovery from "./Recovery.js"
+import * as Recovery from "./recovery/Recovery.js"
 
 /** Every service the adapter runs on. */
 export type Services =
@@ -63,8 +63,8 @@ export const layer: Layer.Layer<Services, never, Config.Config | Database.Databa
     Listener.layer,
     Publisher.layer,
     Heartbeat.layer,
-    Cleanup.layer,
-    Recovery.layer,
+    // Recovery's cleanup runs in the Cleanup loop.
+    Recovery.layer.pipe(Layer.provideMerge(Cleanup.layer)),
     layerTableSetup,
   ).pipe(
     Layer.provideMerge(AttachmentStore.layer),

@@ -113,7 +113,7 @@ export const encode = (message: WireMessage, threshold: number): Encoded => {
       const requestId = isResponse(message.type)
         ? ((message.data as { requestId?: unknown } | undefined)?.requestId as string | undefined)
         : undefined
-      // `offset` last: the publisher finds its placeholder from the end.
+      // `offset` last: its placeholder is found from the end (see splitAtOffsetPlaceholder).
       const header = JSON.stringify({
         uid: message.uid,
         type: message.type,
@@ -155,6 +155,45 @@ export const decodePacketData = (bytes: Uint8Array): Result.Result<Array<unknown
 /** A recovery offset as it travels: the text of a positive bigint. */
 export const isOffset = (u: unknown): u is string =>
   typeof u === "string" && /^\d{1,19}$/.test(u) && BigInt(u) <= MAX_BIGINT
+
+// Stands for a stored packet's offset until PostgreSQL gives it out, in the statement that stores
+// the packet: 19 digits, so that the payload's length is checked with the longest offset.
+const OFFSET_PLACEHOLDER = "9223372036854775806"
+
+// How a stored packet's notification ends (inline or attachment header): `"offset":"<digits>"}`.
+const OFFSET_FIELD = `"offset":"`
+
+/**
+ * The message of a stored packet before its offset is known: its `offset` field, last, holds a
+ * placeholder. Encoded, the placeholder is the last field of the payload or header, so nothing a
+ * user controls comes after it.
+ */
+export const withOffsetPlaceholder = (message: WireMessage): WireMessage => {
+  if (!("offset" in message)) return { ...message, offset: OFFSET_PLACEHOLDER }
+  // A key already there would keep its place: put it last.
+  const { offset: _, ...rest } = message
+  return { ...rest, offset: OFFSET_PLACEHOLDER }
+}
+
+/**
+ * The text of an encoded {@link withOffsetPlaceholder} message (inline payload or attachment
+ * header) around its placeholder: the offset goes in between, e.g. in SQL.
+ */
+export const splitAtOffsetPlaceholder = (text: string): readonly [string, string] => {
+  const at = text.lastIndexOf(OFFSET_PLACEHOLDER)
+  return [text.slice(0, at), text.slice(at + OFFSET_PLACEHOLDER.length)]
+}
+
+/**
+ * The offset of a stored packet read from the text of its notification (as this package writes
+ * it: the offset is its last field), without parsing it; `undefined` when it carries none.
+ */
+export const storedOffsetOf = (payload: string): string | undefined => {
+  const at = payload.lastIndexOf(OFFSET_FIELD)
+  if (at === -1) return undefined
+  const offset = payload.slice(at + OFFSET_FIELD.length, -2)
+  return isOffset(offset) ? offset : undefined
+}
 
 // msgpack encodes typed arrays and DataViews as binary, but a bare ArrayBuffer as an empty map:
 // wrap those in a Uint8Array, copying only the arrays and plain objects on the way to one.

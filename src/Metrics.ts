@@ -64,8 +64,18 @@ export const packetsStored = Metric.counter("socket_io_postgres_packets_stored",
   incremental: true,
 })
 
-/** Sessions restored (connection state recovery), and restores that found nothing to restore. */
+/** Sessions restored (connection state recovery). */
 export const sessionsRestored = Metric.counter("socket_io_postgres_sessions_restored", {
   description: "Sessions restored from the recovery tables",
+  incremental: true,
+})
+
+/**
+ * Restores that restored nothing (the client got a new socket), by `reason`: `not_found` (no
+ * such session, expired, or an offset that is unknown or older than what was kept) or `error`
+ * (PostgreSQL failed or did not answer within `requestsTimeout`).
+ */
+export const restoresFailed = Metric.counter("socket_io_postgres_restores_failed", {
+  description: "Session restores that gave the client a new socket",
   incremental: true,
 })

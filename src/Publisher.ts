@@ -17,6 +17,8 @@ import { Config } from "./Config.js"
 import { Database } from "./Database.js"
 import { type DatabaseError, PublishError } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
+import * as PacketStore from "./recovery/PacketStore.js"
+import { tableNames } from "./recovery/Tables.js"
 
 /** Called once with the outcome of a publish: `undefined` when PostgreSQL committed it. */
 export type PublishCallback = (error: PublishError | undefined) => void
@@ -129,8 +131,7 @@ export const make = Effect.gen(function* () {
   const context = yield* Effect.context<never>()
   const timeoutMillis = Duration.toMillis(config.publishTimeout)
   const table = quoteTableName(config.tableName)
-  const packetsTable = quoteTableName(`${config.recoveryTablePrefix}_packets`)
-  const offsetsTable = quoteTableName(`${config.recoveryTablePrefix}_offsets`)
+  const recoveryTables = tableNames(config.recoveryTablePrefix)
   let queue: Array<Item> = []
   let inflight: ReadonlyArray<Item> = []
   let timer: ReturnType<typeof setTimeout> | undefined
@@ -157,30 +158,16 @@ export const make = Effect.gen(function* () {
     const ctes: Array<string> = []
     const values: Array<string> = []
     const calls: Array<string> = []
-    let count: string | undefined
+    let store: PacketStore.StoreSql | undefined
     if (stored.length > 0) {
-      const nsp = param(stored[0]!.stored!.nsp)
-      count = param(stored.length)
       // The position of the run's last notified packet, 0 when none is notified.
       let notified = 0
       stored.forEach((item, i) => {
         if (item.encoded !== undefined) notified = i + 1
       })
-      const lastNotified = param(notified)
-      const rows = stored.map((item, i) => {
-        const packet = item.stored!
-        return `(${i + 1}, ${param(packet.rooms)}::text[], ${param(packet.except)}::text[], ${param(toBuffer(packet.bytes))}::bytea)`
-      })
-      ctes.push(
-        `c AS (INSERT INTO ${offsetsTable} AS o (nsp, last, notified, prev_notified) ` +
-          `VALUES (${nsp}, ${count}::bigint, ${lastNotified}::bigint, 0) ` +
-          `ON CONFLICT (nsp) DO UPDATE SET last = o.last + EXCLUDED.last, prev_notified = o.notified, ` +
-          `notified = CASE WHEN EXCLUDED.notified > 0 THEN o.last + EXCLUDED.notified ELSE o.notified END ` +
-          `RETURNING last, prev_notified)`,
-        `p AS (INSERT INTO ${packetsTable} (nsp, "offset", rooms, excepts, data) ` +
-          `SELECT ${nsp}, c.last - ${count}::bigint + v.i, v.r, v.e, v.d FROM c, ` +
-          `(VALUES ${rows.join(", ")}) AS v(i, r, e, d))`,
-      )
+      const packets = stored.map((item) => item.stored!)
+      store = PacketStore.storeSql(recoveryTables, param, packets[0]!.nsp, packets, notified)
+      ctes.push(...store.ctes)
     }
     // The text of a notification, with its placeholders replaced in SQL.
     const payloadSql = (item: Item, id: string | undefined): string => {
@@ -188,10 +175,9 @@ export const make = Effect.gen(function* () {
       let text = encoded._tag === "Inline" ? encoded.payload : encoded.header(ID_MARKER)
       let tail = ""
       if (item.stored !== undefined) {
-        const at = text.lastIndexOf(OFFSET_MARKER)
-        const index = position.get(item)!
-        tail = ` || (c.last - ${count}::bigint + ${index})::text || ${param(text.slice(at + OFFSET_MARKER.length))}`
-        text = text.slice(0, at)
+        const [before, after] = Codec.splitAtOffsetPlaceholder(text)
+        tail = ` || ${store!.offset(position.get(item)!)}::text || ${param(after)}`
+        text = before
       }
       if (id !== undefined) {
         const at = text.lastIndexOf(ID_MARKER)
@@ -217,12 +203,9 @@ export const make = Effect.gen(function* () {
         `ids AS (SELECT array_agg(id ORDER BY id) AS a FROM ins)`,
       )
     }
-    const select = [
-      ...(stored.length > 0 ? ["c.last::text AS last", "c.prev_notified::text AS after"] : []),
-      ...calls,
-    ]
+    const select = [...(store?.columns ?? []), ...calls]
     return [
-      `WITH ${ctes.join(", ")} SELECT ${select.join(", ")}${stored.length > 0 ? " FROM c" : ""}`,
+      `WITH ${ctes.join(", ")} SELECT ${select.join(", ")}${store === undefined ? "" : ` FROM ${store.from}`}`,
       params,
     ]
   }
@@ -342,7 +325,7 @@ export const make = Effect.gen(function* () {
         message === undefined
           ? undefined
           : Codec.encode(
-              packet === undefined ? message : { ...message, offset: OFFSET_MARKER },
+              packet === undefined ? message : Codec.withOffsetPlaceholder(message),
               config.payloadThreshold,
             )
       if (packet !== undefined) {
@@ -394,10 +377,6 @@ export const make = Effect.gen(function* () {
 // Stands for the row id in an attachment header: the largest bigint, so the header's length is
 // checked with the longest id; headers hold no other run of 19 digits after it.
 const ID_MARKER = "9223372036854775807"
-
-// Stands for a stored packet's offset: the last field of its payload or header, found from the
-// end, so nothing a user controls comes after it.
-const OFFSET_MARKER = "9223372036854775806"
 
 // The statement text for n notifications, built once per size.
 const statements: Array<string> = []

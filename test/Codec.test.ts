@@ -700,6 +700,54 @@ describe("Codec recovery offsets", () => {
     assert.notInclude(header, "offset")
   })
 
+  it("puts a stored message's offset in place of its placeholder, inline or in an attachment header", () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          offset,
+          id: fc.bigInt({ min: 1n, max: 2n ** 63n - 1n }).map(String),
+          data: fc.oneof(
+            jsonValue,
+            fc.uint8Array({ maxLength: 16 }).map((bytes) => Buffer.from(bytes)),
+            fc.string({ minLength: 7990, maxLength: 8010 }),
+          ),
+          // A message that already has an offset field, not last.
+          early: fc.boolean(),
+        }),
+        ({ offset, id, data, early }) => {
+          const base = broadcastWith(data)
+          const message = early ? { offset: "1", ...base } : base
+          const encoded = Codec.encode(Codec.withOffsetPlaceholder(message), 8000)
+          const text = encoded._tag === "Inline" ? encoded.payload : encoded.header(id)
+          const [before, after] = Codec.splitAtOffsetPlaceholder(text)
+          const payload = `${before}${offset}${after}`
+          assert.isAtMost(Buffer.byteLength(payload), MAX_NOTIFY_BYTES)
+          // What the sender reads back from its own notification, without parsing it.
+          assert.strictEqual(Codec.storedOffsetOf(payload), offset)
+          const decoded = success(Codec.decodeNotification(payload))
+          if (decoded._tag === "Inline") {
+            assert.strictEqual(encoded._tag, "Inline")
+            assert.deepStrictEqual(decoded.message, { ...message, offset })
+          } else {
+            assert.strictEqual(decoded.offset, offset)
+            assert.strictEqual(decoded.attachmentId, id)
+          }
+        },
+      ),
+    )
+  })
+
+  it("reads no stored offset from a notification without one", () => {
+    const payloads = [
+      JSON.stringify(broadcastWith("x")),
+      JSON.stringify(broadcastWith({ offset: "5" })),
+      JSON.stringify(broadcastWith("x", { offset: "abc" })),
+      JSON.stringify({ uid: "a", type: 2, nsp: '"offset":"5' }),
+      JSON.stringify({ uid: "a", type: 3, nsp: "/", attachmentId: "5" }),
+    ]
+    for (const payload of payloads) assert.isUndefined(Codec.storedOffsetOf(payload), payload)
+  })
+
   it("keeps an inline message's offset among its fields", () => {
     const payload = JSON.stringify(broadcastWith("x", { offset: "42" }))
     const decoded = success(Codec.decodeNotification(payload))

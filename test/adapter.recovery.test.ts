@@ -3,11 +3,14 @@
  * real PostgreSQL: a client whose transport closes comes back on any server with the same id,
  * rooms and data, and gets every stored packet it missed (and only those), in offset order.
  */
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import pg from "pg"
 import type { ServerOptions } from "socket.io"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { Emitter } from "../src/index.js"
+import * as Metrics from "../src/Metrics.js"
 import { killFixture, runFixture, type ChildScript } from "./fixtures/faults.js"
 import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
 import { connectClient, eventually, waitFor } from "./utils/cluster.js"
@@ -33,6 +36,22 @@ import {
 const recoveryOn = (maxDisconnectionDuration = 60_000): Partial<ServerOptions> => ({
   connectionStateRecovery: { maxDisconnectionDuration },
 })
+
+/** The restore counters of this process (the servers of a test run in it, on the default registry). */
+const restoreCounts = () =>
+  Effect.runPromise(
+    Effect.all({
+      restored: Metric.value(Metrics.sessionsRestored),
+      notFound: Metric.value(
+        Metric.withAttributes(Metrics.restoresFailed, { reason: "not_found" }),
+      ),
+      error: Metric.value(Metric.withAttributes(Metrics.restoresFailed, { reason: "error" })),
+    }),
+  ).then(({ restored, notFound, error }) => ({
+    restored: restored.count,
+    notFound: notFound.count,
+    error: error.count,
+  }))
 
 /** A describe's own cluster (recovery on unless told), and the clients made by `resume`. */
 const suite = (
@@ -136,11 +155,13 @@ describe("recovery: same server and another server", () => {
         if (packet !== null) expected.push([packet, offset])
       }
 
+      const before = await restoreCounts()
       const next = await resume(client, cluster.servers[target]!.url, {
         attach: log.attach,
         track: s.resumed,
       })
       expect(next.recovered).toBe(true)
+      expect(await restoreCounts()).toEqual({ ...before, restored: before.restored + 1 })
       expect(next.id).toBe(sid)
       expect(pidOf(next)).toBe(pid)
       const restored = cluster.servers[target]!.io.of("/").sockets.get(sid!)!
@@ -169,6 +190,11 @@ describe("recovery: same server and another server", () => {
       // The session was taken: presenting it again while the socket is connected gives a new one.
       const again = await resume(client, cluster.servers[2]!.url, { track: s.resumed })
       expect(again.recovered).toBe(false)
+      expect(await restoreCounts()).toEqual({
+        ...before,
+        restored: before.restored + 1,
+        notFound: before.notFound + 1,
+      })
       expect(again.id).not.toBe(sid)
       expect(next.connected).toBe(true)
     },
@@ -293,6 +319,21 @@ describe("recovery: when a session cannot be restored", () => {
     const { cluster } = s
     const { last } = await offsetCounter(cluster.pool, cluster.id)
     await expectNewSocket(undefined, { pid: "no-such-session-id", offset: String(last) })
+  })
+
+  it("a restore that PostgreSQL fails gives a new socket, and is counted as failed", async () => {
+    const { cluster } = s
+    const old = await disconnectedClient()
+    const { sessions } = recoveryTables(cluster.id)
+    const before = await restoreCounts()
+    // The restore's statement fails: its table is not there.
+    await cluster.pool.query(`ALTER TABLE ${sessions} RENAME TO ${cluster.id}_elsewhere`)
+    try {
+      await expectNewSocket(old)
+    } finally {
+      await cluster.pool.query(`ALTER TABLE ${cluster.id}_elsewhere RENAME TO ${sessions}`)
+    }
+    expect(await restoreCounts()).toEqual({ ...before, error: before.error + 1 })
   })
 
   it.each(["abc", "-1", "1.5", ""])(

@@ -9,7 +9,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as fc from "fast-check"
-import { Sequencer } from "../src/internal/sequencer.js"
+import { Sequencer } from "../src/recovery/Sequencer.js"
 
 /** Lets every queued microtask run (the Sequencer delivers own packets one microtask later). */
 const microtasks = () => new Promise<void>((resolve) => setImmediate(resolve))

@@ -8,7 +8,7 @@
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Exit from "effect/Exit"
-import { Recovery, type SessionToPersist } from "../Recovery.js"
+import { Recovery, type SessionToPersist } from "./Recovery.js"
 
 /** What a socket of Socket.IO looks like to us. */
 interface SocketLike {

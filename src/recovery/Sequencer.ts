@@ -34,20 +34,68 @@ export interface Slot<A> {
   unblocked?: boolean
 }
 
+/** A packet of another node, pushed and not delivered yet. */
+interface Waiting<A> {
+  readonly offset: bigint | undefined
+  readonly item: A
+}
+
+/** What is known of the other nodes' notifications: announced ones, and the highest offset seen. */
+class Arrivals {
+  /** Offsets announced but not pushed yet, in arrival (offset) order. */
+  #announced: Array<bigint> = []
+  /** The highest offset known to have arrived (announced, pushed, own, or read back). */
+  #seen: bigint | undefined
+
+  /** Whether the notification of `offset` arrived (or will never come); 0 is no offset. */
+  hasSeen(offset: bigint): boolean {
+    return offset <= 0n || (this.#seen !== undefined && offset <= this.#seen)
+  }
+
+  /** Whether no packet announced below `offset` is still to be pushed. */
+  noneAnnouncedBelow(offset: bigint): boolean {
+    const bound = this.#announced[0]
+    return bound === undefined || bound >= offset
+  }
+
+  see(offset: bigint): void {
+    if (this.#seen === undefined || offset > this.#seen) this.#seen = offset
+  }
+
+  announce(offset: bigint): void {
+    this.#announced.push(offset)
+    this.see(offset)
+  }
+
+  retract(offset: bigint): void {
+    const at = this.#announced.indexOf(offset)
+    if (at !== -1) this.#announced.splice(at, 1)
+  }
+
+  /**
+   * Packets up to `offset` were pushed or read back: none announced up to there is expected any
+   * more (announced in offset order, so skipped ones too).
+   */
+  arrivedUpTo(offset: bigint): void {
+    this.see(offset)
+    let n = 0
+    while (n < this.#announced.length && this.#announced[n]! <= offset) n++
+    if (n > 0) this.#announced.splice(0, n)
+  }
+}
+
+/** Orders one namespace's local deliveries by offset (see above). */
 export class Sequencer<A> {
   /** Own slots not filled yet. */
   #storing = 0
   #holds = 0
   /** Pushed packets not delivered yet, in arrival order. */
-  #waiting: Array<{ readonly offset: bigint | undefined; readonly item: A }> = []
+  #waiting: Array<Waiting<A>> = []
   /** Own packets not delivered yet, in the order they were sent. */
   #own: Array<Slot<A>> = []
-  /** Offsets announced but not pushed yet, in arrival (offset) order. */
-  #announced: Array<bigint> = []
+  readonly #arrivals = new Arrivals()
   #scheduled = false
   #last: bigint | undefined
-  /** The highest offset known to have arrived (announced, pushed, own, or read back). */
-  #seen: bigint | undefined
 
   constructor(private readonly deliver: (item: A, offset: bigint | undefined) => void) {}
 
@@ -66,7 +114,7 @@ export class Sequencer<A> {
    * read from PostgreSQL. Until it is known, own stored packets wait.
    */
   seenUpTo(offset: bigint): void {
-    this.#see(offset)
+    this.#arrivals.see(offset)
     this.#flush(false)
   }
 
@@ -77,10 +125,6 @@ export class Sequencer<A> {
   stopWaiting(): void {
     for (const slot of this.#own) slot.unblocked = true
     this.#flush(false)
-  }
-
-  #see(offset: bigint): void {
-    if (this.#seen === undefined || offset > this.#seen) this.#seen = offset
   }
 
   /** An own packet is being stored: it takes its place, and pushed packets wait. */
@@ -131,38 +175,29 @@ export class Sequencer<A> {
   }): void {
     this.#holds--
     if (caughtUp !== undefined) {
-      this.#see(caughtUp.upTo)
       const later = this.#waiting.filter(
         ({ offset }) => offset === undefined || offset > caughtUp.upTo,
       )
       this.#waiting = [...caughtUp.items, ...later]
-      this.#announced = this.#announced.filter((offset) => offset > caughtUp.upTo)
+      this.#arrivals.arrivedUpTo(caughtUp.upTo)
     }
     this.#flush(false)
   }
 
   /** A notification with this offset arrived; its packet is pushed later, in order. */
   announce(offset: bigint): void {
-    this.#announced.push(offset)
-    this.#see(offset)
+    this.#arrivals.announce(offset)
   }
 
   /** An announced packet will not come (unreadable, attachment missing). */
   retract(offset: bigint): void {
-    const at = this.#announced.indexOf(offset)
-    if (at !== -1) this.#announced.splice(at, 1)
+    this.#arrivals.retract(offset)
     this.#flush(false)
   }
 
   /** A message from another node, in commit order; `offset` for stored broadcasts. */
   push(offset: bigint | undefined, item: A): void {
-    // Announced in the same order: this one and any skipped before it are no longer expected.
-    if (offset !== undefined) {
-      this.#see(offset)
-      let n = 0
-      while (n < this.#announced.length && this.#announced[n]! <= offset) n++
-      if (n > 0) this.#announced.splice(0, n)
-    }
+    if (offset !== undefined) this.#arrivals.arrivedUpTo(offset)
     if (this.#storing === 0 && this.#holds === 0 && this.held === 0) {
       this.#emit(item, offset)
       return
@@ -183,57 +218,65 @@ export class Sequencer<A> {
   // while no own packet is being stored.
   #flush(afterStore: boolean): void {
     if (this.#holds > 0 || this.held === 0) return
-    const foreignFree = afterStore || this.#storing === 0
-    let o = 0
-    let w = 0
-    const own = this.#own
-    const waiting = this.#waiting
-    for (;;) {
-      const slot = own[o]
-      const next = waiting[w]
-      if (slot !== undefined && slot.done) {
-        const offset = slot.offset
-        if (offset === undefined) {
-          this.#emit(slot.item!, undefined)
-          o++
-          continue
-        }
-        // Lower offsets first, and anything of the others without an offset.
-        if (
-          foreignFree &&
-          next !== undefined &&
-          (next.offset === undefined || next.offset < offset)
-        ) {
-          this.#emit(next.item, next.offset)
-          w++
-          continue
-        }
-        // Wait for what was committed before it (`after`) and announced below it.
-        const after = slot.unblocked === true ? 0n : (slot.after ?? 0n)
-        if (after > 0n && (this.#seen === undefined || after > this.#seen)) break
-        const bound = this.#announced[0]
-        if (bound !== undefined && bound < offset) break
-        if (
-          !foreignFree &&
-          next !== undefined &&
-          (next.offset === undefined || next.offset < offset)
-        ) {
-          break
-        }
-        this.#see(offset)
-        this.#emit(slot.item!, offset)
+    const [o, w] = drain(
+      this.#own,
+      this.#waiting,
+      afterStore || this.#storing === 0,
+      // Wait for what was committed before it (`after`) and announced below it.
+      (slot, offset) =>
+        (slot.unblocked === true || this.#arrivals.hasSeen(slot.after ?? 0n)) &&
+        this.#arrivals.noneAnnouncedBelow(offset),
+      (item, offset, own) => {
+        if (own && offset !== undefined) this.#arrivals.see(offset)
+        this.#emit(item, offset)
+      },
+    )
+    this.#own = this.#own.slice(o)
+    this.#waiting = this.#waiting.slice(w)
+  }
+}
+
+/**
+ * Takes from the own slots and the waiting packets, in delivery order, what may go now, and
+ * returns how many of each went. An own packet without offset goes in its place among own ones;
+ * one with an offset goes after the waiting packets below it (and those without offset), once
+ * `mayGo` says nothing it waits for is missing. Waiting packets go only when `foreignFree`.
+ */
+const drain = <A>(
+  own: ReadonlyArray<Slot<A>>,
+  waiting: ReadonlyArray<Waiting<A>>,
+  foreignFree: boolean,
+  mayGo: (slot: Slot<A>, offset: bigint) => boolean,
+  emit: (item: A, offset: bigint | undefined, own: boolean) => void,
+): [number, number] => {
+  let o = 0
+  let w = 0
+  for (;;) {
+    const slot = own[o]
+    const next = waiting[w]
+    if (slot !== undefined && slot.done) {
+      const offset = slot.offset
+      if (offset === undefined) {
+        emit(slot.item!, undefined, true)
         o++
         continue
       }
-      // The next own packet is still being stored (or there is none).
-      if (foreignFree && next !== undefined) {
-        this.#emit(next.item, next.offset)
+      // Lower offsets first, and anything of the others without an offset.
+      const nextFirst = next !== undefined && (next.offset === undefined || next.offset < offset)
+      if (nextFirst && foreignFree) {
+        emit(next.item, next.offset, false)
         w++
         continue
       }
-      break
+      if (nextFirst || !mayGo(slot, offset)) break
+      emit(slot.item!, offset, true)
+      o++
+      continue
     }
-    this.#own = own.slice(o)
-    this.#waiting = waiting.slice(w)
+    // The next own packet is still being stored (or there is none).
+    if (!foreignFree || next === undefined) break
+    emit(next.item, next.offset, false)
+    w++
   }
+  return [o, w]
 }
