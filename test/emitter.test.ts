@@ -11,7 +11,7 @@ import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { Emitter, PublishError } from "../src/index.js"
 import { watchProcessFaults } from "./fixtures/faults.js"
-import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
+import { startCluster, type Cluster } from "./utils/nodes.js"
 import { collect, eventually, waitFor } from "./utils/cluster.js"
 import {
   databaseUrl,
@@ -34,7 +34,7 @@ const text = (length: number, seed = 0): string =>
   Array.from({ length }, (_, i) => String.fromCharCode(97 + ((i + seed) % 26))).join("")
 
 describe("Emitter sending to 3 servers on our adapter", () => {
-  let cluster: AdapterCluster
+  let cluster: Cluster
   let io: Array<Server>
   let emitterPool: pg.Pool
   let emitter: Emitter
@@ -46,8 +46,8 @@ describe("Emitter sending to 3 servers on our adapter", () => {
   let markers = 0
 
   beforeAll(async () => {
-    cluster = await startAdapterCluster("emitter")
-    io = cluster.servers.map((server) => server.io)
+    cluster = await startCluster("emitter")
+    io = cluster.nodes.map((server) => server.io)
     for (const server of io) server.of("/admin")
     await cluster.waitForMembers()
     await cluster.waitForMembers("/admin")
@@ -521,12 +521,12 @@ describe("Emitter sending to 3 servers on our adapter", () => {
       try {
         const admin = small.of("/admin")
         expect(admin.nsp).toBe("/admin")
-        expect(admin.channel).toBe(cluster.adapter(cluster.servers[0]!, "/admin").channel)
+        expect(admin.channel).toBe(cluster.nodes[0]!.adapter("/admin").channel)
         expect(small.of("admin").nsp).toBe("/admin")
 
         const maxId = async () =>
           Number(
-            (await cluster.pool.query(`SELECT coalesce(max(id), 0) AS id FROM ${cluster.id}`))
+            (await cluster.admin.query(`SELECT coalesce(max(id), 0) AS id FROM ${cluster.id}`))
               .rows[0].id,
           )
         const before = await maxId()
