@@ -57,6 +57,23 @@ describe("when the PostgreSQL server goes away", () => {
     }
   }
 
+  /**
+   * A broadcast reaches a local client before its publish settles: sent before a local-only
+   * marker (which never touches PostgreSQL), it arrives first. Were local delivery to wait for the
+   * publish, the marker would overtake it.
+   */
+  const localBeforePublish = async (i: number, event: string) => {
+    const got = collect(clients[i]!, event, 2)
+    clearErrors()
+    cluster.nodes[i]!.io.emit(event, "broadcast")
+    cluster.nodes[i]!.io.local.emit(event, "local marker")
+    expect(await got).toEqual([["broadcast"], ["local marker"]])
+    // And the publish did fail, later: PostgreSQL really was out of reach.
+    await eventually(() => publishErrors(i).length > 0, {
+      message: "the broadcast's publish failed",
+    })
+  }
+
   /** One more server (its pool ended with the cluster), for the tests that close one. */
   const startExtraServer = async () => {
     const node = await cluster.addNode()
@@ -116,6 +133,11 @@ describe("when the PostgreSQL server goes away", () => {
       expect(await cluster.nodes[0]!.pool.query("SELECT 1").catch(() => "down")).toBe("down")
     })
 
+    it("delivers to local clients before the publish fails, not after", async () => {
+      await postgres.stop()
+      await localBeforePublish(1, "stopped-order")
+    })
+
     it("reports publish failures to the errorHandler, never as an unhandled rejection", async () => {
       await postgres.stop()
       clearErrors()
@@ -166,6 +188,11 @@ describe("when the PostgreSQL server goes away", () => {
       const got = collect(clients[2]!, "frozen-local", 20)
       for (let n = 0; n < 20; n++) cluster.nodes[2]!.io.emit("frozen-local", n)
       expect(await got).toEqual(Array.from({ length: 20 }, (_, n) => [n]))
+    })
+
+    it("delivers to local clients before the publish times out, not after", async () => {
+      await postgres.pause()
+      await localBeforePublish(2, "frozen-order")
     })
 
     it("ends requests by timeout and reports publish timeouts", async () => {
