@@ -559,6 +559,31 @@ describe("Emitter sending to 3 servers on our adapter", () => {
     })
   })
 
+  describe("without a namespace", () => {
+    it("an Emitter constructed without one targets / and names it on the wire, as 0.5.0 servers need", async () => {
+      const bare = new Emitter(emitterPool, undefined, {
+        channelPrefix: cluster.id,
+        tableName: cluster.id,
+      })
+      const wire = await listenTo(cluster.nodes[0]!.adapter().channel)
+      try {
+        expect(bare.nsp).toBe("/")
+        expect(await deliverToAll(["no nsp given"], "bare", bare)).toEqual(
+          all.map(() => ["no nsp given"]),
+        )
+        // Our servers take the namespace from the channel; 0.5.0 servers drop a message without it.
+        await eventually(() => wire.payloads.some((payload) => payload.includes('"bare"')), {
+          message: "the emitter's notification seen on the channel",
+        })
+        const message = JSON.parse(wire.payloads.find((payload) => payload.includes('"bare"'))!)
+        expect(message).toMatchObject({ uid: "emitter", nsp: "/" })
+      } finally {
+        await wire.end()
+        await bare.close()
+      }
+    })
+  })
+
   describe("@socket.io/postgres-emitter 0.1.1 sending to our adapters", () => {
     let upstream: InstanceType<typeof UpstreamEmitter>
 
