@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { Emitter } from "../src/index.js"
 import { killFixture } from "./fixtures/faults.js"
 import { type ChildNode, startCluster, type Cluster } from "./utils/nodes.js"
-import { connectClient, eventually, waitFor } from "./utils/cluster.js"
+import { collect, connectClient, eventually, waitFor } from "./utils/cluster.js"
 import { databaseUrl, makePool } from "./utils/postgres.js"
 import {
   assertIncreasingOffsets,
@@ -625,6 +625,71 @@ describe("recovery: concurrent emission while clients move", () => {
       expect(seqs, `client ${k}`).toEqual([all, all, all])
     }
   }, 120_000)
+})
+
+describe("recovery: packets delivered while a restore runs", () => {
+  const s = suite("recovery_during_restore", 2)
+
+  it("reach the restored socket only if they match its rooms", async () => {
+    const { cluster } = s
+    const io = (i: number) => cluster.nodes[i]!.io
+    const client = await cluster.connect(0)
+    serverSocket(cluster, client).join("blue")
+    // On the restoring server, in every room: it shows what that server delivered meanwhile.
+    const witness = await cluster.connect(1)
+    serverSocket(cluster, witness).join(["blue", "red"])
+    const log = recorder()
+    log.attach(client)
+    const witnessed = waitFor(witness, "ev")
+    const first = await emitStored(cluster.admin, cluster.id, () => io(1).emit("ev", 0))
+    await eventually(() => log.received.length === 1)
+    await witnessed
+    const pid = pidOf(client)
+    await dropTransport(client, cluster.admin, cluster.id)
+
+    // The restore's one statement waits for this lock on its session row, its snapshot taken
+    // before: what is published meanwhile reaches it only as packets delivered during the restore.
+    const { sessions } = recoveryTables(cluster.id)
+    const locker = await cluster.admin.connect()
+    let restoring: Promise<ClientSocket> | undefined
+    try {
+      await locker.query("BEGIN")
+      await locker.query(`SELECT 1 FROM ${sessions} WHERE pid = $1 FOR UPDATE`, [pid])
+      const lockerPid = (await locker.query<{ pid: number }>("SELECT pg_backend_pid() AS pid"))
+        .rows[0]!.pid
+      restoring = resume(client, cluster.nodes[1]!.url, { attach: log.attach, track: s.resumed })
+      await eventually(
+        async () =>
+          (
+            await cluster.admin.query(
+              "SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+              [lockerPid],
+            )
+          ).rowCount! > 0,
+        { message: "the restore waits for the session row" },
+      )
+      const seen = collect(witness, "ev", 3)
+      const blue = await emitStored(cluster.admin, cluster.id, () => io(1).to("blue").emit("ev", 1))
+      await emitStored(cluster.admin, cluster.id, () => io(0).to("red").emit("ev", -1))
+      const all = await emitStored(cluster.admin, cluster.id, () => io(0).emit("ev", 2))
+      // Delivered on the restoring server while the restore still waits.
+      expect((await seen).map(([n]) => n)).toEqual([1, -1, 2])
+      await locker.query("ROLLBACK")
+
+      const next = await restoring
+      expect(next.recovered).toBe(true)
+      await barrier(cluster, 0, next)
+      expect(withoutMarkers(log.received)).toEqual([
+        { event: "ev", args: [0, String(first)] },
+        { event: "ev", args: [1, String(blue)] },
+        { event: "ev", args: [2, String(all)] },
+      ])
+    } finally {
+      await locker.query("ROLLBACK").catch(() => {})
+      locker.release()
+      await restoring?.catch(() => {})
+    }
+  })
 })
 
 describe("recovery: a client of a killed server", () => {
