@@ -18,7 +18,7 @@ import {
 import { fastOptions } from "./utils/adapters.js"
 import { eventually } from "./utils/cluster.js"
 import { type Cluster, startCluster } from "./utils/nodes.js"
-import { type PrivatePostgres, startPrivatePostgres } from "./utils/postgres.js"
+import { makePool, type PrivatePostgres, startPrivatePostgres } from "./utils/postgres.js"
 
 const SERVERS = 3
 const counter = (metric: typeof Metrics.listenerDrops) =>
@@ -137,5 +137,62 @@ describe("when the LISTEN backend is terminated", () => {
       message: "backends = pool connections + 1 LISTEN connection",
     })
     expect(await listenerPids(admin, appName(0))).toHaveLength(1)
+  })
+})
+
+describe("after its LISTEN connection comes back", () => {
+  // Heartbeats a minute apart: within the test, only an INITIAL_HEARTBEAT can make nodes meet.
+  const options = { heartbeatInterval: 60_000, heartbeatTimeout: 120_000, reconnectMaxDelay: 500 }
+  const ROLE = "late_listener"
+  let postgres: PrivatePostgres
+  let cluster: Cluster
+
+  beforeAll(async () => {
+    postgres = await startPrivatePostgres()
+    // Node 0 logs in with a role of its own: with its login refused, its LISTEN connection stays
+    // down for as long as the test wants, while its pool's open connections go on.
+    const url = new URL(postgres.url)
+    url.username = ROLE
+    url.password = ROLE
+    const setup = makePool({ connectionString: postgres.url, max: 1 })
+    await setup.query(`CREATE ROLE ${ROLE} LOGIN SUPERUSER PASSWORD '${ROLE}'`)
+    await setup.end()
+    cluster = await startCluster("faults_relisten", {
+      nodes: 2,
+      options,
+      connectionString: postgres.url,
+      poolOptions: (i) => (i === 0 ? { connectionString: url.toString() } : {}),
+    })
+  })
+
+  afterAll(async () => {
+    await cluster?.close()
+    await postgres?.destroy()
+  })
+
+  it("announces itself again (INITIAL_HEARTBEAT): it and a server started while it could not listen see each other at once", async () => {
+    const { admin } = cluster
+    const [a, b] = cluster.nodes
+    await admin.query(`ALTER ROLE ${ROLE} NOLOGIN`)
+    const [pid] = await listenerPids(admin, a!.applicationName)
+    expect(pid, "node 0 has a LISTEN backend").toBeDefined()
+    await admin.query("SELECT pg_terminate_backend($1)", [pid])
+    await eventually(async () => (await listenerPids(admin, a!.applicationName)).length === 0, {
+      message: "node 0 does not listen",
+    })
+
+    // A server joins meanwhile: node 1 answers its INITIAL_HEARTBEAT, node 0 hears neither.
+    const c = await cluster.addNode()
+    await eventually(
+      async () =>
+        (await c.io.of("/").adapter.serverCount()) === 2 &&
+        (await b!.io.of("/").adapter.serverCount()) === 3,
+      { message: "the new server and node 1 see each other" },
+    )
+    expect(await a!.io.of("/").adapter.serverCount()).toBe(2)
+
+    await admin.query(`ALTER ROLE ${ROLE} LOGIN`)
+    // Long before the next heartbeat: node 0's INITIAL_HEARTBEAT after its new LISTEN is answered.
+    await cluster.waitForMembers("/", 3)
   })
 })
