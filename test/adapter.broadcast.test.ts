@@ -7,12 +7,12 @@ import pg from "pg"
 import type { Server } from "socket.io"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
+import { startCluster, type Cluster } from "./utils/nodes.js"
 import { collect, eventually, waitFor } from "./utils/cluster.js"
 import { databaseUrl } from "./utils/postgres.js"
 
 describe("adapter broadcasts across 3 servers", () => {
-  let cluster: AdapterCluster
+  let cluster: Cluster
   let io: Array<Server>
   // Two clients per server: a[i] and b[i] are connected to server i.
   let a: Array<ClientSocket>
@@ -22,8 +22,8 @@ describe("adapter broadcasts across 3 servers", () => {
   let markers = 0
 
   beforeAll(async () => {
-    cluster = await startAdapterCluster("broadcast")
-    io = cluster.servers.map((server) => server.io)
+    cluster = await startCluster("broadcast")
+    io = cluster.nodes.map((server) => server.io)
     a = await cluster.connectEach()
     b = await cluster.connectEach()
     all = [0, 1, 2].flatMap((i) => [a[i]!, b[i]!])
@@ -162,7 +162,7 @@ describe("adapter broadcasts across 3 servers", () => {
 
   it("messages whose NOTIFY payload is 7998, 7999, 8000 and 8001 bytes arrive intact", async () => {
     // Measure the payload overhead of this event on the wire with a LISTEN of our own.
-    const channel = cluster.adapter(cluster.servers[0]!).channel
+    const channel = cluster.nodes[0]!.adapter().channel
     const listener = new pg.Client({ connectionString: databaseUrl() })
     await listener.connect()
     try {

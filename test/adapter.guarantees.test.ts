@@ -6,7 +6,7 @@
 import type { Server } from "socket.io"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
+import { startCluster, type Cluster } from "./utils/nodes.js"
 import { eventually, waitFor } from "./utils/cluster.js"
 
 /** How many of each kind of libuv resource keep the process alive now. */
@@ -17,7 +17,7 @@ const resources = () => {
 }
 
 describe("adapter delivery guarantees across 3 servers", () => {
-  let cluster: AdapterCluster
+  let cluster: Cluster
   let io: Array<Server>
   // clients[i] is connected to server i.
   let clients: Array<ClientSocket>
@@ -25,8 +25,8 @@ describe("adapter delivery guarantees across 3 servers", () => {
 
   beforeAll(async () => {
     baseline = resources()
-    cluster = await startAdapterCluster("guarantees")
-    io = cluster.servers.map((server) => server.io)
+    cluster = await startCluster("guarantees")
+    io = cluster.nodes.map((server) => server.io)
     clients = await cluster.connectEach()
     await cluster.waitForMembers()
   })

@@ -6,11 +6,11 @@ import type { Server } from "socket.io"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { channelName } from "../src/Channel.js"
-import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
+import { startCluster, type Cluster } from "./utils/nodes.js"
 import { expectNoEvent, waitFor } from "./utils/cluster.js"
 
 describe("adapter namespaces across 3 servers", () => {
-  let cluster: AdapterCluster
+  let cluster: Cluster
   let io: Array<Server>
   let dynamic: Array<ReturnType<Server["of"]>>
   let pwned: string
@@ -19,8 +19,8 @@ describe("adapter namespaces across 3 servers", () => {
   const unicode = "/ünïcødé-名前-😀"
 
   beforeAll(async () => {
-    cluster = await startAdapterCluster("namespaces")
-    io = cluster.servers.map((server) => server.io)
+    cluster = await startCluster("namespaces")
+    io = cluster.nodes.map((server) => server.io)
     // Short enough for the channel to stay unhashed, unique so parallel suites cannot interfere.
     pwned = `pw${cluster.id.slice(-6)}`
     hostile = `/a"; CREATE TABLE ${pwned}(); --`
@@ -63,7 +63,7 @@ describe("adapter namespaces across 3 servers", () => {
   it("/admin is isolated from /: an emit in one namespace never reaches clients of the other", async () => {
     const root = await connectEverywhere("/")
     const admin = await connectEverywhere("/admin")
-    expect(cluster.adapter(cluster.servers[0]!, "/admin").channel).toBe(`${cluster.id}#/admin`)
+    expect(cluster.nodes[0]!.adapter("/admin").channel).toBe(`${cluster.id}#/admin`)
 
     const adminGot = Promise.all(admin.map((client) => waitFor(client, "iso")))
     const rootNone = Promise.all(
@@ -106,20 +106,19 @@ describe("adapter namespaces across 3 servers", () => {
 
   it("a namespace name of 100+ characters (hashed channel) works across servers", async () => {
     expect(long.length).toBeGreaterThan(100)
-    const channel = cluster.adapter(cluster.servers[0]!, long).channel
+    const channel = cluster.nodes[0]!.adapter(long).channel
     expect(Buffer.byteLength(channel)).toBeLessThanOrEqual(63)
     expect(channel).not.toBe(`${cluster.id}#${long}`)
     expect(channel).toBe(channelName(cluster.id, long))
-    for (const server of cluster.servers)
-      expect(cluster.adapter(server, long).channel).toBe(channel)
+    for (const server of cluster.nodes) expect(server.adapter(long).channel).toBe(channel)
     await expectWorksAcrossServers(long, await connectEverywhere(long))
   })
 
   it("a client-chosen namespace with double quotes and SQL works across servers and runs no SQL", async () => {
     const clients = await connectEverywhere(hostile)
-    expect(cluster.adapter(cluster.servers[1]!, hostile).channel).toBe(`${cluster.id}#${hostile}`)
+    expect(cluster.nodes[1]!.adapter(hostile).channel).toBe(`${cluster.id}#${hostile}`)
     await expectWorksAcrossServers(hostile, clients)
-    const { rows } = await cluster.pool.query<{ table: string | null }>(
+    const { rows } = await cluster.admin.query<{ table: string | null }>(
       "SELECT to_regclass($1)::text AS table",
       [pwned],
     )

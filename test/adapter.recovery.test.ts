@@ -11,9 +11,9 @@ import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { Emitter } from "../src/index.js"
 import * as Metrics from "../src/Metrics.js"
-import { killFixture, runFixture, type ChildScript } from "./fixtures/faults.js"
-import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
-import { connectClient, eventually, waitFor } from "./utils/cluster.js"
+import { killFixture } from "./fixtures/faults.js"
+import { type ChildNode, startCluster, type Cluster } from "./utils/nodes.js"
+import { collect, connectClient, eventually, waitFor } from "./utils/cluster.js"
 import { databaseUrl, makePool } from "./utils/postgres.js"
 import {
   assertIncreasingOffsets,
@@ -60,13 +60,12 @@ const suite = (
   serverOptions: Partial<ServerOptions> = recoveryOn(),
 ) => {
   const state = {
-    cluster: undefined as unknown as AdapterCluster,
+    cluster: undefined as unknown as Cluster,
     /** Clients created by `resume`; disconnected after each test. */
     resumed: [] as Array<ClientSocket>,
   }
   beforeAll(async () => {
-    state.cluster = await startAdapterCluster(name, size, {}, serverOptions)
-    await state.cluster.waitForMembers()
+    state.cluster = await startCluster(name, { nodes: size, serverOptions })
   })
   afterEach(async () => {
     for (const client of state.resumed.splice(0)) client.disconnect()
@@ -77,8 +76,8 @@ const suite = (
 }
 
 /** The server-side socket of a connected client, on whichever server holds it. */
-const serverSocket = (cluster: AdapterCluster, client: ClientSocket) => {
-  for (const server of cluster.servers) {
+const serverSocket = (cluster: Cluster, client: ClientSocket) => {
+  for (const server of cluster.nodes) {
     const socket = server.io.of("/").sockets.get(client.id!)
     if (socket !== undefined) return socket
   }
@@ -86,9 +85,9 @@ const serverSocket = (cluster: AdapterCluster, client: ClientSocket) => {
 }
 
 /** Emits a marker from `server` to everybody and waits until `client` has it. */
-const barrier = async (cluster: AdapterCluster, server: number, client: ClientSocket) => {
+const barrier = async (cluster: Cluster, server: number, client: ClientSocket) => {
   const marker = waitFor(client, "marker", 10_000)
-  cluster.servers[server]!.io.emit("marker")
+  cluster.nodes[server]!.io.emit("marker")
   await marker
 }
 
@@ -106,7 +105,7 @@ describe("recovery: same server and another server", () => {
     "restores on %s the id, rooms, data and every missed packet in offset order, filtered by rooms",
     async (_, target) => {
       const { cluster } = s
-      const io = (i: number) => cluster.servers[i]!.io
+      const io = (i: number) => cluster.nodes[i]!.io
       const client = await cluster.connect(0)
       const bystander = await cluster.connect(2)
       const socket = serverSocket(cluster, client)
@@ -119,13 +118,13 @@ describe("recovery: same server and another server", () => {
       socket.data = data
       const log = recorder()
       log.attach(client)
-      const first = await emitStored(cluster.pool, cluster.id, () => io(1).emit("ev", 0))
+      const first = await emitStored(cluster.admin, cluster.id, () => io(1).emit("ev", 0))
       await eventually(() => log.received.length === 1)
       expect(lastOffsetOf(client)).toBe(String(first))
       const sid = client.id
       const pid = pidOf(client)
 
-      await dropTransport(client, cluster.pool, cluster.id)
+      await dropTransport(client, cluster.admin, cluster.id)
       const other = serverSocket(cluster, bystander)
       // What it missed, one after the other from every server; `null`: not for this client.
       const missed: Array<[() => unknown, Array<unknown> | null]> = [
@@ -151,12 +150,12 @@ describe("recovery: same server and another server", () => {
       ]
       const expected: Array<[Array<unknown>, bigint]> = [[["ev", 0], first]]
       for (const [emit, packet] of missed) {
-        const offset = await emitStored(cluster.pool, cluster.id, emit)
+        const offset = await emitStored(cluster.admin, cluster.id, emit)
         if (packet !== null) expected.push([packet, offset])
       }
 
       const before = await restoreCounts()
-      const next = await resume(client, cluster.servers[target]!.url, {
+      const next = await resume(client, cluster.nodes[target]!.url, {
         attach: log.attach,
         track: s.resumed,
       })
@@ -164,7 +163,7 @@ describe("recovery: same server and another server", () => {
       expect(await restoreCounts()).toEqual({ ...before, restored: before.restored + 1 })
       expect(next.id).toBe(sid)
       expect(pidOf(next)).toBe(pid)
-      const restored = cluster.servers[target]!.io.of("/").sockets.get(sid!)!
+      const restored = cluster.nodes[target]!.io.of("/").sockets.get(sid!)!
       expect(restored).toBeDefined()
       expect(new Set(restored.rooms)).toEqual(new Set([sid, "red", "blue"]))
       expect(restored.data).toEqual(data)
@@ -188,7 +187,7 @@ describe("recovery: same server and another server", () => {
       assertIncreasingOffsets(log.received)
 
       // The session was taken: presenting it again while the socket is connected gives a new one.
-      const again = await resume(client, cluster.servers[2]!.url, { track: s.resumed })
+      const again = await resume(client, cluster.nodes[2]!.url, { track: s.resumed })
       expect(again.recovered).toBe(false)
       expect(await restoreCounts()).toEqual({
         ...before,
@@ -202,7 +201,7 @@ describe("recovery: same server and another server", () => {
 
   it("recovers again and again on other servers: nothing lost, nothing twice, offsets increasing", async () => {
     const { cluster } = s
-    const io = (i: number) => cluster.servers[i]!.io
+    const io = (i: number) => cluster.nodes[i]!.io
     const log = recorder()
     const client = await cluster.connect(0)
     log.attach(client)
@@ -219,15 +218,15 @@ describe("recovery: same server and another server", () => {
           value % 2 === 0
             ? () => io(from).emit("ev", value)
             : () => io(from).to("red").emit("ev", value)
-        expected.push([value, await emitStored(cluster.pool, cluster.id, emit)])
+        expected.push([value, await emitStored(cluster.admin, cluster.id, emit)])
       }
     }
 
     await emitSome(2)
     await eventually(() => log.received.length === 2)
-    await dropTransport(client, cluster.pool, cluster.id)
+    await dropTransport(client, cluster.admin, cluster.id)
     await emitSome(6)
-    const second = await resume(client, cluster.servers[1]!.url, {
+    const second = await resume(client, cluster.nodes[1]!.url, {
       attach: log.attach,
       track: s.resumed,
     })
@@ -236,15 +235,15 @@ describe("recovery: same server and another server", () => {
     // Live again on server 1.
     await emitSome(3)
     await eventually(() => log.received.length === expected.length)
-    await dropTransport(second, cluster.pool, cluster.id)
+    await dropTransport(second, cluster.admin, cluster.id)
     await emitSome(5)
-    const third = await resume(second, cluster.servers[2]!.url, {
+    const third = await resume(second, cluster.nodes[2]!.url, {
       attach: log.attach,
       track: s.resumed,
     })
     expect(third.recovered).toBe(true)
     expect(third.id).toBe(sid)
-    expect(new Set(cluster.servers[2]!.io.of("/").sockets.get(sid!)!.rooms)).toEqual(
+    expect(new Set(cluster.nodes[2]!.io.of("/").sockets.get(sid!)!.rooms)).toEqual(
       new Set([sid, "red"]),
     )
     await emitSome(3)
@@ -268,10 +267,10 @@ describe("recovery: when a session cannot be restored", () => {
     const client = await cluster.connect(0)
     serverSocket(cluster, client).join("red")
     const got = waitFor(client, "ev")
-    await emitStored(cluster.pool, cluster.id, () => cluster.servers[1]!.io.emit("ev", 1))
+    await emitStored(cluster.admin, cluster.id, () => cluster.nodes[1]!.io.emit("ev", 1))
     await got
     const sid = client.id!
-    await dropTransport(client, cluster.pool, cluster.id)
+    await dropTransport(client, cluster.admin, cluster.id)
     return { client, sid }
   }
 
@@ -282,7 +281,7 @@ describe("recovery: when a session cannot be restored", () => {
   ) => {
     const { cluster } = s
     const log = recorder()
-    const next = await resume(old?.client, cluster.servers[1]!.url, {
+    const next = await resume(old?.client, cluster.nodes[1]!.url, {
       ...options,
       attach: log.attach,
       track: s.resumed,
@@ -293,7 +292,7 @@ describe("recovery: when a session cannot be restored", () => {
     // A new socket: a new private id, no room but its own, nothing replayed.
     expect(pidOf(next)).not.toBe(options.pid ?? (old === undefined ? undefined : pidOf(old.client)))
     expect(typeof pidOf(next)).toBe("string")
-    const socket = cluster.servers[1]!.io.of("/").sockets.get(next.id!)!
+    const socket = cluster.nodes[1]!.io.of("/").sockets.get(next.id!)!
     expect([...socket.rooms]).toEqual([next.id])
     expect(socket.data).toEqual({})
     await barrier(cluster, 0, next)
@@ -304,10 +303,10 @@ describe("recovery: when a session cannot be restored", () => {
   it("an expired session gives a new socket, with nothing replayed", async () => {
     const { cluster } = s
     const old = await disconnectedClient()
-    await emitStored(cluster.pool, cluster.id, () => cluster.servers[0]!.io.emit("ev", 2))
+    await emitStored(cluster.admin, cluster.id, () => cluster.nodes[0]!.io.emit("ev", 2))
     await eventually(
       async () => {
-        const row = await sessionRow(cluster.pool, cluster.id, pidOf(old.client))
+        const row = await sessionRow(cluster.admin, cluster.id, pidOf(old.client))
         return row === undefined || row.expired
       },
       { timeout: MAX_DISCONNECTION + 10_000, interval: 100, message: "the session expired" },
@@ -317,7 +316,7 @@ describe("recovery: when a session cannot be restored", () => {
 
   it("an unknown private id gives a new socket", async () => {
     const { cluster } = s
-    const { last } = await offsetCounter(cluster.pool, cluster.id)
+    const { last } = await offsetCounter(cluster.admin, cluster.id)
     await expectNewSocket(undefined, { pid: "no-such-session-id", offset: String(last) })
   })
 
@@ -327,11 +326,11 @@ describe("recovery: when a session cannot be restored", () => {
     const { sessions } = recoveryTables(cluster.id)
     const before = await restoreCounts()
     // The restore's statement fails: its table is not there.
-    await cluster.pool.query(`ALTER TABLE ${sessions} RENAME TO ${cluster.id}_elsewhere`)
+    await cluster.admin.query(`ALTER TABLE ${sessions} RENAME TO ${cluster.id}_elsewhere`)
     try {
       await expectNewSocket(old)
     } finally {
-      await cluster.pool.query(`ALTER TABLE ${cluster.id}_elsewhere RENAME TO ${sessions}`)
+      await cluster.admin.query(`ALTER TABLE ${cluster.id}_elsewhere RENAME TO ${sessions}`)
     }
     expect(await restoreCounts()).toEqual({ ...before, error: before.error + 1 })
   })
@@ -347,7 +346,7 @@ describe("recovery: when a session cannot be restored", () => {
   it("an offset above the namespace's counter gives a new socket", async () => {
     const { cluster } = s
     const old = await disconnectedClient()
-    const { last } = await offsetCounter(cluster.pool, cluster.id)
+    const { last } = await offsetCounter(cluster.admin, cluster.id)
     await expectNewSocket(old, { offset: String(last + 1000n) })
   })
 
@@ -355,18 +354,18 @@ describe("recovery: when a session cannot be restored", () => {
     const { cluster } = s
     const old = await disconnectedClient()
     const offset = BigInt(lastOffsetOf(old.client)!)
-    await emitStored(cluster.pool, cluster.id, () => cluster.servers[1]!.io.emit("ev", 2))
-    await emitStored(cluster.pool, cluster.id, () => cluster.servers[1]!.io.emit("ev", 3))
+    await emitStored(cluster.admin, cluster.id, () => cluster.nodes[1]!.io.emit("ev", 2))
+    await emitStored(cluster.admin, cluster.id, () => cluster.nodes[1]!.io.emit("ev", 3))
     const { offsets } = recoveryTables(cluster.id)
-    const before = await offsetCounter(cluster.pool, cluster.id)
+    const before = await offsetCounter(cluster.admin, cluster.id)
     // As if the cleanup had deleted the packets up to `offset + 1`: the client may miss some.
-    await cluster.pool.query(`UPDATE ${offsets} SET cleaned = $1 WHERE nsp = '/'`, [
+    await cluster.admin.query(`UPDATE ${offsets} SET cleaned = $1 WHERE nsp = '/'`, [
       String(offset + 1n),
     ])
     try {
       await expectNewSocket(old)
     } finally {
-      await cluster.pool.query(`UPDATE ${offsets} SET cleaned = $1 WHERE nsp = '/'`, [
+      await cluster.admin.query(`UPDATE ${offsets} SET cleaned = $1 WHERE nsp = '/'`, [
         String(before.cleaned),
       ])
     }
@@ -381,9 +380,9 @@ describe("recovery: a burst missed while disconnected", () => {
     const client = await cluster.connect(0)
     const log = recorder()
     log.attach(client)
-    await emitStored(cluster.pool, cluster.id, () => cluster.servers[1]!.io.emit("warm"))
+    await emitStored(cluster.admin, cluster.id, () => cluster.nodes[1]!.io.emit("warm"))
     await eventually(() => log.received.length === 1)
-    await dropTransport(client, cluster.pool, cluster.id)
+    await dropTransport(client, cluster.admin, cluster.id)
 
     const perServer = 1500
     // Binary every 10th, a JSON argument of more than 8000 bytes (multi-byte text) every 100th.
@@ -393,21 +392,21 @@ describe("recovery: a burst missed while disconnected", () => {
         : seq % 100 === 55
           ? { from, seq, text: `é€😀`.repeat(1000) + seq }
           : { from, seq }
-    const { last: base } = await offsetCounter(cluster.pool, cluster.id)
+    const { last: base } = await offsetCounter(cluster.admin, cluster.id)
     const emitting = [1, 2].map(async (from) => {
       for (let seq = 0; seq < perServer;) {
         for (let i = 0; i < 50 && seq < perServer; i++, seq++) {
-          cluster.servers[from]!.io.emit("burst", from, seq, payload(from, seq))
+          cluster.nodes[from]!.io.emit("burst", from, seq, payload(from, seq))
         }
         await new Promise<void>((resolve) => setImmediate(resolve))
       }
     })
     await Promise.all(emitting)
-    await waitForOffset(cluster.pool, cluster.id, base + BigInt(2 * perServer), {
+    await waitForOffset(cluster.admin, cluster.id, base + BigInt(2 * perServer), {
       timeout: 30_000,
     })
 
-    const next = await resume(client, cluster.servers[2]!.url, {
+    const next = await resume(client, cluster.nodes[2]!.url, {
       attach: log.attach,
       track: s.resumed,
       timeoutMs: 30_000,
@@ -468,7 +467,7 @@ describe("recovery: private emits", () => {
     expect(withoutOffset(args)).toEqual([1])
     const offset = offsetOf(args)
     const { packets } = recoveryTables(cluster.id)
-    const rows = await cluster.pool.query<{ rooms: Array<string>; excepts: Array<string> }>(
+    const rows = await cluster.admin.query<{ rooms: Array<string>; excepts: Array<string> }>(
       `SELECT rooms, excepts FROM ${packets} WHERE nsp = '/' AND "offset" = $1`,
       [offset],
     )
@@ -477,7 +476,7 @@ describe("recovery: private emits", () => {
     // The broadcast is stored after the private emit: if that one had been notified, it would
     // come first.
     const pub = waitFor(client, "pub")
-    cluster.servers[0]!.io.emit("pub", 2)
+    cluster.nodes[0]!.io.emit("pub", 2)
     expect(BigInt(offsetOf(await pub))).toBeGreaterThan(BigInt(offset))
     await eventually(() => notified.length >= 1, { message: "the broadcast is notified" })
     expect(notified[0]!.data?.packet?.data?.[0]).toBe("pub")
@@ -492,20 +491,20 @@ describe("recovery: private emits", () => {
     const log = recorder()
     log.attach(client)
     const sid = client.id!
-    const first = await emitStored(cluster.pool, cluster.id, () => socket.emit("p", 1))
+    const first = await emitStored(cluster.admin, cluster.id, () => socket.emit("p", 1))
     await eventually(() => log.received.length === 1)
-    await dropTransport(client, cluster.pool, cluster.id)
+    await dropTransport(client, cluster.admin, cluster.id)
     // The server still holds the socket object, e.g. a job that finishes later.
-    const second = await emitStored(cluster.pool, cluster.id, () => socket.emit("p", 2))
-    const third = await emitStored(cluster.pool, cluster.id, () =>
-      cluster.servers[1]!.io.to(sid).emit("p", 3),
+    const second = await emitStored(cluster.admin, cluster.id, () => socket.emit("p", 2))
+    const third = await emitStored(cluster.admin, cluster.id, () =>
+      cluster.nodes[1]!.io.to(sid).emit("p", 3),
     )
-    const next = await resume(client, cluster.servers[1]!.url, {
+    const next = await resume(client, cluster.nodes[1]!.url, {
       attach: log.attach,
       track: s.resumed,
     })
     expect(next.recovered).toBe(true)
-    const fourth = await emitStored(cluster.pool, cluster.id, () =>
+    const fourth = await emitStored(cluster.admin, cluster.id, () =>
       serverSocket(cluster, next).emit("p", 4),
     )
     await barrier(cluster, 0, next)
@@ -523,8 +522,8 @@ describe("recovery: what is not replayed", () => {
 
   it("volatile emits and emits with acknowledgement are not stored nor replayed; local emits still work", async () => {
     const { cluster } = s
-    const io0 = cluster.servers[0]!.io
-    const io1 = cluster.servers[1]!.io
+    const io0 = cluster.nodes[0]!.io
+    const io1 = cluster.nodes[1]!.io
     const client = await cluster.connect(0)
     const local = await cluster.connect(0)
     const remote = await cluster.connect(1)
@@ -532,10 +531,10 @@ describe("recovery: what is not replayed", () => {
     local.on("x", (n: number, ack: (answer: number) => void) => ack(n * 3))
     const log = recorder()
     log.attach(client)
-    await emitStored(cluster.pool, cluster.id, () => io1.emit("ev", 0))
+    await emitStored(cluster.admin, cluster.id, () => io1.emit("ev", 0))
     await eventually(() => log.received.length === 1)
-    await dropTransport(client, cluster.pool, cluster.id)
-    const before = await offsetCounter(cluster.pool, cluster.id)
+    await dropTransport(client, cluster.admin, cluster.id)
+    const before = await offsetCounter(cluster.admin, cluster.id)
 
     const volatile = Promise.all([waitFor(remote, "v"), waitFor(local, "v")])
     io0.volatile.emit("v", 1)
@@ -545,10 +544,10 @@ describe("recovery: what is not replayed", () => {
     const localOnly = waitFor(local, "l")
     io0.local.emit("l", 3)
     expect(await localOnly).toEqual([3])
-    const stored = await emitStored(cluster.pool, cluster.id, () => io1.emit("ev", 4))
+    const stored = await emitStored(cluster.admin, cluster.id, () => io1.emit("ev", 4))
     expect(stored).toBe(before.last + 1n)
 
-    const next = await resume(client, cluster.servers[1]!.url, {
+    const next = await resume(client, cluster.nodes[1]!.url, {
       attach: log.attach,
       track: s.resumed,
     })
@@ -583,11 +582,11 @@ describe("recovery: concurrent emission while clients move", () => {
     pacer.on("ev", (from: number) => void paced[from]!++)
     // Every client needs an offset to present.
     const warm = Promise.all(current.map((client) => waitFor(client, "warm")))
-    await emitStored(cluster.pool, cluster.id, () => cluster.servers[0]!.io.emit("warm"))
+    await emitStored(cluster.admin, cluster.id, () => cluster.nodes[0]!.io.emit("warm"))
     await warm
-    const { last: base } = await offsetCounter(cluster.pool, cluster.id)
+    const { last: base } = await offsetCounter(cluster.admin, cluster.id)
     let emitted = 0
-    const emitting = cluster.servers.map(async (server, from) => {
+    const emitting = cluster.nodes.map(async (server, from) => {
       for (let seq = 0; seq < N;) {
         while (seq - paced[from]! >= WINDOW) {
           await eventually(() => seq - paced[from]! < WINDOW, {
@@ -608,10 +607,10 @@ describe("recovery: concurrent emission while clients move", () => {
           () => logs[k]!.received.length >= Math.floor(((round + 1) * total) / (ROUNDS + 2)),
           { timeout: 30_000, interval: 2, message: `client ${k} round ${round}` },
         )
-        await dropTransport(current[k]!, cluster.pool, cluster.id, 20_000)
+        await dropTransport(current[k]!, cluster.admin, cluster.id, 20_000)
         const midStream = emitted < total || paced.some((n) => n < N)
         const target = (k + round + 1) % 3
-        current[k] = await resume(current[k], cluster.servers[target]!.url, {
+        current[k] = await resume(current[k], cluster.nodes[target]!.url, {
           attach: logs[k]!.attach,
           track: s.resumed,
           timeoutMs: 20_000,
@@ -633,12 +632,12 @@ describe("recovery: concurrent emission while clients move", () => {
           return { count: received.length, last }
         }),
         on: current.map((client) =>
-          cluster.servers.findIndex((server) => server.io.of("/").sockets.has(client.id!)),
+          cluster.nodes.findIndex((server) => server.io.of("/").sockets.has(client.id!)),
         ),
       })
     try {
       await Promise.all([...emitting, ...moving])
-      await waitForOffset(cluster.pool, cluster.id, base + BigInt(total), { timeout: 30_000 })
+      await waitForOffset(cluster.admin, cluster.id, base + BigInt(total), { timeout: 30_000 })
       await eventually(() => logs.every((log) => log.received.length >= total), {
         timeout: 30_000,
         message: "every client received every packet",
@@ -669,9 +668,74 @@ describe("recovery: concurrent emission while clients move", () => {
   }, 120_000)
 })
 
+describe("recovery: packets delivered while a restore runs", () => {
+  const s = suite("recovery_during_restore", 2)
+
+  it("reach the restored socket only if they match its rooms", async () => {
+    const { cluster } = s
+    const io = (i: number) => cluster.nodes[i]!.io
+    const client = await cluster.connect(0)
+    serverSocket(cluster, client).join("blue")
+    // On the restoring server, in every room: it shows what that server delivered meanwhile.
+    const witness = await cluster.connect(1)
+    serverSocket(cluster, witness).join(["blue", "red"])
+    const log = recorder()
+    log.attach(client)
+    const witnessed = waitFor(witness, "ev")
+    const first = await emitStored(cluster.admin, cluster.id, () => io(1).emit("ev", 0))
+    await eventually(() => log.received.length === 1)
+    await witnessed
+    const pid = pidOf(client)
+    await dropTransport(client, cluster.admin, cluster.id)
+
+    // The restore's one statement waits for this lock on its session row, its snapshot taken
+    // before: what is published meanwhile reaches it only as packets delivered during the restore.
+    const { sessions } = recoveryTables(cluster.id)
+    const locker = await cluster.admin.connect()
+    let restoring: Promise<ClientSocket> | undefined
+    try {
+      await locker.query("BEGIN")
+      await locker.query(`SELECT 1 FROM ${sessions} WHERE pid = $1 FOR UPDATE`, [pid])
+      const lockerPid = (await locker.query<{ pid: number }>("SELECT pg_backend_pid() AS pid"))
+        .rows[0]!.pid
+      restoring = resume(client, cluster.nodes[1]!.url, { attach: log.attach, track: s.resumed })
+      await eventually(
+        async () =>
+          (
+            await cluster.admin.query(
+              "SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+              [lockerPid],
+            )
+          ).rowCount! > 0,
+        { message: "the restore waits for the session row" },
+      )
+      const seen = collect(witness, "ev", 3)
+      const blue = await emitStored(cluster.admin, cluster.id, () => io(1).to("blue").emit("ev", 1))
+      await emitStored(cluster.admin, cluster.id, () => io(0).to("red").emit("ev", -1))
+      const all = await emitStored(cluster.admin, cluster.id, () => io(0).emit("ev", 2))
+      // Delivered on the restoring server while the restore still waits.
+      expect((await seen).map(([n]) => n)).toEqual([1, -1, 2])
+      await locker.query("ROLLBACK")
+
+      const next = await restoring
+      expect(next.recovered).toBe(true)
+      await barrier(cluster, 0, next)
+      expect(withoutMarkers(log.received)).toEqual([
+        { event: "ev", args: [0, String(first)] },
+        { event: "ev", args: [1, String(blue)] },
+        { event: "ev", args: [2, String(all)] },
+      ])
+    } finally {
+      await locker.query("ROLLBACK").catch(() => {})
+      locker.release()
+      await restoring?.catch(() => {})
+    }
+  })
+})
+
 describe("recovery: a client of a killed server", () => {
   const s = suite("recovery_killed", 2)
-  let node: ChildScript | undefined
+  let node: ChildNode | undefined
 
   afterAll(async () => {
     await killFixture(node)
@@ -679,34 +743,25 @@ describe("recovery: a client of a killed server", () => {
 
   it("connects promptly to a survivor and, once the killed server's backend is gone, is restored", async () => {
     const { cluster } = s
-    node = runFixture("node.ts", {
-      DATABASE_URL: databaseUrl(),
-      CHANNEL_PREFIX: cluster.id,
-      TABLE_NAME: cluster.id,
-      HEARTBEAT_INTERVAL: "300",
-      RECOVERY_MS: "60000",
-    })
-    const ready = await node.waitForMessage("ready")
+    node = await cluster.spawnNode("ours", { recovery: 60_000 })
     await cluster.waitForMembers("/", 3)
-    const client = await connectClient(`http://127.0.0.1:${ready["port"]}`, {
-      query: { room: "blue", tag: "k" },
-    })
+    const client = await connectClient(node.url, { query: { room: "blue", tag: "k" } })
     s.resumed.push(client)
     const log = recorder()
     log.attach(client)
-    const first = await emitStored(cluster.pool, cluster.id, () =>
-      cluster.servers[0]!.io.to("blue").emit("ev", 1),
+    const first = await emitStored(cluster.admin, cluster.id, () =>
+      cluster.nodes[0]!.io.to("blue").emit("ev", 1),
     )
     await eventually(() => log.received.length === 1)
     expect(log.received[0]!.args).toEqual([1, String(first)])
     const pid = pidOf(client)
     const sid = client.id
-    await eventually(async () => (await sessionRow(cluster.pool, cluster.id, pid)) !== undefined, {
+    await eventually(async () => (await sessionRow(cluster.admin, cluster.id, pid)) !== undefined, {
       message: "the live session is written",
     })
     const { sessions } = recoveryTables(cluster.id)
     const owner = (
-      await cluster.pool.query<{ owner_pid: number }>(
+      await cluster.admin.query<{ owner_pid: number }>(
         `SELECT owner_pid FROM ${sessions} WHERE pid = $1`,
         [pid],
       )
@@ -716,28 +771,28 @@ describe("recovery: a client of a killed server", () => {
     await node.exited
     await eventually(
       async () =>
-        (await cluster.pool.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1`, [owner]))
+        (await cluster.admin.query(`SELECT 1 FROM pg_stat_activity WHERE pid = $1`, [owner]))
           .rowCount === 0,
       { message: "the killed server's LISTEN backend is gone" },
     )
     const missed = [
-      await emitStored(cluster.pool, cluster.id, () =>
-        cluster.servers[0]!.io.to("blue").emit("ev", 2),
+      await emitStored(cluster.admin, cluster.id, () =>
+        cluster.nodes[0]!.io.to("blue").emit("ev", 2),
       ),
-      await emitStored(cluster.pool, cluster.id, () =>
-        cluster.servers[1]!.io.to("red").emit("ev", -1),
+      await emitStored(cluster.admin, cluster.id, () =>
+        cluster.nodes[1]!.io.to("red").emit("ev", -1),
       ),
-      await emitStored(cluster.pool, cluster.id, () => cluster.servers[1]!.io.emit("ev", 3)),
+      await emitStored(cluster.admin, cluster.id, () => cluster.nodes[1]!.io.emit("ev", 3)),
     ]
 
-    const next = await resume(client, cluster.servers[1]!.url, {
+    const next = await resume(client, cluster.nodes[1]!.url, {
       attach: log.attach,
       track: s.resumed,
       timeoutMs: 5000,
     })
     expect(next.recovered).toBe(true)
     expect(next.id).toBe(sid)
-    const socket = cluster.servers[1]!.io.of("/").sockets.get(sid!)!
+    const socket = cluster.nodes[1]!.io.of("/").sockets.get(sid!)!
     expect(socket.rooms.has("blue")).toBe(true)
     expect(socket.data).toEqual({ from: "child", at: "k" })
     await barrier(cluster, 0, next)
@@ -757,21 +812,21 @@ describe("recovery off", () => {
     const client = await cluster.connect(0)
     expect(pidOf(client)).toBeUndefined()
     const a = waitFor(client, "a")
-    cluster.servers[1]!.io.emit("a", "a string last")
+    cluster.nodes[1]!.io.emit("a", "a string last")
     expect(await a).toEqual(["a string last"])
     const b = waitFor(client, "b")
-    cluster.servers[1]!.io.emit("b", 1, { c: [2] })
+    cluster.nodes[1]!.io.emit("b", 1, { c: [2] })
     expect(await b).toEqual([1, { c: [2] }])
     const c = waitFor(client, "c")
     serverSocket(cluster, client).emit("c")
     expect(await c).toEqual([])
     const d = waitFor(client, "d")
-    cluster.servers[0]!.io.to(client.id!).emit("d", "x")
+    cluster.nodes[0]!.io.to(client.id!).emit("d", "x")
     expect(await d).toEqual(["x"])
     expect(lastOffsetOf(client)).toBeUndefined()
 
     const tables = Object.values(recoveryTables(cluster.id))
-    const { rows } = await cluster.pool.query<{ name: string | null }>(
+    const { rows } = await cluster.admin.query<{ name: string | null }>(
       `SELECT to_regclass(t) AS name FROM unnest($1::text[]) AS t`,
       [tables],
     )
@@ -807,23 +862,23 @@ describe("recovery: an emitter's broadcasts", () => {
     log.attach(client)
     const seen = [waitFor(client, "e"), waitFor(witness, "e")]
     await emitter.emit("e", 0)
-    const [{ last: first }] = [await offsetCounter(cluster.pool, cluster.id)]
+    const [{ last: first }] = [await offsetCounter(cluster.admin, cluster.id)]
     expect(await Promise.all(seen)).toEqual([
       [0, String(first)],
       [0, String(first)],
     ])
 
-    await dropTransport(client, cluster.pool, cluster.id)
+    await dropTransport(client, cluster.admin, cluster.id)
     await emitter.emit("e", 1)
-    const second = (await offsetCounter(cluster.pool, cluster.id)).last
+    const second = (await offsetCounter(cluster.admin, cluster.id)).last
     await emitter.to("red").emit("e", 2)
-    const third = (await offsetCounter(cluster.pool, cluster.id)).last
+    const third = (await offsetCounter(cluster.admin, cluster.id)).last
     await emitter.to("green").emit("e", -1)
     await emitter.except("red").emit("e", -2)
     await emitter.volatile.emit("e", -3)
-    const fourth = await emitStored(cluster.pool, cluster.id, () => emitter.emit("e", 4))
+    const fourth = await emitStored(cluster.admin, cluster.id, () => emitter.emit("e", 4))
 
-    const next = await resume(client, cluster.servers[1]!.url, {
+    const next = await resume(client, cluster.nodes[1]!.url, {
       attach: log.attach,
       track: s.resumed,
     })

@@ -6,7 +6,7 @@
 import type { RemoteSocket, Server, Socket } from "socket.io"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
+import { startCluster, type Cluster } from "./utils/nodes.js"
 import { eventually, expectNoEvent, waitFor } from "./utils/cluster.js"
 
 interface SocketData {
@@ -22,14 +22,14 @@ const dataOf = (server: number, user: string): SocketData => ({
 })
 
 describe("adapter requests across 3 servers", () => {
-  let cluster: AdapterCluster
+  let cluster: Cluster
   let io: Array<Server>
   // clients[i] is connected to server i, fresh for every test.
   let clients: Array<ClientSocket>
 
   beforeAll(async () => {
-    cluster = await startAdapterCluster("requests")
-    io = cluster.servers.map((server) => server.io)
+    cluster = await startCluster("requests")
+    io = cluster.nodes.map((server) => server.io)
     io.forEach((server, index) =>
       server.on("connection", (socket: Socket) => {
         socket.data = dataOf(index, String(socket.handshake.auth["user"]))
@@ -218,14 +218,14 @@ describe("adapter membership", () => {
   const options = { heartbeatInterval: 300, heartbeatTimeout: 30_000 }
 
   it("serverCount() drops to 2 on the others as soon as a server closes, without a heartbeat timeout", async () => {
-    const cluster = await startAdapterCluster("membership_close", 3, options)
+    const cluster = await startCluster("membership_close", { options })
     try {
       await cluster.waitForMembers("/", 3)
-      await cluster.closeServer(cluster.servers[2]!)
+      await cluster.closeNode(cluster.nodes[2]!)
       await eventually(
         async () => {
           const counts = await Promise.all(
-            cluster.servers.slice(0, 2).map((s) => cluster.adapter(s).serverCount()),
+            cluster.nodes.slice(0, 2).map((s) => s.adapter().serverCount()),
           )
           return counts.every((count) => count === 2)
         },
@@ -237,17 +237,17 @@ describe("adapter membership", () => {
   })
 
   it("a server started later is counted by every server", async () => {
-    const cluster = await startAdapterCluster("membership_join", 3, options)
+    const cluster = await startCluster("membership_join", { options })
     try {
       await cluster.waitForMembers("/", 3)
-      const fourth = await cluster.addServer()
+      const fourth = await cluster.addNode()
       await cluster.waitForMembers("/", 4)
-      expect(cluster.servers.indexOf(fourth)).toBe(3)
+      expect(cluster.nodes.indexOf(fourth)).toBe(3)
       // Every server, the newcomer included, is asked and answers.
-      cluster.servers.forEach((server, index) =>
+      cluster.nodes.forEach((server, index) =>
         server.io.on("hello", (ack: (answer: number) => void) => ack(index)),
       )
-      const answers = await cluster.servers[0]!.io.serverSideEmitWithAck("hello")
+      const answers = await cluster.nodes[0]!.io.serverSideEmitWithAck("hello")
       expect([...answers].sort()).toEqual([1, 2, 3])
     } finally {
       await cluster.close()

@@ -9,7 +9,7 @@ import * as Layer from "effect/Layer"
 import type pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { ClusterEmitter, Codec, Config, Database } from "../src/effect.js"
-import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
+import { startCluster, type Cluster } from "./utils/nodes.js"
 import { waitFor } from "./utils/cluster.js"
 import { makePool } from "./utils/postgres.js"
 
@@ -28,13 +28,13 @@ const fromPromise = <A>(promise: () => Promise<A>) =>
   Effect.tryPromise({ try: promise, catch: (error) => error as Error })
 
 describe("ClusterEmitter service against 3 servers on our adapter", () => {
-  let cluster: AdapterCluster
+  let cluster: Cluster
   let pool: pg.Pool
   // clients[i] is connected to server i.
   let clients: Array<ClientSocket>
 
   beforeAll(async () => {
-    cluster = await startAdapterCluster("emitter_effect")
+    cluster = await startCluster("emitter_effect")
     clients = await cluster.connectEach()
     await cluster.waitForMembers()
     pool = makePool({ max: 4 })
@@ -81,7 +81,7 @@ describe("ClusterEmitter service against 3 servers on our adapter", () => {
       // Built in the test's scope: released when the test ends.
       const context = yield* Layer.build(emitterLayer())
       const emitter = Context.get(context, ClusterEmitter.ClusterEmitter)
-      const socket = cluster.servers[1]!.io.of("/").sockets.get(clients[1]!.id!)!
+      const socket = cluster.nodes[1]!.io.of("/").sockets.get(clients[1]!.id!)!
       socket.join("fx-room")
       socket.data = { name: "one" }
 
@@ -107,7 +107,7 @@ describe("ClusterEmitter service against 3 servers on our adapter", () => {
   it.live("serverSideEmitWithAck collects one answer per server", () =>
     Effect.gen(function* () {
       const emitter = yield* ClusterEmitter.ClusterEmitter
-      const offs = cluster.servers.map(({ io }, i) => {
+      const offs = cluster.nodes.map(({ io }, i) => {
         const handler = (ack: (answer: number) => void) => ack(i)
         io.on("fx-ask", handler)
         return () => io.off("fx-ask", handler)

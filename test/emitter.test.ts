@@ -11,7 +11,7 @@ import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { Emitter, PublishError } from "../src/index.js"
 import { watchProcessFaults } from "./fixtures/faults.js"
-import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
+import { startCluster, type Cluster } from "./utils/nodes.js"
 import { collect, eventually, waitFor } from "./utils/cluster.js"
 import {
   databaseUrl,
@@ -34,7 +34,7 @@ const text = (length: number, seed = 0): string =>
   Array.from({ length }, (_, i) => String.fromCharCode(97 + ((i + seed) % 26))).join("")
 
 describe("Emitter sending to 3 servers on our adapter", () => {
-  let cluster: AdapterCluster
+  let cluster: Cluster
   let io: Array<Server>
   let emitterPool: pg.Pool
   let emitter: Emitter
@@ -46,8 +46,8 @@ describe("Emitter sending to 3 servers on our adapter", () => {
   let markers = 0
 
   beforeAll(async () => {
-    cluster = await startAdapterCluster("emitter")
-    io = cluster.servers.map((server) => server.io)
+    cluster = await startCluster("emitter")
+    io = cluster.nodes.map((server) => server.io)
     for (const server of io) server.of("/admin")
     await cluster.waitForMembers()
     await cluster.waitForMembers("/admin")
@@ -521,12 +521,12 @@ describe("Emitter sending to 3 servers on our adapter", () => {
       try {
         const admin = small.of("/admin")
         expect(admin.nsp).toBe("/admin")
-        expect(admin.channel).toBe(cluster.adapter(cluster.servers[0]!, "/admin").channel)
+        expect(admin.channel).toBe(cluster.nodes[0]!.adapter("/admin").channel)
         expect(small.of("admin").nsp).toBe("/admin")
 
         const maxId = async () =>
           Number(
-            (await cluster.pool.query(`SELECT coalesce(max(id), 0) AS id FROM ${cluster.id}`))
+            (await cluster.admin.query(`SELECT coalesce(max(id), 0) AS id FROM ${cluster.id}`))
               .rows[0].id,
           )
         const before = await maxId()
@@ -555,6 +555,31 @@ describe("Emitter sending to 3 servers on our adapter", () => {
         expect(sockets.map((s) => s.id).sort()).toEqual(admins.map((client) => client.id).sort())
       } finally {
         await small.close()
+      }
+    })
+  })
+
+  describe("without a namespace", () => {
+    it("an Emitter constructed without one targets / and names it on the wire, as 0.5.0 servers need", async () => {
+      const bare = new Emitter(emitterPool, undefined, {
+        channelPrefix: cluster.id,
+        tableName: cluster.id,
+      })
+      const wire = await listenTo(cluster.nodes[0]!.adapter().channel)
+      try {
+        expect(bare.nsp).toBe("/")
+        expect(await deliverToAll(["no nsp given"], "bare", bare)).toEqual(
+          all.map(() => ["no nsp given"]),
+        )
+        // Our servers take the namespace from the channel; 0.5.0 servers drop a message without it.
+        await eventually(() => wire.payloads.some((payload) => payload.includes('"bare"')), {
+          message: "the emitter's notification seen on the channel",
+        })
+        const message = JSON.parse(wire.payloads.find((payload) => payload.includes('"bare"'))!)
+        expect(message).toMatchObject({ uid: "emitter", nsp: "/" })
+      } finally {
+        await wire.end()
+        await bare.close()
       }
     })
   })

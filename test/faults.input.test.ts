@@ -5,12 +5,13 @@
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import type pg from "pg"
+import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest"
-import { createAdapter, type PostgresAdapter } from "../src/index.js"
 import * as Metrics from "../src/Metrics.js"
-import { clusterHasSize, watchProcessFaults } from "./fixtures/faults.js"
-import { collect, startCluster, type TestCluster } from "./utils/cluster.js"
-import { dropTable, makePool, suiteId } from "./utils/postgres.js"
+import { watchProcessFaults } from "./fixtures/faults.js"
+import { collect } from "./utils/cluster.js"
+import { type Cluster, startCluster } from "./utils/nodes.js"
+import { makePool } from "./utils/postgres.js"
 
 const JUNK = 2000
 const REAL = 100
@@ -20,11 +21,10 @@ const skippedCount = () => Effect.runSync(Metric.value(Metrics.malformedNotifica
 
 describe("when junk is notified on the adapter's channel", () => {
   const watcher = watchProcessFaults()
-  const id = suiteId("faults_input")
-  const errors: Array<Error> = []
-  let pool: pg.Pool
+  let id: string
   let junkPool: pg.Pool
-  let cluster: TestCluster
+  let cluster: Cluster
+  let clients: Array<ClientSocket>
   let channel: string
   // Rows of our attachments table that do not hold a cluster message.
   let notMsgpackRow: string
@@ -95,19 +95,14 @@ describe("when junk is notified on the adapter's channel", () => {
   ]
 
   beforeAll(async () => {
-    pool = makePool({ max: 4 })
     junkPool = makePool({ max: 4 })
-    cluster = await startCluster(2, () =>
-      createAdapter(pool, {
-        channelPrefix: id,
-        tableName: id,
-        heartbeatInterval: 300,
-        heartbeatTimeout: 3000,
-        errorHandler: (error) => void errors.push(error),
-      }),
-    )
-    await clusterHasSize(cluster.servers, 2)
-    channel = (cluster.servers[0]!.io.of("/").adapter as unknown as PostgresAdapter).channel
+    cluster = await startCluster("faults_input", {
+      nodes: 2,
+      options: { heartbeatInterval: 300, heartbeatTimeout: 3000 },
+    })
+    id = cluster.id
+    clients = await cluster.connectEach()
+    channel = cluster.nodes[0]!.adapter().channel
     const rows = await junkPool.query<{ id: string }>(
       `INSERT INTO ${id} (payload) VALUES ($1), ($2) RETURNING id::text AS id`,
       [Buffer.from([0xc1, 0xff, 0x00]), Buffer.from([0x93, 0x01, 0x02, 0x03])],
@@ -124,15 +119,14 @@ describe("when junk is notified on the adapter's channel", () => {
   afterAll(async () => {
     watcher.stop()
     await cluster?.close()
-    if (junkPool !== undefined) await dropTable(junkPool, id)
-    await Promise.all([pool, junkPool].filter(Boolean).map((p) => p.end()))
+    await junkPool?.end()
   })
 
   it("delivers every real packet in order and skips each junk notification with a warning", async () => {
     const logged: Array<string> = []
     vi.spyOn(console, "log").mockImplementation((...args) => void logged.push(args.join(" ")))
     const skippedBefore = skippedCount()
-    const [client0, client1] = cluster.clients
+    const [client0, client1] = clients
     const remote = collect(client1!, "n", REAL, 30_000)
     const local = collect(client0!, "n", REAL, 30_000)
 
@@ -145,8 +139,8 @@ describe("when junk is notified on the adapter's channel", () => {
         return notify(junk[i % junk.length]!(i))
       })
       // Every tenth packet carries binary data: it travels through an attachment.
-      if (k % 10 === 0) cluster.servers[0]!.io.emit("n", k, Buffer.from([k]))
-      else cluster.servers[0]!.io.emit("n", k)
+      if (k % 10 === 0) cluster.nodes[0]!.io.emit("n", k, Buffer.from([k]))
+      else cluster.nodes[0]!.io.emit("n", k)
       await Promise.all(batch)
     }
 
@@ -164,7 +158,7 @@ describe("when junk is notified on the adapter's channel", () => {
     })
     expect(logged.some((line) => /skipped \d+ malformed notification/.test(line))).toBe(true)
     // Junk is not a publish or listen error.
-    expect(errors).toEqual([])
+    expect(cluster.nodes.flatMap((node) => node.errors)).toEqual([])
   })
 
   it("skips broadcasts whose packet Socket.IO clients could not parse, keeping them connected", async () => {
@@ -182,7 +176,7 @@ describe("when junk is notified on the adapter's channel", () => {
       { type: 2, data: ["n", -1], id: "not a number" },
       { type: 5, data: ["n", -1] },
     ]
-    const client = cluster.clients[1]!
+    const client = clients[1]!
     const disconnected = vi.fn()
     client.on("disconnect", disconnected)
     const got = collect(client, "after-hostile", 1, 10_000)
@@ -192,19 +186,19 @@ describe("when junk is notified on the adapter's channel", () => {
         JSON.stringify({ uid: "x", type: 3, nsp: "/", data: { opts, packet }, i }),
       ])
     }
-    cluster.servers[0]!.io.emit("after-hostile")
+    cluster.nodes[0]!.io.emit("after-hostile")
     await got
     client.off("disconnect", disconnected)
     expect(disconnected).not.toHaveBeenCalled()
-    expect(cluster.clients.every((c) => c.connected)).toBe(true)
+    expect(clients.every((c) => c.connected)).toBe(true)
     await vi.waitFor(() => expect(skippedCount() - skippedBefore).toBe(2 * hostile.length))
   })
 
   it("keeps working after the flood: no phantom member, clients connected, requests answered", async () => {
-    expect(cluster.clients.every((client) => client.connected)).toBe(true)
-    await clusterHasSize(cluster.servers, 2)
-    cluster.servers[1]!.io.on("ping", (ack: (answer: string) => void) => ack("pong"))
-    expect(await cluster.servers[0]!.io.serverSideEmitWithAck("ping")).toEqual(["pong"])
+    expect(clients.every((client) => client.connected)).toBe(true)
+    await cluster.waitForMembers("/", 2)
+    cluster.nodes[1]!.io.on("ping", (ack: (answer: string) => void) => ack("pong"))
+    expect(await cluster.nodes[0]!.io.serverSideEmitWithAck("ping")).toEqual(["pong"])
     // The table the junk tried to drop is still there.
     const table = await junkPool.query("SELECT to_regclass($1) AS t", [id])
     expect(table.rows[0].t).not.toBeNull()

@@ -13,13 +13,57 @@
  * (LISTEN liveness) and 2 (dead pool connections) make them pass; then turn `it.fails` into `it`.
  */
 import type pg from "pg"
+import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { defaults } from "../src/Config.js"
 import { createAdapter, Emitter, PublishError } from "../src/index.js"
-import { clusterHasSize, settleWithin, watchProcessFaults } from "./fixtures/faults.js"
-import { eventually, startCluster, type TestCluster } from "./utils/cluster.js"
+import { settleWithin, watchProcessFaults } from "./fixtures/faults.js"
+import {
+  type AdapterConstructor,
+  connectClient,
+  eventually,
+  startServer,
+  type TestServer,
+} from "./utils/cluster.js"
 import { makePool, type PrivatePostgres, startPrivatePostgres, suiteId } from "./utils/postgres.js"
 import { seededRandom, startProxy, type TcpProxy } from "./utils/proxy.js"
+
+/** Servers on adapters of the test's own (proxied) pools, a client on each. */
+interface TestCluster {
+  readonly servers: Array<TestServer>
+  readonly clients: Array<ClientSocket>
+  readonly close: () => Promise<void>
+}
+
+const startCluster = async (
+  n: number,
+  makeAdapter: (index: number) => AdapterConstructor,
+): Promise<TestCluster> => {
+  const servers: Array<TestServer> = []
+  const clients: Array<ClientSocket> = []
+  const close = async () => {
+    for (const client of clients) client.disconnect()
+    await Promise.allSettled(servers.map((server) => server.close()))
+  }
+  try {
+    for (let i = 0; i < n; i++) servers.push(await startServer({ adapter: makeAdapter(i) }))
+    for (const server of servers) clients.push(await connectClient(server.url))
+  } catch (error) {
+    await close()
+    throw error
+  }
+  return { servers, clients, close }
+}
+
+/** Resolves once every server counts `size` servers on `/`. */
+const clusterHasSize = (servers: ReadonlyArray<TestServer>, size: number) =>
+  eventually(
+    async () => {
+      const counts = await Promise.all(servers.map((s) => s.io.of("/").adapter.serverCount()))
+      return counts.every((count) => count === size)
+    },
+    { timeout: 10_000, message: `every server counts ${size} servers` },
+  )
 
 // The promise of the issue: back by themselves within heartbeatTimeout + 5 s, default options.
 const RECOVERY_BOUND = defaults.heartbeatTimeout + 5_000

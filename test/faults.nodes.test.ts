@@ -3,21 +3,10 @@
  * SIGKILLed, it is dropped after `heartbeatTimeout` and requests that waited for it end with the
  * survivors' answers; closed cleanly, it announces ADAPTER_CLOSE and is dropped at once.
  */
-import type pg from "pg"
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, afterEach, describe, expect, it } from "vitest"
 import type { Socket as ClientSocket } from "socket.io-client"
-import { createAdapter } from "../src/index.js"
-import {
-  type ChildScript,
-  clusterHasSize,
-  exitWithin,
-  killFixture,
-  runFixture,
-  settleWithin,
-  watchProcessFaults,
-} from "./fixtures/faults.js"
-import { connectClient, startCluster, type TestCluster } from "./utils/cluster.js"
-import { databaseUrl, dropTable, makePool, suiteId } from "./utils/postgres.js"
+import { exitWithin, killFixture, settleWithin, watchProcessFaults } from "./fixtures/faults.js"
+import { type ChildNode, type Cluster, startCluster } from "./utils/nodes.js"
 
 interface Timing {
   readonly heartbeatInterval: number
@@ -27,49 +16,31 @@ interface Timing {
 
 describe("when a node of the cluster goes away", () => {
   const watcher = watchProcessFaults()
-  const tables: Array<string> = []
-  let pool: pg.Pool
-  let cluster: TestCluster | undefined
-  let node: ChildScript | undefined
-  let nodeClient: ClientSocket | undefined
+  let cluster: Cluster | undefined
+  let node: ChildNode | undefined
+  let survivorClients: Array<ClientSocket> = []
 
   /** Two in-process survivors and one child-process node, all on fresh channels. */
   const startNodes = async (timing: Timing) => {
-    const id = suiteId("faults_nodes")
-    tables.push(id)
-    node = runFixture("node.ts", {
-      DATABASE_URL: databaseUrl(),
-      CHANNEL_PREFIX: id,
-      TABLE_NAME: id,
-      HEARTBEAT_INTERVAL: String(timing.heartbeatInterval),
-      HEARTBEAT_TIMEOUT: String(timing.heartbeatTimeout),
-      REQUESTS_TIMEOUT: String(timing.requestsTimeout),
+    cluster = await startCluster("faults_nodes", { nodes: 2, options: timing })
+    node = await cluster.spawnNode()
+    cluster.nodes.forEach((survivor, i) => {
+      survivor.io.on("ping", (ack: (answer: unknown) => void) => ack(`survivor-${i}`))
+      survivor.io.on("hang", (ack: (answer: unknown) => void) => ack(`survivor-${i}`))
     })
-    const ready = await node.waitForMessage("ready")
-    cluster = await startCluster(2, () =>
-      createAdapter(pool, { channelPrefix: id, tableName: id, ...timing }),
-    )
-    cluster.servers.forEach((server, i) => {
-      server.io.on("ping", (ack: (answer: unknown) => void) => ack(`survivor-${i}`))
-      server.io.on("hang", (ack: (answer: unknown) => void) => ack(`survivor-${i}`))
-    })
-    nodeClient = await connectClient(`http://127.0.0.1:${ready["port"]}`)
-    await clusterHasSize(cluster.servers, 3)
+    survivorClients = await cluster.connectEach()
+    await cluster.connect(node)
+    await cluster.waitForMembers("/", 3)
     // The child answers too: it really is a member.
-    const acks = await cluster.servers[0]!.io.serverSideEmitWithAck("ping")
+    const acks = await cluster.nodes[0]!.io.serverSideEmitWithAck("ping")
     expect(acks).toContainEqual({ from: "child", pid: node.child.pid })
-    expect(await cluster.servers[0]!.io.fetchSockets()).toHaveLength(3)
-    return cluster
+    expect(await cluster.nodes[0]!.io.fetchSockets()).toHaveLength(3)
+    return { servers: cluster.nodes }
   }
 
-  const survivorSocketIds = () => cluster!.clients.map((client) => client.id).sort()
-
-  beforeAll(() => {
-    pool = makePool({ max: 6 })
-  })
+  const survivorSocketIds = () => survivorClients.map((client) => client.id).sort()
 
   afterEach(async () => {
-    nodeClient?.disconnect()
     await killFixture(node)
     await cluster?.close()
     node = undefined
@@ -77,10 +48,8 @@ describe("when a node of the cluster goes away", () => {
     expect(watcher.faults).toEqual([])
   })
 
-  afterAll(async () => {
+  afterAll(() => {
     watcher.stop()
-    for (const table of tables) await dropTable(pool, table)
-    await pool?.end()
   })
 
   it("ends pending requests with the survivors' answers once a SIGKILLed node is considered down", async () => {
@@ -104,7 +73,7 @@ describe("when a node of the cluster goes away", () => {
     const ids = (sockets as { value: Array<{ id: string }> }).value.map((socket) => socket.id)
     expect(ids.sort()).toEqual(survivorSocketIds())
 
-    await clusterHasSize(servers, 2)
+    await cluster!.waitForMembers("/", 2)
     // Later requests only wait for the survivors.
     expect(await servers[1]!.io.serverSideEmitWithAck("ping")).toEqual(["survivor-0"])
   })
@@ -125,7 +94,7 @@ describe("when a node of the cluster goes away", () => {
 
     const acks = await settleWithin(pendingAck, 10_000, "serverSideEmitWithAck")
     expect(acks).toEqual({ status: "fulfilled", value: ["survivor-0"] })
-    await clusterHasSize(servers, 2, 5_000)
+    await cluster!.waitForMembers("/", 2, 5_000)
     const sockets = await servers[0]!.io.fetchSockets()
     expect(sockets.map((socket) => socket.id).sort()).toEqual(survivorSocketIds())
   })

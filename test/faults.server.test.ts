@@ -3,26 +3,18 @@
  * keep getting everything at once, publish failures go to the errorHandler (never an unhandled
  * rejection), requests end instead of hanging, and the cluster heals when PostgreSQL is back.
  */
-import type pg from "pg"
+import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { createAdapter } from "../src/index.js"
 import {
-  clusterHasSize,
   deliveredEventually,
-  fastOptions,
   type Settled,
   settleWithin,
   watchProcessFaults,
 } from "./fixtures/faults.js"
-import {
-  collect,
-  eventually,
-  startCluster,
-  startServer,
-  waitFor,
-  type TestCluster,
-} from "./utils/cluster.js"
-import { makePool, type PrivatePostgres, startPrivatePostgres, suiteId } from "./utils/postgres.js"
+import { fastOptions } from "./utils/adapters.js"
+import { collect, eventually, waitFor } from "./utils/cluster.js"
+import { type Cluster, startCluster } from "./utils/nodes.js"
+import { type PrivatePostgres, startPrivatePostgres } from "./utils/postgres.js"
 
 const SERVERS = 3
 // Generous bound for "ends instead of hanging": well above requestsTimeout and heartbeatTimeout.
@@ -40,18 +32,16 @@ const expectEnded = (settled: Settled<unknown>) => {
 
 describe("when the PostgreSQL server goes away", () => {
   const watcher = watchProcessFaults()
-  const id = suiteId("faults_server")
-  const errors: Array<Array<Error>> = Array.from({ length: SERVERS }, () => [])
-  const pools: Array<pg.Pool> = []
   let postgres: PrivatePostgres
-  let cluster: TestCluster
+  let cluster: Cluster
+  let clients: Array<ClientSocket>
 
-  const clearErrors = () => errors.forEach((list) => (list.length = 0))
+  const clearErrors = () => cluster.nodes.forEach((node) => (node.errors.length = 0))
   const publishErrors = (i: number) =>
-    errors[i]!.filter((error) => (error as { _tag?: string })._tag === "PublishError")
+    cluster.nodes[i]!.errors.filter((error) => (error as { _tag?: string })._tag === "PublishError")
 
   const requestsEnd = async () => {
-    const io = cluster.servers[0]!.io
+    const io = cluster.nodes[0]!.io
     const [sockets, acks] = await Promise.all([
       settleWithin(io.fetchSockets(), SETTLE_BOUND, "fetchSockets"),
       settleWithin(io.serverSideEmitWithAck("ping"), SETTLE_BOUND, "serverSideEmitWithAck"),
@@ -63,54 +53,52 @@ describe("when the PostgreSQL server goes away", () => {
   const crossServerDeliveryWorks = async (tag: string) => {
     for (let from = 0; from < SERVERS; from++) {
       const to = (from + 1) % SERVERS
-      await deliveredEventually(
-        cluster.servers[from]!.io,
-        cluster.clients[to]!,
-        `${tag}-${from}-to-${to}`,
-      )
+      await deliveredEventually(cluster.nodes[from]!.io, clients[to]!, `${tag}-${from}-to-${to}`)
     }
   }
 
-  /** One more server on its own pool (ended with it), for the tests that close one. */
-  const startExtraServer = async () => {
-    const pool = makePool({ connectionString: postgres.url, max: 2 })
-    const server = await startServer({
-      adapter: createAdapter(pool, { channelPrefix: id, tableName: id, ...fastOptions }),
+  /**
+   * A broadcast reaches a local client before its publish settles: sent before a local-only
+   * marker (which never touches PostgreSQL), it arrives first. Were local delivery to wait for the
+   * publish, the marker would overtake it.
+   */
+  const localBeforePublish = async (i: number, event: string) => {
+    const got = collect(clients[i]!, event, 2)
+    clearErrors()
+    cluster.nodes[i]!.io.emit(event, "broadcast")
+    cluster.nodes[i]!.io.local.emit(event, "local marker")
+    expect(await got).toEqual([["broadcast"], ["local marker"]])
+    // And the publish did fail, later: PostgreSQL really was out of reach.
+    await eventually(() => publishErrors(i).length > 0, {
+      message: "the broadcast's publish failed",
     })
-    await clusterHasSize([...cluster.servers, server], SERVERS + 1)
-    return {
-      close: async () => {
-        await server.close()
-        // The pool is the caller's: ended here, once PostgreSQL is reachable or not.
-        void pool.end().catch(() => {})
-      },
-    }
+  }
+
+  /** One more server (its pool ended with the cluster), for the tests that close one. */
+  const startExtraServer = async () => {
+    const node = await cluster.addNode()
+    await cluster.waitForMembers("/", SERVERS + 1)
+    return { close: () => cluster.closeNode(node) }
   }
 
   beforeAll(async () => {
     postgres = await startPrivatePostgres()
-    for (let i = 0; i < SERVERS; i++) {
-      pools.push(makePool({ connectionString: postgres.url, max: 4 }))
-    }
-    cluster = await startCluster(SERVERS, (i) =>
-      createAdapter(pools[i]!, {
-        channelPrefix: id,
-        tableName: id,
-        ...fastOptions,
-        errorHandler: (error) => void errors[i]!.push(error),
-      }),
+    cluster = await startCluster("faults_server", {
+      nodes: SERVERS,
+      options: fastOptions,
+      connectionString: postgres.url,
+    })
+    clients = await cluster.connectEach()
+    cluster.nodes.forEach((node, i) =>
+      node.io.on("ping", (ack: (answer: unknown) => void) => ack(`pong-${i}`)),
     )
-    cluster.servers.forEach((server, i) =>
-      server.io.on("ping", (ack: (answer: unknown) => void) => ack(`pong-${i}`)),
-    )
-    await clusterHasSize(cluster.servers, SERVERS)
   })
 
   beforeEach(async () => {
     // Whatever the previous test did, each starts with PostgreSQL up and a complete cluster.
     await postgres.resume()
     await postgres.start()
-    await clusterHasSize(cluster.servers, SERVERS)
+    await cluster.waitForMembers("/", SERVERS)
   })
 
   afterEach(() => {
@@ -121,35 +109,39 @@ describe("when the PostgreSQL server goes away", () => {
     watcher.stop()
     await postgres?.resume()
     await cluster?.close()
-    await Promise.all(pools.map((pool) => pool.end()))
     await postgres?.destroy()
   })
 
   it("answers requests from every server while PostgreSQL is up", async () => {
-    const acks = await cluster.servers[0]!.io.serverSideEmitWithAck("ping")
+    const acks = await cluster.nodes[0]!.io.serverSideEmitWithAck("ping")
     expect([...acks].sort()).toEqual(["pong-1", "pong-2"])
-    expect(await cluster.servers[0]!.io.fetchSockets()).toHaveLength(SERVERS)
+    expect(await cluster.nodes[0]!.io.fetchSockets()).toHaveLength(SERVERS)
   })
 
   describe("stopped", () => {
     it("still delivers to local clients at once, in order", async () => {
       await postgres.stop()
-      const [client0, client1] = cluster.clients
+      const [client0, client1] = clients
       const got = collect(client0!, "local", 50)
-      for (let n = 0; n < 50; n++) cluster.servers[0]!.io.emit("local", n)
+      for (let n = 0; n < 50; n++) cluster.nodes[0]!.io.emit("local", n)
       expect(await got).toEqual(Array.from({ length: 50 }, (_, n) => [n]))
       // Room and single-socket emits too.
       const inRoom = waitFor(client1!, "room")
-      cluster.servers[1]!.io.in(client1!.id!).emit("room", "here")
+      cluster.nodes[1]!.io.in(client1!.id!).emit("room", "here")
       expect(await inRoom).toEqual(["here"])
       // Received while PostgreSQL is down: local delivery never waited for it.
-      expect(await pools[0]!.query("SELECT 1").catch(() => "down")).toBe("down")
+      expect(await cluster.nodes[0]!.pool.query("SELECT 1").catch(() => "down")).toBe("down")
+    })
+
+    it("delivers to local clients before the publish fails, not after", async () => {
+      await postgres.stop()
+      await localBeforePublish(1, "stopped-order")
     })
 
     it("reports publish failures to the errorHandler, never as an unhandled rejection", async () => {
       await postgres.stop()
       clearErrors()
-      cluster.servers[0]!.io.emit("lost", 1)
+      cluster.nodes[0]!.io.emit("lost", 1)
       await eventually(() => publishErrors(0).length > 0, {
         message: "a PublishError reached the errorHandler",
       })
@@ -157,9 +149,11 @@ describe("when the PostgreSQL server goes away", () => {
       // The Listener's failed reconnections are reported as well.
       await eventually(
         () =>
-          errors.every((list) =>
-            list.some((error) => /LISTEN connection (lost|failed)/.test(error.message)),
-          ),
+          cluster
+            .running()
+            .every(({ errors }) =>
+              errors.some((error) => /LISTEN connection (lost|failed)/.test(error.message)),
+            ),
         { message: "every server reported its lost LISTEN connection" },
       )
     })
@@ -179,11 +173,11 @@ describe("when the PostgreSQL server goes away", () => {
     it("reconnects and resumes cross-server delivery once PostgreSQL is started again", async () => {
       await postgres.stop()
       // Let the cluster notice: every node drops the others after heartbeatTimeout.
-      await clusterHasSize(cluster.servers, 1)
+      await cluster.waitForMembers("/", 1)
       await postgres.start()
-      await clusterHasSize(cluster.servers, SERVERS)
+      await cluster.waitForMembers("/", SERVERS)
       await crossServerDeliveryWorks("restarted")
-      const acks = await cluster.servers[1]!.io.serverSideEmitWithAck("ping")
+      const acks = await cluster.nodes[1]!.io.serverSideEmitWithAck("ping")
       expect([...acks].sort()).toEqual(["pong-0", "pong-2"])
     })
   })
@@ -191,16 +185,21 @@ describe("when the PostgreSQL server goes away", () => {
   describe("frozen (SIGSTOP)", () => {
     it("still delivers to local clients at once", async () => {
       await postgres.pause()
-      const got = collect(cluster.clients[2]!, "frozen-local", 20)
-      for (let n = 0; n < 20; n++) cluster.servers[2]!.io.emit("frozen-local", n)
+      const got = collect(clients[2]!, "frozen-local", 20)
+      for (let n = 0; n < 20; n++) cluster.nodes[2]!.io.emit("frozen-local", n)
       expect(await got).toEqual(Array.from({ length: 20 }, (_, n) => [n]))
+    })
+
+    it("delivers to local clients before the publish times out, not after", async () => {
+      await postgres.pause()
+      await localBeforePublish(2, "frozen-order")
     })
 
     it("ends requests by timeout and reports publish timeouts", async () => {
       await postgres.pause()
       clearErrors()
       await requestsEnd()
-      cluster.servers[0]!.io.emit("frozen", 1)
+      cluster.nodes[0]!.io.emit("frozen", 1)
       await eventually(() => publishErrors(0).length > 0, {
         message: "a publish timeout reached the errorHandler",
       })
@@ -215,11 +214,11 @@ describe("when the PostgreSQL server goes away", () => {
 
     it("resumes cross-server delivery once PostgreSQL runs again", async () => {
       await postgres.pause()
-      cluster.servers[0]!.io.emit("while-frozen", 1)
+      cluster.nodes[0]!.io.emit("while-frozen", 1)
       await postgres.resume()
       await crossServerDeliveryWorks("resumed")
-      await clusterHasSize(cluster.servers, SERVERS)
-      const acks = await cluster.servers[2]!.io.serverSideEmitWithAck("ping")
+      await cluster.waitForMembers("/", SERVERS)
+      const acks = await cluster.nodes[2]!.io.serverSideEmitWithAck("ping")
       expect([...acks].sort()).toEqual(["pong-0", "pong-1"])
     })
   })

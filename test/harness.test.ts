@@ -1,71 +1,46 @@
 /**
- * Self-test of the test harness, run against the upstream `@socket.io/postgres-adapter` 0.5.0 so that
- * it does not depend on our adapter. To be replaced once the real suites use the harness.
+ * Self-test of the test harness (the cluster builder, clients and waits), run against the upstream
+ * `@socket.io/postgres-adapter` 0.5.0 so that it does not depend on our adapter.
  */
-import { createAdapter } from "@socket.io/postgres-adapter"
+import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import type pg from "pg"
 import { EmbeddedPostgresError, startEmbeddedPostgres } from "./setup/embedded.js"
-import {
-  collect,
-  eventually,
-  expectNoEvent,
-  startCluster,
-  waitFor,
-  type TestCluster,
-} from "./utils/cluster.js"
-import {
-  createAttachmentTable,
-  dropTable,
-  makePool,
-  startPrivatePostgres,
-  suiteId,
-} from "./utils/postgres.js"
+import { collect, expectNoEvent, waitFor } from "./utils/cluster.js"
+import { type Cluster, startCluster } from "./utils/nodes.js"
+import { makePool, startPrivatePostgres } from "./utils/postgres.js"
 
 describe("harness self-test (upstream @socket.io/postgres-adapter)", () => {
-  const id = suiteId("harness")
-  const pools: pg.Pool[] = []
-  let cluster: TestCluster
+  let cluster: Cluster
+  let clients: Array<ClientSocket>
 
   beforeAll(async () => {
-    // 0.5.0 keeps one pool connection for LISTEN; one more serialises its publishes, so they commit
-    // in send order (with more, concurrent publishes may commit out of order).
-    for (let i = 0; i < 3; i++) pools.push(makePool({ max: 2 }))
-    await createAttachmentTable(pools[0]!, id)
-    cluster = await startCluster(3, (i) =>
-      createAdapter(pools[i]!, { channelPrefix: id, tableName: id, heartbeatInterval: 200 }),
-    )
-    await eventually(
-      async () => {
-        const counts = await Promise.all(
-          cluster.servers.map((server) => server.io.of("/").adapter.serverCount()),
-        )
-        return counts.every((count) => count === 3)
-      },
-      { message: "3 servers see each other" },
-    )
+    // 0.5.0 keeps one pool connection for LISTEN; the builder gives it one more, which serialises
+    // its publishes, so they commit in send order. It waits until the 3 servers see each other.
+    cluster = await startCluster("harness", {
+      nodes: ["0.5.0", "0.5.0", "0.5.0"],
+      options: { heartbeatInterval: 200 },
+    })
+    clients = await cluster.connectEach()
   })
 
   afterAll(async () => {
     await cluster?.close()
-    if (pools[0] !== undefined) await dropTable(pools[0], id)
-    await Promise.all(pools.map((pool) => pool.end()))
   })
 
   it("delivers io.emit from server 0 to the clients of servers 1 and 2", async () => {
-    const [c0, c1, c2] = cluster.clients
+    const [c0, c1, c2] = clients
     const received = Promise.all([
       waitFor(c0!, "hello"),
       waitFor(c1!, "hello"),
       waitFor(c2!, "hello"),
     ])
-    cluster.servers[0]!.io.emit("hello", 1)
+    cluster.nodes[0]!.io.emit("hello", 1)
     expect(await received).toEqual([[1], [1], [1]])
   })
 
   it("collects events in order and sees no event outside the targeted room", async () => {
-    const [server0, server1] = cluster.servers
-    const [, c1, c2] = cluster.clients
+    const [server0, server1] = cluster.nodes
+    const [, c1, c2] = clients
     server1!.io.of("/").sockets.get(c1!.id!)!.join("room")
     const got = collect(c1!, "n", 3)
     const nothing = expectNoEvent(c2!, "n", () => waitFor(c2!, "marker"))

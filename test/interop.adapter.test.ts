@@ -8,17 +8,14 @@ import pg from "pg"
 import type { RemoteSocket, Server, Socket } from "socket.io"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { type ChildScript, killFixture, runFixture } from "./fixtures/faults.js"
+import { killFixture } from "./fixtures/faults.js"
 import { collect, eventually, expectNoEvent, waitFor } from "./utils/cluster.js"
 import {
   argumentForNotificationBytes,
   broadcastNotificationBytes,
-  HEARTBEAT_INTERVAL,
-  type Kind,
   layoutName,
-  type MixedCluster,
-  startMixedCluster,
 } from "./utils/interop.js"
+import { type ChildNode, type Cluster, type Kind, startCluster } from "./utils/nodes.js"
 import { databaseUrl } from "./utils/postgres.js"
 
 const LAYOUTS: ReadonlyArray<ReadonlyArray<Kind>> = [
@@ -46,7 +43,7 @@ const sortByIndex = <A extends { index: number }>(list: ReadonlyArray<A>) =>
 describe.each(LAYOUTS.map((kinds) => ({ kinds, name: layoutName(kinds) })))(
   "mixed cluster $name",
   ({ kinds }) => {
-    let cluster: MixedCluster
+    let cluster: Cluster
     let io: Array<Server>
     // clients[i] is connected to server i, fresh for every test.
     let clients: Array<ClientSocket>
@@ -55,7 +52,9 @@ describe.each(LAYOUTS.map((kinds) => ({ kinds, name: layoutName(kinds) })))(
     let observer: pg.Client | undefined
 
     beforeAll(async () => {
-      cluster = await startMixedCluster(`interop_${kinds.join("_").replace(/\W/g, "")}`, kinds)
+      cluster = await startCluster(`interop_${kinds.join("_").replace(/\W/g, "")}`, {
+        nodes: kinds,
+      })
       io = cluster.nodes.map((node) => node.io)
       io.forEach((server, index) => {
         server.on("connection", (socket: Socket) => {
@@ -307,12 +306,13 @@ describe.each(LAYOUTS.map((kinds) => ({ kinds, name: layoutName(kinds) })))(
 )
 
 describe("mixed cluster membership when a node leaves", () => {
-  let cluster: MixedCluster
+  let cluster: Cluster
 
   beforeAll(async () => {
     // Heartbeats time out only after a minute: a node gone sooner was dropped by its ADAPTER_CLOSE.
-    cluster = await startMixedCluster("interop_leave", ["ours", "0.5.0", "ours", "0.5.0"], {
-      heartbeatTimeout: 60_000,
+    cluster = await startCluster("interop_leave", {
+      nodes: ["ours", "0.5.0", "ours", "0.5.0"],
+      options: { heartbeatTimeout: 60_000 },
     })
     cluster.nodes.forEach((node, index) =>
       node.io.on("whoami", (ack: (answer: unknown) => void) => ack({ index, kind: node.kind })),
@@ -345,26 +345,17 @@ describe("mixed cluster membership when a node leaves", () => {
 
 describe("mixed cluster membership when a node process is killed", () => {
   const HEARTBEAT_TIMEOUT = 1500
-  let cluster: MixedCluster
-  const children = new Map<Kind, ChildScript>()
+  let cluster: Cluster
+  const children = new Map<Kind, ChildNode>()
 
   const startChild = async (kind: Kind) => {
-    const child = runFixture("node.ts", {
-      DATABASE_URL: databaseUrl(),
-      CHANNEL_PREFIX: cluster.id,
-      TABLE_NAME: cluster.id,
-      ADAPTER: kind,
-      POOL_MAX: kind === "ours" ? "4" : "2",
-      HEARTBEAT_INTERVAL: String(HEARTBEAT_INTERVAL),
-      HEARTBEAT_TIMEOUT: String(HEARTBEAT_TIMEOUT),
-    })
-    children.set(kind, child)
-    await child.waitForMessage("ready")
+    children.set(kind, await cluster.spawnNode(kind))
   }
 
   beforeAll(async () => {
-    cluster = await startMixedCluster("interop_kill", ["ours", "0.5.0"], {
-      heartbeatTimeout: HEARTBEAT_TIMEOUT,
+    cluster = await startCluster("interop_kill", {
+      nodes: ["ours", "0.5.0"],
+      options: { heartbeatTimeout: HEARTBEAT_TIMEOUT },
     })
     cluster.nodes.forEach((node, index) =>
       node.io.on("whoami", (ack: (answer: unknown) => void) => ack({ index, kind: node.kind })),

@@ -12,23 +12,15 @@ import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { Emitter, type PostgresAdapter } from "../src/index.js"
 import {
-  type ChildScript,
   deliveredEventually,
   killFixture,
   listenerPids,
-  runFixture,
   watchProcessFaults,
 } from "./fixtures/faults.js"
-import { collect, eventually, expectNoEvent, startServer, waitFor } from "./utils/cluster.js"
-import {
-  argumentForNotificationBytes,
-  broadcastNotificationBytes,
-  HEARTBEAT_INTERVAL,
-  makeAdapter,
-  type MixedCluster,
-  startMixedCluster,
-} from "./utils/interop.js"
-import { makePool, type PrivatePostgres, startPrivatePostgres, suiteId } from "./utils/postgres.js"
+import { collect, eventually, expectNoEvent, waitFor } from "./utils/cluster.js"
+import { argumentForNotificationBytes, broadcastNotificationBytes } from "./utils/interop.js"
+import { type ChildNode, type Cluster, type Node, startCluster } from "./utils/nodes.js"
+import { makePool, type PrivatePostgres, startPrivatePostgres } from "./utils/postgres.js"
 
 const LARGE = "x".repeat(20_000)
 
@@ -37,12 +29,12 @@ const checkedOut = (pool: pg.Pool) => pool.totalCount - pool.idleCount
 
 describe("0.5.0 defects fixed by ours, in the mixed cluster [ours, 0.5.0, ours]", () => {
   const watcher = watchProcessFaults()
-  let cluster: MixedCluster
+  let cluster: Cluster
   let io: Array<Server>
   let clients: Array<ClientSocket>
 
   beforeAll(async () => {
-    cluster = await startMixedCluster("interop_defects", ["ours", "0.5.0", "ours"])
+    cluster = await startCluster("interop_defects", { nodes: ["ours", "0.5.0", "ours"] })
     io = cluster.nodes.map((node) => node.io)
   })
 
@@ -190,14 +182,12 @@ describe("0.5.0 defects fixed by ours, in the mixed cluster [ours, 0.5.0, ours]"
 })
 
 describe("after its LISTEN backend is terminated (pg_terminate_backend)", () => {
-  const id = suiteId("interop_defects_kill")
-  const app = (name: string) => `${id}_${name}`
-  let cluster: MixedCluster
+  let cluster: Cluster
 
   beforeAll(async () => {
-    cluster = await startMixedCluster("interop_defects_kill", ["ours", "ours"], {
-      poolOptions: (i) => ({ application_name: app(`ours${i}`) }),
-      oursOptions: { reconnectMaxDelay: 500 },
+    cluster = await startCluster("interop_defects_kill", {
+      nodes: ["ours", "ours"],
+      options: { reconnectMaxDelay: 500 },
     })
   })
 
@@ -205,13 +195,14 @@ describe("after its LISTEN backend is terminated (pg_terminate_backend)", () => 
     await cluster?.close()
   })
 
-  const terminateListener = async (name: string) => {
-    const [pid] = await listenerPids(cluster.admin, app(name))
+  const terminateListener = async (node: Node) => {
+    const name = `${node.kind} node ${node.index}`
+    const [pid] = await listenerPids(cluster.admin, node.applicationName)
     expect(pid, `${name} has a LISTEN backend`).toBeDefined()
     await cluster.admin.query("SELECT pg_terminate_backend($1)", [pid])
     await eventually(
       async () => {
-        const pids = await listenerPids(cluster.admin, app(name))
+        const pids = await listenerPids(cluster.admin, node.applicationName)
         return pids.length === 1 && pids[0] !== pid
       },
       { timeout: 10_000, message: `${name} listens again on a new backend` },
@@ -221,7 +212,7 @@ describe("after its LISTEN backend is terminated (pg_terminate_backend)", () => 
   it("ours resumes delivery and holds no slot of its pool (0.5.0 keeps the dead connection checked out)", async () => {
     const clients = await Promise.all([0, 1].map((i) => cluster.connect(i)))
     const [ours0, ours1] = cluster.nodes
-    await terminateListener("ours1")
+    await terminateListener(ours1!)
     await deliveredEventually(ours0!.io, clients[1]!, "to-the-victim")
     await deliveredEventually(ours1!.io, clients[0]!, "from-the-victim")
     // The LISTEN connection is not the pool's: nothing stays checked out once publishing is done.
@@ -233,22 +224,20 @@ describe("after its LISTEN backend is terminated (pg_terminate_backend)", () => 
     // DEFECT (0.5.0): its LISTEN connection is a pool client it never releases when it dies.
     // (Without an "error" listener on the pool's clients the process even crashes; the usual
     // `pool.on("connect", (client) => client.on("error", …))` keeps it alive.)
-    const pool = makePool({ max: 3, application_name: app("upstream") })
+    const pool = makePool({ max: 3, application_name: `${cluster.id}_upstream` })
     pool.on("connect", (client) => client.on("error", () => {}))
-    const server = await startServer({
-      adapter: makeAdapter("0.5.0", pool, cluster.id, { errorHandler: () => {} }),
-    })
+    const upstream = await cluster.addNode("0.5.0", { pool })
     try {
       await eventually(
-        async () => (await listenerPids(cluster.admin, app("upstream"))).length === 1,
+        async () => (await listenerPids(cluster.admin, upstream.applicationName)).length === 1,
       )
       await eventually(() => checkedOut(pool) === 1, { message: "0.5.0 holds its LISTEN client" })
-      await terminateListener("upstream")
+      await terminateListener(upstream)
       await eventually(() => checkedOut(pool) === 2, {
         message: "0.5.0 holds the dead client and the new one",
       })
     } finally {
-      await server.close()
+      await cluster.closeNode(upstream)
       // Release what 0.5.0 leaked, or pool.end() would wait for it forever.
       await eventually(() => checkedOut(pool) <= 1)
       const idle = new Set((pool as any)._idle.map((item: { client: unknown }) => item.client))
@@ -278,7 +267,8 @@ describe("with a PostgreSQL server that stops or freezes", () => {
   })
 
   it("delivers to local clients at once while PostgreSQL is frozen (0.5.0 holds them until it answers)", async () => {
-    const cluster = await startMixedCluster("interop_defects_pause", ["ours", "0.5.0"], {
+    const cluster = await startCluster("interop_defects_pause", {
+      nodes: ["ours", "0.5.0"],
       connectionString: postgres.url,
     })
     try {
@@ -306,24 +296,15 @@ describe("with a PostgreSQL server that stops or freezes", () => {
   })
 
   it("ours survives a PostgreSQL restart and resumes cross-server delivery (a 0.5.0 process crashes)", async () => {
-    const cluster = await startMixedCluster("interop_defects_restart", ["ours", "ours"], {
+    const cluster = await startCluster("interop_defects_restart", {
+      nodes: ["ours", "ours"],
       connectionString: postgres.url,
       // The crashed 0.5.0 node is dropped after heartbeatTimeout.
-      heartbeatTimeout: 2000,
-      oursOptions: { reconnectMaxDelay: 500, publishTimeout: 1000 },
+      options: { heartbeatTimeout: 2000, reconnectMaxDelay: 500, publishTimeout: 1000 },
     })
-    let child: ChildScript | undefined
+    let child: ChildNode | undefined
     try {
-      child = runFixture("node.ts", {
-        DATABASE_URL: postgres.url,
-        CHANNEL_PREFIX: cluster.id,
-        TABLE_NAME: cluster.id,
-        ADAPTER: "0.5.0",
-        POOL_MAX: "2",
-        HEARTBEAT_INTERVAL: String(HEARTBEAT_INTERVAL),
-        HEARTBEAT_TIMEOUT: "2000",
-      })
-      await child.waitForMessage("ready")
+      child = await cluster.spawnNode("0.5.0")
       await cluster.waitForMembers("/", 3)
       const clients = await Promise.all([0, 1].map((i) => cluster.connect(i)))
 

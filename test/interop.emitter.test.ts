@@ -11,7 +11,8 @@ import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { Emitter } from "../src/index.js"
 import { eventually, expectNoEvent, waitFor } from "./utils/cluster.js"
-import { type Kind, layoutName, type MixedCluster, startMixedCluster } from "./utils/interop.js"
+import { layoutName } from "./utils/interop.js"
+import { type Cluster, type Kind, startCluster } from "./utils/nodes.js"
 import { makePool } from "./utils/postgres.js"
 
 const LARGE = `${"é名😀".repeat(100)}${"x".repeat(20_000)}`
@@ -20,7 +21,7 @@ const BINARY = Buffer.from([0, 1, 2, 127, 128, 254, 255])
 const dataOf = (index: number, kind: Kind) => ({ user: `user${index}`, index, kind })
 
 /** Registers what every server of these suites does: socket data and a server-side question. */
-const setUp = (cluster: MixedCluster) =>
+const setUp = (cluster: Cluster) =>
   cluster.nodes.forEach((node, index) => {
     node.io.on("connection", (socket: Socket) => void (socket.data = dataOf(index, node.kind)))
     node.io.of("/admin").on("connection", () => {})
@@ -29,7 +30,7 @@ const setUp = (cluster: MixedCluster) =>
 
 describe("the @socket.io/postgres-emitter 0.1.1 emitter reaching a cluster of our adapters", () => {
   const kinds: ReadonlyArray<Kind> = ["ours", "ours"]
-  let cluster: MixedCluster
+  let cluster: Cluster
   let io: Array<Server>
   let clients: Array<ClientSocket>
   // One connection: its fire-and-forget emits reach PostgreSQL in call order.
@@ -37,7 +38,7 @@ describe("the @socket.io/postgres-emitter 0.1.1 emitter reaching a cluster of ou
   let emitter: UpstreamEmitter
 
   beforeAll(async () => {
-    cluster = await startMixedCluster("interop_emitter011", kinds)
+    cluster = await startCluster("interop_emitter011", { nodes: kinds })
     io = cluster.nodes.map((node) => node.io)
     setUp(cluster)
     emitterPool = makePool({ max: 1 })
@@ -131,14 +132,14 @@ const MIXED: ReadonlyArray<Kind> = ["0.5.0", "ours", "0.5.0"]
 
 describe(`our Emitter reaching the mixed cluster ${layoutName(MIXED)}`, () => {
   const kinds = MIXED
-  let cluster: MixedCluster
+  let cluster: Cluster
   let io: Array<Server>
   let clients: Array<ClientSocket>
   let emitterPool: pg.Pool
   let emitter: Emitter
 
   beforeAll(async () => {
-    cluster = await startMixedCluster("interop_emitter_ours", kinds)
+    cluster = await startCluster("interop_emitter_ours", { nodes: kinds })
     io = cluster.nodes.map((node) => node.io)
     setUp(cluster)
     emitterPool = makePool({ max: 2 })

@@ -4,7 +4,7 @@
  * each namespace has offsets of its own.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { startAdapterCluster, type AdapterCluster } from "./utils/adapterCluster.js"
+import { startCluster, type Cluster } from "./utils/nodes.js"
 import { eventually } from "./utils/cluster.js"
 import { terminateListeners } from "./utils/postgres.js"
 import {
@@ -17,15 +17,13 @@ import {
 } from "./utils/recovery.js"
 
 describe("recovery: a lost LISTEN connection", () => {
-  let cluster: AdapterCluster
+  let cluster: Cluster
 
   beforeAll(async () => {
-    cluster = await startAdapterCluster(
-      "recovery_listener",
-      2,
-      {},
-      { connectionStateRecovery: { maxDisconnectionDuration: 60_000 } },
-    )
+    cluster = await startCluster("recovery_listener", {
+      nodes: 2,
+      serverOptions: { connectionStateRecovery: { maxDisconnectionDuration: 60_000 } },
+    })
     await cluster.waitForMembers()
   })
   afterAll(() => cluster?.close())
@@ -44,9 +42,9 @@ describe("recovery: a lost LISTEN connection", () => {
     // Emits in slices, one per turn of the event loop, and kills the listeners a third of the way.
     await new Promise<void>((resolve, reject) => {
       const tick = () => {
-        for (let i = 0; i < 50 && sent < total; i++) cluster.servers[0]!.io.emit("n", sent++)
+        for (let i = 0; i < 50 && sent < total; i++) cluster.nodes[0]!.io.emit("n", sent++)
         if (sent === 1000) {
-          terminateListeners(cluster.pool, { queryContains: cluster.id })
+          terminateListeners(cluster.admin, { queryContains: cluster.id })
             .then((n) => void (killed = n))
             .catch(reject)
         }
@@ -66,16 +64,14 @@ describe("recovery: a lost LISTEN connection", () => {
 })
 
 describe("recovery: several namespaces", () => {
-  let cluster: AdapterCluster
+  let cluster: Cluster
 
   beforeAll(async () => {
-    cluster = await startAdapterCluster(
-      "recovery_namespaces",
-      2,
-      {},
-      { connectionStateRecovery: { maxDisconnectionDuration: 60_000 } },
-    )
-    for (const server of cluster.servers) {
+    cluster = await startCluster("recovery_namespaces", {
+      nodes: 2,
+      serverOptions: { connectionStateRecovery: { maxDisconnectionDuration: 60_000 } },
+    })
+    for (const server of cluster.nodes) {
       server.io.of("/a")
       server.io.of("/b")
     }
@@ -91,11 +87,11 @@ describe("recovery: several namespaces", () => {
     const other = await cluster.connect(1, { nsp: "/b" })
     const inB: Array<unknown> = []
     other.on("n", (n: unknown) => inB.push(n))
-    const [s0, s1] = cluster.servers
+    const [s0, s1] = cluster.nodes
     s1!.io.of("/a").emit("n", "a1")
     s1!.io.of("/b").emit("n", "b1")
     await eventually(() => received.length === 1 && inB.length === 1)
-    await dropTransport(client, cluster.pool, cluster.id)
+    await dropTransport(client, cluster.admin, cluster.id)
     s0!.io.of("/b").emit("n", "b2")
     s0!.io.of("/a").emit("n", "a2")
     s1!.io.of("/b").emit("n", "b3")

@@ -6,33 +6,28 @@
 import type pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import { createAdapter } from "../src/index.js"
-import { killFixture, runFixture, type ChildScript } from "./fixtures/faults.js"
-import { connectClient, eventually, startServer, type TestServer } from "./utils/cluster.js"
-import { databaseUrl, dropTable, makePool, suiteId } from "./utils/postgres.js"
+import { killFixture } from "./fixtures/faults.js"
+import { connectClient, eventually } from "./utils/cluster.js"
+import { type ChildNode, type Cluster, type Node, startCluster } from "./utils/nodes.js"
 import { pidOf, resume, sessionRow } from "./utils/recovery.js"
 
 const MAX_DISCONNECTION = 60_000
 
 describe("recovery when the server that held the socket goes away", () => {
+  let cluster: Cluster
   let pool: pg.Pool
   let id: string
-  let survivor: TestServer
-  let node: ChildScript | undefined
+  let survivor: Node
+  let node: ChildNode | undefined
   const clients: Array<ClientSocket> = []
 
   beforeAll(async () => {
-    pool = makePool({ max: 4 })
-    id = suiteId("recovery_nodes")
-    survivor = await startServer({
-      adapter: createAdapter(pool, {
-        channelPrefix: id,
-        tableName: id,
-        recoveryTablePrefix: id,
-        heartbeatInterval: 300,
-      }),
+    cluster = await startCluster("recovery_nodes", {
+      nodes: 1,
       serverOptions: { connectionStateRecovery: { maxDisconnectionDuration: MAX_DISCONNECTION } },
     })
+    ;({ admin: pool, id } = cluster)
+    survivor = cluster.nodes[0]!
   })
 
   afterEach(async () => {
@@ -42,23 +37,12 @@ describe("recovery when the server that held the socket goes away", () => {
   })
 
   afterAll(async () => {
-    await survivor?.close()
-    for (const table of [id, `${id}_packets`, `${id}_sessions`, `${id}_offsets`]) {
-      await dropTable(pool, table).catch(() => {})
-    }
-    await pool?.end()
+    await cluster?.close()
   })
 
   const startNode = async () => {
-    node = runFixture("node.ts", {
-      DATABASE_URL: databaseUrl(),
-      CHANNEL_PREFIX: id,
-      TABLE_NAME: id,
-      HEARTBEAT_INTERVAL: "300",
-      RECOVERY_MS: String(MAX_DISCONNECTION),
-    })
-    const ready = await node.waitForMessage("ready")
-    return `http://127.0.0.1:${ready["port"]}`
+    node = await cluster.spawnNode("ours", { recovery: MAX_DISCONNECTION })
+    return node.url
   }
 
   // Whether the session row of `pid` is live (its socket connected), if there is one.

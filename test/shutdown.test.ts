@@ -5,19 +5,18 @@
  */
 import type pg from "pg"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import { createAdapter } from "../src/index.js"
 import {
   backendCount,
   type ChildScript,
-  clusterHasSize,
   exitWithin,
-  fastOptions,
   killFixture,
   listenerPids,
   runFixture,
   watchProcessFaults,
 } from "./fixtures/faults.js"
-import { collect, eventually, startCluster, waitFor } from "./utils/cluster.js"
+import { fastOptions, type NodeSettings } from "./utils/adapters.js"
+import { collect, eventually, waitFor } from "./utils/cluster.js"
+import { type Cluster, startCluster } from "./utils/nodes.js"
 import { databaseUrl, dropTable, makePool, suiteId } from "./utils/postgres.js"
 
 /** Active resources (handles and requests) by type, e.g. `{ TCPSocketWrap: 3, Timeout: 1 }`. */
@@ -63,31 +62,35 @@ describe("after io.close() and pool.end()", () => {
     await admin?.end()
   })
 
+  /** Every backend of the cluster's nodes (their pools' connections and LISTEN connections). */
+  const backendsOf = async (cluster: Cluster) =>
+    (
+      await Promise.all(cluster.nodes.map((node) => backendCount(admin, node.applicationName)))
+    ).reduce((a, b) => a + b, 0)
+
   it("leaves no handle of ours open and no LISTEN backend in PostgreSQL", async () => {
-    const id = suiteId("shutdown")
-    tables.push(id)
     const before = resources()
 
-    const pools = [0, 1].map(() => makePool({ max: 4, application_name: id }))
-    const cluster = await startCluster(2, (i) =>
-      createAdapter(pools[i]!, { channelPrefix: id, tableName: id, ...fastOptions }),
-    )
+    const cluster = await startCluster("shutdown", { nodes: 2, options: fastOptions })
     // A second namespace: its adapter shares the runtime and the LISTEN connection.
-    for (const server of cluster.servers) server.io.of("/other")
-    await clusterHasSize(cluster.servers, 2)
-    cluster.servers[1]!.io.on("ping", (ack: (answer: string) => void) => ack("pong"))
-    const got = collect(cluster.clients[1]!, "hello", 2)
-    cluster.servers[0]!.io.emit("hello", 1)
-    cluster.servers[0]!.io.emit("hello", Buffer.from([2]))
+    for (const node of cluster.nodes) node.io.of("/other")
+    await cluster.waitForMembers()
+    const clients = await cluster.connectEach()
+    cluster.nodes[1]!.io.on("ping", (ack: (answer: string) => void) => ack("pong"))
+    const got = collect(clients[1]!, "hello", 2)
+    cluster.nodes[0]!.io.emit("hello", 1)
+    cluster.nodes[0]!.io.emit("hello", Buffer.from([2]))
     expect((await got).length).toBe(2)
-    expect(await cluster.servers[0]!.io.serverSideEmitWithAck("ping")).toEqual(["pong"])
-    expect(await cluster.servers[0]!.io.fetchSockets()).toHaveLength(2)
-    expect(await listenerPids(admin, id)).toHaveLength(2)
+    expect(await cluster.nodes[0]!.io.serverSideEmitWithAck("ping")).toEqual(["pong"])
+    expect(await cluster.nodes[0]!.io.fetchSockets()).toHaveLength(2)
+    for (const node of cluster.nodes) {
+      expect(await listenerPids(admin, node.applicationName)).toHaveLength(1)
+    }
 
+    // Closes every server, then ends every pool.
     await cluster.close()
-    await Promise.all(pools.map((pool) => pool.end()))
 
-    await eventually(async () => (await backendCount(admin, id)) === 0, {
+    await eventually(async () => (await backendsOf(cluster)) === 0, {
       message: "no backend of ours (LISTEN or pool) is left in pg_stat_activity",
     })
     let extra: ReturnType<typeof grown> = []
@@ -101,10 +104,10 @@ describe("after io.close() and pool.end()", () => {
   it("lets a process that started two servers, used them and closed them exit by itself", async () => {
     const id = suiteId("shutdown_child")
     tables.push(id)
+    const settings: NodeSettings = { id, options: fastOptions }
     script = runFixture("two-servers.ts", {
       DATABASE_URL: databaseUrl(),
-      CHANNEL_PREFIX: id,
-      TABLE_NAME: id,
+      NODE_SETTINGS: JSON.stringify(settings),
     })
     const exercised = await script.waitForMessage("exercised")
     expect(exercised).toMatchObject({
@@ -121,23 +124,23 @@ describe("after io.close() and pool.end()", () => {
   })
 
   it("closes cleanly with publishes in flight and a client still connected", async () => {
-    const id = suiteId("shutdown_busy")
-    tables.push(id)
-    const pool = makePool({ max: 2, application_name: id })
-    const cluster = await startCluster(1, () =>
-      createAdapter(pool, { channelPrefix: id, tableName: id, ...fastOptions }),
-    )
-    const [server] = cluster.servers
-    const [client] = cluster.clients
-    // Publishes still in flight when close() starts.
-    for (let n = 0; n < 50; n++) server!.io.emit("burst", n)
-    const disconnected = waitFor(client!, "disconnect")
-    await server!.close()
-    await disconnected
-    await pool.end()
-    await eventually(async () => (await backendCount(admin, id)) === 0, {
-      message: "no backend of ours is left",
-    })
-    await cluster.close()
+    const cluster = await startCluster("shutdown_busy", { nodes: 0, options: fastOptions })
+    // The test's own pool, to end it itself.
+    const pool = makePool({ max: 2, application_name: `${cluster.id}_busy` })
+    try {
+      const server = await cluster.addNode("ours", { pool })
+      const client = await cluster.connect(server)
+      // Publishes still in flight when close() starts.
+      for (let n = 0; n < 50; n++) server.io.emit("burst", n)
+      const disconnected = waitFor(client, "disconnect")
+      await cluster.closeNode(server)
+      await disconnected
+      await pool.end()
+      await eventually(async () => (await backendsOf(cluster)) === 0, {
+        message: "no backend of ours is left",
+      })
+    } finally {
+      await cluster.close()
+    }
   })
 })

@@ -1,6 +1,7 @@
 /**
  * Harness for real Socket.IO servers and clients over loopback, and condition waits that clear every
- * timer they create (so a test file's process can exit by itself).
+ * timer they create (so a test file's process can exit by itself). Clusters of them are built by
+ * `nodes.ts`. Imports nothing of vitest: child-process fixtures use it too.
  */
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
@@ -98,52 +99,6 @@ export const connectClient = (url: string, options: ClientOptions = {}): Promise
     socket.on("connect", onConnect)
     socket.on("connect_error", onError)
   })
-}
-
-/** Options of {@link startCluster}. */
-export interface ClusterOptions {
-  readonly serverOptions?: Partial<ServerOptions>
-  /** Options of the client connected to each server (namespace, auth, ...). */
-  readonly client?: ClientOptions
-}
-
-/** n servers, each with one connected client (`clients[i]` is connected to `servers[i]`). */
-export interface TestCluster {
-  readonly servers: ReadonlyArray<TestServer>
-  readonly clients: ReadonlyArray<ClientSocket>
-  /** Disconnects the clients, then closes the servers. Idempotent. */
-  readonly close: () => Promise<void>
-}
-
-/** Starts `n` servers, each with its own adapter from `makeAdapter(index)`, and one client each. */
-export const startCluster = async (
-  n: number,
-  makeAdapter: (index: number) => AdapterConstructor,
-  options: ClusterOptions = {},
-): Promise<TestCluster> => {
-  const servers: TestServer[] = []
-  const clients: ClientSocket[] = []
-  let closing: Promise<void> | undefined
-  const close = () =>
-    (closing ??= (async () => {
-      for (const client of clients) client.disconnect()
-      await Promise.allSettled(servers.map((server) => server.close()))
-    })())
-  try {
-    for (let i = 0; i < n; i++) {
-      servers.push(
-        await startServer({
-          adapter: makeAdapter(i),
-          ...(options.serverOptions !== undefined ? { serverOptions: options.serverOptions } : {}),
-        }),
-      )
-    }
-    for (const server of servers) clients.push(await connectClient(server.url, options.client))
-  } catch (error) {
-    await close()
-    throw error
-  }
-  return { servers, clients, close }
 }
 
 /** Anything with `on`/`off`: Node emitters, Socket.IO sockets, servers and namespaces. */

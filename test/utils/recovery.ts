@@ -6,12 +6,16 @@
 import type pg from "pg"
 import { io as ioClient, type Socket as ClientSocket } from "socket.io-client"
 import { eventually } from "./cluster.js"
+import { quoteName } from "./postgres.js"
 
-/** The recovery tables of a suite whose `recoveryTablePrefix` is `prefix`. */
+/**
+ * The recovery tables of a suite whose `recoveryTablePrefix` is `prefix`, quoted for SQL (the
+ * prefix may be schema-qualified, mixed case or hold characters that need quoting).
+ */
 export const recoveryTables = (prefix: string) => ({
-  packets: `${prefix}_packets`,
-  sessions: `${prefix}_sessions`,
-  offsets: `${prefix}_offsets`,
+  packets: quoteName(`${prefix}_packets`),
+  sessions: quoteName(`${prefix}_sessions`),
+  offsets: quoteName(`${prefix}_offsets`),
 })
 
 /** The private session id a client presents when it reconnects (socket.io-client private field). */
