@@ -130,35 +130,98 @@ interface NamespaceState {
   listening: boolean
 }
 
-/**
- * The routing state of a primary, without I/O: which worker owns which uid on which namespace,
- * who asked which request, which uids were ours.
- */
-class Relay {
-  readonly #owners = new Map<string, { readonly workerId: string; readonly nsp: string }>()
-  readonly #namespaces = new Map<string, NamespaceState>()
-  readonly #requests = new Map<string, { readonly workerId: string; readonly until: number }>()
+/** A message in the name of a local worker's adapter (announced by the primary). */
+const on = (type: number, uid: string, nsp: string): Codec.WireMessage => ({
+  uid,
+  nsp,
+  type,
+  source: MESSAGE_SOURCE,
+})
+
+/** Which worker owns which uid on which namespace, and which uids were ours. */
+class Members {
+  readonly owners = new Map<string, { readonly workerId: string; readonly nsp: string }>()
+  readonly namespaces = new Map<string, NamespaceState>()
   // Uids of gone workers and closed adapters: their last notifications are still ours.
   readonly #retired = new Map<string, number>()
+
+  constructor(
+    private readonly out: Pick<RelayOutputs, "open" | "close">,
+    private readonly retention: number,
+  ) {}
+
+  isOwn(uid: string): boolean {
+    return this.owners.has(uid) || this.#retired.has(uid)
+  }
+
+  register(workerId: string, uid: string, nsp: string): NamespaceState {
+    let namespace = this.namespaces.get(nsp)
+    if (namespace !== undefined && this.owners.has(uid)) return namespace
+    if (namespace === undefined) {
+      namespace = { uids: new Set(), workers: new Map(), listening: false }
+      this.namespaces.set(nsp, namespace)
+      this.out.open(nsp)
+    }
+    this.#retired.delete(uid)
+    this.owners.set(uid, { workerId, nsp })
+    namespace.uids.add(uid)
+    namespace.workers.set(workerId, (namespace.workers.get(workerId) ?? 0) + 1)
+    return namespace
+  }
+
+  retire(uid: string): void {
+    const owner = this.owners.get(uid)
+    if (owner === undefined) return
+    this.owners.delete(uid)
+    this.#retired.set(uid, Date.now() + this.retention)
+    const namespace = this.namespaces.get(owner.nsp)
+    if (namespace === undefined) return
+    namespace.uids.delete(uid)
+    const count = (namespace.workers.get(owner.workerId) ?? 1) - 1
+    if (count > 0) namespace.workers.set(owner.workerId, count)
+    else namespace.workers.delete(owner.workerId)
+    if (namespace.uids.size > 0) return
+    this.namespaces.delete(owner.nsp)
+    this.out.close(owner.nsp)
+  }
+
+  sweep(now: number): void {
+    for (const [uid, until] of this.#retired) if (until <= now) this.#retired.delete(uid)
+  }
+
+  clear(): void {
+    this.owners.clear()
+    this.namespaces.clear()
+  }
+}
+
+/**
+ * The routing of a primary, without I/O: worker messages to the other workers and to PostgreSQL,
+ * notifications to the workers they concern, responses to their requester only.
+ */
+class Relay {
+  readonly #members: Members
+  // Requests of local workers: who gets the answers from PostgreSQL, until when.
+  readonly #requests = new Map<string, { readonly workerId: string; readonly until: number }>()
   #nextSweep = 0
 
   constructor(
     private readonly out: RelayOutputs,
     private readonly timing: RelayTiming,
-  ) {}
+  ) {
+    this.#members = new Members(out, timing.retired)
+  }
 
   fromWorker(workerId: string, raw: unknown): void {
     const message = toWorkerMessage(raw)
     if (message === undefined) return
     this.#sweep()
     const { uid, nsp, type } = message
-    const namespace = this.#register(workerId, uid, nsp)
+    const namespace = this.#members.register(workerId, uid, nsp)
     if (isResponse(type)) {
       // To its requester only: a worker of ours, else whoever it is, through PostgreSQL.
-      const owner =
-        typeof message.requesterUid === "string"
-          ? this.#owners.get(message.requesterUid)
-          : undefined
+      const requester = message.requesterUid
+      const owner = typeof requester === "string" ? this.#members.owners.get(requester) : undefined
       if (owner !== undefined) this.out.toWorker(owner.workerId, message)
       else this.out.toCluster(nsp, toWire(message))
       return
@@ -176,13 +239,13 @@ class Relay {
     if (type !== MessageType.INITIAL_HEARTBEAT || namespace.listening) {
       this.out.toCluster(nsp, toWire(message))
     }
-    if (type === MessageType.ADAPTER_CLOSE) this.#retire(uid)
+    if (type === MessageType.ADAPTER_CLOSE) this.#members.retire(uid)
   }
 
   /** A message from PostgreSQL, in commit order, not ours (see {@link wanted}). */
   fromCluster(nsp: string, message: Codec.WireMessage): void {
-    const namespace = this.#namespaces.get(nsp)
-    if (namespace === undefined || this.isOwn(message.uid)) return
+    const namespace = this.#members.namespaces.get(nsp)
+    if (namespace === undefined || this.#members.isOwn(message.uid)) return
     // Emitters before ours send no nsp: the channel tells it, and workers need it.
     const forWorkers = { ...message, nsp, source: MESSAGE_SOURCE }
     if (!isResponse(message.type)) return this.#toWorkers(namespace, forWorkers, undefined)
@@ -193,44 +256,35 @@ class Relay {
 
   /** Whether a notification is worth delivering: asked before any attachment is fetched. */
   wanted(uid: string, type: number, requestId: string | undefined): boolean {
-    if (this.isOwn(uid)) return false
+    if (this.#members.isOwn(uid)) return false
     return !isResponse(type) || requestId === undefined || this.#requests.has(requestId)
-  }
-
-  isOwn(uid: string): boolean {
-    return this.#owners.has(uid) || this.#retired.has(uid)
   }
 
   /** The namespace's channel is listened on (first time, or again after a reconnection). */
   listening(nsp: string): void {
-    const namespace = this.#namespaces.get(nsp)
+    const namespace = this.#members.namespaces.get(nsp)
     if (namespace === undefined) return
     namespace.listening = true
     // Every node replies with a HEARTBEAT: the workers learn the cluster, and it learns them.
     for (const uid of namespace.uids) {
-      this.out.toCluster(nsp, {
-        uid,
-        nsp,
-        type: MessageType.INITIAL_HEARTBEAT,
-        source: MESSAGE_SOURCE,
-      })
+      this.out.toCluster(nsp, on(MessageType.INITIAL_HEARTBEAT, uid, nsp))
     }
   }
 
   lost(nsp: string): void {
-    const namespace = this.#namespaces.get(nsp)
+    const namespace = this.#members.namespaces.get(nsp)
     if (namespace !== undefined) namespace.listening = false
   }
 
   /** A worker is gone: every node drops its uids at once, as if its adapters had closed. */
   workerGone(workerId: string): void {
-    for (const [uid, owner] of this.#owners) {
+    for (const [uid, owner] of this.#members.owners) {
       if (owner.workerId !== workerId) continue
-      const close = { uid, nsp: owner.nsp, type: MessageType.ADAPTER_CLOSE, source: MESSAGE_SOURCE }
-      const namespace = this.#namespaces.get(owner.nsp)
+      const close = on(MessageType.ADAPTER_CLOSE, uid, owner.nsp)
+      const namespace = this.#members.namespaces.get(owner.nsp)
       if (namespace !== undefined) this.#toWorkers(namespace, close, workerId)
       this.out.toCluster(owner.nsp, close)
-      this.#retire(uid)
+      this.#members.retire(uid)
     }
     for (const [requestId, request] of this.#requests) {
       if (request.workerId === workerId) this.#requests.delete(requestId)
@@ -239,49 +293,11 @@ class Relay {
 
   /** The relay stops: its workers can no longer be reached by the cluster. */
   closeAll(): void {
-    for (const [uid, owner] of this.#owners) {
-      this.out.toCluster(owner.nsp, {
-        uid,
-        nsp: owner.nsp,
-        type: MessageType.ADAPTER_CLOSE,
-        source: MESSAGE_SOURCE,
-      })
+    for (const [uid, owner] of this.#members.owners) {
+      this.out.toCluster(owner.nsp, on(MessageType.ADAPTER_CLOSE, uid, owner.nsp))
     }
-    this.#owners.clear()
-    this.#namespaces.clear()
+    this.#members.clear()
     this.#requests.clear()
-  }
-
-  #register(workerId: string, uid: string, nsp: string): NamespaceState {
-    let namespace = this.#namespaces.get(nsp)
-    if (this.#owners.has(uid) && namespace !== undefined) return namespace
-    if (namespace === undefined) {
-      namespace = { uids: new Set(), workers: new Map(), listening: false }
-      this.#namespaces.set(nsp, namespace)
-      this.out.open(nsp)
-    }
-    this.#retired.delete(uid)
-    this.#owners.set(uid, { workerId, nsp })
-    namespace.uids.add(uid)
-    namespace.workers.set(workerId, (namespace.workers.get(workerId) ?? 0) + 1)
-    return namespace
-  }
-
-  #retire(uid: string): void {
-    const owner = this.#owners.get(uid)
-    if (owner === undefined) return
-    this.#owners.delete(uid)
-    this.#retired.set(uid, Date.now() + this.timing.retired)
-    const namespace = this.#namespaces.get(owner.nsp)
-    if (namespace === undefined) return
-    namespace.uids.delete(uid)
-    const count = (namespace.workers.get(owner.workerId) ?? 1) - 1
-    if (count > 0) namespace.workers.set(owner.workerId, count)
-    else namespace.workers.delete(owner.workerId)
-    if (namespace.uids.size === 0) {
-      this.#namespaces.delete(owner.nsp)
-      this.out.close(owner.nsp)
-    }
   }
 
   #toWorkers(namespace: NamespaceState, message: object, except: string | undefined): void {
@@ -298,7 +314,7 @@ class Relay {
     for (const [requestId, request] of this.#requests) {
       if (request.until <= now) this.#requests.delete(requestId)
     }
-    for (const [uid, until] of this.#retired) if (until <= now) this.#retired.delete(uid)
+    this.#members.sweep(now)
   }
 }
 
