@@ -4,6 +4,7 @@
  * worker is a node of its own: broadcasts, rooms and requests reach it and come from it, and a
  * worker or a server that dies is dropped by the others.
  */
+import { Emitter as UpstreamEmitter } from "@socket.io/postgres-emitter"
 import type pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
@@ -162,9 +163,9 @@ describe("setupPrimary", () => {
     let b: Primary
     let plain: { server: TestServer; client: ClientSocket }
     let all: Array<Worker>
+    const id = suiteId("primary")
 
     beforeAll(async () => {
-      const id = suiteId("primary")
       tables.push(id)
       // Rooms: a1 and b1 in "red", a2 and the plain server's client in "blue".
       ;[a, b] = await Promise.all([
@@ -301,6 +302,41 @@ describe("setupPrimary", () => {
       for (const client of everyone) client.off("question")
     })
 
+    it("delivers the @socket.io/postgres-emitter 0.1.1 emitter's broadcasts (no nsp) to the workers", async () => {
+      const emitter = new UpstreamEmitter(pool, "/", { channelPrefix: id, tableName: id })
+      // "red": a1 and b1, not a2.
+      const received = [a.workers[0]!, b.workers[0]!].map((worker) =>
+        waitFor(worker.client, "legacy"),
+      )
+      await expectNoEvent(a.workers[1]!.client, "legacy", async () => {
+        emitter.to("red").emit("legacy", "from 0.1.1")
+        expect((await Promise.all(received)).map((args) => args[0])).toEqual([
+          "from 0.1.1",
+          "from 0.1.1",
+        ])
+        const marker = waitFor(a.workers[1]!.client, "marker")
+        emitter.emit("marker")
+        await marker
+      })
+    })
+
+    it("skips malformed notifications instead of handing them to the workers", async () => {
+      const channel = `${id}#/`
+      // A BROADCAST without data, and one whose packet is no event: each would throw in a worker.
+      for (const junk of [
+        { uid: "junk", nsp: "/", type: 3 },
+        { uid: "junk", nsp: "/", type: 3, data: { opts: { rooms: [], except: [] }, packet: {} } },
+        { uid: "junk", nsp: "/", type: 7, data: { opts: {} } },
+      ]) {
+        await pool.query("SELECT pg_notify($1, $2)", [channel, JSON.stringify(junk)])
+      }
+      const markers = all.map((worker) => waitFor(worker.client, "marker"))
+      plain.server.io.emit("marker")
+      await Promise.all(markers)
+      // Every worker is still up and part of the cluster.
+      for (const worker of all) expect(await ask<number>(worker, "serverCount")).toBeGreaterThan(1)
+    })
+
     it("refuses to run in a worker, with a message that says where it belongs", () => {
       const first = a.workers.find((worker) => worker.id === 1)
       expect(first?.notPrimary).toMatch(/cluster\.isPrimary is false/)
@@ -382,9 +418,9 @@ describe("setupPrimary", () => {
       await clusterHasSize(workers, [server], 3)
     })
 
-    it("announces its workers' departure on close() and leaves nothing running", async () => {
-      // As above; and the plain server starts first: the primary announces its workers once it
-      // listens, or the plain server's replies would be missed until a heartbeatInterval.
+    it("announces its worker's departure on close() and leaves nothing running", async () => {
+      // As above, with the plain server started first: it learns of the worker from its
+      // INITIAL_HEARTBEAT, the worker of it from the reply.
       const timing = {
         heartbeatInterval: 30_000,
         heartbeatTimeout: 60_000,
@@ -393,8 +429,8 @@ describe("setupPrimary", () => {
       const id = suiteId("primary_close")
       tables.push(id)
       const { server } = await startPlain(id, timing)
-      const { script, workers } = await startPrimary(id, timing, 2)
-      await clusterHasSize(workers, [server], 3)
+      const { script, workers } = await startPrimary(id, timing, 1)
+      await clusterHasSize(workers, [server], 2)
 
       script.send("close")
       await script.waitForMessage("closed")
