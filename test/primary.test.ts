@@ -341,6 +341,22 @@ describe("setupPrimary", () => {
       const first = a.workers.find((worker) => worker.id === 1)
       expect(first?.notPrimary).toMatch(/cluster\.isPrimary is false/)
     })
+
+    // Last: it leaves the shared cluster without clients.
+    it("disconnects sockets across the cluster, from a plain server and from a worker", async () => {
+      const [a1, a2] = a.workers as [Worker, Worker]
+      const b1 = b.workers[0]!
+      const red = [a1, b1].map((worker) => waitFor(worker.client, "disconnect"))
+      plain.server.io.in("red").disconnectSockets(true)
+      await Promise.all(red)
+      expect(ids(await plain.server.io.fetchSockets())).toEqual(
+        ids([a2.client, plain.client] as any),
+      )
+      const blue = [a2.client, plain.client].map((client) => waitFor(client, "disconnect"))
+      a2.client.emit("disconnectSockets", "blue")
+      await Promise.all(blue)
+      await eventually(async () => (await plain.server.io.fetchSockets()).length === 0)
+    })
   })
 
   describe("when a node goes away", () => {
