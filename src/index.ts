@@ -15,3 +15,5 @@ export type {
   EventsMap,
 } from "./Emitter.js"
 export type { SocketDescription } from "./ClusterEmitter.js"
+export { setupPrimary } from "./Primary.js"
+export type { PrimaryHandle } from "./Primary.js"
