@@ -402,10 +402,14 @@ describe("setupPrimary", () => {
       tables.push(id)
       const node = runFixture("node.ts", {
         DATABASE_URL: databaseUrl(),
-        CHANNEL_PREFIX: id,
-        TABLE_NAME: id,
-        HEARTBEAT_INTERVAL: String(timing.heartbeatInterval),
-        HEARTBEAT_TIMEOUT: String(timing.heartbeatTimeout),
+        NODE_KIND: "ours",
+        NODE_SETTINGS: JSON.stringify({
+          id,
+          options: {
+            heartbeatInterval: timing.heartbeatInterval,
+            heartbeatTimeout: timing.heartbeatTimeout,
+          },
+        }),
       })
       scripts.push(node)
       const [{ workers }, { server }] = await Promise.all([
