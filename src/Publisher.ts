@@ -16,6 +16,16 @@ import * as Codec from "./Codec.js"
 import { Config } from "./Config.js"
 import { Database } from "./Database.js"
 import { type DatabaseError, PublishError } from "./Errors.js"
+import {
+  makeStatement,
+  OFFSET_MARKER,
+  type Outgoing,
+  runCounts,
+  splitRuns,
+  storedOffsets,
+  type StoredPacketsSql,
+  toBuffer,
+} from "./internal/statements.js"
 import * as Metrics from "./Metrics.js"
 
 /** Called once with the outcome of a publish: `undefined` when PostgreSQL committed it. */
@@ -77,18 +87,7 @@ export class Publisher extends Context.Service<
   }
 >()("socket.io-postgres-effect/Publisher") {}
 
-interface Stored {
-  readonly nsp: string
-  readonly rooms: ReadonlyArray<string>
-  readonly except: ReadonlyArray<string>
-  readonly bytes: Uint8Array
-}
-
-interface Item {
-  readonly channel: string
-  /** `undefined`: stored only, nothing notified (a packet for one local socket). */
-  readonly encoded: Codec.Encoded | undefined
-  readonly stored: Stored | undefined
+interface Item extends Outgoing {
   readonly done: StoreCallback
   settled: boolean
 }
@@ -114,9 +113,6 @@ const settle = (item: Item, error: PublishError | undefined, offset?: string, af
   item.done(error, offset, after)
 }
 
-const toBuffer = (bytes: Uint8Array) =>
-  Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-
 /**
  * Builds the Publisher. The worker is plain promise code on purpose: it runs once per batch on the
  * hottest path, where a fiber, a `Deferred` and a forked timeout per batch cost more CPU than the
@@ -128,149 +124,33 @@ export const make = Effect.gen(function* () {
   // Metrics are updated in the application's context (its metric registry).
   const context = yield* Effect.context<never>()
   const timeoutMillis = Duration.toMillis(config.publishTimeout)
-  const table = quoteTableName(config.tableName)
-  const packetsTable = quoteTableName(`${config.recoveryTablePrefix}_packets`)
-  const offsetsTable = quoteTableName(`${config.recoveryTablePrefix}_offsets`)
+  const statement = makeStatement({
+    attachmentsTable: quoteTableName(config.tableName),
+    storedPackets: storedPacketsSql(config.recoveryTablePrefix),
+  })
   let queue: Array<Item> = []
   let inflight: ReadonlyArray<Item> = []
   let timer: ReturnType<typeof setTimeout> | undefined
   let closed = false
 
-  // One statement for a run of messages. With attachments, the rows are inserted by a CTE of the
-  // same statement, so row and notification commit together, and each header is the JSON text
-  // around its row id, joined in SQL. Stored packets (one namespace per run) take their offsets
-  // from the namespace's counter row, whose lock orders the commits of every writer.
-  const statement = (run: ReadonlyArray<Item>): [string, Array<unknown>] => {
-    const params: Array<unknown> = []
-    const param = (value: unknown) => {
-      params.push(value)
-      return `$${params.length}`
-    }
-    const stored = run.filter((item) => item.stored !== undefined)
-    if (stored.length === 0 && run.every((item) => item.encoded?._tag === "Inline")) {
-      for (const item of run)
-        params.push(item.channel, (item.encoded as { payload: string }).payload)
-      return [notifyStatement(run.length), params]
-    }
-    // Each stored packet's place among them: its offset is the counter's old value plus that.
-    const position = new Map(stored.map((item, i) => [item, i + 1]))
-    const ctes: Array<string> = []
-    const values: Array<string> = []
-    const calls: Array<string> = []
-    let count: string | undefined
-    if (stored.length > 0) {
-      const nsp = param(stored[0]!.stored!.nsp)
-      count = param(stored.length)
-      // The position of the run's last notified packet, 0 when none is notified.
-      let notified = 0
-      stored.forEach((item, i) => {
-        if (item.encoded !== undefined) notified = i + 1
-      })
-      const lastNotified = param(notified)
-      const rows = stored.map((item, i) => {
-        const packet = item.stored!
-        return `(${i + 1}, ${param(packet.rooms)}::text[], ${param(packet.except)}::text[], ${param(toBuffer(packet.bytes))}::bytea)`
-      })
-      ctes.push(
-        `c AS (INSERT INTO ${offsetsTable} AS o (nsp, last, notified, prev_notified) ` +
-          `VALUES (${nsp}, ${count}::bigint, ${lastNotified}::bigint, 0) ` +
-          `ON CONFLICT (nsp) DO UPDATE SET last = o.last + EXCLUDED.last, prev_notified = o.notified, ` +
-          `notified = CASE WHEN EXCLUDED.notified > 0 THEN o.last + EXCLUDED.notified ELSE o.notified END ` +
-          `RETURNING last, prev_notified)`,
-        `p AS (INSERT INTO ${packetsTable} (nsp, "offset", rooms, excepts, data) ` +
-          `SELECT ${nsp}, c.last - ${count}::bigint + v.i, v.r, v.e, v.d FROM c, ` +
-          `(VALUES ${rows.join(", ")}) AS v(i, r, e, d))`,
-      )
-    }
-    // The text of a notification, with its placeholders replaced in SQL.
-    const payloadSql = (item: Item, id: string | undefined): string => {
-      const encoded = item.encoded!
-      let text = encoded._tag === "Inline" ? encoded.payload : encoded.header(ID_MARKER)
-      let tail = ""
-      if (item.stored !== undefined) {
-        const at = text.lastIndexOf(OFFSET_MARKER)
-        const index = position.get(item)!
-        tail = ` || (c.last - ${count}::bigint + ${index})::text || ${param(text.slice(at + OFFSET_MARKER.length))}`
-        text = text.slice(0, at)
-      }
-      if (id !== undefined) {
-        const at = text.lastIndexOf(ID_MARKER)
-        return `${param(text.slice(0, at))} || ${id}::text || ${param(text.slice(at + ID_MARKER.length))}${tail}`
-      }
-      return `${param(text)}${tail}`
-    }
-    for (const item of run) {
-      if (item.encoded === undefined) continue
-      const channel = param(item.channel)
-      if (item.encoded._tag === "Inline") {
-        calls.push(`pg_notify(${channel}, ${payloadSql(item, undefined)})`)
-        continue
-      }
-      values.push(`(${param(toBuffer(item.encoded.bytes))}::bytea)`)
-      calls.push(
-        `pg_notify(${channel}, ${payloadSql(item, `(SELECT a[${values.length}] FROM ids)`)})`,
-      )
-    }
-    if (values.length > 0) {
-      ctes.push(
-        `ins AS (INSERT INTO ${table} (payload) VALUES ${values.join(", ")} RETURNING id)`,
-        `ids AS (SELECT array_agg(id ORDER BY id) AS a FROM ins)`,
-      )
-    }
-    const select = [
-      ...(stored.length > 0 ? ["c.last::text AS last", "c.prev_notified::text AS after"] : []),
-      ...calls,
-    ]
-    return [
-      `WITH ${ctes.join(", ")} SELECT ${select.join(", ")}${stored.length > 0 ? " FROM c" : ""}`,
-      params,
-    ]
-  }
-
+  // A batch that timed out sends no more statements: they would run beside the next batch.
   const send = async (items: ReadonlyArray<Item>, batch: { cancelled: boolean }) => {
-    // Within one transaction PostgreSQL folds identical (channel, payload) pairs into one
-    // notification: a repeated pair starts a new statement so that none is lost. (Attachment
-    // headers hold their own row id, and stored payloads their offset, so they never repeat.)
-    // Stored packets of one namespace per statement: one counter row, so no lock-order deadlock.
-    // A batch that timed out sends no more statements: they would run beside the next batch.
-    let start = 0
-    while (start < items.length && !batch.cancelled) {
-      const seen = new Set<string>()
-      let nsp: string | undefined
-      let end = start
-      for (; end < items.length; end++) {
-        const item = items[end]!
-        if (item.stored !== undefined) {
-          if (nsp !== undefined && nsp !== item.stored.nsp) break
-          nsp = item.stored.nsp
-        }
-        if (item.encoded?._tag !== "Inline" || item.stored !== undefined) continue
-        const key = `${item.channel}\u0000${item.encoded.payload}`
-        if (seen.has(key)) break
-        seen.add(key)
-      }
-      const run = items.slice(start, end)
+    for (const run of splitRuns(items)) {
+      if (batch.cancelled) return
       const [sql, params] = statement(run)
       const rows = await database.unsafeQuery<{ last?: string; after?: string }>(sql, params)
-      let notified = 0
-      let attachments = 0
-      let storedCount = 0
-      for (const item of run) {
-        if (item.encoded !== undefined) notified++
-        if (item.encoded?._tag === "Attachment") attachments++
-        if (item.stored !== undefined) storedCount++
-      }
+      const counts = runCounts(run)
       Metrics.notifyStatements.updateUnsafe(1, context)
-      if (notified > 0) Metrics.notificationsSent.updateUnsafe(notified, context)
-      if (attachments > 0) Metrics.attachmentsWritten.updateUnsafe(attachments, context)
-      if (storedCount > 0) Metrics.packetsStored.updateUnsafe(storedCount, context)
-      // The counter's new value is the offset of the run's last stored packet.
-      let offset = storedCount === 0 ? 0n : BigInt(rows[0]!.last!) - BigInt(storedCount)
+      if (counts.notified > 0) Metrics.notificationsSent.updateUnsafe(counts.notified, context)
+      if (counts.attachments > 0)
+        Metrics.attachmentsWritten.updateUnsafe(counts.attachments, context)
+      if (counts.stored > 0) Metrics.packetsStored.updateUnsafe(counts.stored, context)
+      const offsets = counts.stored === 0 ? [] : storedOffsets(counts.stored, rows[0]!.last!)
+      let next = 0
       for (const item of run) {
         if (item.stored === undefined) settle(item, undefined)
-        else settle(item, undefined, String(++offset), rows[0]!.after)
+        else settle(item, undefined, offsets[next++], rows[0]!.after)
       }
-      start = end
     }
   }
 
@@ -335,48 +215,15 @@ export const make = Effect.gen(function* () {
         undefined,
       )
     }
-    let encoded: Codec.Encoded | undefined
-    let stored: Stored | undefined
-    try {
-      encoded =
-        message === undefined
-          ? undefined
-          : Codec.encode(
-              packet === undefined ? message : { ...message, offset: OFFSET_MARKER },
-              config.payloadThreshold,
-            )
-      if (packet !== undefined) {
-        stored = {
-          nsp: packet.nsp,
-          rooms: packet.rooms,
-          except: packet.except,
-          bytes: Codec.encodePacketData(packet.data),
-        }
-      }
-    } catch (cause) {
-      return done(
-        new PublishError({
-          reason: "Encode",
-          message: `message cannot be encoded: ${(cause as Error)?.message}`,
-          cause,
-        }),
-        undefined,
-      )
-    }
-    queue.push({ channel, encoded, stored, done, settled: false })
+    const encoded = encodeItem(channel, message, packet, config.payloadThreshold)
+    if (encoded instanceof PublishError) return done(encoded, undefined)
+    queue.push({ ...encoded, done, settled: false })
     // Later in this tick: publishes of the same tick share one statement.
     if (inflight.length === 0 && queue.length === 1) queueMicrotask(pump)
   }
 
   const unsafePublish = (channel: string, message: Codec.WireMessage, done: PublishCallback) =>
     enqueue(channel, message, undefined, done)
-
-  const unsafeStore = (
-    channel: string,
-    message: Codec.WireMessage | undefined,
-    packet: StoredPacket,
-    done: StoreCallback,
-  ) => enqueue(channel, message, packet, done)
 
   const publish = (
     channel: string,
@@ -388,24 +235,81 @@ export const make = Effect.gen(function* () {
       ),
     )
 
-  return Publisher.of({ publish, unsafePublish, unsafeStore })
+  return Publisher.of({ publish, unsafePublish, unsafeStore: enqueue })
 })
 
-// Stands for the row id in an attachment header: the largest bigint, so the header's length is
-// checked with the longest id; headers hold no other run of 19 digits after it.
-const ID_MARKER = "9223372036854775807"
+/**
+ * Encodes a message at once (later mutations of the caller's objects must not leak in): a stored
+ * packet's notification holds the offset marker, replaced in SQL by its offset.
+ */
+const encodeItem = (
+  channel: string,
+  message: Codec.WireMessage | undefined,
+  packet: StoredPacket | undefined,
+  threshold: number,
+): Outgoing | PublishError => {
+  try {
+    return {
+      channel,
+      encoded:
+        message === undefined
+          ? undefined
+          : Codec.encode(
+              packet === undefined ? message : { ...message, offset: OFFSET_MARKER },
+              threshold,
+            ),
+      stored:
+        packet === undefined
+          ? undefined
+          : {
+              nsp: packet.nsp,
+              rooms: packet.rooms,
+              except: packet.except,
+              bytes: Codec.encodePacketData(packet.data),
+            },
+    }
+  } catch (cause) {
+    return new PublishError({
+      reason: "Encode",
+      message: `message cannot be encoded: ${(cause as Error)?.message}`,
+      cause,
+    })
+  }
+}
 
-// Stands for a stored packet's offset: the last field of its payload or header, found from the
-// end, so nothing a user controls comes after it.
-const OFFSET_MARKER = "9223372036854775806"
+/**
+ * The SQL of stored packets over the recovery tables: offsets come from the namespace's counter
+ * row, whose lock orders the commits of every writer; the packets' rows are inserted beside.
+ * (Moves to the packet store, `src/recovery/PacketStore.ts`.)
+ */
+const storedPacketsSql =
+  (prefix: string): StoredPacketsSql =>
+  (run, param) => {
+    const packetsTable = quoteTableName(`${prefix}_packets`)
+    const offsetsTable = quoteTableName(`${prefix}_offsets`)
+    const nsp = param(run.nsp)
+    const count = param(run.rows.length)
+    const lastNotified = param(run.lastNotified)
+    const rows = run.rows.map(
+      (row, i) =>
+        `(${i + 1}, ${param(row.rooms)}::text[], ${param(row.except)}::text[], ${param(toBuffer(row.bytes))}::bytea)`,
+    )
+    return {
+      ctes: [
+        `c AS (INSERT INTO ${offsetsTable} AS o (nsp, last, notified, prev_notified) ` +
+          `VALUES (${nsp}, ${count}::bigint, ${lastNotified}::bigint, 0) ` +
+          `ON CONFLICT (nsp) DO UPDATE SET last = o.last + EXCLUDED.last, prev_notified = o.notified, ` +
+          `notified = CASE WHEN EXCLUDED.notified > 0 THEN o.last + EXCLUDED.notified ELSE o.notified END ` +
+          `RETURNING last, prev_notified)`,
+        `p AS (INSERT INTO ${packetsTable} (nsp, "offset", rooms, excepts, data) ` +
+          `SELECT ${nsp}, c.last - ${count}::bigint + v.i, v.r, v.e, v.d FROM c, ` +
+          `(VALUES ${rows.join(", ")}) AS v(i, r, e, d))`,
+      ],
+      offset: (position) => `(c.last - ${count}::bigint + ${position})`,
+      columns: ["c.last::text AS last", "c.prev_notified::text AS after"],
+      from: "c",
+    }
+  }
 
-// The statement text for n notifications, built once per size.
-const statements: Array<string> = []
-const notifyStatement = (n: number): string =>
-  (statements[n] ??= `SELECT ${Array.from(
-    { length: n },
-    (_, i) => `pg_notify($${2 * i + 1}, $${2 * i + 2})`,
-  ).join(", ")}`)
-
-/** The Publisher layer; needs `Config`, `Database` and `AttachmentStore`. */
+/** The Publisher layer; needs `Config` and `Database`. */
 export const layer: Layer.Layer<Publisher, never, Config | Database> = Layer.effect(Publisher, make)
