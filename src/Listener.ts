@@ -156,8 +156,7 @@ export const make = Effect.gen(function* () {
       Effect.provideContext(context),
     )
 
-  // One session: connect, LISTEN every channel, then consume until the connection is lost. A
-  // liveness deadline (ping/echo) is to be raced against `Deferred.await(lost)` here.
+  // One session: connect, LISTEN every channel, then consume until the connection is lost.
   const runSession = Effect.gen(function* () {
     const client = yield* connect(database.connectionOptions).pipe(Effect.mapError(connectFailed))
     const lost = yield* Deferred.make<never, ListenError>()
@@ -180,7 +179,7 @@ export const make = Effect.gen(function* () {
       yield* FiberMap.run(current.listening, channel, listenChannel(current, channel), {
         onlyIfMissing: true,
       })
-    return yield* Deferred.await(lost).pipe(
+    return yield* consume(current).pipe(
       Effect.catch((error) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.fail<Ended>({
@@ -291,9 +290,17 @@ class Subscribers {
       this.call(what, () => subscriber[what]?.())
   }
 
+  // The hot path: no closure per notification.
   readonly dispatch = (message: { channel: string; payload?: string }): void => {
-    for (const subscriber of this.#channels.get(message.channel) ?? [])
-      this.call("notification", () => subscriber.onNotification(message.payload ?? ""))
+    const set = this.#channels.get(message.channel)
+    if (set === undefined) return
+    for (const subscriber of set) {
+      try {
+        subscriber.onNotification(message.payload ?? "")
+      } catch (e) {
+        this.logError("notification", e)
+      }
+    }
   }
 
   /** Calls a subscriber's handler; what it throws is logged. */
@@ -334,6 +341,12 @@ const connectFailed = (error: DatabaseError): Ended => ({
   connected: false,
   healthy: false,
 })
+
+// A session's life once connected: until its connection is lost (notifications flow to
+// `dispatch` meanwhile). Liveness races a deadline (ping/echo) against this, as RpcClient races
+// its pinger's timeout against its read loop; a missed deadline then ends the session the same way.
+const consume = (current: Session): Effect.Effect<never, ListenError> =>
+  Deferred.await(current.lost)
 
 const LISTENING: ListenerEvent = { _tag: "Listening" }
 const LOST: ListenerEvent = { _tag: "Lost" }

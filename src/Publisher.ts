@@ -215,9 +215,9 @@ export const make = Effect.gen(function* () {
         undefined,
       )
     }
-    const encoded = encodeItem(channel, message, packet, config.payloadThreshold)
-    if (encoded instanceof PublishError) return done(encoded, undefined)
-    queue.push({ ...encoded, done, settled: false })
+    const item = encodeItem(channel, message, packet, config.payloadThreshold, done)
+    if (item instanceof PublishError) return done(item, undefined)
+    queue.push(item)
     // Later in this tick: publishes of the same tick share one statement.
     if (inflight.length === 0 && queue.length === 1) queueMicrotask(pump)
   }
@@ -247,10 +247,13 @@ const encodeItem = (
   message: Codec.WireMessage | undefined,
   packet: StoredPacket | undefined,
   threshold: number,
-): Outgoing | PublishError => {
+  done: StoreCallback,
+): Item | PublishError => {
   try {
     return {
       channel,
+      done,
+      settled: false,
       encoded:
         message === undefined
           ? undefined
