@@ -192,15 +192,14 @@ export const make = Effect.gen(function* () {
     )
   }).pipe(Effect.scoped)
 
-  const onEnded = (ended: Ended) =>
-    Effect.gen(function* () {
-      if (ended.connected) {
-        for (const channel of channels.names()) channels.tell(channel, "onLost")
-        yield* Metric.update(Metrics.listenerDrops, 1)
-      }
-      yield* Effect.logWarning(ended.error.message)
-      yield* report(ended.error)
-    })
+  const onEnded = Effect.fnUntraced(function* (ended: Ended) {
+    if (ended.connected) {
+      for (const channel of channels.names()) channels.tell(channel, "onLost")
+      yield* Metric.update(Metrics.listenerDrops, 1)
+    }
+    yield* Effect.logWarning(ended.error.message)
+    yield* report(ended.error)
+  })
 
   // The connection is opened when the first subscriber arrives, not before. Sessions follow one
   // another on the backoff, started afresh after a session that was up long enough.
