@@ -22,13 +22,10 @@ export type FetchCallback = (result: Exit.Exit<Uint8Array | undefined, DatabaseE
 export class AttachmentStore extends Context.Service<
   AttachmentStore,
   {
-    /** Stores payloads; resolves with their row ids (as text), in the same order. */
-    readonly insert: (
-      payloads: ReadonlyArray<Uint8Array>,
-    ) => Effect.Effect<ReadonlyArray<string>, DatabaseError>
-    /** Reads one payload; `undefined` when no row has that id (cleaned up, or never written). */
-    readonly fetch: (id: string) => Effect.Effect<Uint8Array | undefined, DatabaseError>
-    /** The same as `fetch` without a fiber, for hot paths outside Effect. */
+    /**
+     * Reads one payload and calls back with it, `undefined` when no row has that id (cleaned up,
+     * or never written). Fetches asked for while one is in flight share the next SELECT.
+     */
     readonly unsafeFetch: (id: string, callback: FetchCallback) => void
     /** Deletes rows older than `age`; resolves with how many were deleted. */
     readonly deleteOlderThan: (age: Duration.Duration) => Effect.Effect<number, DatabaseError>
@@ -43,10 +40,6 @@ export const make = Effect.gen(function* () {
   const database = yield* Database
   const table = quoteTableName(tableName)
   const schema = tableName.includes(".") ? quoteIdentifier(tableName.split(".")[0]!) : undefined
-  const toBuffer = (p: Uint8Array) => Buffer.from(p.buffer, p.byteOffset, p.byteLength)
-  // One binary parameter per row (an array parameter would travel as hex text).
-  const insertSql = (n: number) =>
-    `INSERT INTO ${table} (payload) VALUES ${Array.from({ length: n }, (_, i) => `($${i + 1})`).join(", ")} RETURNING id::text AS id`
 
   // Fetches requested while one is in flight share the next SELECT.
   const waiting = new Map<string, Array<FetchCallback>>()
@@ -98,15 +91,6 @@ export const make = Effect.gen(function* () {
   }
 
   return AttachmentStore.of({
-    insert: (payloads) =>
-      database.query<{ id: string }>(insertSql(payloads.length), payloads.map(toBuffer)).pipe(
-        // Ids follow the insert order; sort numerically rather than rely on RETURNING's order.
-        Effect.map((rows) =>
-          rows.map((row) => row.id).sort((a, b) => (BigInt(a) < BigInt(b) ? -1 : 1)),
-        ),
-      ),
-    fetch: (id) =>
-      Effect.callback<Uint8Array | undefined, DatabaseError>((resume) => unsafeFetch(id, resume)),
     unsafeFetch,
     deleteOlderThan: (age) =>
       database

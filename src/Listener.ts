@@ -1,22 +1,35 @@
 /**
- * The LISTEN side: one dedicated connection that listens on every channel in use, hands each
- * notification to the channel's subscribers, and reconnects with backoff when it is lost,
- * re-issuing every LISTEN.
+ * The LISTEN side: one dedicated connection that listens on every channel in use and hands each
+ * notification to the channel's subscribers.
+ *
+ * Shaped after Effect's `RpcClient` socket loop: a session (connect, LISTEN every channel,
+ * consume until the connection is lost) is one scoped effect, retried on an exponential, jittered
+ * schedule capped at `reconnectMaxDelay`, so that a session that connects and drops at once waits
+ * like a connection that fails. Each channel's LISTEN is retried alone on the same schedule: a
+ * channel PostgreSQL refuses (a name it rejects, a hot standby "cannot execute LISTEN during
+ * recovery") fails alone and is reported at a bounded rate, never in a tight loop.
  *
  * @since 0.1.0
  */
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberMap from "effect/FiberMap"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import type * as Pull from "effect/Pull"
+import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
-import * as Scope from "effect/Scope"
+import type * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
+import * as Stream from "effect/Stream"
 import { quoteIdentifier } from "./Channel.js"
 import { Config } from "./Config.js"
 import { connect, Database, type DedicatedClient } from "./Database.js"
-import { ListenError, report } from "./Errors.js"
+import { type DatabaseError, ListenError, report } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 
 /** What a subscriber of a channel is told. */
@@ -28,6 +41,15 @@ export interface Subscriber {
   /** The connection was lost: notifications are missed until the next `onListen`. */
   readonly onLost?: () => void
 }
+
+/** What a channel's {@link Listener} `events` stream carries: a {@link Subscriber}'s calls. */
+export type ListenerEvent =
+  /** The channel is listened on (first time, and after every reconnection): resynchronise. */
+  | { readonly _tag: "Listening" }
+  /** A notification, in commit order. */
+  | { readonly _tag: "Notification"; readonly payload: string }
+  /** The connection was lost: notifications are missed until the next `Listening`. */
+  | { readonly _tag: "Lost" }
 
 /** The Listener service. */
 export class Listener extends Context.Service<
@@ -41,8 +63,8 @@ export class Listener extends Context.Service<
       channel: string,
       subscriber: Subscriber,
     ) => Effect.Effect<void, never, Scope.Scope>
-    /** True while the LISTEN connection is up. */
-    readonly isConnected: Effect.Effect<boolean>
+    /** The same as a stream: subscribed while it is consumed; it never ends by itself. */
+    readonly events: (channel: string) => Stream.Stream<ListenerEvent>
     /**
      * The PostgreSQL backend pid of the LISTEN connection while it is up: while this process
      * lives, so does that backend (sessions of live sockets are tied to it).
@@ -51,141 +73,142 @@ export class Listener extends Context.Service<
   }
 >()("socket.io-postgres-effect/Listener") {}
 
+/** One connection's life, while it is up. */
 interface Session {
   readonly client: DedicatedClient
-  /** Channels whose LISTEN was sent on this connection. */
+  /** Completed when the connection is lost. */
+  readonly lost: Deferred.Deferred<never, ListenError>
+  /** Channels whose LISTEN holds on this connection. */
   readonly listened: Set<string>
   /** One LISTEN/UNLISTEN at a time: pg deprecates queueing queries on a busy client. */
   readonly lock: Semaphore.Semaphore
+  /** Each channel's LISTEN, retried until it holds; interrupted when the session ends. */
+  readonly listening: FiberMap.FiberMap<string>
 }
 
-/** Builds the Listener; its connection loop runs until the scope closes. */
+/** How a session ended: connected or not, and whether it lived long enough to count as healthy. */
+interface Ended {
+  readonly error: ListenError
+  readonly connected: boolean
+  readonly healthy: boolean
+}
+
+/**
+ * Exponential from 100 ms, jittered, capped at `max`: the reconnection and re-LISTEN delays.
+ * Started afresh when `reset(input)` holds (after a session that was up long enough).
+ */
+export const backoff = <I = unknown>(
+  max: Duration.Duration,
+  reset: (input: I) => boolean = () => false,
+): Schedule.Schedule<Duration.Duration, I> => {
+  const schedule = Schedule.min([
+    Schedule.exponential("100 millis", 2).pipe(Schedule.jittered),
+    Schedule.spaced(max),
+  ])
+  return Schedule.fromStep(
+    Effect.sync(() => {
+      let step: Step<I> | undefined
+      return (now: number, input: I) =>
+        step !== undefined && !reset(input)
+          ? step(now, input)
+          : Effect.flatMap(Schedule.toStep(schedule), (fresh) => (step = fresh)(now, input))
+    }),
+  )
+}
+
+type Step<I> = (
+  now: number,
+  input: I,
+) => Pull.Pull<[Duration.Duration, Duration.Duration], never, Duration.Duration>
+
+/** Builds the Listener; its sessions run until the scope closes. */
 export const make = Effect.gen(function* () {
   const config = yield* Config
   const database = yield* Database
-  // Handlers' failures are logged through the application's logger.
-  const runFork = Effect.runForkWith(yield* Effect.context<never>())
-  const subscribers = new Map<string, Set<Subscriber>>()
+  // Handlers' failures are logged, and LISTEN failures reported, with the layer's services (the
+  // application's logger and error handler), also when a subscriber's fiber starts the LISTEN.
+  const context = yield* Effect.context<never>()
+  const runFork = Effect.runForkWith(context)
+  const channels = new Subscribers((what, error) =>
+    runFork(Effect.logError(`${what} handler threw`, error)),
+  )
   let session: Session | undefined
 
-  const callOnListen = (channel: string) => {
-    for (const subscriber of subscribers.get(channel) ?? []) subscriber.onListen()
-  }
-
-  const listenOn = (current: Session, channel: string) =>
-    Effect.suspend(() => {
-      if (current.listened.has(channel)) return Effect.void
-      current.listened.add(channel)
-      return Effect.tryPromise({
-        try: () => current.client.query(`LISTEN ${quoteIdentifier(channel)}`),
-        catch: (cause) =>
-          new ListenError({
-            channel,
-            message: `LISTEN on ${channel} failed: ${(cause as Error)?.message}`,
-            cause,
-          }),
-      }).pipe(
-        current.lock.withPermits(1),
-        Effect.tap(() => Effect.sync(() => session === current && callOnListen(channel))),
-        Effect.tapError(() => Effect.sync(() => current.listened.delete(channel))),
-      )
-    })
-
-  const dispatch = (message: { channel: string; payload?: string }) => {
-    const set = subscribers.get(message.channel)
-    if (set === undefined) return
-    for (const subscriber of set) {
-      try {
-        subscriber.onNotification(message.payload ?? "")
-      } catch (e) {
-        // A subscriber must not break the others, nor the connection.
-        runFork(Effect.logError("notification handler threw", e))
-      }
-    }
-  }
-
-  // Recurs while either does, with the shorter delay: exponential, capped at reconnectMaxDelay.
-  const backoff = Schedule.min([
-    Schedule.exponential("100 millis", 2).pipe(Schedule.jittered),
-    Schedule.spaced(config.reconnectMaxDelay),
-  ])
-
-  // One connection's life: connect (retried), LISTEN everything, wait until it is lost.
-  const runSession = Effect.scoped(
-    Effect.gen(function* () {
-      const client = yield* connect(database.connectionOptions).pipe(
-        Effect.tapError((error) => {
-          // Say which connection failed: the pool's errors read the same ("connect failed").
-          const failed = new ListenError({
-            message: `LISTEN connection failed: ${error.message}`,
-            cause: error,
-          })
-          return Effect.logWarning(failed.message).pipe(Effect.andThen(report(failed)))
-        }),
-        Effect.retry(backoff),
-      )
-      const lost = yield* Deferred.make<never, ListenError>()
-      const onLost = (cause: unknown) =>
-        Deferred.doneUnsafe(
-          lost,
-          Effect.fail(
-            new ListenError({
-              message: `LISTEN connection lost: ${cause instanceof Error ? cause.message : "connection ended"}`,
-              cause,
-            }),
-          ),
-        )
-      const onEnd = () => onLost(undefined)
-      client.on("notification", dispatch)
-      client.on("error", onLost)
-      client.on("end", onEnd)
-      const current: Session = { client, listened: new Set(), lock: yield* Semaphore.make(1) }
-      // `Scope.addFinalizer`, not `Effect.addFinalizer`: in Effect 3.22 an `Effect.addFinalizer`
-      // that runs before the connection's release makes that release's FiberRefs restore wipe an
-      // interruption arriving meanwhile (database stopping while we close), and this loop would
-      // then reconnect forever after its scope closed.
-      yield* Scope.addFinalizer(
-        yield* Effect.scope,
+  // A channel's LISTEN on this session, retried alone until it holds; then its subscribers
+  // hear `onListen`. A failure is reported unless the connection itself is gone (the session's
+  // end reports that).
+  const listenChannel = (current: Session, channel: string) =>
+    command(current, "LISTEN", channel, channels).pipe(
+      Effect.tapError((error) =>
+        Deferred.isDoneUnsafe(current.lost)
+          ? Effect.void
+          : Effect.logWarning(error.message).pipe(Effect.andThen(report(error))),
+      ),
+      Effect.retry(backoff(config.reconnectMaxDelay)),
+      Effect.flatMap((sent) =>
         Effect.sync(() => {
-          if (session === current) session = undefined
-          client.off("notification", dispatch)
-          client.off("error", onLost)
-          client.off("end", onEnd)
+          if (!sent) return
+          current.listened.add(channel)
+          channels.tell(channel, "onListen")
         }),
-      )
-      session = current
-      yield* Metric.update(Metrics.listenerConnects, 1)
-      yield* Effect.logDebug("LISTEN connection established")
-      yield* Effect.forEach([...subscribers.keys()], (channel) => listenOn(current, channel), {
-        discard: true,
-      }).pipe(Effect.catch((error) => Deferred.fail(lost, error)))
-      return yield* Deferred.await(lost)
-    }),
-  )
+      ),
+      Effect.annotateLogs({ module: "Listener", channel }),
+      Effect.provideContext(context),
+    )
 
-  // The connection is opened when the first subscriber arrives, not before.
+  // One session: connect, LISTEN every channel, then consume until the connection is lost.
+  const runSession = Effect.gen(function* () {
+    const client = yield* connect(database.connectionOptions).pipe(Effect.mapError(connectFailed))
+    const lost = yield* Deferred.make<never, ListenError>()
+    yield* watchConnection(client, lost, channels.dispatch)
+    const current: Session = {
+      client,
+      lost,
+      listened: new Set(),
+      lock: yield* Semaphore.make(1),
+      listening: yield* FiberMap.make<string>(),
+    }
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => session === current && (session = undefined)),
+    )
+    session = current
+    const since = yield* Clock.currentTimeMillis
+    yield* Metric.update(Metrics.listenerConnects, 1)
+    yield* Effect.logDebug("LISTEN connection established")
+    for (const channel of [...channels.names()])
+      yield* FiberMap.run(current.listening, channel, listenChannel(current, channel), {
+        onlyIfMissing: true,
+      })
+    return yield* consume(current).pipe(
+      Effect.catch((error) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.fail<Ended>({
+            error,
+            connected: true,
+            healthy: now - since >= Duration.toMillis(config.reconnectMaxDelay),
+          }),
+        ),
+      ),
+    )
+  }).pipe(Effect.scoped)
+
+  const onEnded = Effect.fnUntraced(function* (ended: Ended) {
+    if (ended.connected) {
+      for (const channel of channels.names()) channels.tell(channel, "onLost")
+      yield* Metric.update(Metrics.listenerDrops, 1)
+    }
+    yield* Effect.logWarning(ended.error.message)
+    yield* report(ended.error)
+  })
+
+  // The connection is opened when the first subscriber arrives, not before. Sessions follow one
+  // another on the backoff, started afresh after a session that was up long enough.
   const wanted = yield* Deferred.make<void>()
   yield* Deferred.await(wanted).pipe(
     Effect.andThen(
       runSession.pipe(
-        Effect.catch((error) =>
-          Effect.sync(() => {
-            for (const set of subscribers.values()) {
-              for (const subscriber of set) {
-                try {
-                  subscriber.onLost?.()
-                } catch (e) {
-                  runFork(Effect.logError("onLost handler threw", e))
-                }
-              }
-            }
-          }).pipe(
-            Effect.andThen(Effect.logWarning(error.message)),
-            Effect.andThen(Metric.update(Metrics.listenerDrops, 1)),
-            Effect.andThen(report(new Error(error.message, { cause: error }))),
-          ),
-        ),
-        Effect.forever,
+        Effect.tapError(onEnded),
+        Effect.retry(backoff(config.reconnectMaxDelay, (ended: Ended) => ended.healthy)),
       ),
     ),
     Effect.annotateLogs({ module: "Listener" }),
@@ -194,57 +217,183 @@ export const make = Effect.gen(function* () {
 
   const subscribe = (channel: string, subscriber: Subscriber) =>
     Effect.acquireRelease(
-      Effect.gen(function* () {
-        let set = subscribers.get(channel)
-        if (set === undefined) {
-          set = new Set()
-          subscribers.set(channel, set)
-        }
-        set.add(subscriber)
-        Deferred.doneUnsafe(wanted, Effect.void)
+      Effect.suspend(() => {
+        channels.add(channel, subscriber)
+        Deferred.doneUnsafe(wanted, Exit.void)
         const current = session
-        if (current === undefined) return
-        if (current.listened.has(channel)) {
-          // Already active (or about to be, then onListen comes with it).
-          subscriber.onListen()
-          return
-        }
-        yield* listenOn(current, channel).pipe(
-          Effect.catch((error) =>
-            // A channel that cannot be listened on fails alone; the connection is kept.
-            Effect.logWarning(error.message).pipe(
-              Effect.andThen(report(new Error(error.message, { cause: error }))),
-            ),
-          ),
-          Effect.forkDetach,
-        )
+        if (current === undefined) return Effect.void
+        // Already active: this subscriber is told now; else when its LISTEN holds.
+        if (current.listened.has(channel))
+          return Effect.sync(() => channels.call("onListen", () => subscriber.onListen()))
+        return FiberMap.run(current.listening, channel, listenChannel(current, channel), {
+          onlyIfMissing: true,
+        })
       }),
-      () =>
-        Effect.suspend(() => {
-          const set = subscribers.get(channel)
-          set?.delete(subscriber)
-          if (set === undefined || set.size > 0) return Effect.void
-          subscribers.delete(channel)
-          const current = session
-          if (current === undefined || !current.listened.delete(channel)) return Effect.void
-          return Effect.tryPromise(() =>
-            current.client.query(`UNLISTEN ${quoteIdentifier(channel)}`),
-          ).pipe(
-            current.lock.withPermits(1),
-            // Runs as a finalizer (uninterruptible): let the timeout cut a frozen server.
-            Effect.interruptible,
-            Effect.timeout("2 seconds"),
-            Effect.ignore,
-          )
-        }),
+      () => unsubscribe(channel, subscriber),
     ).pipe(Effect.asVoid, Effect.annotateLogs({ module: "Listener", channel }))
+
+  const unsubscribe = (channel: string, subscriber: Subscriber) =>
+    Effect.suspend(() => {
+      if (!channels.remove(channel, subscriber)) return Effect.void
+      const current = session
+      if (current === undefined) return Effect.void
+      const tried =
+        current.listened.delete(channel) || FiberMap.hasUnsafe(current.listening, channel)
+      if (!tried) return Effect.void
+      return FiberMap.remove(current.listening, channel).pipe(
+        Effect.andThen(command(current, "UNLISTEN", channel, channels)),
+        // Runs as a finalizer (uninterruptible): let the timeout cut a frozen server.
+        Effect.interruptible,
+        Effect.timeout("2 seconds"),
+        Effect.ignore,
+      )
+    })
 
   return Listener.of({
     subscribe,
-    isConnected: Effect.sync(() => session !== undefined),
+    events: eventsOf(subscribe),
     unsafeBackendPid: () => (session?.client as { processID?: number } | undefined)?.processID,
   })
 })
+
+// The subscribers of each channel: a throwing subscriber breaks neither the others nor the
+// connection.
+class Subscribers {
+  readonly #channels = new Map<string, Set<Subscriber>>()
+  constructor(readonly logError: (what: string, error: unknown) => void) {}
+
+  names(): Iterable<string> {
+    return this.#channels.keys()
+  }
+
+  has(channel: string): boolean {
+    return this.#channels.has(channel)
+  }
+
+  add(channel: string, subscriber: Subscriber): void {
+    const set = this.#channels.get(channel)
+    if (set === undefined) this.#channels.set(channel, new Set([subscriber]))
+    else set.add(subscriber)
+  }
+
+  /** Removes a subscriber; true when it was its channel's last. */
+  remove(channel: string, subscriber: Subscriber): boolean {
+    const set = this.#channels.get(channel)
+    if (set === undefined || !set.delete(subscriber) || set.size > 0) return false
+    this.#channels.delete(channel)
+    return true
+  }
+
+  tell(channel: string, what: "onListen" | "onLost"): void {
+    for (const subscriber of this.#channels.get(channel) ?? [])
+      this.call(what, () => subscriber[what]?.())
+  }
+
+  // The hot path: no closure per notification.
+  readonly dispatch = (message: { channel: string; payload?: string }): void => {
+    const set = this.#channels.get(message.channel)
+    if (set === undefined) return
+    for (const subscriber of set) {
+      try {
+        subscriber.onNotification(message.payload ?? "")
+      } catch (e) {
+        this.logError("notification", e)
+      }
+    }
+  }
+
+  /** Calls a subscriber's handler; what it throws is logged. */
+  call(what: string, f: () => void): void {
+    try {
+      f()
+    } catch (e) {
+      this.logError(what, e)
+    }
+  }
+}
+
+// Sends LISTEN or UNLISTEN unless the channel's wanted state changed while this waited for its
+// turn: what reaches PostgreSQL last always matches the subscriptions. False when skipped.
+const command = (
+  current: Session,
+  verb: "LISTEN" | "UNLISTEN",
+  channel: string,
+  subscribers: Subscribers,
+) =>
+  Effect.suspend(() =>
+    (verb === "LISTEN") !== subscribers.has(channel)
+      ? Effect.succeed(false)
+      : Effect.tryPromise({
+          try: () => current.client.query(`${verb} ${quoteIdentifier(channel)}`),
+          catch: (cause) =>
+            new ListenError({
+              channel,
+              message: `${verb} on ${channel} failed: ${(cause as Error)?.message}`,
+              cause,
+            }),
+        }).pipe(Effect.as(true)),
+  ).pipe(current.lock.withPermits(1))
+
+// Says which connection failed: the pool's errors read the same ("connect failed").
+const connectFailed = (error: DatabaseError): Ended => ({
+  error: new ListenError({ message: `LISTEN connection failed: ${error.message}`, cause: error }),
+  connected: false,
+  healthy: false,
+})
+
+// A session's life once connected: until its connection is lost (notifications flow to
+// `dispatch` meanwhile). Liveness races a deadline (ping/echo) against this, as RpcClient races
+// its pinger's timeout against its read loop; a missed deadline then ends the session the same way.
+const consume = (current: Session): Effect.Effect<never, ListenError> =>
+  Deferred.await(current.lost)
+
+const LISTENING: ListenerEvent = { _tag: "Listening" }
+const LOST: ListenerEvent = { _tag: "Lost" }
+
+// A channel's subscription as a stream of its events: subscribed while the stream runs.
+const eventsOf =
+  (subscribe: Listener["Service"]["subscribe"]) =>
+  (channel: string): Stream.Stream<ListenerEvent> =>
+    Stream.callback<ListenerEvent>((queue) =>
+      subscribe(channel, {
+        onNotification: (payload) => Queue.offerUnsafe(queue, { _tag: "Notification", payload }),
+        onListen: () => Queue.offerUnsafe(queue, LISTENING),
+        onLost: () => Queue.offerUnsafe(queue, LOST),
+      }),
+    )
+
+// Hands the connection's notifications to `dispatch` and completes `lost` when it errors or
+// ends, until the scope closes.
+const watchConnection = (
+  client: DedicatedClient,
+  lost: Deferred.Deferred<never, ListenError>,
+  dispatch: (message: { channel: string; payload?: string }) => void,
+) => {
+  const onLost = (cause: unknown) =>
+    Deferred.doneUnsafe(
+      lost,
+      Exit.fail(
+        new ListenError({
+          message: `LISTEN connection lost: ${cause instanceof Error ? cause.message : "connection ended"}`,
+          cause,
+        }),
+      ),
+    )
+  const onEnd = () => onLost(undefined)
+  return Effect.acquireRelease(
+    Effect.sync(() => {
+      client.on("notification", dispatch)
+      client.on("error", onLost)
+      client.on("end", onEnd)
+    }),
+    () =>
+      Effect.sync(() => {
+        client.off("notification", dispatch)
+        client.off("error", onLost)
+        client.off("end", onEnd)
+      }),
+  )
+}
 
 /** The Listener layer; needs `Config` and `Database`. */
 export const layer: Layer.Layer<Listener, never, Config | Database> = Layer.effect(Listener, make)

@@ -37,8 +37,6 @@ interface Recorded {
 const makeCleanup = (fails: (call: number) => boolean = () => false) => {
   const recorded: Recorded = { deletions: [], logs: [] }
   const store = Layer.succeed(AttachmentStore, {
-    insert: () => Effect.die("not used"),
-    fetch: () => Effect.die("not used"),
     unsafeFetch: () => {
       throw new Error("not used")
     },
