@@ -12,7 +12,7 @@ import * as Latch from "effect/Latch"
 import * as Layer from "effect/Layer"
 import { quoteIdentifier, quoteTableName } from "./Channel.js"
 import { Config } from "./Config.js"
-import { catalogRace, Database } from "./Database.js"
+import { catalogRace, Database, withTimeout } from "./Database.js"
 import type { DatabaseError } from "./Errors.js"
 
 /** Called once with the outcome of a fetch. */
@@ -36,8 +36,10 @@ export class AttachmentStore extends Context.Service<
 
 /** Builds the store for the configured table. */
 export const make = Effect.gen(function* () {
-  const { tableName } = yield* Config
-  const database = yield* Database
+  const { tableName, publishTimeout } = yield* Config
+  // Every statement has a deadline: past it, it fails and its connection is discarded, so that a
+  // dead connection neither stalls the fetches behind it nor stays in the pool.
+  const database = withTimeout(yield* Database, publishTimeout)
   const table = quoteTableName(tableName)
   const schema = tableName.includes(".") ? quoteIdentifier(tableName.split(".")[0]!) : undefined
 

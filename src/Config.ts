@@ -40,6 +40,17 @@ export interface AdapterOptions {
   /** Largest delay between two reconnection attempts of the LISTEN connection, in ms. @default 5000 */
   readonly reconnectMaxDelay?: number
   /**
+   * Milliseconds between two liveness pings (`SELECT 1`) of the LISTEN connection.
+   * @default heartbeatTimeout / 4 (2500)
+   */
+  readonly livenessInterval?: number
+  /**
+   * Milliseconds the LISTEN connection may stay silent with a ping unanswered (and its connection
+   * attempt may take) before it is replaced: a silent network is noticed within
+   * `livenessInterval + livenessTimeout`. @default heartbeatTimeout / 2 (5000)
+   */
+  readonly livenessTimeout?: number
+  /**
    * Prefix of the connection state recovery tables (`<prefix>_packets`, `<prefix>_sessions`,
    * `<prefix>_offsets`), may be schema-qualified; used only with `connectionStateRecovery`.
    * @default "socket_io_recovery"
@@ -62,6 +73,8 @@ export interface ClusterConfig {
   readonly publishTimeout: Duration.Duration
   readonly maxPendingPublishes: number
   readonly reconnectMaxDelay: Duration.Duration
+  readonly livenessInterval: Duration.Duration
+  readonly livenessTimeout: Duration.Duration
   readonly recoveryTablePrefix: string
 }
 
@@ -126,6 +139,8 @@ const OptionsSchema = Schema.Struct({
     ),
   ),
   reconnectMaxDelay: Schema.optional(Millis("reconnectMaxDelay")),
+  livenessInterval: Schema.optional(Millis("livenessInterval")),
+  livenessTimeout: Schema.optional(Millis("livenessTimeout")),
   recoveryTablePrefix: Schema.optional(
     TableName("recoveryTablePrefix", 63 - RECOVERY_SUFFIX_BYTES),
   ),
@@ -151,6 +166,10 @@ export const defaults = {
   publishTimeout: 10_000,
   maxPendingPublishes: 65_536,
   reconnectMaxDelay: 5_000,
+  /** heartbeatTimeout / 4 when heartbeatTimeout is given. */
+  livenessInterval: 2_500,
+  /** heartbeatTimeout / 2 when heartbeatTimeout is given. */
+  livenessTimeout: 5_000,
   recoveryTablePrefix: "socket_io_recovery",
 } as const
 
@@ -192,20 +211,27 @@ export const decodeSync = (input: unknown): ClusterConfig =>
 
 const resolve = (o: typeof OptionsSchema.Type): ClusterConfig => {
   const heartbeatInterval = o.heartbeatInterval ?? defaults.heartbeatInterval
+  const heartbeatTimeout =
+    o.heartbeatTimeout ?? Math.max(defaults.heartbeatTimeout, 2 * heartbeatInterval)
   return {
     channelPrefix: o.channelPrefix ?? defaults.channelPrefix,
     tableName: o.tableName ?? defaults.tableName,
     payloadThreshold: Math.min(o.payloadThreshold ?? defaults.payloadThreshold, MAX_NOTIFY_BYTES),
     cleanupInterval: Duration.millis(o.cleanupInterval ?? defaults.cleanupInterval),
     heartbeatInterval: Duration.millis(heartbeatInterval),
-    heartbeatTimeout: Duration.millis(
-      o.heartbeatTimeout ?? Math.max(defaults.heartbeatTimeout, 2 * heartbeatInterval),
-    ),
+    heartbeatTimeout: Duration.millis(heartbeatTimeout),
     requestsTimeout: Duration.millis(o.requestsTimeout ?? defaults.requestsTimeout),
     createTable: o.createTable ?? defaults.createTable,
     publishTimeout: Duration.millis(o.publishTimeout ?? defaults.publishTimeout),
     maxPendingPublishes: o.maxPendingPublishes ?? defaults.maxPendingPublishes,
     reconnectMaxDelay: Duration.millis(o.reconnectMaxDelay ?? defaults.reconnectMaxDelay),
+    // A silent LISTEN connection is noticed within 3/4 of heartbeatTimeout by default.
+    livenessInterval: Duration.millis(
+      o.livenessInterval ?? Math.max(1, Math.floor(heartbeatTimeout / 4)),
+    ),
+    livenessTimeout: Duration.millis(
+      o.livenessTimeout ?? Math.max(1, Math.floor(heartbeatTimeout / 2)),
+    ),
     recoveryTablePrefix: o.recoveryTablePrefix ?? defaults.recoveryTablePrefix,
   }
 }

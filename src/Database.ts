@@ -7,6 +7,7 @@
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
@@ -15,6 +16,8 @@ import * as Schedule from "effect/Schedule"
 import type * as SqlClient from "effect/sql/SqlClient"
 import pg from "pg"
 import { type DatabaseError, databaseError } from "./Errors.js"
+import * as Pool from "./internal/pool.js"
+import { StatementTimeout } from "./internal/pool.js"
 
 /** A dedicated connection: what the Listener needs of a `pg.Client`. */
 export type DedicatedClient = pg.Client
@@ -23,49 +26,92 @@ export type DedicatedClient = pg.Client
 export class Database extends Context.Service<
   Database,
   {
-    /** Runs one statement with bind parameters; resolves with its rows. */
+    /**
+     * Runs one statement with bind parameters; resolves with its rows. Past `timeout`, or when
+     * interrupted, it ends at once and its connection is discarded, never left checked out.
+     */
     readonly query: <A = Record<string, unknown>>(
       sql: string,
       params?: ReadonlyArray<unknown>,
+      timeout?: Duration.Duration,
     ) => Effect.Effect<ReadonlyArray<A>, DatabaseError>
     /**
      * The same as a promise, for the publishing hot path (no fiber per statement); rejects with
-     * a `DatabaseError`.
+     * a `DatabaseError`. `signal` abandons it (its connection discarded); aborted with a
+     * {@link StatementTimeout} reason, it counts as a deadline passed (see `markStale`).
      */
     readonly unsafeQuery: <A = Record<string, unknown>>(
       sql: string,
       params?: ReadonlyArray<unknown>,
+      signal?: AbortSignal,
     ) => Promise<ReadonlyArray<A>>
+    /**
+     * The network path to PostgreSQL failed at `at` (epoch ms): pooled connections not seen
+     * alive since then are discarded instead of handed out. Done by every statement past its
+     * deadline, and by the Listener when its connection goes silent.
+     */
+    readonly markStale: (at: number) => Effect.Effect<void>
     /** Options to open a dedicated connection with (TCP keep-alive on). */
     readonly connectionOptions: pg.ClientConfig
   }
 >()("socket.io-postgres-effect/Database") {}
 
-/** Builds the service over a `pg.Pool` that the caller owns (never ended by us). */
+export { StatementTimeout }
+
+/**
+ * Builds the service over a `pg.Pool` that the caller owns (never ended by us). Idle connections
+ * are only distrusted after a failure while the pool is watched (see {@link layerPool}).
+ */
 export const fromPool = (pool: pg.Pool): Database["Service"] => ({
-  query: <A>(sql: string, params?: ReadonlyArray<unknown>) =>
+  query: <A>(sql: string, params?: ReadonlyArray<unknown>, timeout?: Duration.Duration) =>
     Effect.tryPromise({
-      try: () => pool.query(sql, params as Array<unknown> | undefined),
+      try: (signal) =>
+        Pool.run(pool, sql, params, {
+          signal,
+          timeoutMillis: timeout === undefined ? undefined : Duration.toMillis(timeout),
+        }),
       catch: databaseError(sql.slice(0, 40)),
     }).pipe(Effect.map((result) => result.rows as ReadonlyArray<A>)),
-  unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>) =>
-    pool.query(sql, params as Array<unknown> | undefined).then(
+  unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>, signal?: AbortSignal) =>
+    Pool.run(pool, sql, params, { signal }).then(
       (result) => result.rows as ReadonlyArray<A>,
       (cause) => Promise.reject(databaseError(sql.slice(0, 40))(cause)),
     ),
+  markStale: (at) => Effect.sync(() => Pool.markStale(pool, at)),
   connectionOptions: {
     ...(pool as unknown as { options: pg.ClientConfig }).options,
     keepAlive: true,
   },
 })
 
-/** A `Database` layer over a caller-owned `pg.Pool`. */
+/**
+ * A `Database` layer over a caller-owned `pg.Pool`: the pool's new connections are watched
+ * while the layer lives, so that idle ones older than a failure are not handed out.
+ */
 export const layerPool = (pool: pg.Pool): Layer.Layer<Database> =>
-  Layer.succeed(Database, fromPool(pool))
+  Layer.effect(
+    Database,
+    Effect.acquireRelease(
+      Effect.sync(() => Pool.watch(pool)),
+      (stop) => Effect.sync(stop),
+    ).pipe(Effect.as(fromPool(pool))),
+  )
+
+/** The same database, every statement bounded by `timeout` unless it brings its own. */
+export const withTimeout = (
+  database: Database["Service"],
+  timeout: Duration.Duration,
+): Database["Service"] => ({
+  ...database,
+  query: (sql, params, own) => database.query(sql, params, own ?? timeout),
+})
 
 /**
  * A `Database` layer over `@effect/sql-pg`'s `PgClient`; LISTEN uses a node-postgres connection of
- * its own, opened with the client's settings.
+ * its own, opened with the client's settings. A statement past its deadline is interrupted:
+ * `@effect/sql-pg` cancels it and retires a connection whose cancel is not confirmed (within its
+ * own 5 s), so the deadline's error may come that much later; its pool's idle connections are
+ * its own (see its `keepAlive`), `markStale` does nothing here.
  */
 export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = Layer.effect(
   Database,
@@ -76,20 +122,38 @@ export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = La
     // The promise variant runs with the layer's context: the app's logger and tracer apply.
     const context = yield* Effect.context<never>()
     const runPromiseExit = Effect.runPromiseExitWith(context)
-    const query = <A>(statement: string, params?: ReadonlyArray<unknown>) =>
-      sql.unsafe<A & object>(statement, params).pipe(
+    const query = <A>(
+      statement: string,
+      params?: ReadonlyArray<unknown>,
+      timeout?: Duration.Duration,
+    ) => {
+      const operation = statement.slice(0, 40)
+      const rows = sql.unsafe<A & object>(statement, params).pipe(
         Effect.map((rows) => rows as ReadonlyArray<A>),
-        Effect.mapError(databaseError(statement.slice(0, 40))),
+        Effect.mapError(databaseError(operation)),
       )
+      return timeout === undefined
+        ? rows
+        : rows.pipe(
+            Effect.timeoutOrElse({
+              duration: timeout,
+              orElse: () =>
+                Effect.fail(
+                  databaseError(operation)(new StatementTimeout(Duration.toMillis(timeout))),
+                ),
+            }),
+          )
+    }
     const password = config.password
     const socket = config.path?.match(/^(.*)\/\.s\.PGSQL\.(\d+)$/)
     return {
       query,
-      unsafeQuery: <B>(statement: string, params?: ReadonlyArray<unknown>) =>
-        runPromiseExit(query<B>(statement, params)).then(
+      unsafeQuery: <B>(statement: string, params?: ReadonlyArray<unknown>, signal?: AbortSignal) =>
+        runPromiseExit(query<B>(statement, params), { signal }).then(
           (exit): ReadonlyArray<B> | Promise<never> =>
             Exit.isSuccess(exit) ? exit.value : Promise.reject(Cause.squash(exit.cause)),
         ),
+      markStale: () => Effect.void,
       connectionOptions: {
         connectionString: config.url ? Redacted.value(config.url) : undefined,
         // node-postgres takes a unix socket's directory as host, and its port.

@@ -14,7 +14,7 @@ import * as Layer from "effect/Layer"
 import { quoteTableName } from "./Channel.js"
 import * as Codec from "./Codec.js"
 import { Config } from "./Config.js"
-import { Database } from "./Database.js"
+import { Database, StatementTimeout } from "./Database.js"
 import { type DatabaseError, PublishError } from "./Errors.js"
 import {
   makeStatement,
@@ -132,14 +132,20 @@ export const make = Effect.gen(function* () {
   let queue: Array<Item> = []
   let inflight: ReadonlyArray<Item> = []
   let timer: ReturnType<typeof setTimeout> | undefined
+  // Aborts the batch in flight: its statement's connection is discarded, never left checked out.
+  let abort: AbortController | undefined
   let closed = false
 
   // A batch that timed out sends no more statements: they would run beside the next batch.
-  const send = async (items: ReadonlyArray<Item>, batch: { cancelled: boolean }) => {
+  const send = async (items: ReadonlyArray<Item>, signal: AbortSignal) => {
     for (const run of splitRuns(items)) {
-      if (batch.cancelled) return
+      if (signal.aborted) return
       const [sql, params] = statement(run)
-      const rows = await database.unsafeQuery<{ last?: string; after?: string }>(sql, params)
+      const rows = await database.unsafeQuery<{ last?: string; after?: string }>(
+        sql,
+        params,
+        signal,
+      )
       const counts = runCounts(run)
       Metrics.notifyStatements.updateUnsafe(1, context)
       if (counts.notified > 0) Metrics.notificationsSent.updateUnsafe(counts.notified, context)
@@ -162,28 +168,30 @@ export const make = Effect.gen(function* () {
     queue = queue.length <= MAX_BATCH ? [] : queue.slice(MAX_BATCH)
     inflight = items
     Metrics.pendingPublishes.updateUnsafe(queue.length, context)
+    const controller = new AbortController()
+    abort = controller
     const timedOut = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(
-            new PublishError({
-              reason: "Timeout",
-              message: "PostgreSQL did not answer within the publishTimeout",
-            }),
-          ),
-        timeoutMillis,
-      )
+      timer = setTimeout(() => {
+        reject(
+          new PublishError({
+            reason: "Timeout",
+            message: "PostgreSQL did not answer within the publishTimeout",
+          }),
+        )
+        // The connection it waits on is dead or stuck: discarded, with the idle ones as old.
+        controller.abort(new StatementTimeout(timeoutMillis))
+      }, timeoutMillis)
     })
-    const batch = { cancelled: false }
-    Promise.race([send(items, batch), timedOut])
+    Promise.race([send(items, controller.signal), timedOut])
       .catch((error) => {
-        batch.cancelled = true
+        controller.abort()
         const failure = toPublishError(error)
         Metrics.publishFailures.updateUnsafe(items.filter((item) => !item.settled).length, context)
         for (const item of items) settle(item, failure)
       })
       .finally(() => {
         clearTimeout(timer)
+        abort = undefined
         inflight = []
         pump()
       })
@@ -193,6 +201,7 @@ export const make = Effect.gen(function* () {
     Effect.sync(() => {
       closed = true
       clearTimeout(timer)
+      abort?.abort()
       const left = [...inflight, ...queue]
       queue = []
       for (const item of left) settle(item, closedError())

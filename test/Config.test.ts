@@ -44,6 +44,10 @@ describe("Config.decode with valid options", () => {
       assert.strictEqual(millis(config.publishTimeout), 10_000)
       assert.strictEqual(config.maxPendingPublishes, 65_536)
       assert.strictEqual(millis(config.reconnectMaxDelay), 5_000)
+      assert.strictEqual(millis(config.livenessInterval), 2_500)
+      assert.strictEqual(millis(config.livenessTimeout), 5_000)
+      assert.strictEqual(millis(config.livenessInterval), Config.defaults.livenessInterval)
+      assert.strictEqual(millis(config.livenessTimeout), Config.defaults.livenessTimeout)
     }
   })
 
@@ -60,6 +64,8 @@ describe("Config.decode with valid options", () => {
       publishTimeout: 4000,
       maxPendingPublishes: 10,
       reconnectMaxDelay: 250,
+      livenessInterval: 700,
+      livenessTimeout: 900,
       errorHandler: () => {},
     })
     assert.strictEqual(config.channelPrefix, "app")
@@ -73,6 +79,8 @@ describe("Config.decode with valid options", () => {
     assert.strictEqual(millis(config.publishTimeout), 4000)
     assert.strictEqual(config.maxPendingPublishes, 10)
     assert.strictEqual(millis(config.reconnectMaxDelay), 250)
+    assert.strictEqual(millis(config.livenessInterval), 700)
+    assert.strictEqual(millis(config.livenessTimeout), 900)
   })
 
   it("caps payloadThreshold at 7999 bytes, the largest NOTIFY payload, and accepts 0", () => {
@@ -85,6 +93,18 @@ describe("Config.decode with valid options", () => {
   it("defaults heartbeatTimeout to at least twice the heartbeatInterval", () => {
     assert.strictEqual(millis(decodeRight({ heartbeatInterval: 200 }).heartbeatTimeout), 10_000)
     assert.strictEqual(millis(decodeRight({ heartbeatInterval: 8000 }).heartbeatTimeout), 16_000)
+  })
+
+  it("notices a silent LISTEN connection within heartbeatTimeout by default, whatever it is", () => {
+    for (const heartbeatTimeout of [3, 1000, 10_000, 30_001]) {
+      const config = decodeRight({ heartbeatInterval: 1, heartbeatTimeout })
+      const noticedWithin = millis(config.livenessInterval) + millis(config.livenessTimeout)
+      assert.isAtMost(noticedWithin, heartbeatTimeout)
+      assert.isAtLeast(millis(config.livenessInterval), 1)
+    }
+    // Derived from the default heartbeatTimeout of a slow heartbeat too.
+    const slow = decodeRight({ heartbeatInterval: 8000 })
+    assert.strictEqual(millis(slow.livenessTimeout), 8000)
   })
 
   it("accepts a 40-byte channel prefix and 63-byte table name parts", () => {
@@ -138,6 +158,10 @@ describe("Config.decode with invalid options", () => {
     ["maxPendingPublishes", { maxPendingPublishes: Number.POSITIVE_INFINITY }],
     ["reconnectMaxDelay", { reconnectMaxDelay: -1 }],
     ["reconnectMaxDelay", { reconnectMaxDelay: [] }],
+    ["livenessInterval", { livenessInterval: 0 }],
+    ["livenessInterval", { livenessInterval: "2s" }],
+    ["livenessTimeout", { livenessTimeout: -1 }],
+    ["livenessTimeout", { livenessTimeout: 2 ** 31 }],
     ["errorHandler", { errorHandler: "log" }],
     ["errorHandler", { errorHandler: {} }],
   ]
@@ -184,6 +208,8 @@ describe("Config.decode with invalid options", () => {
     publishTimeout: anyValue.filter((v) => typeof v !== "number"),
     maxPendingPublishes: anyValue.filter((v) => typeof v !== "number"),
     reconnectMaxDelay: anyValue.filter((v) => typeof v !== "number"),
+    livenessInterval: anyValue.filter((v) => typeof v !== "number"),
+    livenessTimeout: anyValue.filter((v) => typeof v !== "number"),
     errorHandler: anyValue,
   }
 
@@ -212,6 +238,8 @@ describe("Config.decode with invalid options", () => {
           "requestsTimeout",
           "publishTimeout",
           "reconnectMaxDelay",
+          "livenessInterval",
+          "livenessTimeout",
         ),
         fc.oneof(
           fc.integer({ max: 0 }),

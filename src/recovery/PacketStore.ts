@@ -12,7 +12,7 @@ import * as Layer from "effect/Layer"
 import * as Result from "effect/Result"
 import * as Codec from "../Codec.js"
 import { Config } from "../Config.js"
-import { Database } from "../Database.js"
+import { Database, withTimeout } from "../Database.js"
 import type { DatabaseError } from "../Errors.js"
 import { type TableNames, tableNames } from "./Tables.js"
 
@@ -112,7 +112,8 @@ export class PacketStore extends Context.Service<
 /** Builds the store over the configured recovery tables. */
 export const make = Effect.gen(function* () {
   const config = yield* Config
-  const database = yield* Database
+  // A statement past its deadline ends, its connection discarded (see `Database.query`).
+  const database = withTimeout(yield* Database, config.publishTimeout)
   const t = tableNames(config.recoveryTablePrefix)
 
   const lastOffset = (nsp: string) =>

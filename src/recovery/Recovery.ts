@@ -15,7 +15,7 @@ import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import { Cleanup } from "../Cleanup.js"
 import { Config } from "../Config.js"
-import { Database } from "../Database.js"
+import { Database, withTimeout } from "../Database.js"
 import type { DatabaseError, RecoveryError } from "../Errors.js"
 import * as PacketStore from "./PacketStore.js"
 import * as SessionStore from "./SessionStore.js"
@@ -77,7 +77,7 @@ export const make = Effect.gen(function* () {
   // The cleanup task lives as long as this service, whoever calls `retain`.
   const scope = yield* Effect.scope
   const ensureTables = yield* makeEnsureTables(
-    yield* Database,
+    withTimeout(yield* Database, config.publishTimeout),
     tableNames(config.recoveryTablePrefix),
   )
   // How long packets are kept, and the longest maxDisconnectionDuration asked for.

@@ -12,7 +12,7 @@ import * as Layer from "effect/Layer"
 import * as Result from "effect/Result"
 import * as Codec from "../Codec.js"
 import { Config } from "../Config.js"
-import { Database } from "../Database.js"
+import { Database, withTimeout } from "../Database.js"
 import { type DatabaseError, RecoveryError } from "../Errors.js"
 import { type TableNames, tableNames } from "./Tables.js"
 
@@ -164,7 +164,8 @@ const restored = (pid: string, rows: ReadonlyArray<RestoreRow>) => {
 /** Builds the store over the configured recovery tables. */
 export const make = Effect.gen(function* () {
   const config = yield* Config
-  const database = yield* Database
+  // A statement past its deadline ends, its connection discarded (see `Database.query`).
+  const database = withTimeout(yield* Database, config.publishTimeout)
   const t = tableNames(config.recoveryTablePrefix)
 
   const persistLive = (
@@ -230,7 +231,7 @@ export const make = Effect.gen(function* () {
   const restore = (nsp: string, pid: string, offset: string) =>
     Codec.isOffset(offset)
       ? database
-          .query<RestoreRow>(restoreStatement, [pid, nsp, offset])
+          .query<RestoreRow>(restoreStatement, [pid, nsp, offset], config.requestsTimeout)
           .pipe(Effect.flatMap((rows) => restored(pid, rows)))
       : Effect.succeed(undefined)
 
