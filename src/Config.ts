@@ -45,9 +45,9 @@ export interface AdapterOptions {
    */
   readonly livenessInterval?: number
   /**
-   * Milliseconds the LISTEN connection may stay silent with a ping unanswered (and its connection
-   * attempt may take) before it is replaced: a silent network is noticed within
-   * `livenessInterval + livenessTimeout`. @default heartbeatTimeout / 2 (5000)
+   * Milliseconds the LISTEN connection may stay silent with a ping unanswered before it is
+   * replaced: a silent network is noticed within `livenessInterval + livenessTimeout`.
+   * @default heartbeatTimeout / 2 (5000)
    */
   readonly livenessTimeout?: number
   /**

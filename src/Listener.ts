@@ -9,6 +9,15 @@
  * channel PostgreSQL refuses (a name it rejects, a hot standby "cannot execute LISTEN during
  * recovery") fails alone and is reported at a bounded rate, never in a tight loop.
  *
+ * Liveness, as RpcClient's pinger: a connection can die without a word (NAT reset, fail-over,
+ * pulled cable; TCP keep-alive waits two hours), and a LISTEN connection only receives. So it is
+ * pinged every `livenessInterval`; silent for `livenessTimeout` with a ping unanswered, it is
+ * destroyed and the session ends like any drop: a new connection, every channel LISTENed again,
+ * `onListen` (heartbeats, catch-up) after it. The ping is a LISTEN of a channel already listened
+ * on, which PostgreSQL answers doing nothing ("if the session is already registered as a listener
+ * for this channel, nothing is done"): no WAL, unlike a NOTIFY echo, and `pg_stat_activity` keeps
+ * showing the connection's LISTEN; `SELECT 1` while no channel is listened on yet.
+ *
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
@@ -17,9 +26,11 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as FiberMap from "effect/FiberMap"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import type * as Pull from "effect/Pull"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
@@ -29,6 +40,7 @@ import * as Stream from "effect/Stream"
 import { quoteIdentifier } from "./Channel.js"
 import { Config } from "./Config.js"
 import { connect, Database, type DedicatedClient } from "./Database.js"
+import { destroySocket } from "./internal/pool.js"
 import { type DatabaseError, ListenError, report } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 
@@ -84,6 +96,8 @@ interface Session {
   readonly lock: Semaphore.Semaphore
   /** Each channel's LISTEN, retried until it holds; interrupted when the session ends. */
   readonly listening: FiberMap.FiberMap<string>
+  /** Bytes arrived since the liveness check last looked: the connection is not silent. */
+  heard: boolean
 }
 
 /** How a session ended: connected or not, and whether it lived long enough to count as healthy. */
@@ -156,18 +170,33 @@ export const make = Effect.gen(function* () {
       Effect.provideContext(context),
     )
 
+  // A connection attempt that hangs (its packets black-holed) is given up after heartbeatTimeout
+  // (unless the pool sets its own): startup may be slow (TLS, SCRAM), never that slow.
+  const connectionOptions: typeof database.connectionOptions = {
+    ...database.connectionOptions,
+    connectionTimeoutMillis:
+      database.connectionOptions.connectionTimeoutMillis ||
+      Duration.toMillis(config.heartbeatTimeout),
+  }
+  const liveness = {
+    interval: config.livenessInterval,
+    timeout: config.livenessTimeout,
+    // The pool's connections as old as a silent LISTEN connection share its network path.
+    markStale: database.markStale,
+  }
+
   // One session: connect, LISTEN every channel, then consume until the connection is lost.
   const runSession = Effect.gen(function* () {
-    const client = yield* connect(database.connectionOptions).pipe(Effect.mapError(connectFailed))
-    const lost = yield* Deferred.make<never, ListenError>()
-    yield* watchConnection(client, lost, channels.dispatch)
+    const client = yield* connect(connectionOptions).pipe(Effect.mapError(connectFailed))
     const current: Session = {
       client,
-      lost,
+      lost: yield* Deferred.make<never, ListenError>(),
       listened: new Set(),
       lock: yield* Semaphore.make(1),
       listening: yield* FiberMap.make<string>(),
+      heard: false,
     }
+    yield* watchConnection(current, channels.dispatch)
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => session === current && (session = undefined)),
     )
@@ -179,7 +208,7 @@ export const make = Effect.gen(function* () {
       yield* FiberMap.run(current.listening, channel, listenChannel(current, channel), {
         onlyIfMissing: true,
       })
-    return yield* consume(current).pipe(
+    return yield* consume(current, pinger(current, ping(current, channels), liveness)).pipe(
       Effect.catch((error) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.fail<Ended>({
@@ -342,10 +371,69 @@ const connectFailed = (error: DatabaseError): Ended => ({
 })
 
 // A session's life once connected: until its connection is lost (notifications flow to
-// `dispatch` meanwhile). Liveness races a deadline (ping/echo) against this, as RpcClient races
-// its pinger's timeout against its read loop; a missed deadline then ends the session the same way.
-const consume = (current: Session): Effect.Effect<never, ListenError> =>
-  Deferred.await(current.lost)
+// `dispatch` meanwhile) or goes silent, as RpcClient races its pinger against its read loop.
+const consume = (
+  current: Session,
+  liveness: Effect.Effect<never, ListenError>,
+): Effect.Effect<never, ListenError> => Effect.raceFirst(Deferred.await(current.lost), liveness)
+
+// The liveness ping (see the module's notes). A channel still in `listened` under the lock is
+// still wanted: its UNLISTEN, if any, is queued behind this and reaches PostgreSQL last.
+const ping = (current: Session, subscribers: Subscribers) =>
+  Effect.suspend(() => {
+    let statement = "SELECT 1"
+    for (const channel of current.listened) {
+      if (!subscribers.has(channel)) continue
+      statement = `LISTEN ${quoteIdentifier(channel)}`
+      break
+    }
+    return Effect.tryPromise({
+      try: () => current.client.query(statement),
+      catch: (cause) =>
+        new ListenError({
+          message: `LISTEN connection failed its liveness ping: ${(cause as Error)?.message}`,
+          cause,
+        }),
+    })
+  }).pipe(current.lock.withPermits(1))
+
+/**
+ * Sends `ping` every `interval` and fails when the connection stays silent for `timeout` with one
+ * unanswered: then its socket is destroyed (a silent peer never answers `end()`) and the pool's
+ * connections not seen alive since the ping was sent are marked stale. Bytes received meanwhile
+ * (notifications queued ahead of the answer, on a slow path or a busy server) restart the wait:
+ * only silence counts, never a slow answer.
+ */
+const pinger = Effect.fnUntraced(function* (
+  current: Session,
+  ping: Effect.Effect<unknown, ListenError>,
+  options: {
+    readonly interval: Duration.Duration
+    readonly timeout: Duration.Duration
+    readonly markStale: (at: number) => Effect.Effect<void>
+  },
+) {
+  for (;;) {
+    yield* Effect.sleep(options.interval)
+    const sentAt = Date.now()
+    const answer = yield* Effect.forkChild(ping)
+    for (;;) {
+      current.heard = false
+      const answered = yield* Fiber.await(answer).pipe(Effect.timeoutOption(options.timeout))
+      if (Option.isSome(answered)) {
+        if (Exit.isFailure(answered.value)) return yield* Effect.failCause(answered.value.cause)
+        break
+      }
+      if (!current.heard) {
+        destroySocket(current.client)
+        yield* options.markStale(sentAt)
+        return yield* new ListenError({
+          message: `LISTEN connection silent for ${Duration.format(options.timeout)} (liveness ping unanswered): replacing it`,
+        })
+      }
+    }
+  }
+})
 
 const LISTENING: ListenerEvent = { _tag: "Listening" }
 const LOST: ListenerEvent = { _tag: "Lost" }
@@ -362,13 +450,18 @@ const eventsOf =
       }),
     )
 
-// Hands the connection's notifications to `dispatch` and completes `lost` when it errors or
-// ends, until the scope closes.
+// Hands the connection's notifications to `dispatch`, notes that bytes arrived (liveness), and
+// completes `lost` when it errors or ends, until the scope closes.
 const watchConnection = (
-  client: DedicatedClient,
-  lost: Deferred.Deferred<never, ListenError>,
+  current: Session,
   dispatch: (message: { channel: string; payload?: string }) => void,
 ) => {
+  const { client, lost } = current
+  const stream = (client as unknown as { connection: { stream: NodeJS.EventEmitter } }).connection
+    .stream
+  const onData = () => {
+    current.heard = true
+  }
   const onLost = (cause: unknown) =>
     Deferred.doneUnsafe(
       lost,
@@ -385,12 +478,14 @@ const watchConnection = (
       client.on("notification", dispatch)
       client.on("error", onLost)
       client.on("end", onEnd)
+      stream.on("data", onData)
     }),
     () =>
       Effect.sync(() => {
         client.off("notification", dispatch)
         client.off("error", onLost)
         client.off("end", onEnd)
+        stream.off("data", onData)
       }),
   )
 }

@@ -24,7 +24,8 @@ import { ErrorHandler } from "../src/Errors.js"
 import * as Listener from "../src/Listener.js"
 import * as Metrics from "../src/Metrics.js"
 import { eventually as waitUntil } from "./utils/cluster.js"
-import { makePool, suiteId } from "./utils/postgres.js"
+import { databaseUrl, makePool, suiteId } from "./utils/postgres.js"
+import { startProxy } from "./utils/proxy.js"
 
 const id = suiteId("listener")
 let admin: pg.Pool
@@ -49,10 +50,21 @@ let names = 0
 /** A name no other test uses: a channel, or the application name of a Listener's connection. */
 const fresh = (what: string) => `${id}_${what}_${names++}`
 
-/** A Listener whose connection is named `appName`, its reports in `errors`, closed with the scope. */
-const listenerWith = (appName: string, options: Config.AdapterOptions = {}) =>
+/**
+ * A Listener whose connection is named `appName`, its reports in `errors`, closed with the scope;
+ * through `connectionString` (a proxy) when given.
+ */
+const listenerWith = (
+  appName: string,
+  options: Config.AdapterOptions = {},
+  connectionString?: string,
+) =>
   Effect.gen(function* () {
-    const pool = makePool({ max: 1, application_name: appName })
+    const pool = makePool({
+      max: 1,
+      application_name: appName,
+      ...(connectionString === undefined ? {} : { connectionString }),
+    })
     pools.push(pool)
     const errors: Array<Error> = []
     const context = yield* Layer.build(
@@ -242,6 +254,105 @@ describe("Listener", () => {
         async () => (await backends(app))[0]?.query === `UNLISTEN ${quoted(channel)}`,
         "UNLISTEN once the stream ended",
       )
+    }),
+  )
+})
+
+describe("Listener liveness", () => {
+  // Short options: a silent connection is noticed within 100 + 300 ms.
+  const LIVENESS = { livenessInterval: 100, livenessTimeout: 300 }
+
+  /** A proxy in front of the test database, closed with the scope. */
+  const proxied = Effect.acquireRelease(
+    fromPromise(() => startProxy({ target: databaseUrl() })),
+    (proxy) => Effect.promise(() => proxy.close()),
+  )
+
+  it.live("replaces a black-holed LISTEN connection and LISTENs every channel again", () =>
+    Effect.gen(function* () {
+      const proxy = yield* proxied
+      const channel = fresh("ch")
+      const { listener, errors } = yield* listenerWith(fresh("app"), LIVENESS, proxy.url)
+      const one = recorder()
+      yield* listener.subscribe(channel, one.subscriber)
+      yield* eventually(() => one.count("listen") === 1, "listening through the proxy")
+      const pid = listener.unsafeBackendPid()
+
+      // No FIN, no RST: only the liveness ping can tell.
+      assert.strictEqual(proxy.blackHole(), 1)
+      yield* eventually(() => one.count("listen") === 2, "listening again on a new connection")
+      assert.deepStrictEqual(one.events, ["listen", "lost", "listen"])
+      assert.notStrictEqual(listener.unsafeBackendPid(), pid)
+      assert.isTrue(errors.some((error) => /LISTEN connection silent/.test(error.message)))
+      // The dead connection was let go (its socket destroyed), not kept open for ever.
+      yield* eventually(
+        () => proxy.connections().every((c) => !(c.blackHoled && c.clientOpen)),
+        "the black-holed socket destroyed",
+      )
+      yield* notify(channel, "after")
+      yield* eventually(() => one.count("notification:after") === 1, "delivery resumed")
+    }),
+  )
+
+  it.live("keeps a connection that answers its pings, however long it idles", () =>
+    Effect.gen(function* () {
+      const proxy = yield* proxied
+      const { listener, errors } = yield* listenerWith(fresh("app"), LIVENESS, proxy.url)
+      const one = recorder()
+      yield* listener.subscribe(fresh("ch"), one.subscriber)
+      yield* eventually(() => one.count("listen") === 1)
+      const pid = listener.unsafeBackendPid()
+      const sent = () => proxy.connections()[0]?.bytesFromClient ?? 0
+      // Pinged again and again (each ping is bytes from the client), and never replaced.
+      for (let i = 0; i < 10; i++) {
+        const before = sent()
+        yield* eventually(() => sent() > before, `ping ${i + 1}`)
+      }
+      assert.strictEqual(listener.unsafeBackendPid(), pid)
+      assert.deepStrictEqual(one.events, ["listen"])
+      assert.deepStrictEqual(errors, [])
+      assert.strictEqual(proxy.stats().accepted, 1)
+    }),
+  )
+
+  it.live("does not take a slow answer for silence while notifications keep arriving", () =>
+    Effect.gen(function* () {
+      const proxy = yield* proxied
+      const channel = fresh("ch")
+      const { listener, errors } = yield* listenerWith(
+        fresh("app"),
+        { livenessInterval: 50, livenessTimeout: 450 },
+        proxy.url,
+      )
+      const one = recorder()
+      yield* listener.subscribe(channel, one.subscriber)
+      yield* eventually(() => one.count("listen") === 1)
+      const pid = listener.unsafeBackendPid()
+      // Notifications every few ms, from elsewhere, for as long as the test runs.
+      yield* notify(channel, "tick").pipe(
+        Effect.andThen(Effect.sleep("5 millis")),
+        Effect.forever,
+        Effect.forkScoped,
+      )
+      const ticks = () => one.count("notification:tick")
+      yield* eventually(() => ticks() >= 10, "notifications flowing")
+      // Every answer now takes 600 ms, more than livenessTimeout: only the bytes that keep
+      // arriving meanwhile show that the connection is alive. (The 300 ms gap that the latency
+      // opens in the notifications is silence, but shorter than livenessTimeout.)
+      proxy.latency({ delayMs: 300 })
+      const sent = () => proxy.connections()[0]?.bytesFromClient ?? 0
+      for (let i = 0; i < 4; i++) {
+        const before = sent()
+        yield* eventually(() => sent() > before, `ping ${i + 1} sent`)
+      }
+      const before = ticks()
+      yield* eventually(() => ticks() > before + 20, "notifications still flowing")
+      assert.strictEqual(listener.unsafeBackendPid(), pid)
+      assert.deepStrictEqual(
+        one.events.filter((event) => event !== "notification:tick"),
+        ["listen"],
+      )
+      assert.deepStrictEqual(errors, [])
     }),
   )
 })

@@ -233,8 +233,8 @@ describe("when the network to PostgreSQL fails (issue 11)", () => {
   const SURVIVES = "cross-server delivery, acks and fetchSockets come back by themselves"
   const TIMEOUT = { timeout: 4 * RECOVERY_BOUND + 30_000 }
 
-  it.fails(
-    // EXPECTED TO FAIL until issue 11 item 1 (LISTEN liveness) and item 2 (dead pool connections).
+  it(
+    // Issue 11 items 1 (LISTEN liveness) and 2 (dead pool connections).
     `black hole of every open connection, twice in a row: ${SURVIVES} within heartbeatTimeout + 5 s`,
     TIMEOUT,
     () => survivesTwice(() => proxy.blackHole()),
@@ -313,6 +313,52 @@ describe("when the network to PostgreSQL fails (issue 11)", () => {
         expect((lost as { reason: unknown }).reason).toBeInstanceOf(PublishError)
         expect((lost as { reason: PublishError }).reason.reason).toBe("Timeout")
         await poolRecovers(pool, accepted, () => emitter.emit("after the black hole"))
+      },
+    )
+
+    it(
+      // Issue 11 item 2: idle connections share the dead path; each would cost a deadline.
+      "from the emitter: idle connections as old as the timed-out one are not tried one deadline after another",
+      { timeout: 60_000 },
+      async () => {
+        // No idle timeout: only the adapter may let go of the dead idle connections.
+        const pool = makePool({ connectionString: proxy.url, max: 3, idleTimeoutMillis: 0 })
+        pools.push(pool)
+        const emitter = new Emitter(pool, "/", {
+          channelPrefix: id,
+          tableName: id,
+          publishTimeout: PUBLISH_TIMEOUT,
+          errorHandler: (error) => void errors.push(error),
+        })
+        closers.push(() => emitter.close())
+        await emitter.emit("warm-up")
+        // Three connections, idle.
+        await Promise.all([1, 2, 3].map(() => pool.query("SELECT pg_sleep(0.05)")))
+        expect(pool.idleCount).toBe(3)
+        expect(proxy.blackHole()).toBe(3)
+        const accepted = proxy.stats().accepted
+        const lost = await settleWithin(
+          emitter.emit("into the black hole"),
+          PUBLISH_TIMEOUT + 5_000,
+          "a publish on the dead connection",
+        )
+        expect((lost as { reason: PublishError }).reason.reason).toBe("Timeout")
+        // The next publish gets a fresh connection at once: another dead one would cost it its
+        // own publishTimeout, and a Timeout.
+        const again = await settleWithin(
+          emitter.emit("after the black hole"),
+          PUBLISH_TIMEOUT + 5_000,
+          "the next publish",
+        )
+        expect(again.status).toBe("fulfilled")
+        expect(proxy.stats().accepted).toBeGreaterThan(accepted)
+        await eventually(() => deadConnectionsKept().length === 0, {
+          message: "the pool let go of every dead connection",
+        })
+        await eventually(() => poolIsSane(pool, 3), {
+          message: "the pool: nothing checked out, nobody waiting",
+        })
+        expect(watcher.faults).toEqual([])
       },
     )
 
