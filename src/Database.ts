@@ -199,7 +199,7 @@ export const connect = Effect.fnUntraced(function* (options: pg.ClientConfig) {
         Effect.interruptible,
         Effect.timeout("2 seconds"),
         Effect.ignore,
-        Effect.ensuring(Effect.sync(() => (client as any).connection?.stream?.destroy?.())),
+        Effect.ensuring(Effect.sync(() => Pool.destroySocket(client))),
       ),
   )
 })

@@ -49,6 +49,10 @@ export interface EmitterOptions {
   readonly publishTimeout?: number
   /** How many publishes may wait for PostgreSQL before new ones fail fast. @default 65536 */
   readonly maxPendingPublishes?: number
+  /** Milliseconds between two liveness pings of the listening connection (requests only). @default 2500 */
+  readonly livenessInterval?: number
+  /** Milliseconds that connection may stay silent with a ping unanswered before it is replaced. @default 5000 */
+  readonly livenessTimeout?: number
   /**
    * Store broadcasts for connection state recovery, like the servers do when they run with
    * `connectionStateRecovery`: clients disconnected at the time get them when they come back.

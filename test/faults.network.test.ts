@@ -7,10 +7,9 @@
  * Every server's pool and Listener go through a TCP proxy of ours (test/utils/proxy.ts) in front
  * of a private PostgreSQL.
  *
- * EXPECTED TO FAIL TODAY (`it.fails`), the black hole and the publish on a dead connection: the
- * LISTEN connection is only checked by TCP keep-alive, which never fires here (see the proxy's
- * notes), and a statement past its deadline keeps its connection checked out. Issue 11 items 1
- * (LISTEN liveness) and 2 (dead pool connections) make them pass; then turn `it.fails` into `it`.
+ * The black hole is only found by an application-level check (TCP keep-alive never fires here,
+ * see the proxy's notes): the Listener's liveness ping (issue 11 item 1) and the statements'
+ * deadlines, which discard their connection and the idle ones as old (item 2).
  */
 import type pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"

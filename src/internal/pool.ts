@@ -158,10 +158,14 @@ export const run = (
   let signal = options.signal
   let timer: ReturnType<typeof setTimeout> | undefined
   if (options.timeoutMillis !== undefined) {
+    // One signal for both (not `AbortSignal.any`, which needs Node 20.3).
     const controller = new AbortController()
     const millis = options.timeoutMillis
+    const outer = signal
+    if (outer?.aborted) controller.abort(outer.reason)
+    else outer?.addEventListener("abort", () => controller.abort(outer.reason), { once: true })
     timer = setTimeout(() => controller.abort(new StatementTimeout(millis)), millis)
-    signal = signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal])
+    signal = controller.signal
   }
   if (signal?.aborted) {
     clearTimeout(timer)
