@@ -16,7 +16,8 @@
  * `onListen` (heartbeats, catch-up) after it. The ping is a LISTEN of a channel already listened
  * on, which PostgreSQL answers doing nothing ("if the session is already registered as a listener
  * for this channel, nothing is done"): no WAL, unlike a NOTIFY echo, and `pg_stat_activity` keeps
- * showing the connection's LISTEN; `SELECT 1` while no channel is listened on yet.
+ * showing the connection's LISTEN; `SELECT 1` while no channel is listened on yet, and no ping
+ * while no channel is wanted.
  *
  * @since 0.1.0
  */
@@ -299,6 +300,10 @@ class Subscribers {
     return this.#channels.has(channel)
   }
 
+  get size(): number {
+    return this.#channels.size
+  }
+
   add(channel: string, subscriber: Subscriber): void {
     const set = this.#channels.get(channel)
     if (set === undefined) this.#channels.set(channel, new Set([subscriber]))
@@ -378,9 +383,11 @@ const consume = (
 ): Effect.Effect<never, ListenError> => Effect.raceFirst(Deferred.await(current.lost), liveness)
 
 // The liveness ping (see the module's notes). A channel still in `listened` under the lock is
-// still wanted: its UNLISTEN, if any, is queued behind this and reaches PostgreSQL last.
+// still wanted: its UNLISTEN, if any, is queued behind this and reaches PostgreSQL last. With no
+// subscriber at all nothing can be missed: no ping (the next subscriber's LISTEN is pinged).
 const ping = (current: Session, subscribers: Subscribers) =>
   Effect.suspend(() => {
+    if (subscribers.size === 0) return Effect.void
     let statement = "SELECT 1"
     for (const channel of current.listened) {
       if (!subscribers.has(channel)) continue
