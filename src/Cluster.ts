@@ -5,9 +5,7 @@
  */
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import * as Effect from "effect/Effect"
-import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
-import * as Schedule from "effect/Schedule"
 import type pg from "pg"
 import * as AttachmentStore from "./AttachmentStore.js"
 import * as Cleanup from "./Cleanup.js"
@@ -17,6 +15,7 @@ import type { ConfigError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
 import * as Listener from "./Listener.js"
 import * as Publisher from "./Publisher.js"
+import { setUpTables } from "./internal/tableSetup.js"
 import * as Recovery from "./recovery/Recovery.js"
 
 /** Every service the adapter runs on. */
@@ -43,17 +42,9 @@ export const layerTableSetup: Layer.Layer<
     const config = yield* Config.Config
     if (!config.createTable) return
     const store = yield* AttachmentStore.AttachmentStore
-    const setup = yield* store.ensureTable.pipe(
-      Effect.tapError((error) =>
-        Effect.logWarning(`creating the attachments table failed: ${error.message}`),
-      ),
-      Effect.retry(
-        Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("10 seconds")]),
-      ),
+    yield* setUpTables("the attachments table", store.ensureTable).pipe(
       Effect.annotateLogs({ module: "AttachmentStore" }),
-      Effect.forkScoped,
     )
-    yield* Fiber.await(setup).pipe(Effect.timeout("5 seconds"), Effect.ignore)
   }),
 )
 

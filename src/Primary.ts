@@ -32,6 +32,7 @@ import { ErrorHandler, report } from "./Errors.js"
 import * as Listener from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import * as Publisher from "./Publisher.js"
+import { setUpTables } from "./internal/tableSetup.js"
 
 const { MessageType } = Codec
 
@@ -496,17 +497,7 @@ const housekeeping = Effect.gen(function* () {
   const config = yield* Config.Config
   const store = yield* AttachmentStore.AttachmentStore
   if (config.createTable) {
-    const setup = yield* store.ensureTable.pipe(
-      Effect.tapError((error) =>
-        Effect.logWarning(`creating the attachments table failed: ${error.message}`),
-      ),
-      Effect.retry(
-        Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("10 seconds")]),
-      ),
-      Effect.forkScoped,
-    )
-    // The first attachments should find their table; PostgreSQL may come later.
-    yield* Fiber.await(setup).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+    yield* setUpTables("the attachments table", store.ensureTable)
   }
   yield* store.deleteOlderThan(config.cleanupInterval).pipe(
     Effect.catchCause((cause) => Effect.logWarning("cleanup failed", cause)),
