@@ -428,6 +428,7 @@ describe("Codec.decodeNotification", () => {
       '{"uid":"a","type":3,"attachmentId":"12345678901234567890"}',
       '{"uid":"a","type":3,"attachmentId":null}',
       '{"uid":"a","type":3,"attachmentId":{}}',
+      '{"uid":"a","type":14,"attachmentId":"1"}',
     ]
     for (const payload of junk) {
       const reason = failure(Codec.decodeNotification(payload))
