@@ -210,6 +210,16 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
   return Result.succeed({ _tag: "Inline", message: parsed as WireMessage })
 }
 
+// How a stored broadcast's payload (inline or attachment header) ends: `,"offset":"<digits>"}`.
+const OFFSET_FIELD = `"offset":"`
+
+/** The offset a stored broadcast's payload ends with, read without parsing it; else `undefined`. */
+export const storedOffset = (payload: string): string | undefined => {
+  const at = payload.lastIndexOf(OFFSET_FIELD)
+  const offset = at === -1 ? undefined : payload.slice(at + OFFSET_FIELD.length, -2)
+  return Protocol.isOffset(offset) ? offset : undefined
+}
+
 /** Decodes an attachment back into its message; binary values come back as `Buffer`s. */
 export const decodeAttachment = (bytes: Uint8Array): Result.Result<WireMessage, string> => {
   let decoded: unknown
