@@ -31,6 +31,7 @@ import * as Database from "./Database.js"
 import { ErrorHandler, report } from "./Errors.js"
 import * as Listener from "./Listener.js"
 import * as Metrics from "./Metrics.js"
+import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
 import { setUpTables } from "./internal/tableSetup.js"
 
@@ -457,9 +458,9 @@ export const make = Effect.fnUntraced(function* (workers: Workers) {
       skip,
       deliver: (message) => {
         if (message.nsp !== undefined && message.nsp !== nsp) return
-        const invalid = Codec.validateMessage(message)
+        const decoded = Protocol.decodeMessage(message)
         // A worker would throw on it inside its IPC handler.
-        if (invalid !== undefined) return skip(invalid)
+        if (Result.isFailure(decoded)) return skip(decoded.failure)
         relay.fromCluster(nsp, message)
       },
     })
