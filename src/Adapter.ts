@@ -20,7 +20,7 @@ import {
   type Session,
 } from "socket.io-adapter"
 import * as Cluster from "./Cluster.js"
-import * as Config from "./Config.js"
+import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
 import { ErrorHandler } from "./Errors.js"
 import { NOT_RESTORED } from "./internal/recovering.js"
@@ -30,7 +30,7 @@ import { MessageType, type Body } from "./Protocol.js"
 
 /** What every namespace adapter of one `createAdapter` call (or adapter factory) shares. */
 interface Shared {
-  readonly config: Config.ClusterConfig
+  readonly config: AdapterConfig.ClusterConfig
   readonly acquire: () => Runner
   readonly release: () => Promise<void>
 }
@@ -173,14 +173,16 @@ export class PostgresAdapter extends ClusterAdapter {
  */
 export function createAdapter(
   pool: pg.Pool,
-  options?: Config.AdapterOptions,
+  options?: AdapterConfig.AdapterOptions,
 ): (nsp: any) => PostgresAdapter {
   if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
     throw new TypeError("createAdapter(pool, options): pool must be a pg.Pool")
   }
-  const config = Config.decodeSync(options)
+  const config = AdapterConfig.decodeSync(options)
   const layer = Cluster.layer.pipe(
-    Layer.provide(Layer.merge(Layer.succeed(Config.Config, config), Database.layerPool(pool))),
+    Layer.provide(
+      Layer.merge(Layer.succeed(AdapterConfig.AdapterConfig, config), Database.layerPool(pool)),
+    ),
     // Kept in the runtime's context: the namespaces report through it too.
     Layer.provideMerge(Layer.succeed(ErrorHandler, options?.errorHandler ?? (() => {}))),
   )
@@ -218,7 +220,7 @@ export const makeAdapterFactory: Effect.Effect<
   // Logs, spans, metrics and the ErrorHandler are the application's.
   const runner = fromContext(yield* Effect.context<Cluster.Services>())
   const shared: Shared = {
-    config: yield* Config.Config,
+    config: yield* AdapterConfig.AdapterConfig,
     acquire: () => runner,
     release: () => Promise.resolve(),
   }

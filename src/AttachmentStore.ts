@@ -11,7 +11,7 @@ import * as Exit from "effect/Exit"
 import * as Latch from "effect/Latch"
 import * as Layer from "effect/Layer"
 import { quoteIdentifier, quoteTableName } from "./Channel.js"
-import { Config } from "./Config.js"
+import { AdapterConfig } from "./AdapterConfig.js"
 import { catalogRace, Database } from "./Database.js"
 import type { DatabaseError } from "./Errors.js"
 
@@ -36,7 +36,7 @@ export class AttachmentStore extends Context.Service<
 
 /** Builds the store for the configured table. */
 export const make = Effect.gen(function* () {
-  const { tableName } = yield* Config
+  const { tableName } = yield* AdapterConfig
   const database = yield* Database
   const table = quoteTableName(tableName)
   const schema = tableName.includes(".") ? quoteIdentifier(tableName.split(".")[0]!) : undefined
@@ -108,8 +108,8 @@ export const make = Effect.gen(function* () {
   })
 })
 
-/** The AttachmentStore layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<AttachmentStore, never, Config | Database> = Layer.effect(
+/** The AttachmentStore layer; needs `AdapterConfig` and `Database`. */
+export const layer: Layer.Layer<AttachmentStore, never, AdapterConfig | Database> = Layer.effect(
   AttachmentStore,
   make,
 )

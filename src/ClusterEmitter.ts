@@ -14,7 +14,7 @@ import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as AttachmentStore from "./AttachmentStore.js"
 import { channelName } from "./Channel.js"
-import { Config } from "./Config.js"
+import { AdapterConfig } from "./AdapterConfig.js"
 import type { Database } from "./Database.js"
 import { PublishError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
@@ -85,7 +85,7 @@ const DISCOVERY_MAX = Duration.seconds(2)
 
 /** Builds the service; namespaces are watched lazily, for the lifetime of the layer. */
 export const make = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   const publisher = yield* Publisher.Publisher
   const requests = new Requests()
 
@@ -160,7 +160,7 @@ export const make = Effect.gen(function* () {
  * Resolves with the namespace's members once the servers' answers to its heartbeat went quiet.
  */
 const watchNamespaces = Effect.fnUntraced(function* (requests: Requests, send: Send) {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   const listener = yield* Listener.Listener
   const heartbeat = yield* Heartbeat.Heartbeat
   const store = yield* AttachmentStore.AttachmentStore
@@ -265,8 +265,8 @@ const watchNamespaces = Effect.fnUntraced(function* (requests: Requests, send: S
     })
 })
 
-/** The ClusterEmitter over its own Publisher, Listener and Heartbeat; needs `Config`, `Database`. */
-export const layer: Layer.Layer<ClusterEmitter, never, Config | Database> = Layer.effect(
+/** The ClusterEmitter over its own Publisher, Listener and Heartbeat; needs `AdapterConfig`, `Database`. */
+export const layer: Layer.Layer<ClusterEmitter, never, AdapterConfig | Database> = Layer.effect(
   ClusterEmitter,
   make,
 ).pipe(

@@ -7,7 +7,7 @@
  */
 import { decode as msgpackDecode, Encoder } from "@msgpack/msgpack"
 import * as Result from "effect/Result"
-import { MAX_NOTIFY_BYTES } from "./Config.js"
+import { MAX_NOTIFY_BYTES } from "./AdapterConfig.js"
 import * as Protocol from "./Protocol.js"
 
 export { EMITTER_UID, isOffset, MessageType, RESERVED_EVENTS } from "./Protocol.js"

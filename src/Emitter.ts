@@ -13,7 +13,7 @@ import type pg from "pg"
 import { channelName } from "./Channel.js"
 import * as ClusterEmitter from "./ClusterEmitter.js"
 import * as Codec from "./Codec.js"
-import * as Config from "./Config.js"
+import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
 import { ConfigError, ErrorHandler, PublishError } from "./Errors.js"
 
@@ -78,11 +78,11 @@ class Core {
   constructor(
     readonly pool: pg.Pool,
     readonly options: EmitterOptions | undefined,
-    readonly config: Config.ClusterConfig,
+    readonly config: AdapterConfig.ClusterConfig,
   ) {
     this.#errorHandler = options?.errorHandler ?? (() => {})
     this.#layer = ClusterEmitter.layer.pipe(
-      Layer.provide(Layer.succeed(Config.Config, config)),
+      Layer.provide(Layer.succeed(AdapterConfig.AdapterConfig, config)),
       Layer.provide(Database.layerPool(pool)),
       Layer.provide(Layer.succeed(ErrorHandler, this.#errorHandler)),
     )
@@ -187,7 +187,7 @@ export class Emitter<
           message: "Invalid option connectionStateRecovery: must be a boolean",
         })
       }
-      core = new Core(pool, options, Config.decodeSync(options))
+      core = new Core(pool, options, AdapterConfig.decodeSync(options))
     }
     this.#core = core
     this.nsp = nsp.startsWith("/") ? nsp : `/${nsp}`

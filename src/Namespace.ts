@@ -18,7 +18,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type { BroadcastOptions, Room } from "socket.io-adapter"
 import { channelName } from "./Channel.js"
-import type * as Config from "./Config.js"
+import type * as AdapterConfig from "./AdapterConfig.js"
 import { Heartbeat, type Membership } from "./Heartbeat.js"
 import * as asking from "./internal/asking.js"
 import { listen } from "./internal/inbound.js"
@@ -57,7 +57,7 @@ export interface NamespaceOptions {
   readonly nsp: string
   /** This node's uid (socket.io-adapter's, one per namespace adapter). */
   readonly uid: string
-  readonly config: Config.ClusterConfig
+  readonly config: AdapterConfig.ClusterConfig
   readonly runner: Runner
   readonly local: Local
   /** Set when the server runs with `connectionStateRecovery`: how long sessions are kept. */

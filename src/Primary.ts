@@ -26,7 +26,7 @@ import type pg from "pg"
 import * as AttachmentStore from "./AttachmentStore.js"
 import { channelName } from "./Channel.js"
 import * as Codec from "./Codec.js"
-import * as Config from "./Config.js"
+import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
 import { ErrorHandler, report } from "./Errors.js"
 import * as Listener from "./Listener.js"
@@ -400,7 +400,7 @@ const makeSkipLogger = (log: (message: string) => void, context: Context.Context
  * departure and waits (up to `publishTimeout`) for in-flight publishes.
  */
 export const make = Effect.fnUntraced(function* (workers: Workers) {
-  const config = yield* Config.Config
+  const config = yield* AdapterConfig.AdapterConfig
   const listener = yield* Listener.Listener
   const publisher = yield* Publisher.Publisher
   const store = yield* AttachmentStore.AttachmentStore
@@ -495,7 +495,7 @@ export const make = Effect.fnUntraced(function* (workers: Workers) {
 
 /** The attachments table: created when `createTable` is on, its old rows deleted on schedule. */
 const housekeeping = Effect.gen(function* () {
-  const config = yield* Config.Config
+  const config = yield* AdapterConfig.AdapterConfig
   const store = yield* AttachmentStore.AttachmentStore
   if (config.createTable) {
     yield* setUpTables("the attachments table", store.ensureTable)
@@ -515,7 +515,10 @@ export const layer = (
 ): Layer.Layer<
   never,
   never,
-  Config.Config | Listener.Listener | Publisher.Publisher | AttachmentStore.AttachmentStore
+  | AdapterConfig.AdapterConfig
+  | Listener.Listener
+  | Publisher.Publisher
+  | AttachmentStore.AttachmentStore
 > => Layer.effectDiscard(Effect.suspend(() => make(workers ?? nodeCluster())))
 
 const ignoreError = () => {}
@@ -572,11 +575,11 @@ export const nodeCluster = (): Workers & { readonly close: () => void } => {
  * `createAdapter` (validated: a bad one throws an error that names it). Call it before forking.
  * The pool is never ended by us.
  */
-export function setupPrimary(pool: pg.Pool, options?: Config.AdapterOptions): PrimaryHandle {
+export function setupPrimary(pool: pg.Pool, options?: AdapterConfig.AdapterOptions): PrimaryHandle {
   if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
     throw new TypeError("setupPrimary(pool, options): pool must be a pg.Pool")
   }
-  const config = Config.decodeSync(options)
+  const config = AdapterConfig.decodeSync(options)
   if (!cluster.isPrimary) {
     throw new Error(
       "setupPrimary(pool, options) runs in the primary process (cluster.isPrimary is false); " +
@@ -585,7 +588,7 @@ export function setupPrimary(pool: pg.Pool, options?: Config.AdapterOptions): Pr
   }
   const workers = nodeCluster()
   const base = Layer.mergeAll(
-    Layer.succeed(Config.Config, config),
+    Layer.succeed(AdapterConfig.AdapterConfig, config),
     Database.layerPool(pool),
     Layer.succeed(ErrorHandler, options?.errorHandler ?? (() => {})),
   )

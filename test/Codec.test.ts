@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Result from "effect/Result"
 import * as fc from "fast-check"
 import * as Codec from "../src/Codec.js"
-import { MAX_NOTIFY_BYTES } from "../src/Config.js"
+import { MAX_NOTIFY_BYTES } from "../src/AdapterConfig.js"
 
 const { MessageType } = Codec
 

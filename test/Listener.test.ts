@@ -18,7 +18,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { TestClock } from "effect/testing"
 import type pg from "pg"
-import * as Config from "../src/Config.js"
+import * as AdapterConfig from "../src/AdapterConfig.js"
 import * as Database from "../src/Database.js"
 import { ErrorHandler } from "../src/Errors.js"
 import * as Listener from "../src/Listener.js"
@@ -50,7 +50,7 @@ let names = 0
 const fresh = (what: string) => `${id}_${what}_${names++}`
 
 /** A Listener whose connection is named `appName`, its reports in `errors`, closed with the scope. */
-const listenerWith = (appName: string, options: Config.AdapterOptions = {}) =>
+const listenerWith = (appName: string, options: AdapterConfig.AdapterOptions = {}) =>
   Effect.gen(function* () {
     const pool = makePool({ max: 1, application_name: appName })
     pools.push(pool)
@@ -59,7 +59,10 @@ const listenerWith = (appName: string, options: Config.AdapterOptions = {}) =>
       Listener.layer.pipe(
         Layer.provide(
           Layer.mergeAll(
-            Layer.succeed(Config.Config, Config.decodeSync({ reconnectMaxDelay: 200, ...options })),
+            Layer.succeed(
+              AdapterConfig.AdapterConfig,
+              AdapterConfig.decodeSync({ reconnectMaxDelay: 200, ...options }),
+            ),
             Database.layerPool(pool),
             Layer.succeed(ErrorHandler, (error: Error) => void errors.push(error)),
           ),

@@ -8,7 +8,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type { BroadcastOptions } from "socket.io-adapter"
-import type * as Config from "../Config.js"
+import type * as AdapterConfig from "../AdapterConfig.js"
 import type { Local } from "../Namespace.js"
 import * as Protocol from "../Protocol.js"
 import type { Requests } from "../Requests.js"
@@ -21,7 +21,7 @@ export interface Asking {
   readonly nsp: string
   readonly runner: Runner
   readonly local: Local
-  readonly config: Config.ClusterConfig
+  readonly config: AdapterConfig.ClusterConfig
   readonly requests: Requests
   /** The other nodes of the namespace now: one answer is awaited from each. */
   readonly nodes: () => ReadonlyArray<string>

@@ -11,7 +11,7 @@ import type * as Scope from "effect/Scope"
 import type { BroadcastOptions, PrivateSessionId, Session } from "socket.io-adapter"
 import type * as Cluster from "../Cluster.js"
 import * as Codec from "../Codec.js"
-import type * as Config from "../Config.js"
+import type * as AdapterConfig from "../AdapterConfig.js"
 import { Listener } from "../Listener.js"
 import * as Protocol from "../Protocol.js"
 import type { Local } from "../Namespace.js"
@@ -30,7 +30,7 @@ export interface NamespaceRecoveryOptions {
   readonly channel: string
   /** How long sessions and packets are kept (`connectionStateRecovery.maxDisconnectionDuration`). */
   readonly maxDisconnection: Duration.Duration
-  readonly config: Config.ClusterConfig
+  readonly config: AdapterConfig.ClusterConfig
   readonly runner: Runner
   readonly local: Local
   /** Counts recovery's writes and catch-ups in flight (`close()` waits for them). */

@@ -10,7 +10,7 @@ import type * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
 import type { BroadcastOptions, PrivateSessionId, Session } from "socket.io-adapter"
 import * as Codec from "../Codec.js"
-import * as Config from "../Config.js"
+import * as AdapterConfig from "../AdapterConfig.js"
 import { Publisher } from "../Publisher.js"
 import { setUpTables } from "../internal/tableSetup.js"
 import { CatchUp } from "./CatchUp.js"
@@ -44,7 +44,7 @@ export const isStorable = (packet: any, opts: BroadcastOptions): boolean =>
 const setupStore = Effect.fnUntraced(function* (maxDisconnection: Duration.Duration) {
   const publisher = yield* Publisher
   const recovery = yield* Recovery
-  const config = yield* Config.Config
+  const config = yield* AdapterConfig.AdapterConfig
   yield* recovery.retain(maxDisconnection)
   if (config.createTable) {
     yield* setUpTables("the recovery tables", recovery.ensureTables)
@@ -103,7 +103,11 @@ export class RecoveredDelivery {
   }
 
   /** Prepares stores (see {@link setupStore}); until then they wait, in order. */
-  setup(): Effect.Effect<void, never, Recovery | Config.Config | Publisher | Scope.Scope> {
+  setup(): Effect.Effect<
+    void,
+    never,
+    Recovery | AdapterConfig.AdapterConfig | Publisher | Scope.Scope
+  > {
     return Effect.map(setupStore(this.options.maxDisconnection), (publisher) => {
       this.#publisher = publisher
       this.#storeReadyResolve!(publisher)
