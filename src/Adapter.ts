@@ -23,6 +23,7 @@ import * as Cluster from "./Cluster.js"
 import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
 import { ErrorHandler } from "./Errors.js"
+import * as DebugLog from "./internal/debugLog.js"
 import { NOT_RESTORED } from "./internal/recovering.js"
 import { fromContext, type Runner } from "./internal/runner.js"
 import { type Local, NamespaceNode } from "./Namespace.js"
@@ -184,7 +185,11 @@ export function createAdapter(
       Layer.merge(Layer.succeed(AdapterConfig.AdapterConfig, config), Database.layerPool(pool)),
     ),
     // Kept in the runtime's context: the namespaces report through it too.
-    Layer.provideMerge(Layer.succeed(ErrorHandler, options?.errorHandler ?? (() => {}))),
+    Layer.provideMerge(
+      Layer.succeed(ErrorHandler, options?.errorHandler ?? DebugLog.makeDefaultErrorHandler()),
+    ),
+    // A plain app's console stays quiet: logs go to `debug`, failures to the errorHandler.
+    Layer.provideMerge(DebugLog.layer),
   )
   let runtime: ManagedRuntime.ManagedRuntime<Cluster.Services, never> | undefined
   let users = 0

@@ -16,6 +16,7 @@ import * as Codec from "./Codec.js"
 import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
 import { ConfigError, ErrorHandler, PublishError } from "./Errors.js"
+import * as DebugLog from "./internal/debugLog.js"
 
 const { MessageType } = Codec
 
@@ -80,11 +81,13 @@ class Core {
     readonly options: EmitterOptions | undefined,
     readonly config: AdapterConfig.ClusterConfig,
   ) {
-    this.#errorHandler = options?.errorHandler ?? (() => {})
+    this.#errorHandler = options?.errorHandler ?? DebugLog.makeDefaultErrorHandler()
     this.#layer = ClusterEmitter.layer.pipe(
       Layer.provide(Layer.succeed(AdapterConfig.AdapterConfig, config)),
       Layer.provide(Database.layerPool(pool)),
       Layer.provide(Layer.succeed(ErrorHandler, this.#errorHandler)),
+      // Logs go to `debug` (quiet unless DEBUG asks); failures to the errorHandler.
+      Layer.provideMerge(DebugLog.layer),
     )
   }
 

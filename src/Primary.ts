@@ -33,6 +33,7 @@ import * as Listener from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
+import * as DebugLog from "./internal/debugLog.js"
 import { setUpTables } from "./internal/tableSetup.js"
 
 const { MessageType } = Codec
@@ -590,7 +591,8 @@ export function setupPrimary(pool: pg.Pool, options?: AdapterConfig.AdapterOptio
   const base = Layer.mergeAll(
     Layer.succeed(AdapterConfig.AdapterConfig, config),
     Database.layerPool(pool),
-    Layer.succeed(ErrorHandler, options?.errorHandler ?? (() => {})),
+    Layer.succeed(ErrorHandler, options?.errorHandler ?? DebugLog.makeDefaultErrorHandler()),
+    DebugLog.layer,
   )
   const services = Layer.mergeAll(Listener.layer, Publisher.layer, AttachmentStore.layer)
   const runtime = ManagedRuntime.make(

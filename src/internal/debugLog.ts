@@ -55,3 +55,30 @@ export const layer: Layer.Layer<never> = Layer.mergeAll(
   Logger.layer([debugLogger]),
   Layer.succeed(References.MinimumLogLevel, "All"),
 )
+
+/** How long the same failure stays quiet after it was printed. */
+const QUIET_MS = 60_000
+
+/**
+ * The `errorHandler` of plain apps that give none: one readable line per incident on stderr. The
+ * same failure again (e.g. every reconnection attempt while PostgreSQL is down) stays quiet for a
+ * minute, then is printed once more with how often it happened meanwhile.
+ */
+export const makeDefaultErrorHandler = (
+  write: (line: string) => void = (line) => console.warn(line),
+): ((error: Error) => void) => {
+  const incidents = new Map<string, { at: number; repeated: number }>()
+  return (error) => {
+    // Numbers (ports, pids, ids, counts) differ between repeats of one incident.
+    const key = `${error.name}: ${error.message.replace(/\d+/g, "#")}`
+    const now = Date.now()
+    const seen = incidents.get(key)
+    if (seen !== undefined && now - seen.at < QUIET_MS) {
+      seen.repeated++
+      return
+    }
+    const again = seen === undefined || seen.repeated === 0 ? "" : ` (${seen.repeated} more since)`
+    incidents.set(key, { at: now, repeated: 0 })
+    write(`${NAMESPACE}: ${error.message}${again}`)
+  }
+}
