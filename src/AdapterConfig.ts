@@ -28,7 +28,10 @@ export interface AdapterOptions {
   readonly cleanupInterval?: number
   /** Milliseconds between two heartbeats. @default 5000 */
   readonly heartbeatInterval?: number
-  /** Milliseconds without a message from a node before it is considered down. @default 10000 */
+  /**
+   * Milliseconds without a message from a node before it is considered down.
+   * @default 10000, or twice `heartbeatInterval` when that is longer
+   */
   readonly heartbeatTimeout?: number
   /** Milliseconds before `fetchSockets` / `serverSideEmitWithAck` requests give up. @default 5000 */
   readonly requestsTimeout?: number
