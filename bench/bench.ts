@@ -70,7 +70,7 @@ const USAGE = `usage: npm run bench -- [--quick] [--repeat N] [--scenario NAME].
   --kind KIND      run only this kind (repeatable, or KIND,KIND,…): ${ALL_KINDS.join(", ")}
   --out DIR        where latest.json and latest.svg go (default bench/results)
   --baseline DIR   also run kind ours-base: the adapter built in DIR (another checkout, after
-                   npm ci and npm run build there), to compare two versions in one run
+                   npm ci there), to compare two versions in one run
   --profile        write V8 CPU profiles of the servers' measured work to DIR/profiles
   --verbose        show the workers' output`
 
@@ -123,9 +123,9 @@ const parseOptions = (argv: ReadonlyArray<string>): Options => {
   // The workers load the baseline's build from this directory (see node.ts).
   if (values.baseline !== undefined) {
     const baseline = path.resolve(values.baseline)
-    if (!existsSync(path.join(baseline, "dist", "index.js"))) {
+    if (!existsSync(path.join(baseline, "src", "index.ts"))) {
       throw new UsageError(
-        `--baseline ${baseline}: no dist/index.js there (run npm ci and npm run build in it)`,
+        `--baseline ${baseline}: no src/index.ts there (a checkout of this package, after npm ci in it)`,
       )
     }
     process.env["BENCH_BASELINE"] = baseline

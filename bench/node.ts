@@ -116,7 +116,8 @@ const MB = 1024 * 1024
 const baselineAdapter = async (): Promise<typeof createAdapter> => {
   const dir = process.env["BENCH_BASELINE"]
   if (dir === undefined) throw new Error("kind ours-base needs bench.ts --baseline DIR")
-  const module = await import(pathToFileURL(path.join(dir, "dist", "index.js")).href)
+  // Its sources, as ours run (through tsx), so that both pay the same for the transpiler.
+  const module = await import(pathToFileURL(path.join(dir, "src", "index.ts")).href)
   return module.createAdapter
 }
 

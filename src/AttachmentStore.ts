@@ -11,7 +11,7 @@ import * as Exit from "effect/Exit"
 import * as Latch from "effect/Latch"
 import * as Layer from "effect/Layer"
 import { quoteIdentifier, quoteTableName } from "./Channel.js"
-import { Config } from "./Config.js"
+import { AdapterConfig } from "./AdapterConfig.js"
 import { catalogRace, Database, withTimeout } from "./Database.js"
 import type { DatabaseError } from "./Errors.js"
 
@@ -36,7 +36,7 @@ export class AttachmentStore extends Context.Service<
 
 /** Builds the store for the configured table. */
 export const make = Effect.gen(function* () {
-  const { tableName, publishTimeout } = yield* Config
+  const { tableName, publishTimeout } = yield* AdapterConfig
   // Every statement has a deadline: past it, it fails and its connection is discarded, so that a
   // dead connection neither stalls the fetches behind it nor stays in the pool.
   const database = withTimeout(yield* Database, publishTimeout)
@@ -110,8 +110,8 @@ export const make = Effect.gen(function* () {
   })
 })
 
-/** The AttachmentStore layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<AttachmentStore, never, Config | Database> = Layer.effect(
+/** The AttachmentStore layer; needs `AdapterConfig` and `Database`. */
+export const layer: Layer.Layer<AttachmentStore, never, AdapterConfig | Database> = Layer.effect(
   AttachmentStore,
   make,
 )

@@ -12,7 +12,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import { AttachmentStore } from "./AttachmentStore.js"
-import { Config } from "./Config.js"
+import { AdapterConfig } from "./AdapterConfig.js"
 import type { DatabaseError } from "./Errors.js"
 
 /** A cleanup run by the loop: deletes what is old and resolves with the count of rows deleted. */
@@ -47,7 +47,7 @@ const runTask = (task: CleanupTask): Effect.Effect<number> =>
 
 /** Builds the service with no task and forks its loop (first pass after one interval). */
 export const make = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   const tasks = yield* Ref.make<ReadonlyArray<CleanupTask>>([])
 
   const register = (task: CleanupTask) =>
@@ -74,16 +74,16 @@ export const make = Effect.gen(function* () {
 
 /** The attachments' task: the rows older than `cleanupInterval`. */
 export const attachmentsTask = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   const store = yield* AttachmentStore
   return { name: "attachments", run: store.deleteOlderThan(config.cleanupInterval) } as CleanupTask
 })
 
-/** The loop alone, with no task: others register theirs. Needs `Config`. */
-export const layerEmpty: Layer.Layer<Cleanup, never, Config> = Layer.effect(Cleanup, make)
+/** The loop alone, with no task: others register theirs. Needs `AdapterConfig`. */
+export const layerEmpty: Layer.Layer<Cleanup, never, AdapterConfig> = Layer.effect(Cleanup, make)
 
-/** The loop with the attachments' task registered; needs `Config` and `AttachmentStore`. */
-export const layer: Layer.Layer<Cleanup, never, Config | AttachmentStore> = Layer.effect(
+/** The loop with the attachments' task registered; needs `AdapterConfig` and `AttachmentStore`. */
+export const layer: Layer.Layer<Cleanup, never, AdapterConfig | AttachmentStore> = Layer.effect(
   Cleanup,
   Effect.gen(function* () {
     const cleanup = yield* make

@@ -1,22 +1,21 @@
 /**
- * The whole cluster as one layer: every service of the package over a `Database` and a `Config`.
+ * The whole cluster as one layer: every service of the package over a `Database` and an `AdapterConfig`.
  *
  * @since 0.1.0
  */
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import * as Effect from "effect/Effect"
-import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
-import * as Schedule from "effect/Schedule"
 import type pg from "pg"
 import * as AttachmentStore from "./AttachmentStore.js"
 import * as Cleanup from "./Cleanup.js"
-import * as Config from "./Config.js"
+import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
 import type { ConfigError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
 import * as Listener from "./Listener.js"
 import * as Publisher from "./Publisher.js"
+import { setUpTables } from "./internal/tableSetup.js"
 import * as Recovery from "./recovery/Recovery.js"
 
 /** Every service the adapter runs on. */
@@ -27,7 +26,7 @@ export type Services =
   | Heartbeat.Heartbeat
   | Cleanup.Cleanup
   | Recovery.Recovery
-  | Config.Config
+  | AdapterConfig.AdapterConfig
   | Database.Database
 
 /**
@@ -37,28 +36,20 @@ export type Services =
 export const layerTableSetup: Layer.Layer<
   never,
   never,
-  Config.Config | AttachmentStore.AttachmentStore
+  AdapterConfig.AdapterConfig | AttachmentStore.AttachmentStore
 > = Layer.effectDiscard(
   Effect.gen(function* () {
-    const config = yield* Config.Config
+    const config = yield* AdapterConfig.AdapterConfig
     if (!config.createTable) return
     const store = yield* AttachmentStore.AttachmentStore
-    const setup = yield* store.ensureTable.pipe(
-      Effect.tapError((error) =>
-        Effect.logWarning(`creating the attachments table failed: ${error.message}`),
-      ),
-      Effect.retry(
-        Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("10 seconds")]),
-      ),
+    yield* setUpTables("the attachments table", store.ensureTable).pipe(
       Effect.annotateLogs({ module: "AttachmentStore" }),
-      Effect.forkScoped,
     )
-    yield* Fiber.await(setup).pipe(Effect.timeout("5 seconds"), Effect.ignore)
   }),
 )
 
-/** The cluster services over a `Config` and a `Database`. */
-export const layer: Layer.Layer<Services, never, Config.Config | Database.Database> =
+/** The cluster services over an `AdapterConfig` and a `Database`. */
+export const layer: Layer.Layer<Services, never, AdapterConfig.AdapterConfig | Database.Database> =
   Layer.mergeAll(
     Listener.layer,
     Publisher.layer,
@@ -68,18 +59,20 @@ export const layer: Layer.Layer<Services, never, Config.Config | Database.Databa
     layerTableSetup,
   ).pipe(
     Layer.provideMerge(AttachmentStore.layer),
-    Layer.provideMerge(Layer.effectContext(Effect.context<Config.Config | Database.Database>())),
+    Layer.provideMerge(
+      Layer.effectContext(Effect.context<AdapterConfig.AdapterConfig | Database.Database>()),
+    ),
   )
 
 /** The cluster over a caller-owned `pg.Pool`, with validated options. */
 export const layerPool = (
   pool: pg.Pool,
-  options?: Config.AdapterOptions,
+  options?: AdapterConfig.AdapterOptions,
 ): Layer.Layer<Services, ConfigError> =>
-  layer.pipe(Layer.provide(Layer.merge(Config.layer(options), Database.layerPool(pool))))
+  layer.pipe(Layer.provide(Layer.merge(AdapterConfig.layer(options), Database.layerPool(pool))))
 
 /** The cluster over `@effect/sql-pg`'s `PgClient`, with validated options. */
 export const layerPgClient = (
-  options?: Config.AdapterOptions,
+  options?: AdapterConfig.AdapterOptions,
 ): Layer.Layer<Services, ConfigError, PgClient.PgClient> =>
-  layer.pipe(Layer.provide(Layer.merge(Config.layer(options), Database.layerPgClient)))
+  layer.pipe(Layer.provide(Layer.merge(AdapterConfig.layer(options), Database.layerPgClient)))

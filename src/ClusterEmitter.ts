@@ -14,16 +14,19 @@ import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as AttachmentStore from "./AttachmentStore.js"
 import { channelName } from "./Channel.js"
-import * as Codec from "./Codec.js"
-import { Config } from "./Config.js"
+import { AdapterConfig } from "./AdapterConfig.js"
 import type { Database } from "./Database.js"
 import { PublishError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
 import { makeInbox } from "./internal/inbox.js"
 import * as Listener from "./Listener.js"
+import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
+import { type AnswerType, type RequestResult, Requests } from "./Requests.js"
 
-const { MessageType } = Codec
+export type { RequestResult } from "./Requests.js"
+
+const { EMITTER_UID, MessageType } = Protocol
 
 /** Which sockets a message targets. */
 export interface Target {
@@ -33,18 +36,7 @@ export interface Target {
 }
 
 /** A socket as a server describes it in a `fetchSockets` answer. */
-export interface SocketDescription {
-  readonly id: string
-  readonly handshake: Record<string, unknown>
-  readonly rooms: ReadonlyArray<string>
-  readonly data: unknown
-}
-
-/** What a request collected: the answers, and how many servers did not answer in time. */
-export interface RequestResult<A> {
-  readonly responses: ReadonlyArray<A>
-  readonly missing: number
-}
+export type SocketDescription = Protocol.SocketDescription
 
 /** The ClusterEmitter service. */
 export class ClusterEmitter extends Context.Service<
@@ -78,16 +70,11 @@ export class ClusterEmitter extends Context.Service<
   }
 >()("socket.io-postgres-effect/ClusterEmitter") {}
 
-interface Pending {
-  readonly missing: Set<string>
-  readonly responses: Array<unknown>
-  readonly flatten: boolean
-  readonly done: Deferred.Deferred<void>
-}
-
-interface Watch {
-  readonly membership: Heartbeat.Membership
-}
+/** Sends a message of namespace `nsp` as the emitter. */
+type Send = (
+  nsp: string,
+  message: { readonly type: number; readonly data?: unknown },
+) => Effect.Effect<void, PublishError>
 
 // Servers answer an INITIAL_HEARTBEAT at once. The first request waits until its own heartbeat came
 // back through PostgreSQL (at most DISCOVERY_MAX or requestsTimeout), which took E; the servers'
@@ -98,21 +85,14 @@ const DISCOVERY_MAX = Duration.seconds(2)
 
 /** Builds the service; namespaces are watched lazily, for the lifetime of the layer. */
 export const make = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   const publisher = yield* Publisher.Publisher
-  const listener = yield* Listener.Listener
-  const heartbeat = yield* Heartbeat.Heartbeat
-  const store = yield* AttachmentStore.AttachmentStore
-  const scope = yield* Effect.scope
-  // Work started from callbacks runs with the application's services (logger included).
-  const runFork = Effect.runForkWith(yield* Effect.context<never>())
-  const pending = new Map<string, Pending>()
-  const watches = new Map<string, Deferred.Deferred<Watch, PublishError>>()
+  const requests = new Requests()
 
-  const publish = (nsp: string, message: { readonly type: number; readonly data?: unknown }) =>
+  const send: Send = (nsp, message) =>
     publisher.publish(channelName(config.channelPrefix, nsp), {
       ...message,
-      uid: Codec.EMITTER_UID,
+      uid: EMITTER_UID,
       nsp,
     })
 
@@ -125,7 +105,7 @@ export const make = Effect.gen(function* () {
       publisher.unsafeStore(
         channelName(config.channelPrefix, nsp),
         {
-          uid: Codec.EMITTER_UID,
+          uid: EMITTER_UID,
           nsp,
           type: MessageType.BROADCAST,
           data: { packet: { ...packet, nsp }, opts: target },
@@ -135,85 +115,94 @@ export const make = Effect.gen(function* () {
       ),
     )
 
-  const complete = (requestId: string, request: Pending) => {
-    pending.delete(requestId)
-    Deferred.doneUnsafe(request.done, Exit.void)
-  }
+  const members = yield* watchNamespaces(requests, send)
 
-  const forget = (uid: string) => {
-    for (const [requestId, request] of pending) {
-      if (request.missing.delete(uid) && request.missing.size === 0) complete(requestId, request)
-    }
-  }
+  // Asks every server of the namespace known once it was watched.
+  const ask = <T extends AnswerType>(
+    nsp: string,
+    answer: T,
+    question: (requestId: string) => Protocol.Body,
+  ) =>
+    Effect.flatMap(members(nsp), (membership) =>
+      requests.request({
+        answer,
+        nodes: membership.nodes(),
+        timeout: config.requestsTimeout,
+        send: (requestId) => send(nsp, question(requestId)),
+      }),
+    )
 
-  const handle = (watch: () => Watch | undefined) => (message: Codec.WireMessage) => {
-    if (message.uid === Codec.EMITTER_UID) return
-    if (Codec.validateMessage(message) !== undefined) return
-    const membership = watch()?.membership
-    membership?.seen(message.uid)
-    if (message.type === MessageType.ADAPTER_CLOSE) {
-      membership?.remove(message.uid)
-      return forget(message.uid)
-    }
-    if (
-      message.type !== MessageType.FETCH_SOCKETS_RESPONSE &&
-      message.type !== MessageType.SERVER_SIDE_EMIT_RESPONSE
-    ) {
-      return
-    }
-    const data = message.data as { requestId: string; sockets?: Array<unknown>; packet?: unknown }
-    const request = pending.get(data.requestId)
-    if (request === undefined || !request.missing.delete(message.uid)) return
-    if (request.flatten) request.responses.push(...(data.sockets ?? []))
-    else request.responses.push(data.packet)
-    if (request.missing.size === 0) complete(data.requestId, request)
-  }
+  return ClusterEmitter.of({
+    publish: Effect.fn("ClusterEmitter.publish")(send),
+    broadcastStored: Effect.fn("ClusterEmitter.broadcastStored")(broadcastStored),
+    fetchSockets: Effect.fn("ClusterEmitter.fetchSockets")((nsp: string, target: Target) =>
+      ask(nsp, MessageType.FETCH_SOCKETS_RESPONSE, (requestId) => ({
+        type: MessageType.FETCH_SOCKETS,
+        data: {
+          opts: { rooms: [...target.rooms], except: [...target.except], flags: target.flags },
+          requestId,
+        },
+      })),
+    ),
+    serverSideEmitWithAck: Effect.fn("ClusterEmitter.serverSideEmitWithAck")(
+      (nsp: string, packet: ReadonlyArray<unknown>) =>
+        ask(nsp, MessageType.SERVER_SIDE_EMIT_RESPONSE, (requestId) => ({
+          type: MessageType.SERVER_SIDE_EMIT,
+          data: { requestId, packet: [...packet] },
+        })),
+    ),
+  })
+})
 
-  // In a scope of its own: a watch that failed (e.g. PostgreSQL down) must not leave its
-  // subscription and membership behind, one more per failed request, until the layer closes.
-  const startWatch = (nsp: string) =>
-    Effect.gen(function* () {
-      const child = yield* Scope.fork(scope, "sequential")
-      return yield* watchIn(nsp).pipe(
-        Scope.provide(child),
-        Effect.onExit((exit) => (Exit.isFailure(exit) ? Scope.close(child, exit) : Effect.void)),
-      )
-    })
+/**
+ * The emitter's view of the namespaces it asks: from its first request on, it listens on the
+ * namespace's channel (the servers' heartbeats and answers) for the lifetime of the layer.
+ * Resolves with the namespace's members once the servers' answers to its heartbeat went quiet.
+ */
+const watchNamespaces = Effect.fnUntraced(function* (requests: Requests, send: Send) {
+  const config = yield* AdapterConfig
+  const listener = yield* Listener.Listener
+  const heartbeat = yield* Heartbeat.Heartbeat
+  const store = yield* AttachmentStore.AttachmentStore
+  const scope = yield* Effect.scope
+  // Work started from callbacks runs with the application's services (logger included).
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const watches = new Map<string, Deferred.Deferred<Heartbeat.Membership, PublishError>>()
 
   const watchIn = (nsp: string) =>
     Effect.gen(function* () {
-      let current: Watch | undefined
       const echoed = yield* Deferred.make<void>()
-      const deliver = handle(() => current)
+      const membership = yield* heartbeat.track({
+        publishHeartbeat: Effect.void,
+        onNodeDown: (uid) => requests.forget(uid),
+      })
       const receive = makeInbox({
         store,
-        deliver: (message) => {
-          if (message.uid === Codec.EMITTER_UID && message.type === MessageType.INITIAL_HEARTBEAT) {
-            Deferred.doneUnsafe(echoed, Exit.void)
-          }
-          deliver(message)
-        },
         onSkipped: () => {},
         // Servers' messages (and our own INITIAL_HEARTBEAT coming back); of the answers, only
         // those to our own requests.
-        wanted: (notification) =>
-          (notification.uid !== Codec.EMITTER_UID ||
-            notification.type === MessageType.INITIAL_HEARTBEAT) &&
-          (notification.requestId === undefined ||
-            pending.has(notification.requestId) ||
-            (notification.type !== MessageType.FETCH_SOCKETS_RESPONSE &&
-              notification.type !== MessageType.SERVER_SIDE_EMIT_RESPONSE)),
+        wanted: (header) =>
+          (header.uid !== EMITTER_UID || header.type === MessageType.INITIAL_HEARTBEAT) &&
+          requests.wanted(header.type, header.requestId),
+        deliver: (message) => {
+          if (message.uid === EMITTER_UID) return Deferred.doneUnsafe(echoed, Exit.void)
+          membership.seen(message.uid)
+          if (message.type === MessageType.ADAPTER_CLOSE) {
+            membership.remove(message.uid)
+            requests.forget(message.uid)
+          } else if (
+            message.type === MessageType.FETCH_SOCKETS_RESPONSE ||
+            message.type === MessageType.SERVER_SIDE_EMIT_RESPONSE
+          ) {
+            requests.answer(message)
+          }
+        },
       })
       const listening = yield* Deferred.make<void>()
-      const membership = yield* heartbeat.track({
-        publishHeartbeat: Effect.void,
-        onNodeDown: forget,
-      })
-      current = { membership }
       yield* listener.subscribe(channelName(config.channelPrefix, nsp), {
         onNotification: receive,
         onListen: () => {
-          runFork(publish(nsp, { type: MessageType.INITIAL_HEARTBEAT }).pipe(Effect.ignore))
+          runFork(send(nsp, { type: MessageType.INITIAL_HEARTBEAT }).pipe(Effect.ignore))
           Deferred.doneUnsafe(listening, Exit.void)
         },
       })
@@ -246,14 +235,25 @@ export const make = Effect.gen(function* () {
         known = membership.nodes().length
         yield* Effect.sleep(quiet)
       }
-      return current
+      return membership
     })
 
-  const watch = (nsp: string) =>
+  // In a scope of its own: a watch that failed (e.g. PostgreSQL down) must not leave its
+  // subscription and membership behind, one more per failed request, until the layer closes.
+  const startWatch = (nsp: string) =>
+    Effect.gen(function* () {
+      const child = yield* Scope.fork(scope, "sequential")
+      return yield* watchIn(nsp).pipe(
+        Scope.provide(child),
+        Effect.onExit((exit) => (Exit.isFailure(exit) ? Scope.close(child, exit) : Effect.void)),
+      )
+    })
+
+  return (nsp: string): Effect.Effect<Heartbeat.Membership, PublishError> =>
     Effect.suspend(() => {
       const existing = watches.get(nsp)
       if (existing !== undefined) return Deferred.await(existing)
-      const created = Deferred.makeUnsafe<Watch, PublishError>()
+      const created = Deferred.makeUnsafe<Heartbeat.Membership, PublishError>()
       watches.set(nsp, created)
       return startWatch(nsp).pipe(
         Effect.exit,
@@ -263,51 +263,10 @@ export const make = Effect.gen(function* () {
         }),
       )
     })
-
-  const request = <A>(
-    nsp: string,
-    type: typeof MessageType.FETCH_SOCKETS | typeof MessageType.SERVER_SIDE_EMIT,
-    data: (requestId: string) => Record<string, unknown>,
-  ) =>
-    Effect.gen(function* () {
-      const { membership } = yield* watch(nsp)
-      const nodes = membership.nodes()
-      if (nodes.length === 0) return { responses: [], missing: 0 } as RequestResult<A>
-      const requestId = crypto.randomUUID()
-      const entry: Pending = {
-        missing: new Set(nodes),
-        responses: [],
-        flatten: type === MessageType.FETCH_SOCKETS,
-        done: Deferred.makeUnsafe<void>(),
-      }
-      pending.set(requestId, entry)
-      yield* publish(nsp, { type, data: data(requestId) }).pipe(
-        Effect.andThen(
-          Deferred.await(entry.done).pipe(Effect.timeout(config.requestsTimeout), Effect.ignore),
-        ),
-        Effect.ensuring(Effect.sync(() => pending.delete(requestId))),
-      )
-      return { responses: entry.responses as Array<A>, missing: entry.missing.size }
-    })
-
-  return ClusterEmitter.of({
-    publish,
-    broadcastStored,
-    fetchSockets: (nsp, target) =>
-      request<SocketDescription>(nsp, MessageType.FETCH_SOCKETS, (requestId) => ({
-        opts: { rooms: [...target.rooms], except: [...target.except], flags: target.flags },
-        requestId,
-      })),
-    serverSideEmitWithAck: (nsp, packet) =>
-      request<unknown>(nsp, MessageType.SERVER_SIDE_EMIT, (requestId) => ({
-        requestId,
-        packet: [...packet],
-      })),
-  })
 })
 
-/** The ClusterEmitter over its own Publisher, Listener and Heartbeat; needs `Config`, `Database`. */
-export const layer: Layer.Layer<ClusterEmitter, never, Config | Database> = Layer.effect(
+/** The ClusterEmitter over its own Publisher, Listener and Heartbeat; needs `AdapterConfig`, `Database`. */
+export const layer: Layer.Layer<ClusterEmitter, never, AdapterConfig | Database> = Layer.effect(
   ClusterEmitter,
   make,
 ).pipe(

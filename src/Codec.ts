@@ -1,33 +1,21 @@
 /**
  * The wire format: how a cluster message becomes a NOTIFY payload or an attachment, and back.
+ * What a message may hold is the protocol's business (`Protocol.decodeMessage` checks what these
+ * decoders give back); here, how it travels.
  *
  * @since 0.1.0
  */
 import { decode as msgpackDecode, Encoder } from "@msgpack/msgpack"
 import * as Result from "effect/Result"
-import { MAX_NOTIFY_BYTES } from "./Config.js"
+import { MAX_NOTIFY_BYTES } from "./AdapterConfig.js"
+import * as Protocol from "./Protocol.js"
 
-/** The uid of messages sent by an emitter; never counted as a cluster member. */
-export const EMITTER_UID = "emitter"
+export { EMITTER_UID, isOffset, MessageType, RESERVED_EVENTS } from "./Protocol.js"
 
-/** socket.io-adapter's message types (wire numbers). */
-export const MessageType = {
-  INITIAL_HEARTBEAT: 1,
-  HEARTBEAT: 2,
-  BROADCAST: 3,
-  SOCKETS_JOIN: 4,
-  SOCKETS_LEAVE: 5,
-  DISCONNECT_SOCKETS: 6,
-  FETCH_SOCKETS: 7,
-  FETCH_SOCKETS_RESPONSE: 8,
-  SERVER_SIDE_EMIT: 9,
-  SERVER_SIDE_EMIT_RESPONSE: 10,
-  BROADCAST_CLIENT_COUNT: 11,
-  BROADCAST_ACK: 12,
-  ADAPTER_CLOSE: 13,
-} as const
-
-/** A message as it travels: `uid`, `type`, usually `nsp` and `data`, extra fields allowed. */
+/**
+ * What `encode` takes: a message with `uid` first (receivers recognise their own notifications by
+ * that prefix, unparsed), `type`, usually `nsp` and `data`; a stored broadcast's `offset` last.
+ */
 export interface WireMessage {
   readonly uid: string
   readonly type: number
@@ -36,7 +24,10 @@ export interface WireMessage {
   readonly [key: string]: unknown
 }
 
-/** What a notification carries: a whole message, or the id of an attachment that holds it. */
+/**
+ * What a notification carries: a whole message (not checked against the protocol yet), or the id
+ * of an attachment that holds it.
+ */
 export type Notification =
   | { readonly _tag: "Inline"; readonly message: WireMessage }
   | {
@@ -64,12 +55,6 @@ export type Encoded =
 const encoder = new Encoder({ ignoreUndefined: true, initialBufferSize: 64 * 1024 })
 
 const MAX_BIGINT = 2n ** 63n - 1n
-
-const isResponse = (type: number): boolean =>
-  type === MessageType.FETCH_SOCKETS_RESPONSE ||
-  type === MessageType.SERVER_SIDE_EMIT_RESPONSE ||
-  type === MessageType.BROADCAST_CLIENT_COUNT ||
-  type === MessageType.BROADCAST_ACK
 
 /** True when `value` holds a Buffer, ArrayBuffer or typed array at any depth. */
 export const hasBinary = (value: unknown, seen?: Set<object>): boolean => {
@@ -110,7 +95,7 @@ export const encode = (message: WireMessage, threshold: number): Encoded => {
     _tag: "Attachment",
     bytes,
     header: (attachmentId) => {
-      const requestId = isResponse(message.type)
+      const requestId = Protocol.isResponse(message.type)
         ? ((message.data as { requestId?: unknown } | undefined)?.requestId as string | undefined)
         : undefined
       // `offset` last: its placeholder is found from the end (see splitAtOffsetPlaceholder).
@@ -152,10 +137,6 @@ export const decodePacketData = (bytes: Uint8Array): Result.Result<Array<unknown
     : Result.fail("stored packet is not an array")
 }
 
-/** A recovery offset as it travels: the text of a positive bigint. */
-export const isOffset = (u: unknown): u is string =>
-  typeof u === "string" && /^\d{1,19}$/.test(u) && BigInt(u) <= MAX_BIGINT
-
 // Stands for a stored packet's offset until PostgreSQL gives it out, in the statement that stores
 // the packet: 19 digits, so that the payload's length is checked with the longest offset.
 const OFFSET_PLACEHOLDER = "9223372036854775806"
@@ -192,7 +173,7 @@ export const storedOffsetOf = (payload: string): string | undefined => {
   const at = payload.lastIndexOf(OFFSET_FIELD)
   if (at === -1) return undefined
   const offset = payload.slice(at + OFFSET_FIELD.length, -2)
-  return isOffset(offset) ? offset : undefined
+  return Protocol.isOffset(offset) ? offset : undefined
 }
 
 // msgpack encodes typed arrays and DataViews as binary, but a bare ArrayBuffer as an empty map:
@@ -245,6 +226,8 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
   }
   if (nsp !== undefined && typeof nsp !== "string") return Result.fail("nsp is not a string")
   if (attachmentId !== undefined) {
+    // Not worth a SELECT: a type no node sends.
+    if (!Object.hasOwn(Protocol.members, type)) return Result.fail(`unknown message type ${type}`)
     if (typeof attachmentId !== "string" && typeof attachmentId !== "number") {
       return Result.fail("attachmentId is not a string or number")
     }
@@ -259,7 +242,7 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
       nsp,
       attachmentId: id,
       ...(typeof parsed.requestId === "string" ? { requestId: parsed.requestId } : {}),
-      ...(isOffset(parsed.offset) ? { offset: parsed.offset } : {}),
+      ...(Protocol.isOffset(parsed.offset) ? { offset: parsed.offset } : {}),
     }
     return Result.succeed(notification)
   }
@@ -295,90 +278,4 @@ const toBuffers = (value: unknown): unknown => {
     for (const key of Object.keys(value)) value[key] = toBuffers(value[key])
   }
   return value
-}
-
-const isStringArray = (u: unknown): boolean =>
-  Array.isArray(u) && u.every((s) => typeof s === "string" || typeof s === "number")
-
-const validOpts = (opts: unknown): boolean =>
-  isRecord(opts) &&
-  isStringArray(opts.rooms) &&
-  isStringArray(opts.except) &&
-  (opts.flags === undefined || isRecord(opts.flags))
-
-/** Event names Socket.IO reserves: clients' parsers refuse them, emitters must not send them. */
-export const RESERVED_EVENTS: ReadonlySet<string> = new Set([
-  "connect",
-  "connect_error",
-  "disconnect",
-  "disconnecting",
-  "newListener",
-  "removeListener",
-])
-
-// What Socket.IO broadcasts: an EVENT (type 2) whose data starts with an event name, maybe with
-// an ack id. Anything else is forwarded to the clients as is, and a packet their parser rejects
-// (another type, no event name, a reserved one) makes every one of them drop its connection.
-const validBroadcastPacket = (packet: unknown): boolean => {
-  if (!isRecord(packet) || packet.type !== 2) return false
-  const data = packet.data
-  if (!Array.isArray(data) || data.length === 0) return false
-  const event = data[0]
-  if (typeof event !== "number" && (typeof event !== "string" || RESERVED_EVENTS.has(event))) {
-    return false
-  }
-  const id = packet.id
-  return id === undefined || (typeof id === "number" && Number.isSafeInteger(id) && id >= 0)
-}
-
-/**
- * Checks that a message has the shape its type requires, so that malformed input from another
- * program is skipped with a reason instead of throwing inside Socket.IO. `undefined` when valid.
- */
-export const validateMessage = (message: WireMessage): string | undefined => {
-  const data = message.data
-  switch (message.type) {
-    case MessageType.INITIAL_HEARTBEAT:
-    case MessageType.HEARTBEAT:
-    case MessageType.ADAPTER_CLOSE:
-      return undefined
-    case MessageType.BROADCAST:
-      return isRecord(data) && validOpts(data.opts) && validBroadcastPacket(data.packet)
-        ? undefined
-        : "BROADCAST needs data.opts and data.packet (an EVENT packet with an event name)"
-    case MessageType.SOCKETS_JOIN:
-    case MessageType.SOCKETS_LEAVE:
-      return isRecord(data) && validOpts(data.opts) && isStringArray(data.rooms)
-        ? undefined
-        : "SOCKETS_JOIN/LEAVE needs data.opts and data.rooms"
-    case MessageType.DISCONNECT_SOCKETS:
-      return isRecord(data) && validOpts(data.opts)
-        ? undefined
-        : "DISCONNECT_SOCKETS needs data.opts"
-    case MessageType.FETCH_SOCKETS:
-      return isRecord(data) && validOpts(data.opts) && typeof data.requestId === "string"
-        ? undefined
-        : "FETCH_SOCKETS needs data.opts and data.requestId"
-    case MessageType.SERVER_SIDE_EMIT:
-      return isRecord(data) && Array.isArray(data.packet) && data.packet.length > 0
-        ? undefined
-        : "SERVER_SIDE_EMIT needs data.packet (an array)"
-    case MessageType.FETCH_SOCKETS_RESPONSE:
-      return isRecord(data) && typeof data.requestId === "string" && Array.isArray(data.sockets)
-        ? undefined
-        : "FETCH_SOCKETS_RESPONSE needs data.requestId and data.sockets"
-    case MessageType.SERVER_SIDE_EMIT_RESPONSE:
-    case MessageType.BROADCAST_ACK:
-      return isRecord(data) && typeof data.requestId === "string"
-        ? undefined
-        : "response needs data.requestId"
-    case MessageType.BROADCAST_CLIENT_COUNT:
-      return isRecord(data) &&
-        typeof data.requestId === "string" &&
-        typeof data.clientCount === "number"
-        ? undefined
-        : "BROADCAST_CLIENT_COUNT needs data.requestId and data.clientCount"
-    default:
-      return `unknown message type ${message.type}`
-  }
 }

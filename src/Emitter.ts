@@ -13,9 +13,10 @@ import type pg from "pg"
 import { channelName } from "./Channel.js"
 import * as ClusterEmitter from "./ClusterEmitter.js"
 import * as Codec from "./Codec.js"
-import * as Config from "./Config.js"
+import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
 import { ConfigError, ErrorHandler, PublishError } from "./Errors.js"
+import * as DebugLog from "./internal/debugLog.js"
 
 const { MessageType } = Codec
 
@@ -82,13 +83,15 @@ class Core {
   constructor(
     readonly pool: pg.Pool,
     readonly options: EmitterOptions | undefined,
-    readonly config: Config.ClusterConfig,
+    readonly config: AdapterConfig.ClusterConfig,
   ) {
-    this.#errorHandler = options?.errorHandler ?? (() => {})
+    this.#errorHandler = options?.errorHandler ?? DebugLog.makeDefaultErrorHandler()
     this.#layer = ClusterEmitter.layer.pipe(
-      Layer.provide(Layer.succeed(Config.Config, config)),
+      Layer.provide(Layer.succeed(AdapterConfig.AdapterConfig, config)),
       Layer.provide(Database.layerPool(pool)),
       Layer.provide(Layer.succeed(ErrorHandler, this.#errorHandler)),
+      // Logs go to `debug` (quiet unless DEBUG asks); failures to the errorHandler.
+      Layer.provideMerge(DebugLog.layer),
     )
   }
 
@@ -191,7 +194,7 @@ export class Emitter<
           message: "Invalid option connectionStateRecovery: must be a boolean",
         })
       }
-      core = new Core(pool, options, Config.decodeSync(options))
+      core = new Core(pool, options, AdapterConfig.decodeSync(options))
     }
     this.#core = core
     this.nsp = nsp.startsWith("/") ? nsp : `/${nsp}`

@@ -12,7 +12,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import { Config } from "./Config.js"
+import { AdapterConfig } from "./AdapterConfig.js"
 
 /** The members of one namespace's cluster, as seen by this node. */
 export interface Membership {
@@ -45,7 +45,7 @@ export class Heartbeat extends Context.Service<
 
 /** Builds the Heartbeat service. */
 export const make = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   const interval = Duration.toMillis(config.heartbeatInterval)
   const timeout = Duration.toMillis(config.heartbeatTimeout)
   const checkEvery = Duration.millis(Math.max(1, Math.min(1000, Math.floor(timeout / 4))))
@@ -95,5 +95,5 @@ export const make = Effect.gen(function* () {
   return Heartbeat.of({ track })
 })
 
-/** The Heartbeat layer; needs `Config`. */
-export const layer: Layer.Layer<Heartbeat, never, Config> = Layer.effect(Heartbeat, make)
+/** The Heartbeat layer; needs `AdapterConfig`. */
+export const layer: Layer.Layer<Heartbeat, never, AdapterConfig> = Layer.effect(Heartbeat, make)

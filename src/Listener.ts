@@ -39,7 +39,7 @@ import type * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import * as Stream from "effect/Stream"
 import { quoteIdentifier } from "./Channel.js"
-import { Config } from "./Config.js"
+import { AdapterConfig } from "./AdapterConfig.js"
 import { connect, Database, type DedicatedClient } from "./Database.js"
 import { destroySocket } from "./internal/pool.js"
 import { type DatabaseError, ListenError, report } from "./Errors.js"
@@ -138,7 +138,7 @@ type Step<I> = (
 
 /** Builds the Listener; its sessions run until the scope closes. */
 export const make = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   const database = yield* Database
   // Handlers' failures are logged, and LISTEN failures reported, with the layer's services (the
   // application's logger and error handler), also when a subscriber's fiber starts the LISTEN.
@@ -497,5 +497,8 @@ const watchConnection = (
   )
 }
 
-/** The Listener layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<Listener, never, Config | Database> = Layer.effect(Listener, make)
+/** The Listener layer; needs `AdapterConfig` and `Database`. */
+export const layer: Layer.Layer<Listener, never, AdapterConfig | Database> = Layer.effect(
+  Listener,
+  make,
+)

@@ -26,12 +26,15 @@ import type pg from "pg"
 import * as AttachmentStore from "./AttachmentStore.js"
 import { channelName } from "./Channel.js"
 import * as Codec from "./Codec.js"
-import * as Config from "./Config.js"
+import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
 import { ErrorHandler, report } from "./Errors.js"
 import * as Listener from "./Listener.js"
 import * as Metrics from "./Metrics.js"
+import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
+import * as DebugLog from "./internal/debugLog.js"
+import { setUpTables } from "./internal/tableSetup.js"
 
 const { MessageType } = Codec
 
@@ -398,7 +401,7 @@ const makeSkipLogger = (log: (message: string) => void, context: Context.Context
  * departure and waits (up to `publishTimeout`) for in-flight publishes.
  */
 export const make = Effect.fnUntraced(function* (workers: Workers) {
-  const config = yield* Config.Config
+  const config = yield* AdapterConfig.AdapterConfig
   const listener = yield* Listener.Listener
   const publisher = yield* Publisher.Publisher
   const store = yield* AttachmentStore.AttachmentStore
@@ -456,9 +459,9 @@ export const make = Effect.fnUntraced(function* (workers: Workers) {
       skip,
       deliver: (message) => {
         if (message.nsp !== undefined && message.nsp !== nsp) return
-        const invalid = Codec.validateMessage(message)
+        const decoded = Protocol.decodeMessage(message)
         // A worker would throw on it inside its IPC handler.
-        if (invalid !== undefined) return skip(invalid)
+        if (Result.isFailure(decoded)) return skip(decoded.failure)
         relay.fromCluster(nsp, message)
       },
     })
@@ -493,20 +496,10 @@ export const make = Effect.fnUntraced(function* (workers: Workers) {
 
 /** The attachments table: created when `createTable` is on, its old rows deleted on schedule. */
 const housekeeping = Effect.gen(function* () {
-  const config = yield* Config.Config
+  const config = yield* AdapterConfig.AdapterConfig
   const store = yield* AttachmentStore.AttachmentStore
   if (config.createTable) {
-    const setup = yield* store.ensureTable.pipe(
-      Effect.tapError((error) =>
-        Effect.logWarning(`creating the attachments table failed: ${error.message}`),
-      ),
-      Effect.retry(
-        Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("10 seconds")]),
-      ),
-      Effect.forkScoped,
-    )
-    // The first attachments should find their table; PostgreSQL may come later.
-    yield* Fiber.await(setup).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+    yield* setUpTables("the attachments table", store.ensureTable)
   }
   yield* store.deleteOlderThan(config.cleanupInterval).pipe(
     Effect.catchCause((cause) => Effect.logWarning("cleanup failed", cause)),
@@ -523,7 +516,10 @@ export const layer = (
 ): Layer.Layer<
   never,
   never,
-  Config.Config | Listener.Listener | Publisher.Publisher | AttachmentStore.AttachmentStore
+  | AdapterConfig.AdapterConfig
+  | Listener.Listener
+  | Publisher.Publisher
+  | AttachmentStore.AttachmentStore
 > => Layer.effectDiscard(Effect.suspend(() => make(workers ?? nodeCluster())))
 
 const ignoreError = () => {}
@@ -580,11 +576,11 @@ export const nodeCluster = (): Workers & { readonly close: () => void } => {
  * `createAdapter` (validated: a bad one throws an error that names it). Call it before forking.
  * The pool is never ended by us.
  */
-export function setupPrimary(pool: pg.Pool, options?: Config.AdapterOptions): PrimaryHandle {
+export function setupPrimary(pool: pg.Pool, options?: AdapterConfig.AdapterOptions): PrimaryHandle {
   if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
     throw new TypeError("setupPrimary(pool, options): pool must be a pg.Pool")
   }
-  const config = Config.decodeSync(options)
+  const config = AdapterConfig.decodeSync(options)
   if (!cluster.isPrimary) {
     throw new Error(
       "setupPrimary(pool, options) runs in the primary process (cluster.isPrimary is false); " +
@@ -593,9 +589,10 @@ export function setupPrimary(pool: pg.Pool, options?: Config.AdapterOptions): Pr
   }
   const workers = nodeCluster()
   const base = Layer.mergeAll(
-    Layer.succeed(Config.Config, config),
+    Layer.succeed(AdapterConfig.AdapterConfig, config),
     Database.layerPool(pool),
-    Layer.succeed(ErrorHandler, options?.errorHandler ?? (() => {})),
+    Layer.succeed(ErrorHandler, options?.errorHandler ?? DebugLog.makeDefaultErrorHandler()),
+    DebugLog.layer,
   )
   const services = Layer.mergeAll(Listener.layer, Publisher.layer, AttachmentStore.layer)
   const runtime = ManagedRuntime.make(

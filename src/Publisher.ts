@@ -13,7 +13,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { quoteTableName } from "./Channel.js"
 import * as Codec from "./Codec.js"
-import { Config } from "./Config.js"
+import { AdapterConfig } from "./AdapterConfig.js"
 import { Database, StatementTimeout } from "./Database.js"
 import { type DatabaseError, PublishError } from "./Errors.js"
 import {
@@ -118,7 +118,7 @@ const settle = (item: Item, error: PublishError | undefined, offset?: string, af
  * statement itself at low rates (measured with `npm run bench`, scenario `small-rate`).
  */
 export const make = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   const database = yield* Database
   // Metrics are updated in the application's context (its metric registry).
   const context = yield* Effect.context<never>()
@@ -290,5 +290,8 @@ const encodeItem = (
   }
 }
 
-/** The Publisher layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<Publisher, never, Config | Database> = Layer.effect(Publisher, make)
+/** The Publisher layer; needs `AdapterConfig` and `Database`. */
+export const layer: Layer.Layer<Publisher, never, AdapterConfig | Database> = Layer.effect(
+  Publisher,
+  make,
+)

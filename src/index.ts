@@ -4,7 +4,7 @@
  * @since 0.1.0
  */
 export { createAdapter, PostgresAdapter } from "./Adapter.js"
-export type { AdapterOptions } from "./Config.js"
+export type { AdapterOptions } from "./AdapterConfig.js"
 export { ConfigError, DatabaseError, ListenError, PublishError } from "./Errors.js"
 export { BroadcastOperator, Emitter, RESERVED_EVENTS } from "./Emitter.js"
 export type {

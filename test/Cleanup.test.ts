@@ -16,7 +16,7 @@ import type pg from "pg"
 import * as AttachmentStoreModule from "../src/AttachmentStore.js"
 import { AttachmentStore } from "../src/AttachmentStore.js"
 import * as Cleanup from "../src/Cleanup.js"
-import * as Config from "../src/Config.js"
+import * as AdapterConfig from "../src/AdapterConfig.js"
 import * as Database from "../src/Database.js"
 import { DatabaseError } from "../src/Errors.js"
 import { createAttachmentTable, dropTable, makePool, suiteId } from "./utils/postgres.js"
@@ -53,8 +53,8 @@ const makeCleanup = (fails: (call: number) => boolean = () => false) => {
       }),
   })
   const config = Layer.succeed(
-    Config.Config,
-    Config.decodeSync({ cleanupInterval: CLEANUP_INTERVAL }),
+    AdapterConfig.AdapterConfig,
+    AdapterConfig.decodeSync({ cleanupInterval: CLEANUP_INTERVAL }),
   )
   const logger = recordingLogger(recorded.logs)
   const layer = Cleanup.layer.pipe(Layer.provide(Layer.merge(store, config)))
@@ -150,8 +150,8 @@ describe("Cleanup", () => {
 
 describe("Cleanup tasks registered by others", () => {
   const config = Layer.succeed(
-    Config.Config,
-    Config.decodeSync({ cleanupInterval: CLEANUP_INTERVAL }),
+    AdapterConfig.AdapterConfig,
+    AdapterConfig.decodeSync({ cleanupInterval: CLEANUP_INTERVAL }),
   )
 
   /** A task that counts its runs, failing (or dying) on the runs `fails` says. */
@@ -264,8 +264,8 @@ describe("Cleanup of attachments against PostgreSQL", () => {
         Layer.provide(
           Layer.merge(
             Layer.succeed(
-              Config.Config,
-              Config.decodeSync({ tableName: table, cleanupInterval: CLEANUP_INTERVAL }),
+              AdapterConfig.AdapterConfig,
+              AdapterConfig.decodeSync({ tableName: table, cleanupInterval: CLEANUP_INTERVAL }),
             ),
             Database.layerPool(pool),
           ),

@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Result from "effect/Result"
 import * as fc from "fast-check"
 import * as Codec from "../src/Codec.js"
-import { MAX_NOTIFY_BYTES } from "../src/Config.js"
+import { MAX_NOTIFY_BYTES } from "../src/AdapterConfig.js"
 
 const { MessageType } = Codec
 
@@ -428,6 +428,7 @@ describe("Codec.decodeNotification", () => {
       '{"uid":"a","type":3,"attachmentId":"12345678901234567890"}',
       '{"uid":"a","type":3,"attachmentId":null}',
       '{"uid":"a","type":3,"attachmentId":{}}',
+      '{"uid":"a","type":14,"attachmentId":"1"}',
     ]
     for (const payload of junk) {
       const reason = failure(Codec.decodeNotification(payload))
@@ -481,141 +482,6 @@ describe("Codec.decodeAttachment", () => {
       fc.property(fc.uint8Array({ maxLength: 100 }), (bytes) => {
         Codec.decodeAttachment(bytes)
       }),
-    )
-  })
-})
-
-describe("Codec.validateMessage", () => {
-  const opts = { rooms: ["r1"], except: [], flags: { volatile: true } }
-  const wellFormed: ReadonlyArray<Codec.WireMessage> = [
-    { uid: "a", type: MessageType.INITIAL_HEARTBEAT, nsp: "/" },
-    { uid: "a", type: MessageType.HEARTBEAT, nsp: "/" },
-    {
-      uid: "a",
-      type: MessageType.BROADCAST,
-      nsp: "/",
-      data: { opts, packet: { type: 2, data: ["e", 1], nsp: "/" } },
-    },
-    {
-      uid: "a",
-      type: MessageType.BROADCAST,
-      nsp: "/",
-      data: { opts, packet: { type: 2, data: ["e"] }, requestId: "r" },
-    },
-    { uid: "a", type: MessageType.SOCKETS_JOIN, nsp: "/", data: { opts, rooms: ["r2"] } },
-    { uid: "a", type: MessageType.SOCKETS_LEAVE, nsp: "/", data: { opts, rooms: ["r2"] } },
-    { uid: "a", type: MessageType.DISCONNECT_SOCKETS, nsp: "/", data: { opts, close: true } },
-    { uid: "a", type: MessageType.FETCH_SOCKETS, nsp: "/", data: { opts, requestId: "r" } },
-    {
-      uid: "a",
-      type: MessageType.FETCH_SOCKETS_RESPONSE,
-      nsp: "/",
-      data: { requestId: "r", sockets: [] },
-    },
-    { uid: "a", type: MessageType.SERVER_SIDE_EMIT, nsp: "/", data: { packet: ["hello", 1] } },
-    {
-      uid: "a",
-      type: MessageType.SERVER_SIDE_EMIT,
-      nsp: "/",
-      data: { packet: ["hello"], requestId: "r" },
-    },
-    {
-      uid: "a",
-      type: MessageType.SERVER_SIDE_EMIT_RESPONSE,
-      nsp: "/",
-      data: { requestId: "r", packet: 1 },
-    },
-    {
-      uid: "a",
-      type: MessageType.BROADCAST_CLIENT_COUNT,
-      nsp: "/",
-      data: { requestId: "r", clientCount: 2 },
-    },
-    {
-      uid: "a",
-      type: MessageType.BROADCAST_ACK,
-      nsp: "/",
-      data: { requestId: "r", packet: ["ok"] },
-    },
-    { uid: "a", type: MessageType.ADAPTER_CLOSE, nsp: "/" },
-  ]
-
-  it("accepts every well-formed message type, 1 to 13", () => {
-    const types = new Set<number>()
-    for (const message of wellFormed) {
-      assert.isUndefined(Codec.validateMessage(message), JSON.stringify(message))
-      types.add(message.type)
-    }
-    assert.strictEqual(types.size, 13)
-  })
-
-  it("rejects malformed messages with a reason", () => {
-    const malformed: ReadonlyArray<Codec.WireMessage> = [
-      { uid: "a", type: MessageType.BROADCAST, data: null },
-      { uid: "a", type: MessageType.BROADCAST, data: { packet: { data: [] } } },
-      {
-        uid: "a",
-        type: MessageType.BROADCAST,
-        data: { opts: { rooms: "r", except: [] }, packet: {} },
-      },
-      { uid: "a", type: MessageType.BROADCAST, data: { opts, packet: { data: "not an array" } } },
-      { uid: "a", type: MessageType.BROADCAST, data: { opts: { ...opts, flags: 3 }, packet: {} } },
-      { uid: "a", type: MessageType.SOCKETS_JOIN, data: { opts } },
-      { uid: "a", type: MessageType.SOCKETS_LEAVE, data: { opts, rooms: [{}] } },
-      { uid: "a", type: MessageType.DISCONNECT_SOCKETS, data: {} },
-      { uid: "a", type: MessageType.FETCH_SOCKETS, data: { opts } },
-      { uid: "a", type: MessageType.FETCH_SOCKETS_RESPONSE, data: { requestId: "r", sockets: {} } },
-      { uid: "a", type: MessageType.SERVER_SIDE_EMIT, data: { packet: [] } },
-      { uid: "a", type: MessageType.SERVER_SIDE_EMIT, data: { packet: "hello" } },
-      { uid: "a", type: MessageType.SERVER_SIDE_EMIT_RESPONSE, data: { requestId: 1 } },
-      {
-        uid: "a",
-        type: MessageType.BROADCAST_CLIENT_COUNT,
-        data: { requestId: "r", clientCount: "2" },
-      },
-      { uid: "a", type: MessageType.BROADCAST_ACK, data: [] },
-      { uid: "a", type: 0 },
-      { uid: "a", type: 14 },
-      { uid: "a", type: -1 },
-    ]
-    for (const message of malformed) {
-      const reason = Codec.validateMessage(message)
-      assert.isString(reason, JSON.stringify(message))
-    }
-  })
-
-  it("never throws, whatever JSON value is under data, for any type", () => {
-    fc.assert(
-      fc.property(
-        fc.record({
-          type: fc.oneof(fc.integer({ min: 1, max: 13 }), fc.integer()),
-          data: fc.oneof(
-            fc.jsonValue({ maxDepth: 4 }),
-            fc.record(
-              {
-                opts: fc.oneof(
-                  fc.jsonValue(),
-                  fc.record({
-                    rooms: fc.jsonValue(),
-                    except: fc.jsonValue(),
-                    flags: fc.jsonValue(),
-                  }),
-                ),
-                packet: fc.oneof(fc.jsonValue(), fc.record({ data: fc.jsonValue() })),
-                rooms: fc.jsonValue(),
-                requestId: fc.jsonValue(),
-                sockets: fc.jsonValue(),
-                clientCount: fc.jsonValue(),
-              },
-              { requiredKeys: [] },
-            ),
-          ),
-        }),
-        ({ type, data }) => {
-          const result = Codec.validateMessage({ uid: "a", type, nsp: "/", data })
-          assert.isTrue(result === undefined || typeof result === "string")
-        },
-      ),
     )
   })
 })

@@ -9,14 +9,14 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import { TestClock } from "effect/testing"
-import * as Config from "../src/Config.js"
+import * as AdapterConfig from "../src/AdapterConfig.js"
 import * as Heartbeat from "../src/Heartbeat.js"
 
 const HeartbeatTest = Heartbeat.layer.pipe(
   Layer.provide(
     Layer.succeed(
-      Config.Config,
-      Config.decodeSync({ heartbeatInterval: 5000, heartbeatTimeout: 10000 }),
+      AdapterConfig.AdapterConfig,
+      AdapterConfig.decodeSync({ heartbeatInterval: 5000, heartbeatTimeout: 10000 }),
     ),
   ),
 )

@@ -18,7 +18,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { TestClock } from "effect/testing"
 import type pg from "pg"
-import * as Config from "../src/Config.js"
+import * as AdapterConfig from "../src/AdapterConfig.js"
 import * as Database from "../src/Database.js"
 import { ErrorHandler } from "../src/Errors.js"
 import * as Listener from "../src/Listener.js"
@@ -56,7 +56,7 @@ const fresh = (what: string) => `${id}_${what}_${names++}`
  */
 const listenerWith = (
   appName: string,
-  options: Config.AdapterOptions = {},
+  options: AdapterConfig.AdapterOptions = {},
   connectionString?: string,
 ) =>
   Effect.gen(function* () {
@@ -71,7 +71,10 @@ const listenerWith = (
       Listener.layer.pipe(
         Layer.provide(
           Layer.mergeAll(
-            Layer.succeed(Config.Config, Config.decodeSync({ reconnectMaxDelay: 200, ...options })),
+            Layer.succeed(
+              AdapterConfig.AdapterConfig,
+              AdapterConfig.decodeSync({ reconnectMaxDelay: 200, ...options }),
+            ),
             Database.layerPool(pool),
             Layer.succeed(ErrorHandler, (error: Error) => void errors.push(error)),
           ),

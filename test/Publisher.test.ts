@@ -18,7 +18,7 @@ import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import pg from "pg"
 import * as Codec from "../src/Codec.js"
-import * as Config from "../src/Config.js"
+import * as AdapterConfig from "../src/AdapterConfig.js"
 import * as Database from "../src/Database.js"
 import type { PublishError } from "../src/Errors.js"
 import * as Metrics from "../src/Metrics.js"
@@ -51,12 +51,15 @@ const fromPromise = <A>(promise: () => Promise<A>) =>
   Effect.tryPromise({ try: promise, catch: (error) => error as Error })
 
 /** A Publisher over the test pool and the suite's attachments table, closed with the scope. */
-const publisherWith = (options: Config.AdapterOptions = {}) =>
+const publisherWith = (options: AdapterConfig.AdapterOptions = {}) =>
   Layer.build(
     Publisher.layer.pipe(
       Layer.provide(
         Layer.mergeAll(
-          Layer.succeed(Config.Config, Config.decodeSync({ tableName: table, ...options })),
+          Layer.succeed(
+            AdapterConfig.AdapterConfig,
+            AdapterConfig.decodeSync({ tableName: table, ...options }),
+          ),
           Database.layerPool(pool),
         ),
       ),

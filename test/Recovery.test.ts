@@ -13,7 +13,7 @@ import * as Tracer from "effect/Tracer"
 import { TestClock } from "effect/testing"
 import { MAX_IDENTIFIER_BYTES } from "../src/Channel.js"
 import * as Cleanup from "../src/Cleanup.js"
-import * as Config from "../src/Config.js"
+import * as AdapterConfig from "../src/AdapterConfig.js"
 import * as Database from "../src/Database.js"
 import * as Publisher from "../src/Publisher.js"
 import * as Recovery from "../src/recovery/Recovery.js"
@@ -596,8 +596,8 @@ describe("Recovery.cleanup", () => {
           Layer.provide(
             Layer.mergeAll(
               Layer.succeed(
-                Config.Config,
-                Config.decodeSync({ recoveryTablePrefix: prefix, cleanupInterval: 1000 }),
+                AdapterConfig.AdapterConfig,
+                AdapterConfig.decodeSync({ recoveryTablePrefix: prefix, cleanupInterval: 1000 }),
               ),
               recording,
             ),

@@ -8,7 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
-import { ClusterEmitter, Codec, Config, Database } from "../src/effect.js"
+import { AdapterConfig, ClusterEmitter, Codec, Database } from "../src/effect.js"
 import { startCluster, type Cluster } from "./utils/nodes.js"
 import { waitFor } from "./utils/cluster.js"
 import { makePool } from "./utils/postgres.js"
@@ -45,13 +45,13 @@ describe("ClusterEmitter service against 3 servers on our adapter", () => {
     await cluster?.close()
   })
 
-  /** The service as an application would build it: Config and Database provided from outside. */
+  /** The service as an application would build it: AdapterConfig and Database provided from outside. */
   const emitterLayer = () =>
     ClusterEmitter.layer.pipe(
       Layer.provide(
         Layer.succeed(
-          Config.Config,
-          Config.decodeSync({ channelPrefix: cluster.id, tableName: cluster.id }),
+          AdapterConfig.AdapterConfig,
+          AdapterConfig.decodeSync({ channelPrefix: cluster.id, tableName: cluster.id }),
         ),
       ),
       Layer.provide(Database.layerPool(pool)),

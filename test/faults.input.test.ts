@@ -2,11 +2,12 @@
  * Guarantee 4 (bad input): junk NOTIFYed on our channel by some other program is skipped with a
  * warning, one notification at a time, while real packets keep arriving complete and in order.
  */
+import createDebug from "debug"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import type pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest"
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest"
 import * as Metrics from "../src/Metrics.js"
 import { watchProcessFaults } from "./fixtures/faults.js"
 import { collect } from "./utils/cluster.js"
@@ -123,8 +124,15 @@ describe("when junk is notified on the adapter's channel", () => {
   })
 
   it("delivers every real packet in order and skips each junk notification with a warning", async () => {
+    // Plain apps log through `debug` (quiet unless DEBUG asks): ask, and keep what it writes.
     const logged: Array<string> = []
-    vi.spyOn(console, "log").mockImplementation((...args) => void logged.push(args.join(" ")))
+    const log = createDebug.log
+    createDebug.log = (...args: Array<unknown>) => void logged.push(args.join(" "))
+    createDebug.enable("socket.io-postgres-effect:*")
+    onTestFinished(() => {
+      createDebug.disable()
+      createDebug.log = log
+    })
     const skippedBefore = skippedCount()
     const [client0, client1] = clients
     const remote = collect(client1!, "n", REAL, 30_000)

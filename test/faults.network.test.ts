@@ -14,7 +14,7 @@
 import type pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { defaults } from "../src/Config.js"
+import { defaults } from "../src/AdapterConfig.js"
 import { createAdapter, Emitter, PublishError } from "../src/index.js"
 import { settleWithin, watchProcessFaults } from "./fixtures/faults.js"
 import {

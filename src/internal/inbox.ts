@@ -1,32 +1,50 @@
 /**
  * The receiving side shared by the adapter and the emitter: a notification payload becomes a
- * cluster message, inline or fetched from the attachments table, delivered in commit order.
+ * protocol message, inline or fetched from the attachments table, delivered in commit order.
  */
+import * as Context from "effect/Context"
 import * as Exit from "effect/Exit"
 import * as Result from "effect/Result"
 import type { AttachmentStore } from "../AttachmentStore.js"
 import * as Codec from "../Codec.js"
+import * as Metrics from "../Metrics.js"
+import * as Protocol from "../Protocol.js"
 import { OrderedDelivery } from "./ordered.js"
+
+const { MessageType } = Protocol
+
+/** What a notification says before any attachment is fetched. */
+export interface Header {
+  readonly uid: string
+  readonly type: number
+  readonly nsp: string | undefined
+  /** The request a response answers (responses only). */
+  readonly requestId?: string | undefined
+}
 
 /** What an inbox needs. */
 export interface InboxOptions {
   readonly store: AttachmentStore["Service"]
   /** Receives each message, in the order PostgreSQL delivered the notifications. */
-  readonly deliver: (message: Codec.WireMessage) => void
+  readonly deliver: (message: Protocol.Message) => void
   /** Told why a notification was skipped (malformed, attachment missing or unreadable). */
   readonly onSkipped: (reason: string) => void
-  /**
-   * Whether a notification is worth delivering; asked before any attachment is fetched. `requestId`
-   * is only given for attachments (inline answers are cheap to check later).
-   */
-  readonly wanted: (notification: { uid: string; type: number; requestId?: string }) => boolean
+  /** Whether a notification is worth delivering; asked before any attachment is fetched. */
+  readonly wanted: (header: Header) => boolean
   /**
    * Told at arrival of each wanted notification that carries a recovery offset, before any fetch;
-   * `retract` when that notification will not be delivered after all.
+   * `retract` when that notification will not be delivered with it after all.
    */
   readonly announce?: (offset: string) => void
   readonly retract?: (offset: string) => void
 }
+
+const headerOf = (message: Protocol.Message): Header => ({
+  uid: message.uid,
+  type: message.type,
+  nsp: message.nsp,
+  requestId: Protocol.responseTo(message),
+})
 
 /** Returns the function to hand each notification payload to. */
 export const makeInbox = (options: InboxOptions): ((payload: string) => void) => {
@@ -36,11 +54,12 @@ export const makeInbox = (options: InboxOptions): ((payload: string) => void) =>
     if (Result.isFailure(decoded)) return options.onSkipped(decoded.failure)
     const notification = decoded.success
     if (notification._tag === "Inline") {
-      const { message } = notification
-      // Answers to others are only worth skipping when skipping saves a SELECT.
-      if (!options.wanted({ uid: message.uid, type: message.type })) return
-      if (options.announce !== undefined && Codec.isOffset(message.offset)) {
-        options.announce(message.offset)
+      const checked = Protocol.decodeMessage(notification.message)
+      if (Result.isFailure(checked)) return options.onSkipped(checked.failure)
+      const message = checked.success
+      if (!options.wanted(headerOf(message))) return
+      if (message.type === MessageType.BROADCAST && message.offset !== undefined) {
+        options.announce?.(message.offset)
       }
       return inbox.push(message)
     }
@@ -62,13 +81,38 @@ export const makeInbox = (options: InboxOptions): ((payload: string) => void) =>
         skip(`attachment ${id} not found`)
         return fill(undefined)
       }
-      const message = Codec.decodeAttachment(exit.value)
+      const message = Result.flatMap(Codec.decodeAttachment(exit.value), Protocol.decodeMessage)
       if (Result.isFailure(message)) {
         skip(message.failure)
         return fill(undefined)
       }
+      if (offset === undefined) return fill(message.success)
+      // Only broadcasts are stored: an offset on anything else is not waited for.
+      if (message.success.type !== MessageType.BROADCAST) {
+        options.retract?.(offset)
+        return fill(message.success)
+      }
       // A stored broadcast's offset travels in the header (the row was written before it was known).
-      fill(offset === undefined ? message.success : { ...message.success, offset })
+      fill({ ...message.success, offset })
     })
+  }
+}
+
+/**
+ * Counts every skipped notification and logs at most one line per second about them, with how
+ * many there were: a flood of junk on a channel must not flood the log.
+ */
+export const makeSkipLogger = (log: (line: string) => void): ((reason: string) => void) => {
+  let skipped = 0
+  let last = 0
+  return (reason) => {
+    skipped++
+    Metrics.malformedNotifications.updateUnsafe(1, Context.empty())
+    const now = Date.now()
+    if (now - last >= 1000) {
+      log(`skipped ${skipped} malformed notification(s), last: ${reason}`)
+      skipped = 0
+      last = now
+    }
   }
 }

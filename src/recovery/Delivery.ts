@@ -7,13 +7,12 @@
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
-import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type { BroadcastOptions, PrivateSessionId, Session } from "socket.io-adapter"
 import * as Codec from "../Codec.js"
-import * as Config from "../Config.js"
+import * as AdapterConfig from "../AdapterConfig.js"
 import { Publisher } from "../Publisher.js"
+import { setUpTables } from "../internal/tableSetup.js"
 import { CatchUp } from "./CatchUp.js"
 import { Recovery } from "./Recovery.js"
 import { Restores } from "./Restores.js"
@@ -45,19 +44,10 @@ export const isStorable = (packet: any, opts: BroadcastOptions): boolean =>
 const setupStore = Effect.fnUntraced(function* (maxDisconnection: Duration.Duration) {
   const publisher = yield* Publisher
   const recovery = yield* Recovery
-  const config = yield* Config.Config
+  const config = yield* AdapterConfig.AdapterConfig
   yield* recovery.retain(maxDisconnection)
   if (config.createTable) {
-    const setup = yield* recovery.ensureTables.pipe(
-      Effect.tapError((error) =>
-        Effect.logWarning(`creating the recovery tables failed: ${error.message}`),
-      ),
-      Effect.retry(
-        Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("10 seconds")]),
-      ),
-      Effect.forkScoped,
-    )
-    yield* Fiber.await(setup).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+    yield* setUpTables("the recovery tables", recovery.ensureTables)
   }
   return publisher
 })
@@ -113,7 +103,11 @@ export class RecoveredDelivery {
   }
 
   /** Prepares stores (see {@link setupStore}); until then they wait, in order. */
-  setup(): Effect.Effect<void, never, Recovery | Config.Config | Publisher | Scope.Scope> {
+  setup(): Effect.Effect<
+    void,
+    never,
+    Recovery | AdapterConfig.AdapterConfig | Publisher | Scope.Scope
+  > {
     return Effect.map(setupStore(this.options.maxDisconnection), (publisher) => {
       this.#publisher = publisher
       this.#storeReadyResolve!(publisher)

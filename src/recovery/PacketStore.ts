@@ -11,7 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Result from "effect/Result"
 import * as Codec from "../Codec.js"
-import { Config } from "../Config.js"
+import { AdapterConfig } from "../AdapterConfig.js"
 import { Database, withTimeout } from "../Database.js"
 import type { DatabaseError } from "../Errors.js"
 import { type TableNames, tableNames } from "./Tables.js"
@@ -111,7 +111,7 @@ export class PacketStore extends Context.Service<
 
 /** Builds the store over the configured recovery tables. */
 export const make = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   // A statement past its deadline ends, its connection discarded (see `Database.query`).
   const database = withTimeout(yield* Database, config.publishTimeout)
   const t = tableNames(config.recoveryTablePrefix)
@@ -157,8 +157,8 @@ export const make = Effect.gen(function* () {
   return PacketStore.of({ lastOffset, packetsSince, cleanup })
 })
 
-/** The PacketStore layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<PacketStore, never, Config | Database> = Layer.effect(
+/** The PacketStore layer; needs `AdapterConfig` and `Database`. */
+export const layer: Layer.Layer<PacketStore, never, AdapterConfig | Database> = Layer.effect(
   PacketStore,
   make,
 )

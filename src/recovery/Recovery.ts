@@ -14,7 +14,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import { Cleanup } from "../Cleanup.js"
-import { Config } from "../Config.js"
+import { AdapterConfig } from "../AdapterConfig.js"
 import { Database, withTimeout } from "../Database.js"
 import type { DatabaseError, RecoveryError } from "../Errors.js"
 import * as PacketStore from "./PacketStore.js"
@@ -70,7 +70,7 @@ export class Recovery extends Context.Service<
 
 /** Builds the service; its cleanup joins the `Cleanup` loop at the first `retain`. */
 export const make = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   const packets = yield* PacketStore.PacketStore
   const sessions = yield* SessionStore.SessionStore
   const loop = yield* Cleanup
@@ -150,8 +150,8 @@ export const make = Effect.gen(function* () {
   })
 })
 
-/** The Recovery layer, with its stores; needs `Config`, `Database` and `Cleanup`. */
-export const layer: Layer.Layer<Recovery, never, Config | Database | Cleanup> = Layer.effect(
+/** The Recovery layer, with its stores; needs `AdapterConfig`, `Database` and `Cleanup`. */
+export const layer: Layer.Layer<Recovery, never, AdapterConfig | Database | Cleanup> = Layer.effect(
   Recovery,
   make,
 ).pipe(Layer.provide(Layer.merge(PacketStore.layer, SessionStore.layer)))

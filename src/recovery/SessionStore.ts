@@ -11,7 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Result from "effect/Result"
 import * as Codec from "../Codec.js"
-import { Config } from "../Config.js"
+import { AdapterConfig } from "../AdapterConfig.js"
 import { Database, withTimeout } from "../Database.js"
 import { type DatabaseError, RecoveryError } from "../Errors.js"
 import { type TableNames, tableNames } from "./Tables.js"
@@ -163,7 +163,7 @@ const restored = (pid: string, rows: ReadonlyArray<RestoreRow>) => {
 
 /** Builds the store over the configured recovery tables. */
 export const make = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* AdapterConfig
   // A statement past its deadline ends, its connection discarded (see `Database.query`).
   const database = withTimeout(yield* Database, config.publishTimeout)
   const t = tableNames(config.recoveryTablePrefix)
@@ -255,8 +255,8 @@ export const make = Effect.gen(function* () {
   return SessionStore.of({ persistLive, forget, persistAll, restore, cleanup })
 })
 
-/** The SessionStore layer; needs `Config` and `Database`. */
-export const layer: Layer.Layer<SessionStore, never, Config | Database> = Layer.effect(
+/** The SessionStore layer; needs `AdapterConfig` and `Database`. */
+export const layer: Layer.Layer<SessionStore, never, AdapterConfig | Database> = Layer.effect(
   SessionStore,
   make,
 )

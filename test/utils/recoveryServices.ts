@@ -11,7 +11,7 @@ import * as Layer from "effect/Layer"
 import pg from "pg"
 import * as Cleanup from "../../src/Cleanup.js"
 import type * as Codec from "../../src/Codec.js"
-import * as Config from "../../src/Config.js"
+import * as AdapterConfig from "../../src/AdapterConfig.js"
 import * as Database from "../../src/Database.js"
 import * as Publisher from "../../src/Publisher.js"
 import * as Recovery from "../../src/recovery/Recovery.js"
@@ -70,15 +70,15 @@ export const freshSchemaPrefix = (name: string): string => {
  */
 export const servicesLayer = (
   prefix: string,
-  options: Config.AdapterOptions = {},
+  options: AdapterConfig.AdapterOptions = {},
   on: pg.Pool = pool(),
 ): Layer.Layer<Recovery.Recovery | Publisher.Publisher | Cleanup.Cleanup> =>
   Layer.mergeAll(Recovery.layer.pipe(Layer.provideMerge(Cleanup.layerEmpty)), Publisher.layer).pipe(
     Layer.provide(
       Layer.mergeAll(
         Layer.succeed(
-          Config.Config,
-          Config.decodeSync({
+          AdapterConfig.AdapterConfig,
+          AdapterConfig.decodeSync({
             recoveryTablePrefix: prefix,
             tableName: `${prefix}_att`,
             ...options,

@@ -1,18 +1,18 @@
 /**
  * Option validation: defaults are resolved, and every bad option fails with an error that names it,
- * from `Config.decode` and from `createAdapter` alike.
+ * from `AdapterConfig.decode` and from `createAdapter` alike.
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Duration from "effect/Duration"
 import * as Result from "effect/Result"
 import * as fc from "fast-check"
 import pg from "pg"
-import * as Config from "../src/Config.js"
+import * as AdapterConfig from "../src/AdapterConfig.js"
 import { ConfigError } from "../src/Errors.js"
 import { createAdapter } from "../src/index.js"
 
-const decodeRight = (input: unknown): Config.ClusterConfig => {
-  const result = Config.decode(input)
+const decodeRight = (input: unknown): AdapterConfig.ClusterConfig => {
+  const result = AdapterConfig.decode(input)
   if (Result.isFailure(result)) {
     return assert.fail(`expected valid options, got: ${result.failure.message}`)
   }
@@ -20,7 +20,7 @@ const decodeRight = (input: unknown): Config.ClusterConfig => {
 }
 
 const decodeLeft = (input: unknown): ConfigError => {
-  const result = Config.decode(input)
+  const result = AdapterConfig.decode(input)
   if (Result.isSuccess(result)) return assert.fail(`expected a ConfigError for ${String(input)}`)
   const error = result.failure
   assert.instanceOf(error, ConfigError)
@@ -29,7 +29,7 @@ const decodeLeft = (input: unknown): ConfigError => {
 
 const millis = (d: Duration.Duration) => Duration.toMillis(d)
 
-describe("Config.decode with valid options", () => {
+describe("AdapterConfig.decode with valid options", () => {
   it("resolves every default for undefined and for {}", () => {
     for (const input of [undefined, {}]) {
       const config = decodeRight(input)
@@ -46,8 +46,8 @@ describe("Config.decode with valid options", () => {
       assert.strictEqual(millis(config.reconnectMaxDelay), 5_000)
       assert.strictEqual(millis(config.livenessInterval), 2_500)
       assert.strictEqual(millis(config.livenessTimeout), 5_000)
-      assert.strictEqual(millis(config.livenessInterval), Config.defaults.livenessInterval)
-      assert.strictEqual(millis(config.livenessTimeout), Config.defaults.livenessTimeout)
+      assert.strictEqual(millis(config.livenessInterval), AdapterConfig.defaults.livenessInterval)
+      assert.strictEqual(millis(config.livenessTimeout), AdapterConfig.defaults.livenessTimeout)
     }
   })
 
@@ -118,7 +118,7 @@ describe("Config.decode with valid options", () => {
   })
 })
 
-describe("Config.decode with invalid options", () => {
+describe("AdapterConfig.decode with invalid options", () => {
   const cases: ReadonlyArray<readonly [string, Record<string, unknown>]> = [
     ["channelPrefix", { channelPrefix: 42 }],
     ["channelPrefix", { channelPrefix: "" }],
@@ -256,7 +256,7 @@ describe("Config.decode with invalid options", () => {
   })
 
   it("decodeSync throws the ConfigError", () => {
-    assert.throws(() => Config.decodeSync({ heartbeatInterval: -1 }), /heartbeatInterval/)
+    assert.throws(() => AdapterConfig.decodeSync({ heartbeatInterval: -1 }), /heartbeatInterval/)
   })
 })
 
@@ -287,7 +287,7 @@ describe("createAdapter option checks", () => {
 describe("Config recoveryTablePrefix", () => {
   it("defaults to socket_io_recovery", () => {
     assert.strictEqual(decodeRight({}).recoveryTablePrefix, "socket_io_recovery")
-    assert.strictEqual(Config.defaults.recoveryTablePrefix, "socket_io_recovery")
+    assert.strictEqual(AdapterConfig.defaults.recoveryTablePrefix, "socket_io_recovery")
   })
 
   it("accepts a schema-qualified prefix and parts of up to 54 bytes, multi-byte included", () => {
@@ -346,7 +346,7 @@ describe("Config recoveryTablePrefix", () => {
             parts.length <= 2 &&
             !prefix.includes("\u0000") &&
             parts.every((part) => part.length > 0 && Buffer.byteLength(part) <= 54)
-          const result = Config.decode({ recoveryTablePrefix: prefix })
+          const result = AdapterConfig.decode({ recoveryTablePrefix: prefix })
           assert.strictEqual(Result.isSuccess(result), valid, JSON.stringify(prefix))
           if (Result.isFailure(result))
             assert.strictEqual(result.failure.option, "recoveryTablePrefix")

@@ -1,5 +1,6 @@
 /**
- * The validated options of the adapter and the emitter, as a service.
+ * The validated options of the adapter and the emitter, as a service (named so that it does not
+ * shadow effect's own `Config` module).
  *
  * @since 0.1.0
  */
@@ -27,7 +28,10 @@ export interface AdapterOptions {
   readonly cleanupInterval?: number
   /** Milliseconds between two heartbeats. @default 5000 */
   readonly heartbeatInterval?: number
-  /** Milliseconds without a message from a node before it is considered down. @default 10000 */
+  /**
+   * Milliseconds without a message from a node before it is considered down.
+   * @default 10000, or twice `heartbeatInterval` when that is longer
+   */
   readonly heartbeatTimeout?: number
   /** Milliseconds before `fetchSockets` / `serverSideEmitWithAck` requests give up. @default 5000 */
   readonly requestsTimeout?: number
@@ -237,16 +241,13 @@ const resolve = (o: typeof OptionsSchema.Type): ClusterConfig => {
 }
 
 /** The cluster configuration service. */
-export class Config extends Context.Service<Config, ClusterConfig>()(
-  "socket.io-postgres-effect/Config",
+export class AdapterConfig extends Context.Service<AdapterConfig, ClusterConfig>()(
+  "socket.io-postgres-effect/AdapterConfig",
 ) {}
 
-/** A `Config` layer from user options (validated; fails with `ConfigError`). */
-export const layer = (options?: AdapterOptions): Layer.Layer<Config, ConfigError> =>
+/** An `AdapterConfig` layer from user options (validated; fails with `ConfigError`). */
+export const layer = (options?: AdapterOptions): Layer.Layer<AdapterConfig, ConfigError> =>
   Layer.effect(
-    Config,
+    AdapterConfig,
     Effect.suspend(() => Effect.fromResult(decode(options ?? {}))),
   )
-
-/** The `Config` layer with every default. */
-export const layerDefault: Layer.Layer<Config> = Layer.succeed(Config, resolve({}))

@@ -1,0 +1,217 @@
+/**
+ * One namespace of this server in the cluster: the node behind each `PostgresAdapter`.
+ *
+ * What reaches the namespace takes one path (`internal/inbound.ts`): a notification on its channel
+ * → own ones dropped by their prefix, unparsed → decoded and checked against the protocol, delivered
+ * in commit order with attachments fetched ahead (`internal/inbox.ts`) → the typed message:
+ * heartbeats, departures and answers are the node's, the rest goes to socket.io-adapter (in offset
+ * order with connection state recovery, `internal/recovering.ts`).
+ *
+ * The node also publishes (one path, `publish`), announces itself once it listens, keeps the
+ * namespace's members and pending requests (`Requests`, `internal/asking.ts`), and with recovery
+ * stores broadcasts and writes sessions.
+ *
+ * @since 0.2.0
+ */
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import type { BroadcastOptions, Room } from "socket.io-adapter"
+import { channelName } from "./Channel.js"
+import type * as AdapterConfig from "./AdapterConfig.js"
+import { Heartbeat, type Membership } from "./Heartbeat.js"
+import * as asking from "./internal/asking.js"
+import { listen } from "./internal/inbound.js"
+import { makeSkipLogger } from "./internal/inbox.js"
+import { Outbox } from "./internal/outbox.js"
+import { NamespaceRecovery } from "./internal/recovering.js"
+import { makeReporter, type Runner } from "./internal/runner.js"
+import * as Protocol from "./Protocol.js"
+import { Requests } from "./Requests.js"
+
+const { MessageType } = Protocol
+
+/** What the node drives in socket.io-adapter: this server's own sockets, and the base class. */
+export interface Local {
+  /** Delivers a packet to this server's matching sockets. */
+  readonly broadcast: (packet: any, opts: BroadcastOptions) => void
+  /** This server's matching sockets join rooms. */
+  readonly addSockets: (opts: BroadcastOptions, rooms: Array<Room>) => void
+  /** This server's matching sockets leave rooms. */
+  readonly delSockets: (opts: BroadcastOptions, rooms: Array<Room>) => void
+  /** This server's matching sockets are disconnected. */
+  readonly disconnectSockets: (opts: BroadcastOptions, close: boolean) => void
+  /** This server's matching sockets. */
+  readonly fetchSockets: (opts: BroadcastOptions) => Promise<Array<unknown>>
+  /** socket.io-adapter's own handling of another node's message (acknowledgements, answers). */
+  readonly onMessage: (message: Protocol.Message) => void
+  /** The namespace's connected sockets. */
+  readonly sockets: ReadonlyMap<
+    string,
+    { readonly pid?: unknown; readonly rooms: Set<unknown>; readonly data: unknown }
+  >
+}
+
+/** What a node needs. */
+export interface NamespaceOptions {
+  readonly nsp: string
+  /** This node's uid (socket.io-adapter's, one per namespace adapter). */
+  readonly uid: string
+  readonly config: AdapterConfig.ClusterConfig
+  readonly runner: Runner
+  readonly local: Local
+  /** Set when the server runs with `connectionStateRecovery`: how long sessions are kept. */
+  readonly maxDisconnection?: Duration.Duration | undefined
+}
+
+/** A namespace of this server in the cluster. */
+export class NamespaceNode {
+  /** The namespace's notification channel. */
+  readonly channel: string
+  /** Resolves once the channel is listened on (first time). */
+  readonly ready: Promise<void>
+  readonly #recovery: NamespaceRecovery | undefined
+  readonly #outbox: Outbox
+  readonly #requests = new Requests()
+  readonly #skip: (reason: string) => void
+  readonly #asking: asking.Asking
+  #membership: Membership | undefined
+  #fiber: Fiber.Fiber<never> | undefined
+  #listening: () => void = () => {}
+  #closed = false
+  #stopped = false
+
+  constructor(private readonly options: NamespaceOptions) {
+    const { config, maxDisconnection, nsp, runner } = options
+    this.channel = channelName(config.channelPrefix, nsp)
+    const { report, warn } = makeReporter(runner, nsp, {
+      closed: () => this.#closed,
+      stopped: () => this.#stopped,
+    })
+    this.#skip = makeSkipLogger(warn)
+    this.ready = new Promise((resolve) => (this.#listening = resolve))
+    this.#outbox = new Outbox({ channel: this.channel, runner, report })
+    this.#asking = {
+      ...options,
+      requests: this.#requests,
+      nodes: () => this.#membership?.nodes() ?? [],
+      publish: (body) => void this.publish(body),
+      closed: () => this.#closed,
+    }
+    this.#recovery =
+      maxDisconnection === undefined
+        ? undefined
+        : new NamespaceRecovery({
+            ...options,
+            maxDisconnection,
+            channel: this.channel,
+            outbox: this.#outbox,
+            publish: (body, span) => void this.publish(body, span),
+            published: () => this.#membership?.published(),
+            report,
+            warn,
+            skip: this.#skip,
+          })
+  }
+
+  /** Connection state recovery, while the node is open and the server runs with it. */
+  get recovery(): NamespaceRecovery | undefined {
+    return this.#closed ? undefined : this.#recovery
+  }
+
+  /** Starts listening on the channel and tracking the namespace's members; returns at once. */
+  start(): void {
+    if (this.#fiber !== undefined || this.#closed) return
+    this.#fiber = this.options.runner.runFork(
+      this.#run.pipe(
+        Effect.scoped,
+        Effect.annotateLogs({ module: "Namespace", nsp: this.options.nsp }),
+      ),
+    )
+  }
+
+  readonly #run = Effect.gen({ self: this }, function* () {
+    const recovery = this.#recovery
+    yield* this.#outbox.start
+    if (recovery !== undefined) yield* recovery.setup
+    const membership = yield* (yield* Heartbeat).track({
+      publishHeartbeat: Effect.promise(() => this.publish({ type: MessageType.HEARTBEAT })),
+      onNodeDown: (uid) => this.#requests.forget(uid),
+    })
+    this.#membership = membership
+    yield* listen({
+      ...this.options,
+      channel: this.channel,
+      membership,
+      requests: this.#requests,
+      recovery,
+      publish: (body) => void this.publish(body),
+      skip: this.#skip,
+      closed: () => this.#closed,
+      listening: this.#listening,
+    })
+    return yield* Effect.never
+  })
+
+  /** Publishes `ADAPTER_CLOSE`, waits for what is in flight, ends pending requests, stops. */
+  async close(): Promise<void> {
+    if (this.#closed) return
+    void this.publish({ type: MessageType.ADAPTER_CLOSE })
+    this.#closed = true
+    this.#recovery?.close()
+    await this.#outbox.close()
+    this.#requests.close()
+    const fiber = this.#fiber
+    if (fiber !== undefined) await this.options.runner.runPromiseExit(Fiber.interrupt(fiber))
+    this.#stopped = true
+  }
+
+  /** Number of servers in this namespace's cluster, this one included. */
+  serverCount(): number {
+    return 1 + (this.#membership?.nodes().length ?? 0)
+  }
+
+  /** Publishes a message of this namespace, the one way out; never rejects (failures are reported). */
+  publish(body: Protocol.Body, span?: "broadcast"): Promise<void> {
+    if (this.#closed) return Promise.resolve()
+    this.#membership?.published()
+    return this.#outbox.send(Protocol.message(this.options.uid, this.options.nsp, body), span)
+  }
+
+  /** Delivers a packet to the matching sockets of every node; never waits for PostgreSQL. */
+  broadcast(packet: any, opts: BroadcastOptions): void {
+    const { local } = this.options
+    if (opts.flags?.local) return local.broadcast(packet, opts)
+    if (this.#recovery !== undefined) return this.#recovery.broadcast(packet, opts)
+    const data = { packet, opts: Protocol.encodeOpts(opts) }
+    void this.publish({ type: MessageType.BROADCAST, data }, "broadcast")
+    local.broadcast(packet, opts)
+  }
+
+  /** The matching sockets of every node join (`SOCKETS_JOIN`) or leave rooms. */
+  rooms(type: RoomsType, opts: BroadcastOptions, rooms: Array<Room>): void {
+    if (type === MessageType.SOCKETS_JOIN) this.options.local.addSockets(opts, rooms)
+    else this.options.local.delSockets(opts, rooms)
+    if (opts.flags?.local) return
+    void this.publish({ type, data: { opts: Protocol.encodeOpts(opts), rooms } })
+  }
+
+  /** The matching sockets of every node are disconnected. */
+  disconnectSockets(opts: BroadcastOptions, close: boolean): void {
+    const data = { opts: Protocol.encodeOpts(opts), close }
+    if (!opts.flags?.local) void this.publish({ type: MessageType.DISCONNECT_SOCKETS, data })
+    this.options.local.disconnectSockets(opts, close)
+  }
+
+  /** The matching sockets of every node; rejects when a node did not answer in time. */
+  fetchSockets(opts: BroadcastOptions): Promise<Array<unknown>> {
+    return asking.fetchSockets(this.#asking, opts)
+  }
+
+  /** A server-side event for the other nodes; with an acknowledgement last, collects answers. */
+  serverSideEmit(packet: Array<unknown>): void {
+    asking.serverSideEmit(this.#asking, packet)
+  }
+}
+
+type RoomsType = typeof MessageType.SOCKETS_JOIN | typeof MessageType.SOCKETS_LEAVE

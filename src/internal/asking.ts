@@ -1,0 +1,106 @@
+/**
+ * The requests a namespace node makes for socket.io-adapter: `fetchSockets` (this server's sockets
+ * and the other nodes') and `serverSideEmit` with an acknowledgement (one answer per node), each in
+ * a span, answered through `Requests`, ended by the answers, a timeout or the node's close.
+ */
+import * as Cause from "effect/Cause"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type { BroadcastOptions } from "socket.io-adapter"
+import type * as AdapterConfig from "../AdapterConfig.js"
+import type { Local } from "../Namespace.js"
+import * as Protocol from "../Protocol.js"
+import type { Requests } from "../Requests.js"
+import type { Runner } from "./runner.js"
+
+const { MessageType } = Protocol
+
+/** What a request of a node needs. */
+export interface Asking {
+  readonly nsp: string
+  readonly runner: Runner
+  readonly local: Local
+  readonly config: AdapterConfig.ClusterConfig
+  readonly requests: Requests
+  /** The other nodes of the namespace now: one answer is awaited from each. */
+  readonly nodes: () => ReadonlyArray<string>
+  readonly publish: (body: Protocol.Body) => void
+  /** Whether the node closed: a request that ends unanswered then says so. */
+  readonly closed: () => boolean
+}
+
+/** An acknowledgement as socket.io-adapter passes it last to `serverSideEmit`. */
+type Acknowledgement = (error: Error | null, responses: ReadonlyArray<unknown>) => void
+
+/** This server's matching sockets and the other nodes'; rejects when a node did not answer. */
+export const fetchSockets = (asking: Asking, opts: BroadcastOptions): Promise<Array<unknown>> =>
+  asking.runner.runPromiseExit(fetchAll(asking, opts)).then((exit) => {
+    if (Exit.isFailure(exit)) throw failure(exit.cause)
+    if (exit.value.missing > 0) throw unanswered(asking, exit.value.missing)
+    return exit.value.sockets
+  })
+
+/** A server-side event for the other nodes; with an acknowledgement last, collects their answers. */
+export const serverSideEmit = (asking: Asking, packet: Array<unknown>): void => {
+  const ack = typeof packet.at(-1) === "function" ? (packet.pop() as Acknowledgement) : undefined
+  if (ack === undefined)
+    return asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { packet } })
+  void asking.runner.runPromiseExit(emitWithAck(asking, packet)).then((exit) => {
+    if (Exit.isFailure(exit)) return ack(failure(exit.cause), [])
+    const { missing, responses } = exit.value
+    ack(missing > 0 ? unanswered(asking, missing) : null, responses)
+  })
+}
+
+const fetchAll = Effect.fn("PostgresAdapter.fetchSockets")(function* (
+  asking: Asking,
+  opts: BroadcastOptions,
+) {
+  const here = yield* Effect.tryPromise(() =>
+    asking.local.fetchSockets({ rooms: opts.rooms, except: opts.except, flags: { local: true } }),
+  )
+  if (opts.flags?.local) return { sockets: here, missing: 0 }
+  const timeout = opts.flags?.timeout
+  const { responses, missing } = yield* asking.requests.request({
+    answer: MessageType.FETCH_SOCKETS_RESPONSE,
+    nodes: asking.nodes(),
+    timeout: timeout === undefined ? asking.config.requestsTimeout : Duration.millis(timeout),
+    send: (requestId) =>
+      Effect.sync(() => {
+        const data = { opts: Protocol.encodeOpts(opts), requestId }
+        asking.publish({ type: MessageType.FETCH_SOCKETS, data })
+      }),
+  })
+  yield* Effect.annotateCurrentSpan({ nsp: asking.nsp, missing })
+  return { sockets: [...here, ...responses], missing }
+})
+
+const emitWithAck = Effect.fn("PostgresAdapter.serverSideEmitWithAck")(function* (
+  asking: Asking,
+  packet: ReadonlyArray<unknown>,
+) {
+  const result = yield* asking.requests.request({
+    answer: MessageType.SERVER_SIDE_EMIT_RESPONSE,
+    nodes: asking.nodes(),
+    timeout: asking.config.requestsTimeout,
+    send: (requestId) =>
+      Effect.sync(() =>
+        asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { requestId, packet } }),
+      ),
+  })
+  yield* Effect.annotateCurrentSpan({ nsp: asking.nsp, missing: result.missing })
+  return result
+})
+
+const unanswered = (asking: Asking, missing: number): Error =>
+  new Error(
+    asking.closed() ? "the adapter was closed" : `timeout reached: missing ${missing} responses`,
+  )
+
+// Interrupted: the runtime was disposed while the request waited (the adapter closed).
+const failure = (cause: Cause.Cause<unknown>): Error => {
+  if (Cause.hasInterruptsOnly(cause)) return new Error("the adapter was closed")
+  const error = Cause.squash(cause)
+  return error instanceof Error ? error : new Error(String(error))
+}

@@ -1,0 +1,127 @@
+/**
+ * What reaches a namespace, in one path: a notification on its channel → own notifications dropped
+ * by their prefix, unparsed (the one place that looks for them) → decoded and checked against the
+ * protocol, delivered in commit order with attachments fetched ahead (the inbox) → the typed
+ * message: heartbeats, departures and answers are the node's; the rest goes to socket.io-adapter,
+ * in offset order when connection state recovery is on.
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import { AttachmentStore } from "../AttachmentStore.js"
+import type { Membership } from "../Heartbeat.js"
+import { Listener } from "../Listener.js"
+import * as Metrics from "../Metrics.js"
+import type { Local } from "../Namespace.js"
+import * as Protocol from "../Protocol.js"
+import type { Requests } from "../Requests.js"
+import { type Header, makeInbox } from "./inbox.js"
+import type { NamespaceRecovery } from "./recovering.js"
+
+const { MessageType } = Protocol
+
+/** What the receiving side of a namespace needs. */
+export interface InboundOptions {
+  readonly nsp: string
+  /** The namespace's notification channel. */
+  readonly channel: string
+  /** This node's uid: its own notifications start with it. */
+  readonly uid: string
+  readonly store: AttachmentStore["Service"]
+  readonly local: Local
+  readonly membership: Membership
+  readonly requests: Requests
+  readonly recovery: NamespaceRecovery | undefined
+  /** Publishes the node's heartbeats. */
+  readonly publish: (body: Protocol.Body) => void
+  /** Told why a notification was skipped. */
+  readonly skip: (reason: string) => void
+  /** Whether the node closed: nothing is delivered any more. */
+  readonly closed: () => boolean
+  /** The channel is listened on (every time). */
+  readonly listening: () => void
+}
+
+/**
+ * Listens on the namespace's channel for the lifetime of the scope. Once the LISTEN is active, and
+ * again after every re-LISTEN, the node announces itself (`INITIAL_HEARTBEAT`): every node answers,
+ * and this one can hear the answers.
+ */
+export const listen = (
+  options: Omit<InboundOptions, "store">,
+): Effect.Effect<void, never, AttachmentStore | Listener | Scope.Scope> =>
+  Effect.gen(function* () {
+    const inbound = new Inbound({ ...options, store: yield* AttachmentStore })
+    const { publish, recovery } = options
+    yield* (yield* Listener).subscribe(options.channel, {
+      onNotification: (payload) => inbound.receive(payload),
+      onListen: () => {
+        publish({ type: MessageType.INITIAL_HEARTBEAT })
+        options.listening()
+        recovery?.listening()
+      },
+      onLost: () => recovery?.lost(),
+    })
+  })
+
+/** The receiving side of a namespace node. */
+export class Inbound {
+  readonly #selfPrefix: string
+  readonly #inbox: (payload: string) => void
+
+  constructor(private readonly options: InboundOptions) {
+    const { recovery } = options
+    // `uid` first on the wire: own notifications, inline or attachment headers, start with this.
+    this.#selfPrefix = `{"uid":${JSON.stringify(options.uid)},`
+    this.#inbox = makeInbox({
+      store: options.store,
+      wanted: (header) => this.#wanted(header),
+      deliver: (message) => this.#deliver(message),
+      onSkipped: options.skip,
+      ...(recovery && { announce: recovery.announce, retract: recovery.retract }),
+    })
+  }
+
+  /** A notification on the namespace's channel, in commit order. */
+  receive(payload: string): void {
+    Metrics.notificationsReceived.updateUnsafe(1, Context.empty())
+    if (payload.startsWith(this.#selfPrefix)) return this.options.recovery?.ownSeen(payload)
+    this.#inbox(payload)
+  }
+
+  // Asked before any attachment is fetched: this namespace's, and no answer to another node.
+  #wanted(header: Header): boolean {
+    return (
+      (header.nsp === undefined || header.nsp === this.options.nsp) &&
+      this.options.requests.wanted(header.type, header.requestId)
+    )
+  }
+
+  #deliver(message: Protocol.Message): void {
+    const { local, membership, nsp, recovery, requests } = this.options
+    if (this.options.closed()) return
+    // An attachment's header may have had no nsp.
+    if (message.nsp !== undefined && message.nsp !== nsp) return recovery?.drop(message)
+    if (message.uid !== Protocol.EMITTER_UID) membership.seen(message.uid)
+    switch (message.type) {
+      case MessageType.INITIAL_HEARTBEAT:
+        return this.options.publish({ type: MessageType.HEARTBEAT })
+      case MessageType.HEARTBEAT:
+        return
+      case MessageType.ADAPTER_CLOSE:
+        membership.remove(message.uid)
+        return requests.forget(message.uid)
+      case MessageType.FETCH_SOCKETS_RESPONSE:
+      case MessageType.SERVER_SIDE_EMIT_RESPONSE:
+        return requests.answer(message)
+    }
+    // Emitters before ours send no nsp: the channel tells the namespace.
+    const full = message.nsp === undefined ? { ...message, nsp } : message
+    if (recovery !== undefined) return recovery.deliver(full)
+    try {
+      local.onMessage(full)
+    } catch (e) {
+      this.options.skip(`message of type ${message.type} failed: ${(e as Error)?.message}`)
+    }
+  }
+}

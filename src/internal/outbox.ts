@@ -1,0 +1,99 @@
+/**
+ * What one namespace publishes, in the order it was sent, and what is still in flight (the
+ * namespace's `close()` waits for it). Failures go to the `report` the node gives; a publish never
+ * rejects.
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as References from "effect/References"
+import * as Tracer from "effect/Tracer"
+import type * as Codec from "../Codec.js"
+import type { PublishError } from "../Errors.js"
+import { Publisher } from "../Publisher.js"
+import type { Runner } from "./runner.js"
+
+/** What an outbox needs. */
+export interface OutboxOptions {
+  /** The namespace's notification channel. */
+  readonly channel: string
+  readonly runner: Runner
+  /** Told of each failed publish. */
+  readonly report: (failure: unknown) => void
+}
+
+const publishOn = (channel: string, wire: Codec.WireMessage) =>
+  Effect.flatMap(Publisher, (publisher) => publisher.publish(channel, wire))
+
+/** A broadcast's span: from `io.emit()` to the commit of its notification. */
+const publishBroadcast = Effect.fn("PostgresAdapter.broadcast")(
+  (channel: string, wire: Codec.WireMessage) => publishOn(channel, wire),
+)
+
+/** Publishes one namespace's messages and counts what is in flight. */
+export class Outbox {
+  /** Set once the runtime is up and nothing traces: publishes skip the fibers. */
+  #direct: Publisher["Service"] | undefined
+  #pending = 0
+  /** Publishes running on fibers: later direct ones must not overtake them. */
+  #onFibers = 0
+  #drained: (() => void) | undefined
+  #closed = false
+
+  constructor(private readonly options: OutboxOptions) {}
+
+  /**
+   * The runtime is up. Without a tracer to export spans to, publishes go straight to the
+   * Publisher's queue (a fiber per broadcast costs more than its encoding); with one, each
+   * broadcast runs in its span.
+   */
+  readonly start: Effect.Effect<void, never, Publisher> = Effect.gen({ self: this }, function* () {
+    const tracer = yield* Effect.tracer
+    const tracing = (yield* References.TracerEnabled) && tracer !== Tracer.nativeTracer
+    if (!tracing) this.#direct = yield* Publisher
+  })
+
+  /** Publishes a message; resolves once it is settled (failures are reported, never thrown). */
+  send(wire: Codec.WireMessage, span: "broadcast" | undefined = undefined): Promise<void> {
+    if (this.#closed) return Promise.resolve()
+    this.begin()
+    const direct = this.#direct
+    if (direct !== undefined && this.#onFibers === 0) {
+      return new Promise((resolve) =>
+        direct.unsafePublish(this.options.channel, wire, (error) => {
+          if (error !== undefined) this.options.report(error)
+          this.end()
+          resolve()
+        }),
+      )
+    }
+    this.#onFibers++
+    const channel = this.options.channel
+    const publish: Effect.Effect<void, PublishError, Publisher> =
+      span === "broadcast" ? publishBroadcast(channel, wire) : publishOn(channel, wire)
+    return this.options.runner.runPromiseExit(publish).then((exit) => {
+      this.#onFibers--
+      if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) {
+        this.options.report(Cause.squash(exit.cause))
+      }
+      this.end()
+    })
+  }
+
+  /** Something `close()` must wait for begins (a publish, a session write, a catch-up). */
+  begin(): void {
+    this.#pending++
+  }
+
+  /** It ended. */
+  end(): void {
+    if (--this.#pending === 0) this.#drained?.()
+  }
+
+  /** No more publishes; resolves once everything in flight ended. */
+  close(): Promise<void> {
+    this.#closed = true
+    if (this.#pending === 0) return Promise.resolve()
+    return new Promise((resolve) => (this.#drained = resolve))
+  }
+}
