@@ -199,6 +199,8 @@ export const run = (
           if (!settled) drop(error)
         }
         signal?.addEventListener("abort", onAbort, { once: true })
+        // Aborted between the checkout and now: not sent at all.
+        if (signal?.aborted) return onAbort()
         client.on("error", onError)
         client.query(text, values as Array<unknown> | undefined).then(
           (result) => {
