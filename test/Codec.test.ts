@@ -64,7 +64,14 @@ const failure = <A>(result: Result.Result<A, string>): string => {
 }
 
 /** JSON values, including nested arrays and objects, with unicode strings. */
-const jsonValue = fc.jsonValue({ maxDepth: 3 })
+// Without "__proto__" keys: object spreads and deep equality treat that key specially, so a
+// message holding one cannot be compared field by field (JSON itself carries it fine).
+const jsonValue = fc
+  .jsonValue({ maxDepth: 3 })
+  .filter((value) => !JSON.stringify(value).includes('"__proto__"'))
+
+/** JSON values as they come back from the wire (`-0` is sent as `0`). */
+const wireJsonValue = jsonValue.map((value) => JSON.parse(JSON.stringify(value)) as unknown)
 
 /** The binary kinds a Socket.IO user may send, each holding `bytes`. */
 const binaryOf = (bytes: Uint8Array, kind: number): unknown => {
@@ -573,7 +580,7 @@ describe("Codec recovery offsets", () => {
           offset,
           id: fc.bigInt({ min: 1n, max: 2n ** 63n - 1n }).map(String),
           data: fc.oneof(
-            jsonValue,
+            wireJsonValue,
             fc.uint8Array({ maxLength: 16 }).map((bytes) => Buffer.from(bytes)),
             fc.string({ minLength: 7990, maxLength: 8010 }),
           ),
