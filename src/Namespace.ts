@@ -110,7 +110,7 @@ export class NamespaceNode {
             published: () => this.#membership?.published(),
             report,
             warn,
-            skip: this.#skip,
+            onSkipped: this.#skip,
           })
   }
 
@@ -146,7 +146,7 @@ export class NamespaceNode {
       requests: this.#requests,
       recovery,
       publish: (body) => void this.publish(body),
-      skip: this.#skip,
+      onSkipped: this.#skip,
       closed: () => this.#closed,
       listening: this.#listening,
     })

@@ -35,7 +35,7 @@ export interface InboundOptions {
   /** Publishes the node's heartbeats. */
   readonly publish: (body: Protocol.Body) => void
   /** Told why a notification was skipped. */
-  readonly skip: (reason: string) => void
+  readonly onSkipped: (reason: string) => void
   /** Whether the node closed: nothing is delivered any more. */
   readonly closed: () => boolean
   /** The channel is listened on (every time). */
@@ -77,7 +77,7 @@ export class Inbound {
       store: options.store,
       wanted: (header) => this.#wanted(header),
       deliver: (message) => this.#deliver(message),
-      onSkipped: options.skip,
+      onSkipped: options.onSkipped,
       ...(recovery && { announce: recovery.announce, retract: recovery.retract }),
     })
   }
@@ -121,7 +121,7 @@ export class Inbound {
     try {
       local.onMessage(full)
     } catch (e) {
-      this.options.skip(`message of type ${message.type} failed: ${(e as Error)?.message}`)
+      this.options.onSkipped(`message of type ${message.type} failed: ${(e as Error)?.message}`)
     }
   }
 }

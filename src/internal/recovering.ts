@@ -43,7 +43,7 @@ export interface NamespaceRecoveryOptions {
   readonly published: () => void
   readonly report: (failure: unknown) => void
   readonly warn: (message: string) => void
-  readonly skip: (reason: string) => void
+  readonly onSkipped: (reason: string) => void
 }
 
 /** Stores, orders and restores one namespace's packets, and writes its sessions. */
@@ -80,7 +80,7 @@ export class NamespaceRecovery {
       run,
       report: options.report,
       warn: options.warn,
-      onSkipped: options.skip,
+      onSkipped: options.onSkipped,
       begin: () => outbox.begin(),
       end: () => outbox.end(),
       published: options.published,
