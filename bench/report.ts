@@ -1,6 +1,6 @@
 /** The benchmark's results: one record per run, their medians, the table, the JSON and the chart. */
 import type { StatementKind, StatementStats } from "./node.js"
-import { type Kind, KIND_LABEL, type Scenario } from "./scenarios.js"
+import { ALL_KINDS, type Kind, KIND_LABEL, type Scenario } from "./scenarios.js"
 import { median, round } from "./stats.js"
 
 /** One run of one scenario with one kind. */
@@ -195,14 +195,7 @@ const worst = (values: ReadonlyArray<number | null>): number | null => {
   return defined.length === 0 ? null : round(Math.max(...defined))
 }
 
-const KIND_ORDER: ReadonlyArray<Kind> = [
-  "ours",
-  "ours-base",
-  "ours-recovery",
-  "upstream",
-  "raw-x1",
-  "raw-x10",
-]
+const KIND_ORDER: ReadonlyArray<Kind> = ALL_KINDS
 
 const divide = (a: number | null | undefined, b: number | null | undefined) =>
   a == null || b == null || b === 0 ? null : round(a / b, 3)

@@ -7,6 +7,12 @@ import * as Result from "effect/Result"
 import * as fc from "fast-check"
 import * as Codec from "../src/Codec.js"
 import { MAX_NOTIFY_BYTES } from "../src/AdapterConfig.js"
+import {
+  failure,
+  jsonValue as jsonValueOf,
+  success,
+  wireJsonValue as wireJsonValueOf,
+} from "./utils/results.js"
 
 const { MessageType } = Codec
 
@@ -50,28 +56,9 @@ const expectAttachment = (
   return encoded as Extract<Codec.Encoded, { _tag: "Attachment" }>
 }
 
-const success = <A>(result: Result.Result<A, string>): A => {
-  if (Result.isFailure(result))
-    return assert.fail(`expected Success, got Failure(${result.failure})`)
-  return result.success
-}
-
-const failure = <A>(result: Result.Result<A, string>): string => {
-  if (Result.isSuccess(result)) {
-    return assert.fail(`expected Failure, got Success(${JSON.stringify(result.success)})`)
-  }
-  return result.failure
-}
-
 /** JSON values, including nested arrays and objects, with unicode strings. */
-// Without "__proto__" keys: object spreads and deep equality treat that key specially, so a
-// message holding one cannot be compared field by field (JSON itself carries it fine).
-const jsonValue = fc
-  .jsonValue({ maxDepth: 3 })
-  .filter((value) => !JSON.stringify(value).includes('"__proto__"'))
-
-/** JSON values as they come back from the wire (`-0` is sent as `0`). */
-const wireJsonValue = jsonValue.map((value) => JSON.parse(JSON.stringify(value)) as unknown)
+const jsonValue = jsonValueOf(3)
+const wireJsonValue = wireJsonValueOf(3)
 
 /** The binary kinds a Socket.IO user may send, each holding `bytes`. */
 const binaryOf = (bytes: Uint8Array, kind: number): unknown => {

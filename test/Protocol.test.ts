@@ -9,28 +9,12 @@ import * as fc from "fast-check"
 import { MessageType as AdapterMessageType } from "socket.io-adapter"
 import * as Codec from "../src/Codec.js"
 import * as Protocol from "../src/Protocol.js"
+import { failure, success, wireJsonValue } from "./utils/results.js"
 
 const { MessageType } = Protocol
 
-const success = <A>(result: Result.Result<A, string>): A => {
-  if (Result.isFailure(result)) {
-    return assert.fail(`expected Success, got Failure(${result.failure})`)
-  }
-  return result.success
-}
-
-const failure = <A>(result: Result.Result<A, string>): string => {
-  if (Result.isSuccess(result)) {
-    return assert.fail(`expected Failure, got Success(${JSON.stringify(result.success)})`)
-  }
-  return result.failure
-}
-
-/** JSON values as they come back from the wire (no -0, no `__proto__` key msgpack would refuse). */
-const json = fc
-  .jsonValue({ maxDepth: 2 })
-  .filter((value) => !JSON.stringify(value).includes('"__proto__"'))
-  .map((value) => JSON.parse(JSON.stringify(value)) as unknown)
+/** JSON values as they come back from the wire. */
+const json = wireJsonValue(2)
 
 /** An argument of a packet: JSON, or binary (which sends the message through an attachment). */
 const arg = fc.oneof(
