@@ -97,6 +97,7 @@ export class NamespaceNode {
       nodes: () => this.#membership?.nodes() ?? [],
       publish: (body) => void this.publish(body),
       closed: () => this.#closed,
+      traced: () => this.#outbox.traced,
     }
     this.#recovery =
       maxDisconnection === undefined
