@@ -83,7 +83,7 @@ class ServerProcess {
           this.state = "running"
           resolve()
         } else if (message.type === "status") {
-          if (this.child === child) this.status = message.status
+          if (this.child === child) this.#update(message.status)
         } else if (message.type === "log") {
           this.options.log(`server ${this.number}: ${message.text}`)
         }
@@ -98,6 +98,18 @@ class ServerProcess {
         reject(new Error(`server ${this.number} exited (${signal ?? `code ${code}`})`))
       })
     })
+  }
+
+  // A new status; what changed that a fault shows is said in the page's event log.
+  #update(status: ServerStatus): void {
+    const before = this.status
+    this.status = status
+    const name = `server ${this.number}`
+    if (before !== undefined && before.members !== status.members)
+      this.options.log(`${name} sees ${status.members} server(s) in the cluster`)
+    if (before?.listening === true && !status.listening) this.options.log(`${name}: LISTEN down`)
+    if (before !== undefined && status.listening && before.backendPid !== status.backendPid)
+      this.options.log(`${name}: listening again, on backend ${status.backendPid}`)
   }
 
   /** Kills the process at once, as a crash would: no goodbye to the cluster. */

@@ -83,22 +83,24 @@ class Column {
       reconnectionDelayMax: 2000,
     })
     this.socket = socket
-    let recovering = undefined
+    // Socket.IO hands a recovered client the packets it missed before its "connect" event:
+    // chat messages that arrive while `missed` is counting are those.
+    let missed = 0
+    let counting = false
+    socket.on("disconnect", () => {
+      missed = 0
+      counting = true
+    })
     socket.on("connect", () => {
+      counting = false
       this.setConn("connected", `connected · ${socket.id}`)
-      recovering = socket.recovered ? { missed: 0 } : undefined
       if (socket.recovered) {
         this.client.dataset.recovered = "true"
         $(this.client, ".recovered").textContent =
-          "session recovered: same id, rooms kept, missed messages delivered"
-        this.system("reconnected: session recovered (connection state recovery)")
-        setTimeout(() => {
-          const missed = recovering?.missed ?? 0
-          $(this.client, ".recovered").textContent =
-            `session recovered: same id, rooms kept, ${missed} missed message(s) delivered`
-          recovering = undefined
-        }, 1000)
+          `session recovered: same id, rooms kept, ${missed} missed message(s) delivered`
+        this.system(`reconnected: session recovered, ${missed} missed message(s) above`)
       } else {
+        delete this.client.dataset.recovered
         $(this.client, ".recovered").textContent = ""
       }
     })
@@ -111,8 +113,8 @@ class Column {
       if (!socket.connected) this.setConn("disconnected", "server unreachable · retrying…")
     })
     socket.on("chat", (message) => {
-      if (recovering !== undefined) recovering.missed++
-      this.append(message)
+      if (counting) missed++
+      this.append(message, counting)
     })
   }
 
@@ -153,9 +155,9 @@ class Column {
     target.value = rooms.includes(chosen) ? chosen : ""
   }
 
-  append({ text, room, from, server }) {
+  append({ text, room, from, server }, missed) {
     const li = document.createElement("li")
-    li.className = "message"
+    li.className = missed ? "message missed" : "message"
     if (room) {
       const tag = document.createElement("span")
       tag.className = "room"
@@ -166,7 +168,7 @@ class Column {
     body.className = "text"
     body.textContent = text
     const meta = document.createElement("small")
-    meta.textContent = `${from} via server ${server}`
+    meta.textContent = `${from} via server ${server}${missed ? " · missed, recovered" : ""}`
     li.append(body, meta)
     this.appendLine(li)
   }
