@@ -14,7 +14,7 @@ const logEvent = (text, at = Date.now()) => {
   const li = document.createElement("li")
   const stamp = document.createElement("time")
   stamp.textContent = time(at)
-  li.append(stamp, text)
+  li.append(stamp, " ", text)
   const events = document.getElementById("events")
   events.prepend(li)
   while (events.children.length > 200) events.lastChild.remove()
