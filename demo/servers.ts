@@ -45,6 +45,8 @@ class ServerProcess {
   port: number | undefined
   status: ServerStatus | undefined
   child: ChildProcess | undefined
+  /** Whether this process listened already (so the next time is "again"). */
+  #listened = false
 
   constructor(
     readonly number: number,
@@ -64,6 +66,7 @@ class ServerProcess {
     }
     this.state = "starting"
     this.status = undefined
+    this.#listened = false
     // The parent's own loader flags (tsx's, under `npm start`) so the child runs TypeScript too.
     const child = fork(script, [], {
       env: { ...process.env, DEMO_SERVER: JSON.stringify(settings) },
@@ -108,8 +111,15 @@ class ServerProcess {
     if (before !== undefined && before.members !== status.members)
       this.options.log(`${name} sees ${status.members} server(s) in the cluster`)
     if (before?.listening === true && !status.listening) this.options.log(`${name}: LISTEN down`)
-    if (before !== undefined && status.listening && before.backendPid !== status.backendPid)
-      this.options.log(`${name}: listening again, on backend ${status.backendPid}`)
+    // A new backend while listening: it was down between two reports.
+    if (
+      status.listening &&
+      (before?.listening !== true || before.backendPid !== status.backendPid)
+    ) {
+      const again = this.#listened ? "listening again" : "listening"
+      this.options.log(`${name}: ${again}, on backend ${status.backendPid}`)
+      this.#listened = true
+    }
   }
 
   /** Kills the process at once, as a crash would: no goodbye to the cluster. */
