@@ -714,7 +714,7 @@ const main = async () => {
       },
     })
     const freezeReason = database.embedded
-      ? "SIGSTOP, 5 s, SIGCONT to the embedded PostgreSQL's processes"
+      ? "SIGSTOP to the embedded PostgreSQL's processes, SIGCONT 5 s later"
       : "only possible with the demo's own embedded PostgreSQL: DATABASE_URL is set, and that server is not the demo's to freeze"
     try {
       web = await startup(

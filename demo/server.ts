@@ -97,8 +97,7 @@ const io = new Server(httpServer, {
     errorHandler: (error) => report({ type: "log", text: error.message }),
   }),
   connectionStateRecovery: { maxDisconnectionDuration: 2 * 60_000, skipMiddlewares: true },
-  // The page is served by the demo's own port: its clients come from there.
-  cors: { origin: true },
+  // The page's clients come from the demo's page port over WebSocket only, which needs no CORS.
 })
 
 const nameOf = (value: unknown): string =>

@@ -96,10 +96,13 @@ export const startWeb = async (options: WebOptions): Promise<Web> => {
         if (frozen) throw new Error("PostgreSQL is frozen already")
         frozen = true
         log(`PostgreSQL frozen (SIGSTOP) for ${FREEZE_MS / 1000} s`)
-        void options.freeze(FREEZE_MS).finally(() => {
-          frozen = false
-          log("PostgreSQL running again (SIGCONT)")
-        })
+        options
+          .freeze(FREEZE_MS)
+          .then(
+            () => log("PostgreSQL running again (SIGCONT)"),
+            (error: unknown) => log(`freezing PostgreSQL failed: ${(error as Error)?.message}`),
+          )
+          .finally(() => (frozen = false))
         return "freezing PostgreSQL"
       }
       default:
