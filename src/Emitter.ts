@@ -46,6 +46,12 @@ export interface EmitterOptions {
   readonly payloadThreshold?: number
   /** Milliseconds `fetchSockets` / `serverSideEmitWithAck` wait for the servers. @default 5000 */
   readonly requestsTimeout?: number
+  /** The servers' heartbeat interval, in ms (requests only). @default 5000 */
+  readonly heartbeatInterval?: number
+  /** The servers' heartbeat timeout: a server silent that long is not waited for. @default 10000 */
+  readonly heartbeatTimeout?: number
+  /** Largest delay between two reconnection attempts of the listening connection, in ms. @default 5000 */
+  readonly reconnectMaxDelay?: number
   /** Milliseconds a publish may take before it fails. @default 10000 */
   readonly publishTimeout?: number
   /** How many publishes may wait for PostgreSQL before new ones fail fast. @default 65536 */
@@ -64,6 +70,27 @@ export interface EmitterOptions {
   readonly recoveryTablePrefix?: string
   /** Called with each failed publish, awaited or not. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
+}
+
+/** The options the emitter takes (a misspelled one is refused with the nearest name). */
+const EMITTER_OPTIONS: AdapterConfig.Accepted = {
+  names: [
+    "channelPrefix",
+    "tableName",
+    "payloadThreshold",
+    "requestsTimeout",
+    "heartbeatInterval",
+    "heartbeatTimeout",
+    "reconnectMaxDelay",
+    "publishTimeout",
+    "maxPendingPublishes",
+    "livenessInterval",
+    "livenessTimeout",
+    "connectionStateRecovery",
+    "recoveryTablePrefix",
+    "errorHandler",
+  ] satisfies ReadonlyArray<keyof EmitterOptions>,
+  who: "the emitter",
 }
 
 /** Event names Socket.IO reserves; emitting them is an error. */
@@ -194,7 +221,7 @@ export class Emitter<
           message: "Invalid option connectionStateRecovery: must be a boolean",
         })
       }
-      core = new Core(pool, options, AdapterConfig.decodeSync(options))
+      core = new Core(pool, options, AdapterConfig.decodeSync(options, EMITTER_OPTIONS))
     }
     this.#core = core
     this.nsp = nsp.startsWith("/") ? nsp : `/${nsp}`
