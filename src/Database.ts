@@ -15,7 +15,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as SqlClient from "effect/sql/SqlClient"
 import pg from "pg"
-import { type DatabaseError, databaseError } from "./Errors.js"
+import { type DatabaseError, databaseError, permanentCode, shortSql } from "./Errors.js"
 import * as Pool from "./internal/pool.js"
 import { StatementTimeout } from "./internal/pool.js"
 
@@ -59,6 +59,13 @@ export class Database extends Context.Service<
 export { StatementTimeout }
 
 /**
+ * The `application_name` of the connections we open (the LISTEN one), so that they can be told
+ * apart in `pg_stat_activity`; one the caller's settings give (options, connection string,
+ * `PGAPPNAME`) wins, since PostgreSQL takes it as a fallback only.
+ */
+export const APPLICATION_NAME = "socket.io-postgres-effect"
+
+/**
  * Builds the service over a `pg.Pool` that the caller owns (never ended by us). Idle connections
  * are only distrusted after a failure while the pool is watched (see {@link layerPool}).
  */
@@ -70,15 +77,16 @@ export const fromPool = (pool: pg.Pool): Database["Service"] => ({
           signal,
           timeoutMillis: timeout === undefined ? undefined : Duration.toMillis(timeout),
         }),
-      catch: databaseError(sql.slice(0, 40)),
+      catch: (cause) => databaseError(shortSql(sql))(cause),
     }).pipe(Effect.map((result) => result.rows as ReadonlyArray<A>)),
   unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>, signal?: AbortSignal) =>
     Pool.run(pool, sql, params, { signal }).then(
       (result) => result.rows as ReadonlyArray<A>,
-      (cause) => Promise.reject(databaseError(sql.slice(0, 40))(cause)),
+      (cause) => Promise.reject(databaseError(shortSql(sql))(cause)),
     ),
   markStale: (at) => Effect.sync(() => Pool.markStale(pool, at)),
   connectionOptions: {
+    fallback_application_name: APPLICATION_NAME,
     ...(pool as unknown as { options: pg.ClientConfig }).options,
     keepAlive: true,
   },
@@ -127,20 +135,17 @@ export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = La
       params?: ReadonlyArray<unknown>,
       timeout?: Duration.Duration,
     ) => {
-      const operation = statement.slice(0, 40)
+      const failed = (cause: unknown) => databaseError(shortSql(statement))(cause)
       const rows = sql.unsafe<A & object>(statement, params).pipe(
         Effect.map((rows) => rows as ReadonlyArray<A>),
-        Effect.mapError(databaseError(operation)),
+        Effect.mapError(failed),
       )
       return timeout === undefined
         ? rows
         : rows.pipe(
             Effect.timeoutOrElse({
               duration: timeout,
-              orElse: () =>
-                Effect.fail(
-                  databaseError(operation)(new StatementTimeout(Duration.toMillis(timeout))),
-                ),
+              orElse: () => Effect.fail(failed(new StatementTimeout(Duration.toMillis(timeout)))),
             }),
           )
     }
@@ -169,6 +174,7 @@ export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = La
               : () => Effect.runPromiseWith(context)(password).then(Redacted.value),
         ssl: config.ssl,
         application_name: config.applicationName,
+        fallback_application_name: APPLICATION_NAME,
         keepAlive: true,
       } as pg.ClientConfig,
     }
@@ -212,3 +218,9 @@ export const catalogRace = Schedule.exponential("20 millis").pipe(
   Schedule.jittered,
   Schedule.upTo({ times: 8 }),
 )
+
+/** Retries DDL on {@link catalogRace}, except a permanent failure (e.g. no `CREATE` privilege). */
+export const retryCatalogRace = <A, R>(
+  ddl: Effect.Effect<A, DatabaseError, R>,
+): Effect.Effect<A, DatabaseError, R> =>
+  Effect.retry(ddl, { schedule: catalogRace, while: (error) => permanentCode(error) === undefined })

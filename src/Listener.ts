@@ -42,7 +42,7 @@ import { quoteIdentifier } from "./Channel.js"
 import { AdapterConfig } from "./AdapterConfig.js"
 import { connect, Database, type DedicatedClient } from "./Database.js"
 import { destroySocket } from "./internal/pool.js"
-import { type DatabaseError, ListenError, report } from "./Errors.js"
+import { type DatabaseError, ListenError, permanentCode, Reconnected, report } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 
 /** What a subscriber of a channel is told. */
@@ -148,6 +148,8 @@ export const make = Effect.gen(function* () {
     runFork(Effect.logError(`${what} handler threw`, error)),
   )
   let session: Session | undefined
+  // The failures since the connection was last up: the incident its return ends.
+  let failing: { readonly since: number; attempts: number } | undefined
 
   // A channel's LISTEN on this session, retried alone until it holds; then its subscribers
   // hear `onListen`. A failure is reported unless the connection itself is gone (the session's
@@ -204,7 +206,17 @@ export const make = Effect.gen(function* () {
     session = current
     const since = yield* Clock.currentTimeMillis
     yield* Metric.update(Metrics.listenerConnects, 1)
-    yield* Effect.logDebug("LISTEN connection established")
+    yield* Effect.logDebug(`LISTEN connection ${failing === undefined ? "" : "re-"}established`)
+    if (failing !== undefined) {
+      const { attempts, since: from } = failing
+      failing = undefined
+      const seconds = Math.round((since - from) / 100) / 10
+      yield* report(
+        new Reconnected({
+          message: `LISTEN connection back after ${attempts} failed attempt${attempts === 1 ? "" : "s"} (${seconds} s)`,
+        }),
+      )
+    }
     for (const channel of [...channels.names()])
       yield* FiberMap.run(current.listening, channel, listenChannel(current, channel), {
         onlyIfMissing: true,
@@ -222,13 +234,18 @@ export const make = Effect.gen(function* () {
     )
   }).pipe(Effect.scoped)
 
+  // Every failure is reported (a permanent one once: see `report`), and logged; a permanent one
+  // again only at debug level: it is retried quietly, in case someone fixes it.
   const onEnded = Effect.fnUntraced(function* (ended: Ended) {
     if (ended.connected) {
       for (const channel of channels.names()) channels.tell(channel, "onLost")
       yield* Metric.update(Metrics.listenerDrops, 1)
     }
-    yield* Effect.logWarning(ended.error.message)
+    failing ??= { since: yield* Clock.currentTimeMillis, attempts: 0 }
+    failing.attempts++
     yield* report(ended.error)
+    const quiet = failing.attempts > 1 && permanentCode(ended.error) !== undefined
+    yield* (quiet ? Effect.logDebug : Effect.logWarning)(ended.error.message)
   })
 
   // The connection is opened when the first subscriber arrives, not before. Sessions follow one

@@ -5,7 +5,14 @@
  */
 export { createAdapter, PostgresAdapter } from "./Adapter.js"
 export type { AdapterOptions } from "./AdapterConfig.js"
-export { ConfigError, DatabaseError, ListenError, PublishError } from "./Errors.js"
+export {
+  ConfigError,
+  DatabaseError,
+  ListenError,
+  PublishError,
+  Reconnected,
+  RecoveryError,
+} from "./Errors.js"
 export { BroadcastOperator, Emitter, RESERVED_EVENTS } from "./Emitter.js"
 export type {
   DefaultEventsMap,
