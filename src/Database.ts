@@ -15,7 +15,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as SqlClient from "effect/sql/SqlClient"
 import pg from "pg"
-import { type DatabaseError, databaseError, permanentCode, shortSql } from "./Errors.js"
+import { type DatabaseError, databaseError, permanentCode, report, shortSql } from "./Errors.js"
 import * as Pool from "./internal/pool.js"
 import { StatementTimeout } from "./internal/pool.js"
 
@@ -94,7 +94,8 @@ export const fromPool = (pool: pg.Pool): Database["Service"] => ({
 
 /**
  * A `Database` layer over a caller-owned `pg.Pool`: the pool's new connections are watched
- * while the layer lives, so that idle ones older than a failure are not handed out.
+ * while the layer lives, so that idle ones older than a failure are not handed out. A pool
+ * without an `'error'` listener gets one meanwhile (see {@link guardIdleErrors}).
  */
 export const layerPool = (pool: pg.Pool): Layer.Layer<Database> =>
   Layer.effect(
@@ -102,8 +103,45 @@ export const layerPool = (pool: pg.Pool): Layer.Layer<Database> =>
     Effect.acquireRelease(
       Effect.sync(() => Pool.watch(pool)),
       (stop) => Effect.sync(stop),
-    ).pipe(Effect.as(fromPool(pool))),
+    ).pipe(Effect.andThen(guardIdleErrors(pool)), Effect.as(fromPool(pool))),
   )
+
+// Our own listeners, which do not count as the pool owner's.
+const ours = new WeakSet<(...args: Array<any>) => void>()
+// The pools whose missing listener was said: once per pool.
+const told = new WeakSet<pg.Pool>()
+
+/**
+ * `pg.Pool` emits `'error'` when an idle connection fails (PostgreSQL restarted, the connection
+ * terminated or cut), and an `'error'` event without a listener makes Node exit. A pool whose
+ * owner listens for none gets one of ours while the layer lives: each such error is logged and
+ * reported to the `errorHandler`, and the missing listener is said once.
+ */
+const guardIdleErrors = (pool: pg.Pool) =>
+  Effect.gen(function* () {
+    if (pool.listeners("error").some((listener) => !ours.has(listener as () => void))) return
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
+    const listener = (cause: Error) =>
+      void runFork(
+        Effect.gen(function* () {
+          const error = databaseError("an idle connection of the pool")(cause)
+          yield* Effect.logWarning(error.message)
+          yield* report(error)
+        }),
+      )
+    ours.add(listener)
+    yield* Effect.acquireRelease(
+      Effect.sync(() => pool.on("error", listener)),
+      () => Effect.sync(() => pool.off("error", listener)),
+    )
+    if (told.has(pool)) return
+    told.add(pool)
+    const notice = new Error(
+      "the pg.Pool has no 'error' listener: added one that reports its idle connections' errors here (without one, Node exits on the first, e.g. when PostgreSQL restarts)",
+    )
+    yield* Effect.logWarning(notice.message)
+    yield* report(notice)
+  }).pipe(Effect.annotateLogs({ module: "Database" }))
 
 /** The same database, every statement bounded by `timeout` unless it brings its own. */
 export const withTimeout = (
