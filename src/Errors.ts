@@ -27,6 +27,15 @@ export class PublishError extends Schema.TaggedError<PublishError>()("PublishErr
   cause: Schema.optional(Schema.Defect()),
 }) {}
 
+/**
+ * A request (`fetchSockets`, `serverSideEmitWithAck` of the emitter) ended without the answers of
+ * `missing` servers within `requestsTimeout`.
+ */
+export class RequestTimeoutError extends Schema.TaggedError<RequestTimeoutError>()(
+  "RequestTimeoutError",
+  { missing: Schema.Number, message: Schema.String },
+) {}
+
 /** A session could not be saved for connection state recovery (e.g. `socket.data` unencodable). */
 export class RecoveryError extends Schema.TaggedError<RecoveryError>()("RecoveryError", {
   message: Schema.String,

@@ -12,11 +12,14 @@ export {
   PublishError,
   Reconnected,
   RecoveryError,
+  RequestTimeoutError,
 } from "./Errors.js"
 export { BroadcastOperator, Emitter, RESERVED_EVENTS } from "./Emitter.js"
 export type {
+  AckValue,
   DefaultEventsMap,
   EmitterOptions,
+  EventNamesWithAck,
   EventNames,
   EventParams,
   EventsMap,
