@@ -98,6 +98,23 @@ describe("permanent failures are said once, as such, at start", () => {
     for (const error of server.errors) expect(error.message).toMatch(/^permanent: /)
   }, 30_000)
 
+  it("a database that does not exist: one permanent line", async () => {
+    const url = new URL(urlAs(role, "pw"))
+    url.pathname = `/${id}_nowhere`
+    const server = start(makePool({ connectionString: url.toString() }), {
+      channelPrefix: id,
+      tableName: id,
+    })
+    const before = logged(/LISTEN connection failed/)
+    await eventually(() => logged(/LISTEN connection failed/) - before >= 3, {
+      timeout: 15_000,
+      message: "the LISTEN connection retried",
+    })
+    expect(messages(server, /LISTEN connection failed/)).toEqual([
+      expect.stringMatching(/^permanent: LISTEN connection failed: .*does not exist/),
+    ])
+  }, 30_000)
+
   it("a role without CREATE: the table's creation is one permanent line", async () => {
     const pool = makePool({ connectionString: urlAs(role, "pw") })
     const server = start(pool, { channelPrefix: id, tableName: id })
