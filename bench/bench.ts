@@ -360,6 +360,7 @@ const resourceFields = (measured: Measured<unknown>, count: number) => {
   const emitter = measured.servers[0]!
   return {
     serverCpuMs: round(serverCpu),
+    serverCpuSystemMs: round(measured.servers.reduce((sum, m) => sum + m.cpuSystemMs, 0)),
     emitterCpuMs: round(cpuOf(emitter)),
     serverCpuPer1k: per1k(serverCpu, count),
     emitterCpuPer1k: per1k(cpuOf(emitter), count),
@@ -687,6 +688,7 @@ const runJoin = async (
       seenByOthersMs: seenAt === null ? null : round(seenAt - t0),
       seesOthersMs: sees === null || sees === undefined ? null : round(sees - t0),
       serverCpuMs: null,
+      serverCpuSystemMs: null,
       emitterCpuMs: null,
       serverCpuPer1k: null,
       emitterCpuPer1k: null,
@@ -732,6 +734,7 @@ const failedRun = (scenario: Scenario, kind: Kind, rep: number, error: unknown):
   p99: null,
   max: null,
   serverCpuMs: null,
+  serverCpuSystemMs: null,
   emitterCpuMs: null,
   serverCpuPer1k: null,
   emitterCpuPer1k: null,

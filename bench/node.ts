@@ -205,17 +205,31 @@ const makePool = (url: string, applicationName: string) => {
     idleTimeoutMillis: 0,
   })
   pool.on("error", () => {})
-  // Time the promise form of `pool.query` (what both adapters publish with): call to result.
-  const query = pool.query.bind(pool) as (...args: Array<unknown>) => unknown
-  ;(pool as { query: unknown }).query = (...args: Array<unknown>) => {
-    const t = now()
-    const result = query(...args)
-    const sql = typeof args[0] === "string" ? args[0] : undefined
-    if (sql === undefined || !(result instanceof Promise)) return result
-    const done = () => timeStatement(sql, now() - t)
-    result.then(done, done)
-    return result
-  }
+  // Time every statement (call to result), whether it runs through `pool.query` (0.5.0) or on a
+  // checked-out client (ours), in promise or callback form.
+  const timed = new WeakSet<object>()
+  pool.on("acquire", (client) => {
+    if (timed.has(client)) return
+    timed.add(client)
+    const query = client.query.bind(client) as (...args: Array<unknown>) => unknown
+    ;(client as { query: unknown }).query = (...args: Array<unknown>) => {
+      const sql = typeof args[0] === "string" ? args[0] : undefined
+      if (sql === undefined) return query(...args)
+      const t = now()
+      const done = () => timeStatement(sql, now() - t)
+      const last = args.at(-1)
+      if (typeof last === "function") {
+        args[args.length - 1] = (...result: Array<unknown>) => {
+          done()
+          return (last as (...a: Array<unknown>) => unknown)(...result)
+        }
+        return query(...args)
+      }
+      const result = query(...args)
+      if (result instanceof Promise) result.then(done, done)
+      return result
+    }
+  })
   return pool
 }
 

@@ -36,6 +36,8 @@ export interface RunResult {
   readonly durationMs: number | null
   /** CPU of all servers (user + system). */
   readonly serverCpuMs: number | null
+  /** Of which system (kernel) time. */
+  readonly serverCpuSystemMs: number | null
   readonly emitterCpuMs: number | null
   readonly serverCpuPer1k: number | null
   readonly emitterCpuPer1k: number | null

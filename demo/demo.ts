@@ -1,10 +1,12 @@
 /**
- * `npm start`: three Socket.IO servers clustered through PostgreSQL by this adapter, one client on
- * each, a tour of what crosses the cluster (with timings), then the servers keep running until
+ * `npm start`: first a tour in the terminal — three Socket.IO servers clustered through PostgreSQL
+ * by this adapter, one client on each, what crosses the cluster and how long it takes — then the
+ * browser demo on http://localhost:3000: three servers in processes of their own, a client of each
+ * side by side, live panels and fault buttons (see `web.ts`, `servers.ts`, `public/`), until
  * Ctrl-C. `DEMO_EXIT=1` or `--once` stops right after the tour (a smoke test for CI).
  *
- * Environment: `DATABASE_URL` (else an embedded PostgreSQL), `PORT` (first port, default 3000),
- * `NO_COLOR`.
+ * Environment: `DATABASE_URL` (else an embedded PostgreSQL), `PORT` (the page's, default 3000),
+ * `DEMO_TABLE_PREFIX` (the demo's tables, default the adapter's own names), `NO_COLOR`.
  */
 import { createHash, randomBytes } from "node:crypto"
 import * as http from "node:http"
@@ -14,6 +16,8 @@ import { Server } from "socket.io"
 import { io as connectClient, type Socket as ClientSocket } from "socket.io-client"
 import { createAdapter } from "../src/index.js"
 import { type DemoDatabase, openDatabase } from "./postgres.js"
+import { DemoServers } from "./servers.js"
+import { PortInUseError, startWeb, type Web } from "./web.js"
 
 // ─── settings ─────────────────────────────────────────────────────────────────────────────────
 
@@ -31,13 +35,23 @@ const truthy = (value: string | undefined) =>
   value !== undefined && !["", "0", "false", "no"].includes(value.toLowerCase())
 const ONCE = truthy(process.env["DEMO_EXIT"]) || process.argv.includes("--once")
 
-const firstPort = (): number => {
+const pagePort = (): number => {
   const raw = process.env["PORT"] ?? "3000"
   const port = Number(raw)
-  if (!Number.isInteger(port) || port < 1 || port > 65535 - (SERVER_COUNT - 1)) {
-    throw new UserError(`PORT must be a port number from 1 to ${65535 - (SERVER_COUNT - 1)}`)
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new UserError("PORT must be a port number from 1 to 65535")
   }
   return port
+}
+
+/** The demo's table names: the adapter's defaults, or `DEMO_TABLE_PREFIX`'s (tests isolate so). */
+const tableNames = (): { readonly tableName?: string; readonly recoveryTablePrefix?: string } => {
+  const prefix = process.env["DEMO_TABLE_PREFIX"]
+  if (prefix === undefined || prefix === "") return {}
+  if (!/^[a-z_][a-z0-9_]{0,39}$/.test(prefix)) {
+    throw new UserError("DEMO_TABLE_PREFIX must be a lowercase SQL name of at most 40 characters")
+  }
+  return { tableName: `${prefix}_attachments`, recoveryTablePrefix: `${prefix}_recovery` }
 }
 
 // ─── output ───────────────────────────────────────────────────────────────────────────────────
@@ -102,117 +116,43 @@ interface Node {
   readonly http: http.Server
 }
 
-/** What the demo's own clients send in their handshake, to tell them from browser tabs. */
+/** What the demo's own clients send in their handshake. */
 interface Handshake {
   readonly demoClient?: number
 }
 
-const page = (port: number, ports: ReadonlyArray<number>) => `<!doctype html>
-<meta charset="utf-8">
-<title>socket.io-postgres-effect · :${port}</title>
-<style>
-  body { font: 15px/1.5 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem }
-  #log { list-style: none; padding: 0 } #log li { border-bottom: 1px solid #eee; padding: .2rem 0 }
-  small { color: #777 } input { width: 70%; font: inherit } button { font: inherit }
-</style>
-<h1>Server :${port}</h1>
-<p id="status">connecting…</p>
-<form id="form"><input id="text" autocomplete="off" placeholder="Say something to the whole cluster">
-<button>Send</button></form>
-<ul id="log"></ul>
-<p><small>Open another server of the demo (${ports
-  .filter((other) => other !== port)
-  .map((other) => `<a href="http://localhost:${other}/">:${other}</a>`)
-  .join(", ")}) in a second tab: a message sent here reaches it through PostgreSQL.</small></p>
-<script src="/socket.io/socket.io.js"></script>
-<script>
-  const socket = io()
-  const $ = (id) => document.getElementById(id)
-  socket.on("connect", () => ($("status").textContent = "connected to :${port} as " + socket.id))
-  socket.on("disconnect", () => ($("status").textContent = "disconnected"))
-  socket.on("chat", ({ text, server, from }) => {
-    const li = document.createElement("li")
-    li.textContent = text + "  "
-    const small = document.createElement("small")
-    small.textContent = "from " + from + " on :" + server
-    li.append(small)
-    $("log").prepend(li)
-  })
-  $("form").addEventListener("submit", (event) => {
-    event.preventDefault()
-    if ($("text").value.trim() !== "") socket.emit("chat", $("text").value)
-    $("text").value = ""
-  })
-</script>
-`
-
-/** Starts a Socket.IO server on `port` with the adapter, serving a small chat page on `/`. */
+/** Starts a Socket.IO server with the adapter on a free port of 127.0.0.1. */
 const startNode = async (
   index: number,
-  ports: ReadonlyArray<number>,
   adapter: ReturnType<typeof createAdapter>,
-  serving: () => boolean,
 ): Promise<Node> => {
-  const port = ports[index]!
-  const html = page(port, ports)
-  const httpServer = http.createServer((req, res) => {
-    if (req.url === "/" || req.url === "/index.html") {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" }).end(html)
-    } else {
-      res.writeHead(404, { "content-type": "text/plain" }).end("not found\n")
-    }
+  const httpServer = http.createServer((_req, res) => {
+    res.writeHead(404, { "content-type": "text/plain" }).end("not found\n")
   })
   const io = new Server(httpServer, { adapter })
-  const name = `:${port}`
+  let port = 0
   io.on("connection", (socket) => {
     const { demoClient } = socket.handshake.auth as Handshake
     socket.data.server = port
-    socket.data.kind = demoClient === undefined ? "browser" : `demo client ${demoClient}`
+    socket.data.kind = demoClient === undefined ? "other" : `demo client ${demoClient}`
     socket.on("join", (room: unknown, ack: unknown) => {
       if (typeof room === "string") socket.join(room)
       if (typeof ack === "function") ack()
     })
-    // From the page: one message to every socket of the cluster, whichever server it is on.
-    socket.on("chat", (text: unknown) => {
-      if (typeof text !== "string") return
-      const clipped = text.slice(0, 500)
-      io.emit("chat", { text: clipped, server: port, from: socket.id })
-      if (serving()) say(`${cyan(name)} ${socket.id} says ${JSON.stringify(clipped)} → everyone`)
-    })
-    if (serving() && demoClient === undefined) {
-      say(`${cyan(name)} ${green("+")} browser ${socket.id} connected`)
-      socket.on("disconnect", (reason) =>
-        say(`${cyan(name)} ${dim("-")} browser ${socket.id} left ${dim(`(${reason})`)}`),
-      )
-    }
-  })
-  const listening = new Promise<void>((resolve, reject) => {
-    const onError = (error: NodeJS.ErrnoException) => {
-      httpServer.off("listening", onListening)
-      reject(
-        error.code === "EADDRINUSE"
-          ? new UserError(
-              `port ${port} is already in use; choose other ports, e.g. PORT=${ports[0]! + 1000} npm start`,
-            )
-          : error,
-      )
-    }
-    const onListening = () => {
-      httpServer.off("error", onError)
-      resolve()
-    }
-    httpServer.once("error", onError)
-    httpServer.once("listening", onListening)
-    httpServer.listen(port)
   })
   try {
-    await listening
+    await new Promise<void>((resolve, reject) => {
+      httpServer.once("error", reject)
+      httpServer.listen(0, "127.0.0.1", () => resolve())
+    })
   } catch (error) {
     // Its adapter already listens on PostgreSQL: close it, or it would keep the process alive.
     await io.close()
     throw error
   }
-  return { index, port, name, io, http: httpServer }
+  const address = httpServer.address()
+  port = typeof address === "object" && address !== null ? address.port : 0
+  return { index, port, name: `:${port}`, io, http: httpServer }
 }
 
 const connectDemoClient = (node: Node): Promise<ClientSocket> =>
@@ -637,9 +577,104 @@ const onSignal = (signal: NodeJS.Signals) => {
   void shutdown(signal, 0, 100)
 }
 
+/** Removes a cleanup from the stack and runs it now (a step that is over). */
+const cleanUpNow = async (name: string) => {
+  const index = cleanups.findIndex((cleanup) => cleanup.name === name)
+  if (index < 0) return
+  const [cleanup] = cleanups.splice(index, 1)
+  await cleanup!.run()
+}
+
+/**
+ * The terminal tour on three servers in this process, on free ports of 127.0.0.1; they are closed
+ * at its end. Returns the number of failed checks, or undefined if interrupted.
+ */
+const tour = async (
+  pool: pg.Pool,
+  channelPrefix: string,
+  tables: ReturnType<typeof tableNames>,
+): Promise<number | undefined> => {
+  const adapterErrors = (index: number) => (error: Error) => {
+    if (shuttingDown === undefined) say(yellow(`tour server ${index + 1}: ${error.message}`))
+  }
+  const nodes: Array<Node> = []
+  const formed = new Stopwatch()
+  formed.start()
+  cleanups.push({
+    name: "tour servers",
+    done: "closed",
+    // `io.close()` closes the adapters (each announces it is leaving) and the HTTP servers.
+    run: () =>
+      Promise.all(
+        nodes.map((node) => {
+          const closing = node.io.close()
+          node.http.closeAllConnections()
+          return closing
+        }),
+      ),
+  })
+  for (let i = 0; i < SERVER_COUNT; i++) {
+    const adapter = createAdapter(pool, {
+      channelPrefix,
+      ...tables,
+      errorHandler: adapterErrors(i),
+    })
+    nodes.push(await startup(startNode(i, adapter)))
+    if (shuttingDown) return undefined
+  }
+  const clients: Array<ClientSocket> = []
+  cleanups.push({
+    name: "tour clients",
+    done: "closed",
+    run: async () => clients.forEach((client) => client.close()),
+  })
+  for (const node of nodes) clients.push(await startup(connectDemoClient(node)))
+  if (shuttingDown) return undefined
+
+  say(
+    `${padEnd("Servers", 11)} ${nodes.map((n) => bold(n.name)).join("  ")}  ${dim(`one pg.Pool, channels "${channelPrefix}#/…"`)}`,
+  )
+  say(`${padEnd("Clients", 11)} one socket.io-client on each server (websocket)`)
+
+  // Each adapter announces itself once it listens; the others answer with a heartbeat.
+  const counts = () => Promise.all(nodes.map((node) => node.io.of("/").adapter.serverCount()))
+  let seen = await counts()
+  while (seen.some((count) => count < SERVER_COUNT) && formed.elapsed() < CLUSTER_TIMEOUT_MS) {
+    if (shuttingDown) return undefined
+    await sleep(20)
+    seen = await counts()
+  }
+  if (seen.some((count) => count < SERVER_COUNT)) {
+    throw new UserError(
+      `the cluster did not form within ${CLUSTER_TIMEOUT_MS / 1000} s (server counts: ${seen.join(", ")})`,
+    )
+  }
+  say(
+    `${padEnd("Cluster", 11)} ${ok} every server sees ${SERVER_COUNT} servers ${dim(`(${ms(formed.elapsed())} after the first one started)`)}`,
+  )
+  say(
+    dim(
+      `\nTimes are from the emit on the server to the arrival at the receiver, all in this process.`,
+    ),
+  )
+
+  const failures = await runTour(nodes, clients)
+  if (shuttingDown) return undefined
+  say()
+  say(
+    failures === 0
+      ? `${ok} ${bold("Every step arrived where it should.")}`
+      : `${notOk} ${bold(red(`${failures} check(s) failed.`))}`,
+  )
+  await cleanUpNow("tour clients")
+  await cleanUpNow("tour servers")
+  return failures
+}
+
 const main = async () => {
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, onSignal)
-  const port = firstPort()
+  const port = ONCE ? 0 : pagePort()
+  const tables = tableNames()
 
   say()
   say(bold("socket.io-postgres-effect · demo"))
@@ -662,79 +697,49 @@ const main = async () => {
 
   // A fresh channel prefix per run, so two demos (or test runs) on one database stay apart.
   const channelPrefix = `demo_${randomBytes(3).toString("hex")}`
-  const adapterErrors = (name: string) => (error: Error) => {
-    if (shuttingDown === undefined) say(yellow(`${name} adapter: ${error.message}`))
-  }
-  const nodes: Array<Node> = []
-  const formed = new Stopwatch()
-  formed.start()
-  cleanups.push({
-    name: "servers",
-    done: "closed",
-    // `io.close()` closes the adapters (each announces it is leaving) and the HTTP servers.
-    run: () =>
-      Promise.all(
-        nodes.map((node) => {
-          const closing = node.io.close()
-          node.http.closeAllConnections()
-          return closing
-        }),
-      ),
-  })
-  const ports = Array.from({ length: SERVER_COUNT }, (_, i) => port + i)
-  for (let i = 0; i < SERVER_COUNT; i++) {
-    const adapter = createAdapter(pool, {
+
+  // The page's port first: a busy one is said before anything else runs.
+  let web: Web | undefined
+  let servers: DemoServers | undefined
+  if (!ONCE) {
+    servers = new DemoServers({
+      databaseUrl: database.url,
       channelPrefix,
-      errorHandler: adapterErrors(`:${ports[i]}`),
+      tableName: tables.tableName ?? "socket_io_attachments",
+      recoveryTablePrefix: tables.recoveryTablePrefix ?? "socket_io_recovery",
+      admin: pool,
+      log: (text) => {
+        web?.log(text)
+        if (serving) say(`${dim("·")} ${text}`)
+      },
     })
-    nodes.push(await startup(startNode(i, ports, adapter, () => serving)))
-    if (shuttingDown) return
+    const freezeReason = database.embedded
+      ? "SIGSTOP to the embedded PostgreSQL's processes, SIGCONT 5 s later"
+      : "only possible with the demo's own embedded PostgreSQL: DATABASE_URL is set, and that server is not the demo's to freeze"
+    try {
+      web = await startup(
+        startWeb({
+          port,
+          servers,
+          freeze: database.freeze,
+          setup: {
+            database: database.description,
+            channelPrefix,
+            freeze: { available: database.freeze !== undefined, reason: freezeReason },
+          },
+        }),
+      )
+    } catch (error) {
+      if (error instanceof PortInUseError) throw new UserError(error.message)
+      throw error
+    }
+    const started = web
+    cleanups.push({ name: "page", done: "closed", run: () => started.close() })
   }
-  const clients: Array<ClientSocket> = []
-  cleanups.push({
-    name: "clients",
-    done: "closed",
-    run: async () => clients.forEach((client) => client.close()),
-  })
-  for (const node of nodes) clients.push(await startup(connectDemoClient(node)))
-  if (shuttingDown) return
 
   say(`${padEnd("PostgreSQL", 11)} ${database.description}`)
-  say(
-    `${padEnd("Servers", 11)} ${nodes.map((n) => bold(n.name)).join("  ")}  ${dim(`one pg.Pool, channels "${channelPrefix}#/…"`)}`,
-  )
-  say(`${padEnd("Clients", 11)} one socket.io-client on each server (websocket)`)
-
-  // Each adapter announces itself once it listens; the others answer with a heartbeat.
-  const counts = () => Promise.all(nodes.map((node) => node.io.of("/").adapter.serverCount()))
-  let seen = await counts()
-  while (seen.some((count) => count < SERVER_COUNT) && formed.elapsed() < CLUSTER_TIMEOUT_MS) {
-    if (shuttingDown) return
-    await sleep(20)
-    seen = await counts()
-  }
-  if (seen.some((count) => count < SERVER_COUNT)) {
-    throw new UserError(
-      `the cluster did not form within ${CLUSTER_TIMEOUT_MS / 1000} s (server counts: ${seen.join(", ")})`,
-    )
-  }
-  say(
-    `${padEnd("Cluster", 11)} ${ok} every server sees ${SERVER_COUNT} servers ${dim(`(${ms(formed.elapsed())} after the first one started)`)}`,
-  )
-  say(
-    dim(
-      `\nTimes are from the emit on the server to the arrival at the receiver, all in this process.`,
-    ),
-  )
-
-  const failures = await runTour(nodes, clients)
-  if (shuttingDown) return
-  say()
-  say(
-    failures === 0
-      ? `${ok} ${bold("Every step arrived where it should.")}`
-      : `${notOk} ${bold(red(`${failures} check(s) failed.`))}`,
-  )
+  const failures = await tour(pool, channelPrefix, tables)
+  if (failures === undefined || shuttingDown) return
 
   if (ONCE)
     return shutdown(
@@ -742,11 +747,23 @@ const main = async () => {
       failures === 0 ? 0 : 1,
     )
 
-  serving = true
   say()
-  say(bold("The cluster keeps running. Open two of these in a browser and chat across servers:"))
-  for (const node of nodes) say(`   ${cyan(`http://localhost:${node.port}/`)}`)
-  say(dim("Press Ctrl-C to stop."))
+  say(bold("The browser demo: three servers in processes of their own…"))
+  const running = servers!
+  cleanups.push({ name: "demo servers", done: "stopped", run: () => running.close() })
+  await startup(running.start())
+  if (shuttingDown) return
+  serving = true
+  const ports = running.views().map((view) => `:${view.port}`)
+  say(`   ${ok} servers 1, 2, 3 on ${ports.join(", ")} ${dim(`(channels "${channelPrefix}#/…")`)}`)
+  say()
+  say(`${bold("Open")} ${cyan(web!.url)} ${bold("in a browser")}`)
+  say(
+    dim(
+      "a client of each server side by side: chat, rooms, live panels, and buttons that kill a LISTEN\n" +
+        "connection, freeze PostgreSQL or stop a server. Press Ctrl-C to stop.",
+    ),
+  )
   say()
 }
 

@@ -4,7 +4,7 @@
  * `postgres` user from binaries it can reach).
  */
 import { performance } from "node:perf_hooks"
-import { type EmbeddedServer, startEmbeddedPostgres } from "../test/setup/embedded.js"
+import { type EmbeddedServer, signalServer, startEmbeddedPostgres } from "../test/setup/embedded.js"
 
 /** Where the demo's database lives and how to let go of it. */
 export interface DemoDatabase {
@@ -15,6 +15,11 @@ export interface DemoDatabase {
   readonly embedded: boolean
   /** Stops the embedded server and deletes its files; nothing for `DATABASE_URL`. Idempotent. */
   readonly stop: () => Promise<void>
+  /**
+   * Freezes the embedded server for `ms` (SIGSTOP to the postmaster and every backend, then
+   * SIGCONT): connections hang without an error. Absent for `DATABASE_URL`: not ours to freeze.
+   */
+  readonly freeze?: (ms: number) => Promise<void>
 }
 
 /** `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for printing. */
@@ -59,12 +64,33 @@ export const openDatabase = async (onProgress: (line: string) => void): Promise<
     throw failure
   }
   const seconds = ((performance.now() - started) / 1000).toFixed(1)
+  // Set while frozen: wakes the server now (a stopped server would never act on its shutdown).
+  let thaw: (() => void) | undefined
   return {
     url: server.url,
     description: `embedded PostgreSQL on 127.0.0.1:${server.port} (started in ${seconds} s, deleted on exit)`,
     embedded: true,
     // A Ctrl-C in a terminal reaches the postgres child too, which then shuts itself down:
     // `destroy()` only waits for a server that still runs, and is idempotent.
-    stop: () => server.destroy(),
+    stop: async () => {
+      if (thaw !== undefined) {
+        thaw()
+        await signalServer(server.dataDir, "SIGCONT").catch(() => {})
+      }
+      await server.destroy()
+    },
+    freeze: async (ms) => {
+      if (thaw !== undefined || !server.running()) return
+      await signalServer(server.dataDir, "SIGSTOP")
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, ms)
+        thaw = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+      })
+      thaw = undefined
+      await signalServer(server.dataDir, "SIGCONT").catch(() => {})
+    },
   }
 }

@@ -26,7 +26,7 @@ import { ErrorHandler } from "./Errors.js"
 import * as DebugLog from "./internal/debugLog.js"
 import { NOT_RESTORED } from "./internal/recovering.js"
 import { fromContext, type Runner } from "./internal/runner.js"
-import { type Local, NamespaceNode } from "./Namespace.js"
+import { type ListenStatus, type Local, NamespaceNode } from "./Namespace.js"
 import { MessageType, type Body } from "./Protocol.js"
 
 /** What every namespace adapter of one `createAdapter` call (or adapter factory) shares. */
@@ -67,6 +67,14 @@ export class PostgresAdapter extends ClusterAdapter {
   /** Resolves once this namespace's channel is listened on (first time). */
   get ready(): Promise<void> {
     return this.#node.ready
+  }
+
+  /**
+   * This namespace's LISTEN right now: whether its channel is listened on, and the PostgreSQL
+   * backend pid of the server's LISTEN connection while it is up. For dashboards and fault drills.
+   */
+  listenStatus(): ListenStatus {
+    return this.#node.listenStatus()
   }
 
   /** Starts listening on the namespace's channel and tracking the cluster's members. */

@@ -17,7 +17,7 @@ import type * as SqlClient from "effect/sql/SqlClient"
 import pg from "pg"
 import { type DatabaseError, databaseError, permanentCode, report, shortSql } from "./Errors.js"
 import * as Pool from "./internal/pool.js"
-import { StatementTimeout } from "./internal/pool.js"
+import { StatementAbort, StatementTimeout } from "./internal/pool.js"
 
 /** A dedicated connection: what the Listener needs of a `pg.Client`. */
 export type DedicatedClient = pg.Client
@@ -37,13 +37,13 @@ export class Database extends Context.Service<
     ) => Effect.Effect<ReadonlyArray<A>, DatabaseError>
     /**
      * The same as a promise, for the publishing hot path (no fiber per statement); rejects with
-     * a `DatabaseError`. `signal` abandons it (its connection discarded); aborted with a
+     * a `DatabaseError`. `abort` abandons it (its connection discarded); aborted with a
      * {@link StatementTimeout} reason, it counts as a deadline passed (see `markStale`).
      */
     readonly unsafeQuery: <A = Record<string, unknown>>(
       sql: string,
       params?: ReadonlyArray<unknown>,
-      signal?: AbortSignal,
+      abort?: StatementAbort,
     ) => Promise<ReadonlyArray<A>>
     /**
      * The network path to PostgreSQL failed at `at` (epoch ms): pooled connections not seen
@@ -56,7 +56,7 @@ export class Database extends Context.Service<
   }
 >()("socket.io-postgres-effect/Database") {}
 
-export { StatementTimeout }
+export { StatementAbort, StatementTimeout }
 
 /**
  * The `application_name` of the connections we open (the LISTEN one), so that they can be told
@@ -71,16 +71,18 @@ export const APPLICATION_NAME = "socket.io-postgres-effect"
  */
 export const fromPool = (pool: pg.Pool): Database["Service"] => ({
   query: <A>(sql: string, params?: ReadonlyArray<unknown>, timeout?: Duration.Duration) =>
-    Effect.tryPromise({
-      try: (signal) =>
-        Pool.run(pool, sql, params, {
-          signal,
-          timeoutMillis: timeout === undefined ? undefined : Duration.toMillis(timeout),
-        }),
-      catch: (cause) => databaseError(shortSql(sql))(cause),
-    }).pipe(Effect.map((result) => result.rows as ReadonlyArray<A>)),
-  unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>, signal?: AbortSignal) =>
-    Pool.run(pool, sql, params, { signal }).then(
+    Effect.callback<ReadonlyArray<A>, DatabaseError>((resume) => {
+      const abort = new Pool.StatementAbort()
+      const timeoutMillis = timeout === undefined ? undefined : Duration.toMillis(timeout)
+      Pool.run(pool, sql, params, { abort, timeoutMillis }).then(
+        (result) => resume(Effect.succeed(result.rows as ReadonlyArray<A>)),
+        (cause) => resume(Effect.fail(databaseError(shortSql(sql))(cause))),
+      )
+      // Interrupted: the statement is abandoned, its connection discarded.
+      return Effect.sync(() => abort.abort())
+    }),
+  unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>, abort?: Pool.StatementAbort) =>
+    Pool.run(pool, sql, params, { abort }).then(
       (result) => result.rows as ReadonlyArray<A>,
       (cause) => Promise.reject(databaseError(shortSql(sql))(cause)),
     ),
@@ -191,11 +193,21 @@ export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = La
     const socket = config.path?.match(/^(.*)\/\.s\.PGSQL\.(\d+)$/)
     return {
       query,
-      unsafeQuery: <B>(statement: string, params?: ReadonlyArray<unknown>, signal?: AbortSignal) =>
-        runPromiseExit(query<B>(statement, params), { signal }).then(
-          (exit): ReadonlyArray<B> | Promise<never> =>
-            Exit.isSuccess(exit) ? exit.value : Promise.reject(Cause.squash(exit.cause)),
-        ),
+      unsafeQuery: <B>(
+        statement: string,
+        params?: ReadonlyArray<unknown>,
+        abort?: StatementAbort,
+      ) => {
+        const controller = new AbortController()
+        if (abort?.aborted) controller.abort()
+        else abort?.onAbort(() => controller.abort())
+        return runPromiseExit(query<B>(statement, params), { signal: controller.signal }).then(
+          (exit): ReadonlyArray<B> | Promise<never> => {
+            abort?.onAbort(undefined)
+            return Exit.isSuccess(exit) ? exit.value : Promise.reject(Cause.squash(exit.cause))
+          },
+        )
+      },
       markStale: () => Effect.void,
       connectionOptions: {
         connectionString: config.url ? Redacted.value(config.url) : undefined,

@@ -21,7 +21,7 @@ import { channelName } from "./Channel.js"
 import type * as AdapterConfig from "./AdapterConfig.js"
 import { Heartbeat, type Membership } from "./Heartbeat.js"
 import * as asking from "./internal/asking.js"
-import { listen } from "./internal/inbound.js"
+import { listen, ListenWatch } from "./internal/inbound.js"
 import { makeSkipLogger } from "./internal/inbox.js"
 import { Outbox } from "./internal/outbox.js"
 import { NamespaceRecovery } from "./internal/recovering.js"
@@ -64,12 +64,27 @@ export interface NamespaceOptions {
   readonly maxDisconnection?: Duration.Duration | undefined
 }
 
+/** A namespace's LISTEN right now, as {@link NamespaceNode.listenStatus} tells it. */
+export interface ListenStatus {
+  /**
+   * Whether the namespace's channel is listened on: not before its first LISTEN holds, nor while
+   * the LISTEN connection is down, nor once the node closed.
+   */
+  readonly listening: boolean
+  /**
+   * The PostgreSQL backend pid (`pg_stat_activity.pid`) of the server's LISTEN connection, shared
+   * by its namespaces, while it is up; else `undefined`.
+   */
+  readonly backendPid: number | undefined
+}
+
 /** A namespace of this server in the cluster. */
 export class NamespaceNode {
   /** The namespace's notification channel. */
   readonly channel: string
+  readonly #watch = new ListenWatch()
   /** Resolves once the channel is listened on (first time). */
-  readonly ready: Promise<void>
+  readonly ready: Promise<void> = this.#watch.ready
   readonly #recovery: NamespaceRecovery | undefined
   readonly #outbox: Outbox
   readonly #requests = new Requests()
@@ -77,7 +92,6 @@ export class NamespaceNode {
   readonly #asking: asking.Asking
   #membership: Membership | undefined
   #fiber: Fiber.Fiber<never> | undefined
-  #listening: () => void = () => {}
   #closed = false
   #stopped = false
 
@@ -89,7 +103,6 @@ export class NamespaceNode {
       stopped: () => this.#stopped,
     })
     this.#skip = makeSkipLogger(warn)
-    this.ready = new Promise((resolve) => (this.#listening = resolve))
     this.#outbox = new Outbox({ channel: this.channel, runner, report })
     this.#asking = {
       ...options,
@@ -97,6 +110,7 @@ export class NamespaceNode {
       nodes: () => this.#membership?.nodes() ?? [],
       publish: (body) => void this.publish(body),
       closed: () => this.#closed,
+      traced: () => this.#outbox.traced,
     }
     this.#recovery =
       maxDisconnection === undefined
@@ -148,7 +162,7 @@ export class NamespaceNode {
       publish: (body) => void this.publish(body),
       onSkipped: this.#skip,
       closed: () => this.#closed,
-      listening: this.#listening,
+      watch: this.#watch,
     })
     return yield* Effect.never
   })
@@ -165,6 +179,9 @@ export class NamespaceNode {
     if (fiber !== undefined) await this.options.runner.runPromiseExit(Fiber.interrupt(fiber))
     this.#stopped = true
   }
+
+  /** Whether the namespace's channel is listened on now, and on which PostgreSQL backend. */
+  readonly listenStatus = (): ListenStatus => this.#watch.status(this.#closed)
 
   /** Number of servers in this namespace's cluster, this one included. */
   serverCount(): number {

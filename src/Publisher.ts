@@ -14,7 +14,7 @@ import * as Layer from "effect/Layer"
 import { quoteTableName } from "./Channel.js"
 import * as Codec from "./Codec.js"
 import { AdapterConfig } from "./AdapterConfig.js"
-import { Database, StatementTimeout } from "./Database.js"
+import { Database, StatementAbort, StatementTimeout } from "./Database.js"
 import { type DatabaseError, PublishError } from "./Errors.js"
 import {
   makeStatement,
@@ -133,11 +133,11 @@ export const make = Effect.gen(function* () {
   let inflight: ReadonlyArray<Item> = []
   let timer: ReturnType<typeof setTimeout> | undefined
   // Aborts the batch in flight: its statement's connection is discarded, never left checked out.
-  let abort: AbortController | undefined
+  let abort: StatementAbort | undefined
   let closed = false
 
   // A batch that timed out sends no more statements: they would run beside the next batch.
-  const send = async (items: ReadonlyArray<Item>, signal: AbortSignal) => {
+  const send = async (items: ReadonlyArray<Item>, signal: StatementAbort) => {
     for (const run of splitRuns(items)) {
       if (signal.aborted) return
       const [sql, params] = statement(run)
@@ -168,33 +168,34 @@ export const make = Effect.gen(function* () {
     queue = queue.length <= MAX_BATCH ? [] : queue.slice(MAX_BATCH)
     inflight = items
     Metrics.pendingPublishes.updateUnsafe(queue.length, context)
-    const controller = new AbortController()
+    const controller = new StatementAbort()
     abort = controller
-    const timedOut = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        reject(
-          new PublishError({
-            reason: "Timeout",
-            message: "PostgreSQL did not answer within the publishTimeout",
-          }),
-        )
-        // The connection it waits on is dead or stuck: discarded, with the idle ones as old.
-        controller.abort(new StatementTimeout(timeoutMillis))
-      }, timeoutMillis)
-    })
-    Promise.race([send(items, controller.signal), timedOut])
-      .catch((error) => {
+    let ended = false
+    const end = (error?: unknown) => {
+      if (ended) return
+      ended = true
+      clearTimeout(timer)
+      if (error !== undefined) {
         controller.abort()
         const failure = toPublishError(error)
         Metrics.publishFailures.updateUnsafe(items.filter((item) => !item.settled).length, context)
         for (const item of items) settle(item, failure)
-      })
-      .finally(() => {
-        clearTimeout(timer)
-        abort = undefined
-        inflight = []
-        pump()
-      })
+      }
+      abort = undefined
+      inflight = []
+      pump()
+    }
+    timer = setTimeout(() => {
+      // The connection it waits on is dead or stuck: discarded, with the idle ones as old.
+      controller.abort(new StatementTimeout(timeoutMillis))
+      end(
+        new PublishError({
+          reason: "Timeout",
+          message: "PostgreSQL did not answer within the publishTimeout",
+        }),
+      )
+    }, timeoutMillis)
+    send(items, controller).then(() => end(), end)
   }
 
   yield* Effect.addFinalizer(() =>

@@ -40,11 +40,21 @@ export interface RequestOptions<T extends AnswerType, E, R> {
   readonly send: (requestId: string) => Effect.Effect<void, E, R>
 }
 
+/** A request as {@link Requests.unsafeRequest} takes it: plain callbacks, no fiber. */
+export interface UnsafeRequestOptions<T extends AnswerType> {
+  readonly answer: T
+  readonly nodes: ReadonlyArray<string>
+  readonly timeoutMillis: number
+  /** Sends the question (synchronously: a publish that reports its own failures). */
+  readonly send: (requestId: string) => void
+}
+
 interface Pending {
   readonly answer: AnswerType
   readonly missing: Set<string>
   readonly responses: Array<unknown>
-  readonly done: Deferred.Deferred<void>
+  /** Ends the wait: every node answered or left, or the requests were closed. */
+  readonly settle: () => void
 }
 
 // socket.io-adapter's request ids are 16 hex digits too.
@@ -72,17 +82,16 @@ export class Requests {
         return Effect.succeed({ responses: [], missing: this.#closed ? options.nodes.length : 0 })
       }
       const requestId = randomId()
+      const done = Deferred.makeUnsafe<void>()
       const pending: Pending = {
         answer: options.answer,
         missing: new Set(options.nodes),
         responses: [],
-        done: Deferred.makeUnsafe<void>(),
+        settle: () => void Deferred.doneUnsafe(done, Exit.void),
       }
       this.#pending.set(requestId, pending)
       return options.send(requestId).pipe(
-        Effect.andThen(
-          Deferred.await(pending.done).pipe(Effect.timeout(options.timeout), Effect.ignore),
-        ),
+        Effect.andThen(Deferred.await(done).pipe(Effect.timeout(options.timeout), Effect.ignore)),
         Effect.map(() => ({
           responses: pending.responses as Array<AnswerOf<T>>,
           missing: pending.missing.size,
@@ -90,6 +99,40 @@ export class Requests {
         Effect.ensuring(Effect.sync(() => this.#pending.delete(requestId))),
       )
     })
+  }
+
+  /**
+   * The same request with plain callbacks and a `setTimeout`, for the adapter's own calls when no
+   * tracer wants their spans: a fiber, a `Deferred` and a forked timeout per request cost more
+   * CPU than the rest of a round trip (measured with `npm run bench`, `serverSideEmitWithAck`).
+   * `done` is called once, never synchronously.
+   */
+  unsafeRequest<T extends AnswerType>(
+    options: UnsafeRequestOptions<T>,
+    done: (result: RequestResult<AnswerOf<T>>) => void,
+  ): void {
+    if (options.nodes.length === 0 || this.#closed) {
+      const missing = this.#closed ? options.nodes.length : 0
+      return queueMicrotask(() => done({ responses: [], missing }))
+    }
+    const requestId = randomId()
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const pending: Pending = {
+      answer: options.answer,
+      missing: new Set(options.nodes),
+      responses: [],
+      settle: () => {
+        clearTimeout(timer)
+        this.#pending.delete(requestId)
+        done({
+          responses: pending.responses as Array<AnswerOf<T>>,
+          missing: pending.missing.size,
+        })
+      },
+    }
+    this.#pending.set(requestId, pending)
+    timer = setTimeout(pending.settle, options.timeoutMillis)
+    options.send(requestId)
   }
 
   /** An answer from another node: counted once per node it waits for, ignored otherwise. */
@@ -102,7 +145,7 @@ export class Requests {
     } else {
       pending.responses.push(message.data.packet)
     }
-    if (pending.missing.size === 0) Deferred.doneUnsafe(pending.done, Exit.void)
+    if (pending.missing.size === 0) pending.settle()
   }
 
   /**
@@ -115,16 +158,14 @@ export class Requests {
 
   /** A node left (or was found down): no request waits for it any more. */
   forget(uid: string): void {
-    for (const pending of this.#pending.values()) {
-      if (pending.missing.delete(uid) && pending.missing.size === 0) {
-        Deferred.doneUnsafe(pending.done, Exit.void)
-      }
+    for (const pending of [...this.#pending.values()]) {
+      if (pending.missing.delete(uid) && pending.missing.size === 0) pending.settle()
     }
   }
 
   /** Ends every pending request with the answers it has; later requests end at once. */
   close(): void {
     this.#closed = true
-    for (const pending of this.#pending.values()) Deferred.doneUnsafe(pending.done, Exit.void)
+    for (const pending of [...this.#pending.values()]) pending.settle()
   }
 }

@@ -4,7 +4,7 @@
  * answers are matched by request id and sender; only answers to our own requests are wanted.
  * Timers run on the TestClock.
  */
-import { assert, describe, it } from "@effect/vitest"
+import { afterEach, assert, beforeEach, describe, it, vi } from "@effect/vitest"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -247,4 +247,115 @@ describe("Requests", () => {
       })
     }),
   )
+})
+
+/**
+ * The same specification for `unsafeRequest`, the adapter's path without spans: plain callbacks
+ * and a `setTimeout` (on vitest's fake timers here).
+ */
+describe("Requests.unsafeRequest", () => {
+  beforeEach(() => void vi.useFakeTimers())
+  afterEach(() => void vi.useRealTimers())
+
+  const startUnsafe = (
+    requests: Requests,
+    answer:
+      typeof MessageType.FETCH_SOCKETS_RESPONSE | typeof MessageType.SERVER_SIDE_EMIT_RESPONSE,
+    nodes: ReadonlyArray<string>,
+    timeoutMillis = 5000,
+  ) => {
+    const sent: Array<string> = []
+    const results: Array<{ responses: ReadonlyArray<unknown>; missing: number }> = []
+    requests.unsafeRequest(
+      { answer, nodes, timeoutMillis, send: (requestId) => void sent.push(requestId) },
+      (result) => void results.push(result),
+    )
+    return { requestId: sent[0]!, sent, results }
+  }
+
+  it("ends once every node answered, with the answers in arrival order, and is forgotten", () => {
+    const requests = new Requests()
+    const { requestId, results } = startUnsafe(requests, MessageType.FETCH_SOCKETS_RESPONSE, [
+      "a",
+      "b",
+    ])
+    requests.answer(socketsFrom("b", requestId, ["b1"]))
+    assert.deepStrictEqual(results, [])
+    requests.answer(socketsFrom("a", requestId, ["a1"]))
+    assert.deepStrictEqual(results, [{ responses: [socket("b1"), socket("a1")], missing: 0 }])
+    assert.strictEqual(requests.size, 0)
+    // Its timer is gone too: nothing is called a second time.
+    vi.runAllTimers()
+    assert.strictEqual(results.length, 1)
+  })
+
+  it("counts one answer per node: a second one, a stranger's or another type's are ignored", () => {
+    const requests = new Requests()
+    const { requestId, results } = startUnsafe(requests, MessageType.SERVER_SIDE_EMIT_RESPONSE, [
+      "a",
+      "b",
+    ])
+    requests.answer(valueFrom("a", requestId, 1))
+    requests.answer(valueFrom("a", requestId, 2))
+    requests.answer(valueFrom("stranger", requestId, 3))
+    requests.answer(socketsFrom("b", requestId, ["s"]))
+    assert.deepStrictEqual(results, [])
+    requests.answer(valueFrom("b", requestId, 5))
+    assert.deepStrictEqual(results, [{ responses: [1, 5], missing: 0 }])
+  })
+
+  it("ends at its timeout with the answers it has and how many nodes are missing", () => {
+    const requests = new Requests()
+    const { requestId, results } = startUnsafe(
+      requests,
+      MessageType.SERVER_SIDE_EMIT_RESPONSE,
+      ["a", "b", "c"],
+      2000,
+    )
+    requests.answer(valueFrom("b", requestId, "b"))
+    vi.advanceTimersByTime(1999)
+    assert.deepStrictEqual(results, [])
+    vi.advanceTimersByTime(1)
+    assert.deepStrictEqual(results, [{ responses: ["b"], missing: 2 }])
+    assert.strictEqual(requests.size, 0)
+    assert.isFalse(requests.wanted(MessageType.SERVER_SIDE_EMIT_RESPONSE, requestId))
+    // A late answer changes nothing.
+    requests.answer(valueFrom("a", requestId, "a"))
+    assert.strictEqual(results.length, 1)
+  })
+
+  it("no longer waits for a node that left", () => {
+    const requests = new Requests()
+    const { requestId, results } = startUnsafe(requests, MessageType.FETCH_SOCKETS_RESPONSE, [
+      "a",
+      "b",
+    ])
+    requests.answer(socketsFrom("a", requestId, ["a1"]))
+    requests.forget("b")
+    assert.deepStrictEqual(results, [{ responses: [socket("a1")], missing: 0 }])
+  })
+
+  it("ends unsent when there is no node to ask, after the caller's turn", async () => {
+    const requests = new Requests()
+    const { sent, results } = startUnsafe(requests, MessageType.FETCH_SOCKETS_RESPONSE, [])
+    assert.deepStrictEqual(results, [])
+    await Promise.resolve()
+    assert.deepStrictEqual(results, [{ responses: [], missing: 0 }])
+    assert.deepStrictEqual(sent, [])
+  })
+
+  it("close ends every pending request with what it has; later ones end unsent", async () => {
+    const requests = new Requests()
+    const first = startUnsafe(requests, MessageType.SERVER_SIDE_EMIT_RESPONSE, ["a", "b"])
+    const second = startUnsafe(requests, MessageType.FETCH_SOCKETS_RESPONSE, ["a"])
+    requests.answer(valueFrom("a", first.requestId, "a"))
+    requests.close()
+    assert.deepStrictEqual(first.results, [{ responses: ["a"], missing: 1 }])
+    assert.deepStrictEqual(second.results, [{ responses: [], missing: 1 }])
+    const later = startUnsafe(requests, MessageType.FETCH_SOCKETS_RESPONSE, ["a", "b"])
+    await Promise.resolve()
+    assert.deepStrictEqual(later.results, [{ responses: [], missing: 2 }])
+    assert.deepStrictEqual(later.sent, [])
+    assert.strictEqual(requests.size, 0)
+  })
 })

@@ -254,3 +254,48 @@ describe("adapter membership", () => {
     }
   })
 })
+
+describe("adapter requests that a server leaves unanswered", () => {
+  // A heartbeat timeout far above the request timeout: only the request's own timer can end it.
+  const options = { requestsTimeout: 400, heartbeatTimeout: 60_000 }
+
+  it("serverSideEmitWithAck rejects at requestsTimeout, naming how many servers did not answer", async () => {
+    const cluster = await startCluster("requests_unanswered", { options })
+    try {
+      await cluster.waitForMembers("/", 3)
+      const [first, second, third] = cluster.nodes.map((node) => node.io)
+      second!.on("q", (ack: (answer: string) => void) => ack("second"))
+      let asked = false
+      // Hears the question but never answers.
+      third!.on("q", () => void (asked = true))
+      await expect(first!.serverSideEmitWithAck("q")).rejects.toThrow(
+        "timeout reached: missing 1 responses",
+      )
+      expect(asked).toBe(true)
+    } finally {
+      await cluster.close()
+    }
+  })
+
+  it("fetchSockets rejects at its own timeout when a server does not answer, and succeeds again after", async () => {
+    const cluster = await startCluster("requests_fetch_unanswered", { options })
+    try {
+      await cluster.waitForMembers("/", 3)
+      await cluster.connectEach()
+      // The third server stops answering: its responses are not published.
+      const third = cluster.nodes[2]!.adapter() as unknown as {
+        doPublishResponse: (...args: Array<unknown>) => Promise<void>
+      }
+      const answering = third.doPublishResponse
+      third.doPublishResponse = () => Promise.resolve()
+      const io = cluster.nodes[0]!.io
+      await expect(io.timeout(300).fetchSockets()).rejects.toThrow(
+        "timeout reached: missing 1 responses",
+      )
+      third.doPublishResponse = answering
+      expect(await io.fetchSockets()).toHaveLength(3)
+    } finally {
+      await cluster.close()
+    }
+  })
+})

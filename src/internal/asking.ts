@@ -28,24 +28,43 @@ export interface Asking {
   readonly publish: (body: Protocol.Body) => void
   /** Whether the node closed: a request that ends unanswered then says so. */
   readonly closed: () => boolean
+  /**
+   * Whether requests run in spans (a tracer is installed, or the runtime is not up yet); else they
+   * skip the fibers, as publishes do (see `Outbox`).
+   */
+  readonly traced: () => boolean
 }
 
 /** An acknowledgement as socket.io-adapter passes it last to `serverSideEmit`. */
 type Acknowledgement = (error: Error | null, responses: ReadonlyArray<unknown>) => void
 
 /** This server's matching sockets and the other nodes'; rejects when a node did not answer. */
-export const fetchSockets = (asking: Asking, opts: BroadcastOptions): Promise<Array<unknown>> =>
-  asking.runner.runPromiseExit(fetchAll(asking, opts)).then((exit) => {
+export const fetchSockets = (asking: Asking, opts: BroadcastOptions): Promise<Array<unknown>> => {
+  if (!asking.traced()) return fetchDirect(asking, opts)
+  return asking.runner.runPromiseExit(fetchAll(asking, opts)).then((exit) => {
     if (Exit.isFailure(exit)) throw failure(exit.cause)
     if (exit.value.missing > 0) throw unanswered(asking, exit.value.missing)
     return exit.value.sockets
   })
+}
 
 /** A server-side event for the other nodes; with an acknowledgement last, collects their answers. */
 export const serverSideEmit = (asking: Asking, packet: Array<unknown>): void => {
   const ack = typeof packet.at(-1) === "function" ? (packet.pop() as Acknowledgement) : undefined
   if (ack === undefined)
     return asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { packet } })
+  if (!asking.traced()) {
+    return asking.requests.unsafeRequest(
+      {
+        answer: MessageType.SERVER_SIDE_EMIT_RESPONSE,
+        nodes: asking.nodes(),
+        timeoutMillis: Duration.toMillis(asking.config.requestsTimeout),
+        send: (requestId) =>
+          asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { requestId, packet } }),
+      },
+      ({ missing, responses }) => ack(missing > 0 ? unanswered(asking, missing) : null, responses),
+    )
+  }
   void asking.runner.runPromiseExit(emitWithAck(asking, packet)).then((exit) => {
     if (Exit.isFailure(exit)) return ack(failure(exit.cause), [])
     const { missing, responses } = exit.value
@@ -53,24 +72,49 @@ export const serverSideEmit = (asking: Asking, packet: Array<unknown>): void => 
   })
 }
 
+// What a node asks the others for `fetchSockets`.
+const fetchQuestion = (opts: BroadcastOptions, requestId: string): Protocol.Body => ({
+  type: MessageType.FETCH_SOCKETS,
+  data: { opts: Protocol.encodeOpts(opts), requestId },
+})
+
+const localOnly = (opts: BroadcastOptions): BroadcastOptions => ({
+  rooms: opts.rooms,
+  except: opts.except,
+  flags: { local: true },
+})
+
+// Without spans: the local sockets, then one request with a timer, no fiber.
+const fetchDirect = async (asking: Asking, opts: BroadcastOptions): Promise<Array<unknown>> => {
+  const here = await asking.local.fetchSockets(localOnly(opts))
+  if (opts.flags?.local) return here
+  const timeout = opts.flags?.timeout
+  return new Promise((resolve, reject) =>
+    asking.requests.unsafeRequest(
+      {
+        answer: MessageType.FETCH_SOCKETS_RESPONSE,
+        nodes: asking.nodes(),
+        timeoutMillis: timeout ?? Duration.toMillis(asking.config.requestsTimeout),
+        send: (requestId) => asking.publish(fetchQuestion(opts, requestId)),
+      },
+      ({ missing, responses }) =>
+        missing > 0 ? reject(unanswered(asking, missing)) : resolve([...here, ...responses]),
+    ),
+  )
+}
+
 const fetchAll = Effect.fn("PostgresAdapter.fetchSockets")(function* (
   asking: Asking,
   opts: BroadcastOptions,
 ) {
-  const here = yield* Effect.tryPromise(() =>
-    asking.local.fetchSockets({ rooms: opts.rooms, except: opts.except, flags: { local: true } }),
-  )
+  const here = yield* Effect.tryPromise(() => asking.local.fetchSockets(localOnly(opts)))
   if (opts.flags?.local) return { sockets: here, missing: 0 }
   const timeout = opts.flags?.timeout
   const { responses, missing } = yield* asking.requests.request({
     answer: MessageType.FETCH_SOCKETS_RESPONSE,
     nodes: asking.nodes(),
     timeout: timeout === undefined ? asking.config.requestsTimeout : Duration.millis(timeout),
-    send: (requestId) =>
-      Effect.sync(() => {
-        const data = { opts: Protocol.encodeOpts(opts), requestId }
-        asking.publish({ type: MessageType.FETCH_SOCKETS, data })
-      }),
+    send: (requestId) => Effect.sync(() => asking.publish(fetchQuestion(opts, requestId))),
   })
   yield* Effect.annotateCurrentSpan({ nsp: asking.nsp, missing })
   return { sockets: [...here, ...responses], missing }

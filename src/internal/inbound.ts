@@ -12,7 +12,7 @@ import { AttachmentStore } from "../AttachmentStore.js"
 import type { Membership } from "../Heartbeat.js"
 import { Listener } from "../Listener.js"
 import * as Metrics from "../Metrics.js"
-import type { Local } from "../Namespace.js"
+import type { ListenStatus, Local } from "../Namespace.js"
 import * as Protocol from "../Protocol.js"
 import type { Requests } from "../Requests.js"
 import { type Header, makeInbox } from "./inbox.js"
@@ -38,8 +38,8 @@ export interface InboundOptions {
   readonly onSkipped: (reason: string) => void
   /** Whether the node closed: nothing is delivered any more. */
   readonly closed: () => boolean
-  /** The channel is listened on (every time). */
-  readonly listening: () => void
+  /** Told when the channel is listened on, and when that is lost. */
+  readonly watch: ListenWatch
 }
 
 /**
@@ -52,17 +52,48 @@ export const listen = (
 ): Effect.Effect<void, never, AttachmentStore | Listener | Scope.Scope> =>
   Effect.gen(function* () {
     const inbound = new Inbound({ ...options, store: yield* AttachmentStore })
-    const { publish, recovery } = options
-    yield* (yield* Listener).subscribe(options.channel, {
+    const { publish, recovery, watch } = options
+    const listener = yield* Listener
+    watch.backendPid = listener.unsafeBackendPid
+    yield* listener.subscribe(options.channel, {
       onNotification: (payload) => inbound.receive(payload),
       onListen: () => {
         publish({ type: MessageType.INITIAL_HEARTBEAT })
-        options.listening()
+        watch.listened()
         recovery?.listening()
       },
-      onLost: () => recovery?.lost(),
+      onLost: () => {
+        watch.listening = false
+        recovery?.lost()
+      },
     })
   })
+
+/** Whether a namespace's channel is listened on: `ready` the first time, then as it goes. */
+export class ListenWatch {
+  /** Resolves once the channel is listened on (first time). */
+  readonly ready: Promise<void>
+  listening = false
+  /** The LISTEN connection's backend pid, once the node runs. */
+  backendPid: () => number | undefined = () => undefined
+  #resolve: () => void = () => {}
+
+  constructor() {
+    this.ready = new Promise((resolve) => (this.#resolve = resolve))
+  }
+
+  /** The channel is listened on (every time). */
+  listened(): void {
+    this.listening = true
+    this.#resolve()
+  }
+
+  /** What the channel's LISTEN is now; nothing once the node closed. */
+  status(closed: boolean): ListenStatus {
+    if (closed) return { listening: false, backendPid: undefined }
+    return { listening: this.listening, backendPid: this.backendPid() }
+  }
+}
 
 /** The receiving side of a namespace node. */
 export class Inbound {

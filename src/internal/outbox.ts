@@ -53,6 +53,11 @@ export class Outbox {
     if (!tracing) this.#direct = yield* Publisher
   })
 
+  /** Whether publishes (and the node's requests) run in spans: a tracer wants them, or not started. */
+  get traced(): boolean {
+    return this.#direct === undefined
+  }
+
   /** Publishes a message; resolves once it is settled (failures are reported, never thrown). */
   send(wire: Codec.WireMessage, span: "broadcast" | undefined = undefined): Promise<void> {
     if (this.#closed) return Promise.resolve()

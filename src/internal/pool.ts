@@ -100,128 +100,139 @@ const discard = (client: pg.PoolClient, why: string) => {
 const ignore = () => {}
 
 /**
- * Checks a connection out; if `signal` aborts first, rejects at once and gives the connection
- * back when it comes.
+ * How a statement is abandoned: its deadline, or its caller. An `AbortController` and its event
+ * listeners cost more CPU than the rest of a small statement's client-side work (statements are
+ * the hottest path), so this has one listener slot and no events.
  */
-const connect = (pool: pg.Pool, signal: AbortSignal | undefined): Promise<pg.PoolClient> => {
-  if (signal === undefined) return pool.connect()
-  return new Promise((resolve, reject) => {
-    const onAbort = () => reject(abortReason(signal))
-    signal.addEventListener("abort", onAbort, { once: true })
-    pool.connect().then(
-      (client) => {
-        signal.removeEventListener("abort", onAbort)
-        if (signal.aborted) client.release()
-        else resolve(client)
-      },
-      (error) => {
-        signal.removeEventListener("abort", onAbort)
-        reject(error)
-      },
-    )
-  })
-}
+export class StatementAbort {
+  #aborted = false
+  #reason: Error | undefined
+  #listener: (() => void) | undefined
 
-const abortReason = (signal: AbortSignal) =>
-  signal.reason instanceof StatementTimeout ? signal.reason : new StatementAbandoned()
+  get aborted(): boolean {
+    return this.#aborted
+  }
+
+  /** A {@link StatementTimeout} when a deadline passed, else {@link StatementAbandoned}. */
+  get reason(): Error {
+    return this.#reason instanceof StatementTimeout ? this.#reason : new StatementAbandoned()
+  }
+
+  /** Abandons the statement (the first reason wins). */
+  abort(reason?: Error): void {
+    if (this.#aborted) return
+    this.#aborted = true
+    this.#reason = reason
+    const listener = this.#listener
+    this.#listener = undefined
+    listener?.()
+  }
+
+  /** The statement this abort belongs to listens (one at a time; `undefined` stops listening). */
+  onAbort(listener: (() => void) | undefined): void {
+    this.#listener = listener
+  }
+}
 
 // A connection not seen alive since the path failed is dropped, and the next one is tried: the
 // pool hands out idle ones first, then connects new ones (seen alive as they connect).
-const checkout = async (pool: pg.Pool, signal: AbortSignal | undefined) => {
-  const health = pools.get(pool)
-  for (;;) {
-    const client = await connect(pool, signal)
-    if (health === undefined || (health.alive.get(client) ?? 0) >= health.staleBefore) return client
+const checkout = (
+  pool: pg.Pool,
+  health: Health | undefined,
+  done: (error: Error | undefined, client?: pg.PoolClient) => void,
+): void =>
+  void pool.connect((error, client) => {
+    if (error || client === undefined) return done(error ?? new Error("no connection"))
+    if (health === undefined || (health.alive.get(client) ?? 0) >= health.staleBefore) {
+      return done(undefined, client)
+    }
     discard(client, "idle since the network path to PostgreSQL failed")
-  }
-}
+    checkout(pool, health, done)
+  })
 
 /** Options of {@link run}. */
 export interface RunOptions {
   /** Abandons the statement when aborted; a {@link StatementTimeout} reason marks the pool stale. */
-  readonly signal?: AbortSignal | undefined
+  readonly abort?: StatementAbort | undefined
   /** A deadline of its own, in ms: past it the statement fails with a {@link StatementTimeout}. */
   readonly timeoutMillis?: number | undefined
 }
 
 /**
  * Runs one statement on a connection of `pool`. Past its deadline, or abandoned, it rejects at
- * once and its connection is discarded; nothing stays checked out.
+ * once and its connection is discarded; nothing stays checked out. Abandoned while it waits for a
+ * connection, it gives the connection back when it comes.
  */
 export const run = (
   pool: pg.Pool,
   text: string,
   values: ReadonlyArray<unknown> | undefined,
   options: RunOptions = {},
-): Promise<pg.QueryResult> => {
-  const started = Date.now()
-  let signal = options.signal
-  let timer: ReturnType<typeof setTimeout> | undefined
-  if (options.timeoutMillis !== undefined) {
-    // One signal for both (not `AbortSignal.any`, which needs Node 20.3).
-    const controller = new AbortController()
+): Promise<pg.QueryResult> =>
+  new Promise((resolve, reject) => {
+    const started = Date.now()
     const millis = options.timeoutMillis
-    const outer = signal
-    if (outer?.aborted) controller.abort(outer.reason)
-    else outer?.addEventListener("abort", () => controller.abort(outer.reason), { once: true })
-    timer = setTimeout(() => controller.abort(new StatementTimeout(millis)), millis)
-    signal = controller.signal
-  }
-  if (signal?.aborted) {
-    clearTimeout(timer)
-    return Promise.reject(abortReason(signal))
-  }
-  return checkout(pool, signal).then(
-    (client) =>
-      new Promise<pg.QueryResult>((resolve, reject) => {
-        let settled = false
-        const settle = () => {
-          settled = true
-          clearTimeout(timer)
-          signal?.removeEventListener("abort", onAbort)
-          client.off("error", onError)
-        }
-        // Past the deadline or abandoned: the connection goes, whatever it says from now on.
-        const drop = (error: Error) => {
-          settle()
-          client.on("error", ignore)
-          discard(client, error.message)
-          reject(error)
-        }
-        const onAbort = () => {
-          if (settled) return
-          const reason = abortReason(signal!)
-          if (reason instanceof StatementTimeout) markStale(pool, started)
-          drop(reason)
-        }
-        // The connection died while checked out: pg emits this besides failing the query.
-        const onError = (error: Error) => {
-          if (!settled) drop(error)
-        }
-        signal?.addEventListener("abort", onAbort, { once: true })
-        // Aborted between the checkout and now: not sent at all.
-        if (signal?.aborted) return onAbort()
-        client.on("error", onError)
-        client.query(text, values as Array<unknown> | undefined).then(
-          (result) => {
-            if (settled) return
-            settle()
-            pools.get(pool)?.alive.set(client, Date.now())
-            client.release()
-            resolve(result)
-          },
-          (error: Error) => {
-            if (settled) return
-            settle()
-            // As `pool.query` does: a connection that failed a statement is not reused.
-            client.release(error)
-            reject(error)
-          },
-        )
-      }),
-    (error) => {
+    const abort = options.abort ?? (millis === undefined ? undefined : new StatementAbort())
+    const timer =
+      millis === undefined
+        ? undefined
+        : setTimeout(() => abort!.abort(new StatementTimeout(millis)), millis)
+    let settled = false
+    const finish = (error: Error | undefined, result?: pg.QueryResult) => {
+      if (settled) return
+      settled = true
       clearTimeout(timer)
-      return Promise.reject(error)
-    },
-  )
+      abort?.onAbort(undefined)
+      if (error === undefined) resolve(result!)
+      else reject(error)
+    }
+    if (abort?.aborted) return finish(abort.reason)
+    abort?.onAbort(() => finish(abort.reason))
+    checkout(pool, pools.get(pool), (error, client) => {
+      if (error !== undefined) return finish(error)
+      if (settled) return client!.release()
+      query(pool, client!, text, values, abort, started, finish)
+    })
+  })
+
+// The statement on its connection: past the deadline or abandoned, the connection goes, whatever
+// it says from now on.
+const query = (
+  pool: pg.Pool,
+  client: pg.PoolClient,
+  text: string,
+  values: ReadonlyArray<unknown> | undefined,
+  abort: StatementAbort | undefined,
+  started: number,
+  finish: (error: Error | undefined, result?: pg.QueryResult) => void,
+) => {
+  let done = false
+  const drop = (error: Error) => {
+    if (done) return
+    done = true
+    client.off("error", drop)
+    client.on("error", ignore)
+    discard(client, error.message)
+    finish(error)
+  }
+  // The connection died while checked out: pg emits this besides failing the query.
+  client.on("error", drop)
+  abort?.onAbort(() => {
+    const reason = abort.reason
+    if (reason instanceof StatementTimeout) markStale(pool, started)
+    drop(reason)
+  })
+  client.query(text, values as Array<unknown>, (error: Error | null, result) => {
+    if (done) return
+    done = true
+    client.off("error", drop)
+    if (error) {
+      // As `pool.query` does: a connection that failed a statement is not reused.
+      client.release(error)
+      return finish(error)
+    }
+    pools.get(pool)?.alive.set(client, Date.now())
+    client.release()
+    finish(undefined, result)
+  })
 }
