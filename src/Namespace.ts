@@ -24,7 +24,7 @@ import * as asking from "./internal/asking.js"
 import { listen, ListenWatch } from "./internal/inbound.js"
 import { makeSkipLogger } from "./internal/inbox.js"
 import { Outbox } from "./internal/outbox.js"
-import { NamespaceRecovery } from "./internal/recovering.js"
+import { type NamespaceRecovery, recoveryOf } from "./internal/recovering.js"
 import { makeReporter, type Runner } from "./internal/runner.js"
 import * as Protocol from "./Protocol.js"
 import { Requests } from "./Requests.js"
@@ -96,7 +96,7 @@ export class NamespaceNode {
   #stopped = false
 
   constructor(private readonly options: NamespaceOptions) {
-    const { config, maxDisconnection, nsp, runner } = options
+    const { config, nsp, runner } = options
     this.channel = channelName(config.channelPrefix, nsp)
     const { report, warn } = makeReporter(runner, nsp, {
       closed: () => this.#closed,
@@ -112,20 +112,16 @@ export class NamespaceNode {
       closed: () => this.#closed,
       traced: () => this.#outbox.traced,
     }
-    this.#recovery =
-      maxDisconnection === undefined
-        ? undefined
-        : new NamespaceRecovery({
-            ...options,
-            maxDisconnection,
-            channel: this.channel,
-            outbox: this.#outbox,
-            publish: (body, span) => void this.publish(body, span),
-            published: () => this.#membership?.published(),
-            report,
-            warn,
-            onSkipped: this.#skip,
-          })
+    this.#recovery = recoveryOf({
+      ...options,
+      channel: this.channel,
+      outbox: this.#outbox,
+      publish: (body, span) => void this.publish(body, span),
+      published: () => this.#membership?.published(),
+      report,
+      warn,
+      onSkipped: this.#skip,
+    })
   }
 
   /** Connection state recovery, while the node is open and the server runs with it. */

@@ -46,6 +46,18 @@ export interface NamespaceRecoveryOptions {
   readonly onSkipped: (reason: string) => void
 }
 
+/** The recovery of a namespace whose server runs with `connectionStateRecovery`, else none. */
+export const recoveryOf = (
+  options: Omit<NamespaceRecoveryOptions, "maxDisconnection"> & {
+    readonly maxDisconnection?: Duration.Duration | undefined
+  },
+): NamespaceRecovery | undefined => {
+  const { maxDisconnection } = options
+  return maxDisconnection === undefined
+    ? undefined
+    : new NamespaceRecovery({ ...options, maxDisconnection })
+}
+
 /** Stores, orders and restores one namespace's packets, and writes its sessions. */
 export class NamespaceRecovery {
   readonly #delivery: RecoveredDelivery
