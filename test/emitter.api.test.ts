@@ -79,13 +79,16 @@ describe("the emitter against a server", () => {
 
   const emitterOf = () => {
     const pool = makePool({ max: 4 })
+    const errors: Array<Error> = []
     const emitter = new Emitter<EmitEvents, ServerSideEvents>(pool, "/", {
       channelPrefix: cluster.id,
       tableName: cluster.id,
       requestsTimeout: 1000,
+      errorHandler: (error) => void errors.push(error),
     })
     return {
       emitter,
+      errors,
       close: async () => {
         await emitter.close()
         await pool.end()
@@ -122,12 +125,13 @@ describe("the emitter against a server", () => {
   })
 
   it("rejects a publish PostgreSQL refused with a PublishError", async () => {
-    const { emitter, close } = emitterOf()
+    const { emitter, errors, close } = emitterOf()
     await close()
     // Its pool ended: nothing can be sent.
     const failure = await emitter.emit("n", 1).catch((error) => error)
     expect(failure).toBeInstanceOf(PublishError)
     expect(failure._tag).toBe("PublishError")
     expect(failure.reason).toBe("Database")
+    expect(errors).toEqual([failure])
   })
 })
