@@ -149,8 +149,8 @@ describe("README: the plain examples, as written", () => {
     await crossServerDelivery(bare, a)
     expect(alive(a), a.output()).toBe(true)
     expect(alive(bare), bare.output()).toBe(true)
-    // The pool without a listener got one of the adapter's, said in one line; the README's
-    // listener saw the restart itself.
+    // The pool without a listener got one of the adapter's, said in one line. (Whether an idle
+    // connection was there to fail at the restart, and so was reported, depends on timing.)
     const notices = bare
       .output()
       .split("\n")
@@ -158,8 +158,6 @@ describe("README: the plain examples, as written", () => {
     expect(notices).toEqual([
       expect.stringMatching(/^socket\.io-postgres-effect: the pg\.Pool has no 'error' listener: /),
     ])
-    expect(bare.output()).toMatch(/an idle connection of the pool failed: /)
-    expect(a.output()).toMatch(/PostgreSQL pool: /)
     expect(a.output()).not.toMatch(/'error' listener/)
   }, 120_000)
 })
