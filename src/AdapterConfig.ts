@@ -12,6 +12,7 @@ import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
 import * as SchemaIssue from "effect/SchemaIssue"
 import { ConfigError } from "./Errors.js"
+import { didYouMean } from "./internal/didYouMean.js"
 
 /** The largest NOTIFY payload PostgreSQL accepts: a payload must be shorter than 8000 bytes. */
 export const MAX_NOTIFY_BYTES = 7999
@@ -157,6 +158,36 @@ const OptionsSchema = Schema.Struct({
 
 const formatIssue = SchemaIssue.makeFormatterStandardSchemaV1()
 
+/** The name of every option of `createAdapter`, `setupPrimary` and the layers' `AdapterConfig`. */
+export const optionNames: ReadonlyArray<string> = Object.keys(OptionsSchema.fields)
+
+/** Which options a caller takes, for {@link decode}; by default those of `createAdapter`. */
+export interface Accepted {
+  /** Every option name it takes. */
+  readonly names: ReadonlyArray<string>
+  /** Who takes them, for the message about an adapter option it does not: e.g. "the emitter". */
+  readonly who: string
+}
+
+// A misspelled option would silently keep its default: refused, with the nearest name.
+const unknownOption = (input: object, accepted: Accepted): ConfigError | undefined => {
+  for (const option of Object.keys(input)) {
+    if (accepted.names.includes(option)) continue
+    if (optionNames.includes(option)) {
+      return new ConfigError({
+        option,
+        message: `option "${option}" does not apply to ${accepted.who}`,
+      })
+    }
+    const near = didYouMean(option, accepted.names)
+    return new ConfigError({
+      option,
+      message: `unknown option "${option}"${near === undefined ? "" : ` (did you mean "${near}"?)`}`,
+    })
+  }
+  return undefined
+}
+
 /** The defaults of every option, in milliseconds where they are durations. */
 export const defaults = {
   channelPrefix: "socket.io",
@@ -179,13 +210,18 @@ export const defaults = {
 
 /**
  * Validates user options: `Success` of the resolved config, or `Failure` of a `ConfigError` whose
- * message names the offending option.
+ * message names the offending option (an unknown one with the nearest known name).
  */
-export const decode = (input: unknown): Result.Result<ClusterConfig, ConfigError> => {
+export const decode = (
+  input: unknown,
+  accepted: Accepted = { names: optionNames, who: "the adapter" },
+): Result.Result<ClusterConfig, ConfigError> => {
   if (input === undefined || input === null) return Result.succeed(resolve({}))
   if (typeof input !== "object" || Array.isArray(input)) {
     return Result.fail(new ConfigError({ option: "options", message: "options must be an object" }))
   }
+  const unknown = unknownOption(input, accepted)
+  if (unknown !== undefined) return Result.fail(unknown)
   return Schema.decodeUnknownResult(OptionsSchema, { errors: "first" })(input).pipe(
     Result.mapError((error) => {
       const issue = formatIssue(error.issue).issues[0]
@@ -210,8 +246,8 @@ export const decode = (input: unknown): Result.Result<ClusterConfig, ConfigError
 }
 
 /** Like {@link decode}, but throws the `ConfigError`; for the facades' constructors. */
-export const decodeSync = (input: unknown): ClusterConfig =>
-  Result.getOrThrowWith(decode(input), (e) => e)
+export const decodeSync = (input: unknown, accepted?: Accepted): ClusterConfig =>
+  Result.getOrThrowWith(decode(input, accepted), (e) => e)
 
 const resolve = (o: typeof OptionsSchema.Type): ClusterConfig => {
   const heartbeatInterval = o.heartbeatInterval ?? defaults.heartbeatInterval

@@ -12,7 +12,7 @@ import * as Latch from "effect/Latch"
 import * as Layer from "effect/Layer"
 import { quoteIdentifier, quoteTableName } from "./Channel.js"
 import { AdapterConfig } from "./AdapterConfig.js"
-import { catalogRace, Database, withTimeout } from "./Database.js"
+import { retryCatalogRace, Database, withTimeout } from "./Database.js"
 import type { DatabaseError } from "./Errors.js"
 
 /** Called once with the outcome of a fetch. */
@@ -31,6 +31,8 @@ export class AttachmentStore extends Context.Service<
     readonly deleteOlderThan: (age: Duration.Duration) => Effect.Effect<number, DatabaseError>
     /** `CREATE TABLE IF NOT EXISTS` (and its schema when qualified). */
     readonly ensureTable: Effect.Effect<void, DatabaseError>
+    /** Whether the table exists. */
+    readonly tableExists: Effect.Effect<boolean, DatabaseError>
   }
 >()("socket.io-postgres-effect/AttachmentStore") {}
 
@@ -106,7 +108,10 @@ export const make = Effect.gen(function* () {
       yield* database.query(
         `CREATE TABLE IF NOT EXISTS ${table} (id bigserial UNIQUE, created_at timestamptz DEFAULT now(), payload bytea)`,
       )
-    }).pipe(Effect.retry(catalogRace)),
+    }).pipe(retryCatalogRace),
+    tableExists: database
+      .query<{ found: boolean }>(`SELECT to_regclass($1) IS NOT NULL AS found`, [table])
+      .pipe(Effect.map((rows) => rows[0]?.found === true)),
   })
 })
 

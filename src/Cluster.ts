@@ -15,7 +15,7 @@ import type { ConfigError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
 import * as Listener from "./Listener.js"
 import * as Publisher from "./Publisher.js"
-import { setUpTables } from "./internal/tableSetup.js"
+import { checkTable, setUpTables } from "./internal/tableSetup.js"
 import * as Recovery from "./recovery/Recovery.js"
 
 /** Every service the adapter runs on. */
@@ -32,6 +32,7 @@ export type Services =
 /**
  * Creates the attachments table when `createTable` is on. Waits up to 5 s so that the first
  * attachments find their table; if PostgreSQL is not there yet it keeps trying in the background.
+ * With `createTable: false`, says at start when the table is missing.
  */
 export const layerTableSetup: Layer.Layer<
   never,
@@ -40,11 +41,12 @@ export const layerTableSetup: Layer.Layer<
 > = Layer.effectDiscard(
   Effect.gen(function* () {
     const config = yield* AdapterConfig.AdapterConfig
-    if (!config.createTable) return
     const store = yield* AttachmentStore.AttachmentStore
-    yield* setUpTables("the attachments table", store.ensureTable).pipe(
-      Effect.annotateLogs({ module: "AttachmentStore" }),
-    )
+    yield* (
+      config.createTable
+        ? setUpTables("the attachments table", store.ensureTable)
+        : checkTable(`the attachments table ${config.tableName}`, store.tableExists)
+    ).pipe(Effect.annotateLogs({ module: "AttachmentStore" }))
   }),
 )
 

@@ -48,6 +48,15 @@ export class ClusterEmitter extends Context.Service<
       message: { readonly type: number; readonly data?: unknown },
     ) => Effect.Effect<void, PublishError>
     /**
+     * The same without a fiber: queued at once, so that messages go out in call order whatever
+     * the scheduling of fibers (the facade's path); `done` is called once with the outcome.
+     */
+    readonly unsafePublish: (
+      nsp: string,
+      message: { readonly type: number; readonly data?: unknown },
+      done: (error: PublishError | undefined) => void,
+    ) => void
+    /**
      * Broadcasts a packet and stores it for connection state recovery, so that clients that are
      * disconnected get it when they come back (the servers must run with `connectionStateRecovery`
      * and have created the recovery tables).
@@ -57,6 +66,13 @@ export class ClusterEmitter extends Context.Service<
       packet: { readonly type: number; readonly data: ReadonlyArray<unknown> },
       target: Target,
     ) => Effect.Effect<void, PublishError>
+    /** `broadcastStored` without a fiber, queued at once (see `unsafePublish`). */
+    readonly unsafeBroadcastStored: (
+      nsp: string,
+      packet: { readonly type: number; readonly data: ReadonlyArray<unknown> },
+      target: Target,
+      done: (error: PublishError | undefined) => void,
+    ) => void
     /** Asks every server of `nsp` for its matching sockets. */
     readonly fetchSockets: (
       nsp: string,
@@ -96,22 +112,43 @@ export const make = Effect.gen(function* () {
       nsp,
     })
 
+  const unsafePublish = (
+    nsp: string,
+    message: { readonly type: number; readonly data?: unknown },
+    done: (error: PublishError | undefined) => void,
+  ) =>
+    publisher.unsafePublish(
+      channelName(config.channelPrefix, nsp),
+      { ...message, uid: EMITTER_UID, nsp },
+      done,
+    )
+
+  const unsafeBroadcastStored = (
+    nsp: string,
+    packet: { readonly type: number; readonly data: ReadonlyArray<unknown> },
+    target: Target,
+    done: (error: PublishError | undefined) => void,
+  ) =>
+    publisher.unsafeStore(
+      channelName(config.channelPrefix, nsp),
+      {
+        uid: EMITTER_UID,
+        nsp,
+        type: MessageType.BROADCAST,
+        data: { packet: { ...packet, nsp }, opts: target },
+      },
+      { nsp, rooms: target.rooms, except: target.except, data: packet.data },
+      done,
+    )
+
   const broadcastStored = (
     nsp: string,
     packet: { readonly type: number; readonly data: ReadonlyArray<unknown> },
     target: Target,
   ) =>
     Effect.callback<void, PublishError>((resume) =>
-      publisher.unsafeStore(
-        channelName(config.channelPrefix, nsp),
-        {
-          uid: EMITTER_UID,
-          nsp,
-          type: MessageType.BROADCAST,
-          data: { packet: { ...packet, nsp }, opts: target },
-        },
-        { nsp, rooms: target.rooms, except: target.except, data: packet.data },
-        (error) => resume(error === undefined ? Effect.void : Effect.fail(error)),
+      unsafeBroadcastStored(nsp, packet, target, (error) =>
+        resume(error === undefined ? Effect.void : Effect.fail(error)),
       ),
     )
 
@@ -134,7 +171,9 @@ export const make = Effect.gen(function* () {
 
   return ClusterEmitter.of({
     publish: Effect.fn("ClusterEmitter.publish")(send),
+    unsafePublish,
     broadcastStored: Effect.fn("ClusterEmitter.broadcastStored")(broadcastStored),
+    unsafeBroadcastStored,
     fetchSockets: Effect.fn("ClusterEmitter.fetchSockets")((nsp: string, target: Target) =>
       ask(nsp, MessageType.FETCH_SOCKETS_RESPONSE, (requestId) => ({
         type: MessageType.FETCH_SOCKETS,

@@ -15,7 +15,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as SqlClient from "effect/sql/SqlClient"
 import pg from "pg"
-import { type DatabaseError, databaseError } from "./Errors.js"
+import { type DatabaseError, databaseError, permanentCode, report, shortSql } from "./Errors.js"
 import * as Pool from "./internal/pool.js"
 import { StatementAbort, StatementTimeout } from "./internal/pool.js"
 
@@ -59,6 +59,13 @@ export class Database extends Context.Service<
 export { StatementAbort, StatementTimeout }
 
 /**
+ * The `application_name` of the connections we open (the LISTEN one), so that they can be told
+ * apart in `pg_stat_activity`; one the caller's settings give (options, connection string,
+ * `PGAPPNAME`) wins, since PostgreSQL takes it as a fallback only.
+ */
+export const APPLICATION_NAME = "socket.io-postgres-effect"
+
+/**
  * Builds the service over a `pg.Pool` that the caller owns (never ended by us). Idle connections
  * are only distrusted after a failure while the pool is watched (see {@link layerPool}).
  */
@@ -69,7 +76,7 @@ export const fromPool = (pool: pg.Pool): Database["Service"] => ({
       const timeoutMillis = timeout === undefined ? undefined : Duration.toMillis(timeout)
       Pool.run(pool, sql, params, { abort, timeoutMillis }).then(
         (result) => resume(Effect.succeed(result.rows as ReadonlyArray<A>)),
-        (cause) => resume(Effect.fail(databaseError(sql.slice(0, 40))(cause))),
+        (cause) => resume(Effect.fail(databaseError(shortSql(sql))(cause))),
       )
       // Interrupted: the statement is abandoned, its connection discarded.
       return Effect.sync(() => abort.abort())
@@ -77,10 +84,11 @@ export const fromPool = (pool: pg.Pool): Database["Service"] => ({
   unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>, abort?: Pool.StatementAbort) =>
     Pool.run(pool, sql, params, { abort }).then(
       (result) => result.rows as ReadonlyArray<A>,
-      (cause) => Promise.reject(databaseError(sql.slice(0, 40))(cause)),
+      (cause) => Promise.reject(databaseError(shortSql(sql))(cause)),
     ),
   markStale: (at) => Effect.sync(() => Pool.markStale(pool, at)),
   connectionOptions: {
+    fallback_application_name: APPLICATION_NAME,
     ...(pool as unknown as { options: pg.ClientConfig }).options,
     keepAlive: true,
   },
@@ -88,7 +96,8 @@ export const fromPool = (pool: pg.Pool): Database["Service"] => ({
 
 /**
  * A `Database` layer over a caller-owned `pg.Pool`: the pool's new connections are watched
- * while the layer lives, so that idle ones older than a failure are not handed out.
+ * while the layer lives, so that idle ones older than a failure are not handed out. A pool
+ * without an `'error'` listener gets one meanwhile (see {@link guardIdleErrors}).
  */
 export const layerPool = (pool: pg.Pool): Layer.Layer<Database> =>
   Layer.effect(
@@ -96,8 +105,45 @@ export const layerPool = (pool: pg.Pool): Layer.Layer<Database> =>
     Effect.acquireRelease(
       Effect.sync(() => Pool.watch(pool)),
       (stop) => Effect.sync(stop),
-    ).pipe(Effect.as(fromPool(pool))),
+    ).pipe(Effect.andThen(guardIdleErrors(pool)), Effect.as(fromPool(pool))),
   )
+
+// Our own listeners, which do not count as the pool owner's.
+const ours = new WeakSet<(...args: Array<any>) => void>()
+// The pools whose missing listener was said: once per pool.
+const told = new WeakSet<pg.Pool>()
+
+/**
+ * `pg.Pool` emits `'error'` when an idle connection fails (PostgreSQL restarted, the connection
+ * terminated or cut), and an `'error'` event without a listener makes Node exit. A pool whose
+ * owner listens for none gets one of ours while the layer lives: each such error is logged and
+ * reported to the `errorHandler`, and the missing listener is said once.
+ */
+const guardIdleErrors = (pool: pg.Pool) =>
+  Effect.gen(function* () {
+    if (pool.listeners("error").some((listener) => !ours.has(listener as () => void))) return
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
+    const listener = (cause: Error) =>
+      void runFork(
+        Effect.gen(function* () {
+          const error = databaseError("an idle connection of the pool")(cause)
+          yield* Effect.logWarning(error.message)
+          yield* report(error)
+        }),
+      )
+    ours.add(listener)
+    yield* Effect.acquireRelease(
+      Effect.sync(() => pool.on("error", listener)),
+      () => Effect.sync(() => pool.off("error", listener)),
+    )
+    if (told.has(pool)) return
+    told.add(pool)
+    const notice = new Error(
+      "the pg.Pool has no 'error' listener: added one that reports its idle connections' errors here (without one, Node exits on the first, e.g. when PostgreSQL restarts)",
+    )
+    yield* Effect.logWarning(notice.message)
+    yield* report(notice)
+  }).pipe(Effect.annotateLogs({ module: "Database" }))
 
 /** The same database, every statement bounded by `timeout` unless it brings its own. */
 export const withTimeout = (
@@ -129,20 +175,17 @@ export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = La
       params?: ReadonlyArray<unknown>,
       timeout?: Duration.Duration,
     ) => {
-      const operation = statement.slice(0, 40)
+      const failed = (cause: unknown) => databaseError(shortSql(statement))(cause)
       const rows = sql.unsafe<A & object>(statement, params).pipe(
         Effect.map((rows) => rows as ReadonlyArray<A>),
-        Effect.mapError(databaseError(operation)),
+        Effect.mapError(failed),
       )
       return timeout === undefined
         ? rows
         : rows.pipe(
             Effect.timeoutOrElse({
               duration: timeout,
-              orElse: () =>
-                Effect.fail(
-                  databaseError(operation)(new StatementTimeout(Duration.toMillis(timeout))),
-                ),
+              orElse: () => Effect.fail(failed(new StatementTimeout(Duration.toMillis(timeout)))),
             }),
           )
     }
@@ -181,6 +224,7 @@ export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = La
               : () => Effect.runPromiseWith(context)(password).then(Redacted.value),
         ssl: config.ssl,
         application_name: config.applicationName,
+        fallback_application_name: APPLICATION_NAME,
         keepAlive: true,
       } as pg.ClientConfig,
     }
@@ -224,3 +268,9 @@ export const catalogRace = Schedule.exponential("20 millis").pipe(
   Schedule.jittered,
   Schedule.upTo({ times: 8 }),
 )
+
+/** Retries DDL on {@link catalogRace}, except a permanent failure (e.g. no `CREATE` privilege). */
+export const retryCatalogRace = <A, R>(
+  ddl: Effect.Effect<A, DatabaseError, R>,
+): Effect.Effect<A, DatabaseError, R> =>
+  Effect.retry(ddl, { schedule: catalogRace, while: (error) => permanentCode(error) === undefined })

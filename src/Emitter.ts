@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
@@ -15,14 +16,17 @@ import * as ClusterEmitter from "./ClusterEmitter.js"
 import * as Codec from "./Codec.js"
 import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
-import { ConfigError, ErrorHandler, PublishError } from "./Errors.js"
+import { ConfigError, ErrorHandler, PublishError, RequestTimeoutError } from "./Errors.js"
 import * as DebugLog from "./internal/debugLog.js"
 
 const { MessageType } = Codec
 
-/** A map of event names to listener signatures, as in Socket.IO. */
+/**
+ * A map of event names to listener signatures, as in Socket.IO. Its values are `any` so that an
+ * `interface` of events satisfies it (an index signature of functions would take type aliases only).
+ */
 export interface EventsMap {
-  [event: string]: (...args: any[]) => void
+  [event: string]: any
 }
 
 /** The events map used when none is given: any event, any arguments. */
@@ -36,6 +40,33 @@ export type EventNames<Map extends EventsMap> = keyof Map & string
 /** The parameters of an event of a map. */
 export type EventParams<Map extends EventsMap, Ev extends EventNames<Map>> = Parameters<Map[Ev]>
 
+type Last<T extends ReadonlyArray<unknown>> = T extends readonly [...Array<unknown>, infer L]
+  ? L
+  : any
+type AllButLast<T extends ReadonlyArray<unknown>> = T extends readonly [...infer H, unknown]
+  ? H
+  : Array<any>
+
+/** The events of a map whose listener takes an acknowledgement as its last parameter. */
+export type EventNamesWithAck<Map extends EventsMap> = {
+  [Ev in EventNames<Map>]: 0 extends 1 & Map[Ev]
+    ? Ev
+    : Last<Parameters<Map[Ev]>> extends (...args: Array<any>) => unknown
+      ? Ev
+      : never
+}[EventNames<Map>]
+
+/**
+ * What a server answers to an event with an acknowledgement: the acknowledgement's first
+ * argument, or its second when the first is an `Error` (the `(err, value)` style).
+ */
+export type AckValue<Map extends EventsMap, Ev extends EventNames<Map>> =
+  Last<Parameters<Map[Ev]>> extends (...args: infer A) => unknown
+    ? A[0] extends Error
+      ? A[1]
+      : A[0]
+    : any
+
 /** Options of `new Emitter(pool, nsp, options)`. */
 export interface EmitterOptions {
   /** Prefix of the notification channels. @default "socket.io" */
@@ -46,6 +77,12 @@ export interface EmitterOptions {
   readonly payloadThreshold?: number
   /** Milliseconds `fetchSockets` / `serverSideEmitWithAck` wait for the servers. @default 5000 */
   readonly requestsTimeout?: number
+  /** The servers' heartbeat interval, in ms (requests only). @default 5000 */
+  readonly heartbeatInterval?: number
+  /** The servers' heartbeat timeout: a server silent that long is not waited for. @default 10000 */
+  readonly heartbeatTimeout?: number
+  /** Largest delay between two reconnection attempts of the listening connection, in ms. @default 5000 */
+  readonly reconnectMaxDelay?: number
   /** Milliseconds a publish may take before it fails. @default 10000 */
   readonly publishTimeout?: number
   /** How many publishes may wait for PostgreSQL before new ones fail fast. @default 65536 */
@@ -66,6 +103,27 @@ export interface EmitterOptions {
   readonly errorHandler?: (error: Error) => void
 }
 
+/** The options the emitter takes (a misspelled one is refused with the nearest name). */
+const EMITTER_OPTIONS: AdapterConfig.Accepted = {
+  names: [
+    "channelPrefix",
+    "tableName",
+    "payloadThreshold",
+    "requestsTimeout",
+    "heartbeatInterval",
+    "heartbeatTimeout",
+    "reconnectMaxDelay",
+    "publishTimeout",
+    "maxPendingPublishes",
+    "livenessInterval",
+    "livenessTimeout",
+    "connectionStateRecovery",
+    "recoveryTablePrefix",
+    "errorHandler",
+  ] satisfies ReadonlyArray<keyof EmitterOptions>,
+  who: "the emitter",
+}
+
 /** Event names Socket.IO reserves; emitting them is an error. */
 export const RESERVED_EVENTS = Codec.RESERVED_EVENTS
 
@@ -77,6 +135,8 @@ const assertNotReserved = (ev: string) => {
 /** What every emitter made by `of()` from one constructor call shares. */
 class Core {
   #runtime: ManagedRuntime.ManagedRuntime<ClusterEmitter.ClusterEmitter, never> | undefined
+  #built: Promise<unknown> | undefined
+  #waiting = 0
   readonly #layer: Layer.Layer<ClusterEmitter.ClusterEmitter>
   readonly #errorHandler: (error: Error) => void
 
@@ -103,47 +163,105 @@ class Core {
   run<A>(
     f: (emitter: ClusterEmitter.ClusterEmitter["Service"]) => Effect.Effect<A, PublishError>,
   ): Promise<A> {
-    this.#runtime ??= ManagedRuntime.make(this.#layer)
-    const promise = this.#runtime
-      .runPromiseExit(Effect.flatMap(ClusterEmitter.ClusterEmitter, f))
-      .then((exit) => {
-        if (Exit.isSuccess(exit)) return exit.value
-        const failure = Cause.squash(exit.cause)
-        const error =
-          failure instanceof Error
+    return this.#reported(
+      this.#withService((emitter, runtime) =>
+        runtime.runPromiseExit(f(emitter)).then((exit) => {
+          if (Exit.isSuccess(exit)) return exit.value
+          const failure = Cause.squash(exit.cause)
+          throw failure instanceof Error
             ? failure
             : new PublishError({ reason: "Database", message: String(failure) })
-        this.#runtime?.runFork(
-          Effect.logWarning(`emitter: ${error.message}`).pipe(
-            Effect.annotateLogs({ module: "Emitter" }),
+        }),
+      ),
+    )
+  }
+
+  /**
+   * Queues a message with a callback variant of the service: no fiber, so messages go out in
+   * call order. Rejects, handled, like {@link run}.
+   */
+  send(
+    f: (
+      emitter: ClusterEmitter.ClusterEmitter["Service"],
+      done: (error: PublishError | undefined) => void,
+    ) => void,
+  ): Promise<void> {
+    return this.#reported(
+      this.#withService(
+        (emitter) =>
+          new Promise<void>((resolve, reject) =>
+            f(emitter, (error) => (error === undefined ? resolve() : reject(error))),
           ),
+      ),
+    )
+  }
+
+  // The service at once once it is built and no earlier call waits; else the call waits for the
+  // build, behind the earlier ones. (The build may end within the first call, whose own wait ends
+  // a tick later: the calls made meanwhile would go first.)
+  #withService<A>(
+    use: (
+      emitter: ClusterEmitter.ClusterEmitter["Service"],
+      runtime: ManagedRuntime.ManagedRuntime<ClusterEmitter.ClusterEmitter, never>,
+    ) => Promise<A>,
+  ): Promise<A> {
+    const runtime = (this.#runtime ??= ManagedRuntime.make(this.#layer))
+    const start = () => {
+      const context = runtime.cachedContext
+      if (context === undefined)
+        return Promise.reject(
+          new PublishError({ reason: "Closed", message: "the emitter could not start" }),
         )
-        try {
-          this.#errorHandler(error)
-        } catch {
-          // The caller's handler must not turn a failed publish into an exception.
-        }
-        throw error
-      })
-    promise.catch(() => {})
-    return promise
+      return use(Context.get(context, ClusterEmitter.ClusterEmitter), runtime)
+    }
+    if (runtime.cachedContext !== undefined && this.#waiting === 0) return start()
+    this.#waiting++
+    const started = () => {
+      this.#waiting--
+      return start()
+    }
+    return (this.#built ??= runtime.context()).then(started, started)
+  }
+
+  // Every failure is logged and given to the errorHandler; the promise is marked handled.
+  #reported<A>(promise: Promise<A>): Promise<A> {
+    const reported = promise.catch((error: Error) => {
+      this.#runtime?.runFork(
+        Effect.logWarning(`emitter: ${error.message}`).pipe(
+          Effect.annotateLogs({ module: "Emitter" }),
+        ),
+      )
+      try {
+        this.#errorHandler(error)
+      } catch {
+        // The caller's handler must not turn a failed publish into an exception.
+      }
+      throw error
+    })
+    reported.catch(() => {})
+    return reported
   }
 
   async close(): Promise<void> {
     const runtime = this.#runtime
     this.#runtime = undefined
+    this.#built = undefined
     await runtime?.dispose()
   }
 }
 
 /**
- * The answers, or a timeout error if a server did not answer; like `Core.run`'s, the promise is
+ * The answers, or a `RequestTimeoutError` if a server did not answer; like `Core.run`'s, the promise is
  * marked handled so that an ignored request never causes an unhandled rejection.
  */
 const allAnswered = <A>(request: Promise<ClusterEmitter.RequestResult<A>>): Promise<Array<A>> => {
-  const promise = request.then((result) => {
-    if (result.missing > 0) throw new Error(`timeout reached: missing ${result.missing} responses`)
-    return [...result.responses]
+  const promise = request.then(({ missing, responses }) => {
+    if (missing > 0)
+      throw new RequestTimeoutError({
+        missing,
+        message: `timeout reached: missing ${missing} responses`,
+      })
+    return [...responses]
   })
   promise.catch(() => {})
   return promise
@@ -194,7 +312,7 @@ export class Emitter<
           message: "Invalid option connectionStateRecovery: must be a boolean",
         })
       }
-      core = new Core(pool, options, AdapterConfig.decodeSync(options))
+      core = new Core(pool, options, AdapterConfig.decodeSync(options, EMITTER_OPTIONS))
     }
     this.#core = core
     this.nsp = nsp.startsWith("/") ? nsp : `/${nsp}`
@@ -282,11 +400,12 @@ export class Emitter<
         "Acknowledgements are not supported by serverSideEmit: use serverSideEmitWithAck",
       )
     }
-    return this.#core.run((emitter) =>
-      emitter.publish(this.nsp, {
-        type: MessageType.SERVER_SIDE_EMIT,
-        data: { packet: [ev, ...args] },
-      }),
+    return this.#core.send((emitter, done) =>
+      emitter.unsafePublish(
+        this.nsp,
+        { type: MessageType.SERVER_SIDE_EMIT, data: { packet: [ev, ...args] } },
+        done,
+      ),
     )
   }
 
@@ -294,15 +413,15 @@ export class Emitter<
    * Sends an event to every server and resolves with one answer per server; rejects with a
    * timeout error if some did not answer within `requestsTimeout`.
    */
-  serverSideEmitWithAck<Ev extends EventNames<ServerSideEvents>>(
+  serverSideEmitWithAck<Ev extends EventNamesWithAck<ServerSideEvents>>(
     ev: Ev,
-    ...args: EventParams<ServerSideEvents, Ev>
-  ): Promise<Array<unknown>> {
+    ...args: AllButLast<EventParams<ServerSideEvents, Ev>>
+  ): Promise<Array<AckValue<ServerSideEvents, Ev>>> {
     // Not `async`: a reserved name throws at once, and the promise is marked handled.
     assertNotReserved(ev)
     return allAnswered(
       this.#core.run((emitter) => emitter.serverSideEmitWithAck(this.nsp, [ev, ...args])),
-    )
+    ) as Promise<Array<AckValue<ServerSideEvents, Ev>>>
   }
 
   /** Stops listening for answers (only `fetchSockets` / `serverSideEmitWithAck` listen). */
@@ -373,8 +492,8 @@ export class BroadcastOperator<EmitEvents extends EventsMap, ServerSideEvents ex
     assertNotReserved(ev)
     if (this.core.options?.connectionStateRecovery === true && this.flags.volatile !== true) {
       const data = [ev, ...args]
-      return this.core.run((emitter) =>
-        emitter.broadcastStored(this.nsp, { type: 2, data }, this.#opts()),
+      return this.core.send((emitter, done) =>
+        emitter.unsafeBroadcastStored(this.nsp, { type: 2, data }, this.#opts(), done),
       )
     }
     const packet = { type: 2, data: [ev, ...args], nsp: this.nsp }
@@ -412,6 +531,6 @@ export class BroadcastOperator<EmitEvents extends EventsMap, ServerSideEvents ex
   }
 
   #publish(type: number, data: unknown): Promise<void> {
-    return this.core.run((emitter) => emitter.publish(this.nsp, { type, data }))
+    return this.core.send((emitter, done) => emitter.unsafePublish(this.nsp, { type, data }, done))
   }
 }

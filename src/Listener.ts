@@ -42,7 +42,7 @@ import { quoteIdentifier } from "./Channel.js"
 import { AdapterConfig } from "./AdapterConfig.js"
 import { connect, Database, type DedicatedClient } from "./Database.js"
 import { destroySocket } from "./internal/pool.js"
-import { type DatabaseError, ListenError, report } from "./Errors.js"
+import { type DatabaseError, ListenError, permanentCode, Reconnected, report } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 
 /** What a subscriber of a channel is told. */
@@ -148,6 +148,7 @@ export const make = Effect.gen(function* () {
     runFork(Effect.logError(`${what} handler threw`, error)),
   )
   let session: Session | undefined
+  const incident = makeIncident()
 
   // A channel's LISTEN on this session, retried alone until it holds; then its subscribers
   // hear `onListen`. A failure is reported unless the connection itself is gone (the session's
@@ -204,7 +205,7 @@ export const make = Effect.gen(function* () {
     session = current
     const since = yield* Clock.currentTimeMillis
     yield* Metric.update(Metrics.listenerConnects, 1)
-    yield* Effect.logDebug("LISTEN connection established")
+    yield* incident.back(since)
     for (const channel of [...channels.names()])
       yield* FiberMap.run(current.listening, channel, listenChannel(current, channel), {
         onlyIfMissing: true,
@@ -227,8 +228,7 @@ export const make = Effect.gen(function* () {
       for (const channel of channels.names()) channels.tell(channel, "onLost")
       yield* Metric.update(Metrics.listenerDrops, 1)
     }
-    yield* Effect.logWarning(ended.error.message)
-    yield* report(ended.error)
+    yield* incident.failed(ended.error)
   })
 
   // The connection is opened when the first subscriber arrives, not before. Sessions follow one
@@ -285,6 +285,35 @@ export const make = Effect.gen(function* () {
     unsafeBackendPid: () => (session?.client as { processID?: number } | undefined)?.processID,
   })
 })
+
+// The failures since the connection was last up, and its return, which ends the incident: each
+// failure reported (a permanent one once: see `report`) and logged, a permanent one again only at
+// debug level (retried quietly, in case someone fixes it); the return logged at debug level, and
+// told to the errorHandler once per incident.
+const makeIncident = () => {
+  let failing: { readonly since: number; attempts: number } | undefined
+  return {
+    failed: Effect.fnUntraced(function* (error: ListenError) {
+      failing ??= { since: yield* Clock.currentTimeMillis, attempts: 0 }
+      failing.attempts++
+      yield* report(error)
+      const quiet = failing.attempts > 1 && permanentCode(error) !== undefined
+      yield* (quiet ? Effect.logDebug : Effect.logWarning)(error.message)
+    }),
+    back: Effect.fnUntraced(function* (now: number) {
+      yield* Effect.logDebug(`LISTEN connection ${failing === undefined ? "" : "re-"}established`)
+      if (failing === undefined) return
+      const { attempts, since } = failing
+      failing = undefined
+      const seconds = Math.round((now - since) / 100) / 10
+      yield* report(
+        new Reconnected({
+          message: `LISTEN connection back after ${attempts} failed attempt${attempts === 1 ? "" : "s"} (${seconds} s)`,
+        }),
+      )
+    }),
+  }
+}
 
 // The subscribers of each channel: a throwing subscriber breaks neither the others nor the
 // connection.

@@ -34,7 +34,7 @@ import * as Metrics from "./Metrics.js"
 import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
 import * as DebugLog from "./internal/debugLog.js"
-import { setUpTables } from "./internal/tableSetup.js"
+import { checkTable, setUpTables } from "./internal/tableSetup.js"
 
 const { MessageType } = Codec
 
@@ -498,9 +498,9 @@ export const make = Effect.fnUntraced(function* (workers: Workers) {
 const housekeeping = Effect.gen(function* () {
   const config = yield* AdapterConfig.AdapterConfig
   const store = yield* AttachmentStore.AttachmentStore
-  if (config.createTable) {
-    yield* setUpTables("the attachments table", store.ensureTable)
-  }
+  yield* config.createTable
+    ? setUpTables("the attachments table", store.ensureTable)
+    : checkTable(`the attachments table ${config.tableName}`, store.tableExists)
   yield* store.deleteOlderThan(config.cleanupInterval).pipe(
     Effect.catchCause((cause) => Effect.logWarning("cleanup failed", cause)),
     Effect.repeat(Schedule.spaced(config.cleanupInterval)),

@@ -6,11 +6,21 @@
 export { createAdapter, PostgresAdapter } from "./Adapter.js"
 export type { AdapterOptions } from "./AdapterConfig.js"
 export type { ListenStatus } from "./Namespace.js"
-export { ConfigError, DatabaseError, ListenError, PublishError } from "./Errors.js"
+export {
+  ConfigError,
+  DatabaseError,
+  ListenError,
+  PublishError,
+  Reconnected,
+  RecoveryError,
+  RequestTimeoutError,
+} from "./Errors.js"
 export { BroadcastOperator, Emitter, RESERVED_EVENTS } from "./Emitter.js"
 export type {
+  AckValue,
   DefaultEventsMap,
   EmitterOptions,
+  EventNamesWithAck,
   EventNames,
   EventParams,
   EventsMap,

@@ -9,7 +9,11 @@ import * as fc from "fast-check"
 import pg from "pg"
 import * as AdapterConfig from "../src/AdapterConfig.js"
 import { ConfigError } from "../src/Errors.js"
-import { createAdapter } from "../src/index.js"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import { Cluster } from "../src/effect.js"
+import { createAdapter, Emitter, setupPrimary } from "../src/index.js"
 
 const decodeRight = (input: unknown): AdapterConfig.ClusterConfig => {
   const result = AdapterConfig.decode(input)
@@ -113,8 +117,25 @@ describe("AdapterConfig.decode with valid options", () => {
     assert.strictEqual(decodeRight({ tableName: `${part}.${part}` }).tableName, `${part}.${part}`)
   })
 
-  it("ignores options it does not know", () => {
-    assert.strictEqual(decodeRight({ somethingElse: 1 }).channelPrefix, "socket.io")
+  it("refuses an option it does not know, naming it and the nearest known one", () => {
+    const misspelled = decodeLeft({ heartbeatTimout: 20_000 })
+    assert.strictEqual(misspelled.option, "heartbeatTimout")
+    assert.strictEqual(
+      misspelled.message,
+      'unknown option "heartbeatTimout" (did you mean "heartbeatTimeout"?)',
+    )
+    assert.strictEqual(
+      decodeLeft({ heartbeatIntervall: 1000 }).message,
+      'unknown option "heartbeatIntervall" (did you mean "heartbeatInterval"?)',
+    )
+    assert.strictEqual(
+      decodeLeft({ channelprefix: "app" }).message,
+      'unknown option "channelprefix" (did you mean "channelPrefix"?)',
+    )
+    // Nothing near: no guess.
+    assert.strictEqual(decodeLeft({ somethingElse: 1 }).message, 'unknown option "somethingElse"')
+    // Undefined counts: the name is still wrong.
+    assert.strictEqual(decodeLeft({ tableNme: undefined }).option, "tableNme")
   })
 })
 
@@ -281,6 +302,41 @@ describe("createAdapter option checks", () => {
     assert.throws(() => createAdapter(null as any), TypeError)
     assert.throws(() => createAdapter(undefined as any), TypeError)
     assert.throws(() => createAdapter({} as any), TypeError)
+  })
+})
+
+describe("every face refuses a misspelled option, with the nearest name", () => {
+  const misspelled = /unknown option "heartbeatTimout" \(did you mean "heartbeatTimeout"\?\)/
+  // Never queried: it opens no connection.
+  const pool = new pg.Pool({ host: "127.0.0.1", port: 1 })
+
+  it("createAdapter and setupPrimary throw at once", () => {
+    assert.throws(() => createAdapter(pool, { heartbeatTimout: 1 } as any), misspelled)
+    assert.throws(() => setupPrimary(pool, { heartbeatTimout: 1 } as any), misspelled)
+  })
+
+  it("the emitter throws, on its own names, and says which adapter options do not apply", () => {
+    assert.throws(() => new Emitter(pool, "/", { heartbeatTimout: 1 } as any), misspelled)
+    assert.throws(
+      () => new Emitter(pool, "/", { connectionStateRecovry: true } as any),
+      /unknown option "connectionStateRecovry" \(did you mean "connectionStateRecovery"\?\)/,
+    )
+    assert.throws(
+      () => new Emitter(pool, "/", { createTable: false } as any),
+      /option "createTable" does not apply to the emitter/,
+    )
+    // The servers' heartbeat settings are the emitter's too (which servers to wait for).
+    new Emitter(pool, "/", { heartbeatInterval: 300, heartbeatTimeout: 1500 })
+  })
+
+  it("the Effect layers fail with the ConfigError", () => {
+    const exit = Effect.runSyncExit(
+      Layer.build(Cluster.layerPool(pool, { heartbeatTimout: 1 } as any)).pipe(Effect.scoped),
+    )
+    assert.isTrue(Exit.isFailure(exit))
+    const error = Exit.isFailure(exit) ? exit.cause.reasons[0] : undefined
+    assert.match(String((error as any)?.error?.message), misspelled)
+    assert.strictEqual((error as any)?.error?.option, "heartbeatTimout")
   })
 })
 

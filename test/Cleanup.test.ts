@@ -41,6 +41,7 @@ const makeCleanup = (fails: (call: number) => boolean = () => false) => {
       throw new Error("not used")
     },
     ensureTable: Effect.void,
+    tableExists: Effect.succeed(true),
     deleteOlderThan: (age) =>
       Effect.suspend(() => {
         const call = recorded.deletions.length

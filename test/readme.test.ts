@@ -1,12 +1,14 @@
 /**
- * The README's TypeScript blocks compile against the package as it is, so the docs cannot rot.
+ * The README's TypeScript blocks compile against the package as it is, and its SQL runs, so the
+ * docs cannot rot (the runnable examples run in readme.plain.test.ts and readme.effect.test.ts).
  * A block without imports is a fragment of the one before it in spirit: it gets a prelude that
  * declares what such fragments use (`pool`, `io`, `httpServer`, ...).
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
+import pg from "pg"
 import ts from "typescript"
-import { describe, expect, it } from "vitest"
+import { describe, expect, inject, it } from "vitest"
 
 const root = path.resolve(import.meta.dirname, "..")
 const readme = fs.readFileSync(path.join(root, "README.md"), "utf8")
@@ -16,6 +18,9 @@ const blocks = [...readme.matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((match) => 
   line: readme.slice(0, match.index).split("\n").length,
   code: match[1]!,
 }))
+
+/** Every ```sql block: the DDL a user runs when the adapter may not create its tables. */
+const sqlBlocks = [...readme.matchAll(/^```sql\n([\s\S]*?)^```$/gm)].map((match) => match[1]!)
 
 const PRELUDE_IMPORTS = `import { createServer } from "node:http"
 import pg from "pg"
@@ -87,4 +92,24 @@ describe("README", () => {
       fs.rmSync(dir, { recursive: true, force: true })
     }
   }, 60_000)
+
+  it("runs every SQL block, in a schema of its own, rolled back", async () => {
+    expect(sqlBlocks.length).toBeGreaterThanOrEqual(2)
+    const client = new pg.Client({ connectionString: inject("databaseUrl") })
+    await client.connect()
+    try {
+      for (const sql of sqlBlocks) {
+        await client.query("BEGIN")
+        try {
+          await client.query("CREATE SCHEMA readme_sql")
+          await client.query("SET LOCAL search_path TO readme_sql")
+          await client.query(sql)
+        } finally {
+          await client.query("ROLLBACK")
+        }
+      }
+    } finally {
+      await client.end()
+    }
+  })
 })

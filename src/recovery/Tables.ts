@@ -18,7 +18,7 @@
 import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
 import { quoteIdentifier, quoteTableName, shortIdentifier } from "../Channel.js"
-import { catalogRace, type Database } from "../Database.js"
+import { retryCatalogRace, type Database } from "../Database.js"
 import type { DatabaseError } from "../Errors.js"
 
 /** The tables' quoted names for a prefix, their schema's, and their indexes'. */
@@ -74,7 +74,7 @@ export const makeEnsureTables = Effect.fnUntraced(function* (
 ) {
   const create = Effect.forEach(ddl(t), (statement) => database.query(statement), {
     discard: true,
-  }).pipe(Effect.retry(catalogRace))
+  }).pipe(retryCatalogRace)
   const created = yield* Ref.make(false)
   return Effect.suspend(() =>
     Ref.get(created).pipe(
