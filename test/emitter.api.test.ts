@@ -9,7 +9,7 @@ import type { Server } from "socket.io"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from "vitest"
 import { Emitter, PublishError, RequestTimeoutError, type EventNamesWithAck } from "../src/index.js"
-import { collect } from "./utils/cluster.js"
+import { collect, eventually } from "./utils/cluster.js"
 import { startCluster, type Cluster } from "./utils/nodes.js"
 import { makePool } from "./utils/postgres.js"
 
@@ -113,8 +113,17 @@ describe("the emitter against a server", () => {
   it("rejects a request some server did not answer with an exported tagged error", async () => {
     const { emitter, close } = emitterOf()
     try {
-      // The server has no "health" handler: it never answers.
-      const failure = await emitter.serverSideEmitWithAck("health").catch((error) => error)
+      // The server has no "health" handler: it never answers. On a busy machine the emitter's first
+      // request may end before it heard of the server (no server asked, no answer missing); its
+      // heartbeats then make it known.
+      let failure: any
+      await eventually(
+        async () => {
+          failure = await emitter.serverSideEmitWithAck("health").catch((error) => error)
+          return !Array.isArray(failure)
+        },
+        { timeout: 15_000, message: "the emitter asks the server" },
+      )
       expect(failure).toBeInstanceOf(RequestTimeoutError)
       expect(failure._tag).toBe("RequestTimeoutError")
       expect(failure.missing).toBe(1)
