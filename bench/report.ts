@@ -801,8 +801,8 @@ export const renderSvg = (
     .filter((kind) => summaries.some((s) => s.kind === kind))
     .map(
       (kind, i) =>
-        `<rect x="${16 + i * 150}" y="44" width="12" height="12" fill="${COLORS[kind]}"/>` +
-        `<text x="${34 + i * 150}" y="54" class="label">${escapeXml(KIND_LABEL[kind])}</text>`,
+        `<rect x="${16 + i * 130}" y="44" width="12" height="12" fill="${COLORS[kind]}"/>` +
+        `<text x="${34 + i * 130}" y="54" class="label">${escapeXml(KIND_LABEL[kind])}</text>`,
     )
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${y + 10}" viewBox="0 0 ${WIDTH} ${y + 10}" font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif">`,
