@@ -125,7 +125,7 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
     }),
     broadcast(
       "small-rate",
-      `small, ${n(MANY_CLIENTS, 10)} clients/server, ${MANY_RATE}/s`,
+      `small, ${MANY_RATE}/s, ${n(MANY_CLIENTS, 10)} clients`,
       `small JSON at ${MANY_RATE}/s, ${n(MANY_CLIENTS, 10)} clients per server`,
       "small",
       n(600, 30),
@@ -141,7 +141,7 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
     ),
     broadcast(
       "binary-rate",
-      `1 KB binary, ${n(MANY_CLIENTS, 10)} clients/server, ${MANY_RATE}/s`,
+      `1 KB binary, ${MANY_RATE}/s, ${n(MANY_CLIENTS, 10)} clients`,
       `1 KB binary at ${MANY_RATE}/s, ${n(MANY_CLIENTS, 10)} clients per server`,
       "binary",
       n(600, 30),
