@@ -1,6 +1,6 @@
 /**
- * `npm run bench`: this adapter, `@socket.io/postgres-adapter` 0.5.0 and raw `pg_notify`, in one
- * run, interleaved and repeated (medians), on three Socket.IO servers and their clients, each in a
+ * `npm run bench`: this adapter, `@socket.io/postgres-adapter` 0.5.0, `@socket.io/redis-adapter`
+ * and raw `pg_notify`, in one run, interleaved and repeated (medians), on three Socket.IO servers and their clients, each in a
  * process of its own. Prints a table; writes `latest.json` and `latest.svg` to bench/results.
  *
  *   npm run bench                      full run (a few minutes)
@@ -12,6 +12,7 @@
  * rep<n>-server<i>.cpuprofile, for Chrome DevTools or speedscope.
  *
  * `DATABASE_URL` selects the PostgreSQL; without it an embedded one is started and deleted after.
+ * `REDIS_URL` (default redis://127.0.0.1:6379) the Redis of kind "redis", skipped when unreachable.
  */
 import { randomBytes } from "node:crypto"
 import { existsSync } from "node:fs"
@@ -21,6 +22,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 import pg from "pg"
+import { createClient } from "redis"
 import { openDatabase, redactUrl } from "../demo/postgres.js"
 import type { ClientsReport, ConnectArgs } from "./clients.js"
 import { Worker } from "./ipc.js"
@@ -34,6 +36,7 @@ import type {
 } from "./node.js"
 import {
   formatTable,
+  headlines,
   ratios,
   recoveryCosts,
   renderSvg,
@@ -44,17 +47,26 @@ import {
   ALL_KINDS,
   type AdapterKind,
   type BroadcastScenario,
+  DEFAULT_REDIS_URL,
   FIXED_RATE,
   type JoinScenario,
   type Kind,
   KIND_LABEL,
   kindsOf,
+  MANY_RATE,
   type RawKind,
   type RequestScenario,
   type Scenario,
   scenarios as allScenarios,
 } from "./scenarios.js"
-import { cpuBetween, percentiles, postgresCpu, round, serverProcesses } from "./stats.js"
+import {
+  cpuBetween,
+  percentiles,
+  redisProcesses,
+  round,
+  serverCpu,
+  serverProcesses,
+} from "./stats.js"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 
@@ -78,7 +90,7 @@ interface Options {
   readonly quick: boolean
   readonly repeat: number
   readonly scenarios: ReadonlyArray<Scenario>
-  readonly kinds: ReadonlySet<Kind>
+  readonly kinds: Set<Kind>
   readonly out: string
   readonly profile: boolean
   readonly verbose: boolean
@@ -198,6 +210,8 @@ interface Context {
   readonly options: Options
   readonly url: string
   readonly admin: pg.Pool
+  /** Kind "redis" connects its servers here. */
+  readonly redisUrl: string
   readonly workers: Workers
   /** Names this run's profiles, with `--profile`. */
   readonly label: string
@@ -230,6 +244,7 @@ const startArgs = (
 ): StartArgs => ({
   kind,
   url: ctx.url,
+  redisUrl: ctx.redisUrl,
   channelPrefix: names.channelPrefix,
   tableName: names.tableName,
   recoveryTablePrefix: names.recoveryTablePrefix,
@@ -290,6 +305,8 @@ interface Measured<A> {
   readonly servers: ReadonlyArray<Measurement>
   readonly pgCpuMs: number | undefined
   readonly pgServerCpuMs: number | undefined
+  /** CPU of every `redis-server` process on this machine (others' use of it included). */
+  readonly redisCpuMs: number | undefined
 }
 
 /** Runs `body` between CPU/memory measurements of the servers and of PostgreSQL. */
@@ -308,9 +325,9 @@ const measure = async <A>(
       ),
     ),
   )
-  const before = postgresCpu()
+  const before = serverCpu()
   const value = await body()
-  const after = postgresCpu()
+  const after = serverCpu()
   const { rows } = await ctx.admin.query<{ pid: number }>(
     "SELECT pid FROM pg_stat_activity WHERE left(application_name, length($1)) = $1",
     [names.application],
@@ -325,6 +342,7 @@ const measure = async <A>(
     pgCpuMs: cpuBetween(before, after, pids),
     pgServerCpuMs:
       pids.length === 0 ? undefined : cpuBetween(before, after, serverProcesses(after, pids[0]!)),
+    redisCpuMs: cpuBetween(before, after, redisProcesses(after)),
   }
 }
 
@@ -346,7 +364,10 @@ const statementFields = (emitter: Measurement, count: number, durationMs: number
     broadcastsPerStatement: statements === 0 ? null : round(count / statements),
     statementMs: statements === 0 ? null : round(totalMs / statements, 3),
     statementP99Ms: round(main?.p99Ms, 3),
-    statementBusy: durationMs === null || durationMs <= 0 ? null : round(totalMs / durationMs, 3),
+    statementBusy:
+      statements === 0 || durationMs === null || durationMs <= 0
+        ? null
+        : round(totalMs / durationMs, 3),
     emitterStatements: emitter.statements,
   }
 }
@@ -355,7 +376,7 @@ const per1k = (value: number | undefined | null, count: number) =>
   value === undefined || value === null || count === 0 ? null : round((value * 1000) / count)
 
 /** The fields every kind of run fills the same way. */
-const resourceFields = (measured: Measured<unknown>, count: number) => {
+const resourceFields = (measured: Measured<unknown>, count: number, kind: Kind) => {
   const serverCpu = measured.servers.reduce((sum, m) => sum + cpuOf(m), 0)
   const emitter = measured.servers[0]!
   return {
@@ -367,6 +388,9 @@ const resourceFields = (measured: Measured<unknown>, count: number) => {
     pgCpuMs: round(measured.pgCpuMs),
     pgCpuPer1k: per1k(measured.pgCpuMs, count),
     pgServerCpuMs: round(measured.pgServerCpuMs),
+    // Only where Redis carries the messages: elsewhere it is other people's load.
+    redisCpuMs: kind === "redis" ? round(measured.redisCpuMs) : null,
+    redisCpuPer1k: kind === "redis" ? per1k(measured.redisCpuMs, count) : null,
     emitterBaseRssMb: round(emitter.baseRssMb, 1),
     emitterPeakRssMb: round(emitter.peakRssMb, 1),
     emitterPeakHeapMb: round(emitter.peakHeapMb, 1),
@@ -376,6 +400,8 @@ const resourceFields = (measured: Measured<unknown>, count: number) => {
 }
 
 const EMPTY = {
+  redisCpuMs: null,
+  redisCpuPer1k: null,
   withOffset: null,
   offsetErrors: 0,
   statements: null,
@@ -531,7 +557,7 @@ const runBroadcast = (
         rep,
         count: scenario.count,
         ...delivery,
-        ...resourceFields(measured, scenario.count),
+        ...resourceFields(measured, scenario.count, kind),
         ...statementFields(measured.servers[0]!, scenario.count, delivery.durationMs),
         localP50: round(local.p50, 3),
         localP99: round(local.p99, 3),
@@ -596,7 +622,7 @@ const runRaw = async (
       rep,
       count,
       ...deliveryFields(count, measured.value.emit, remote, measured.value.complete),
-      ...resourceFields(measured, count),
+      ...resourceFields(measured, count, kind),
       // The raw runs use no Socket.IO server: their memory says nothing.
       emitterBaseRssMb: null,
       emitterPeakRssMb: null,
@@ -641,7 +667,7 @@ const runRequest = (
       max: round(latency.max, 3),
       lost: r.failures,
       durationMs: round(r.end - r.start),
-      ...resourceFields(measured, scenario.count),
+      ...resourceFields(measured, scenario.count, kind),
       ...(r.firstError !== undefined ? { note: `first failure: ${r.firstError}` } : {}),
     }
   })
@@ -767,6 +793,32 @@ const describeRun = (r: RunResult): string => {
 
 // ─── main ─────────────────────────────────────────────────────────────────────────────────────
 
+/** Where kind "redis" goes, and whether it ran. */
+interface RedisStatus {
+  readonly url: string
+  readonly reachable: boolean
+  readonly version: string | null
+  /** Why the kind was skipped, when it was asked for and could not run. */
+  readonly skipped: string | null
+}
+
+/** Connects to `url` once (no retries, 3 s at most), asks its version, and lets go. */
+const probeRedis = async (url: string): Promise<RedisStatus> => {
+  const client = createClient({ url, socket: { reconnectStrategy: false, connectTimeout: 3000 } })
+  client.on("error", () => {})
+  try {
+    await client.connect()
+    const info = await client.info("server")
+    const version = /redis_version:(\S+)/.exec(info)?.[1] ?? null
+    return { url: redactUrl(url), reachable: true, version, skipped: null }
+  } catch (error) {
+    const reason = `no Redis reachable at ${redactUrl(url)} (${(error as Error)?.message ?? error}): kind redis skipped`
+    return { url: redactUrl(url), reachable: false, version: null, skipped: reason }
+  } finally {
+    if (client.isOpen) client.destroy()
+  }
+}
+
 const writeAtomically = async (file: string, text: string) => {
   await fs.mkdir(path.dirname(file), { recursive: true })
   const tmp = `${file}.${process.pid}.tmp`
@@ -780,6 +832,12 @@ const main = async () => {
   const loadBefore = os.loadavg()
   const database = await openDatabase(log)
   log(`PostgreSQL: ${database.description}`)
+  const redisUrl = process.env["REDIS_URL"] ?? DEFAULT_REDIS_URL
+  const redis: RedisStatus | null = options.kinds.has("redis") ? await probeRedis(redisUrl) : null
+  if (redis?.reachable === false) {
+    options.kinds.delete("redis")
+    log(`Redis: ${redis.skipped}`)
+  } else if (redis !== null) log(`Redis: ${redis.version ?? "?"} at ${redis.url}`)
   const admin = new pg.Pool({
     connectionString: database.url,
     max: 2,
@@ -837,6 +895,7 @@ const main = async () => {
               options,
               url: database.url,
               admin,
+              redisUrl,
               workers: { servers: servers!, clients: clients! },
               label: `${scenario.name}-${kind}-rep${rep}`,
             }
@@ -870,14 +929,20 @@ const main = async () => {
 
     const summaries = summarize(runs, options.scenarios)
     const ratioOf = ratios(summaries)
+    const ratioRedisOf = ratios(summaries, "redis")
+    const headlineOf = headlines(summaries, options.scenarios)
     const recoveryOf = recoveryCosts(summaries)
+    const notes = redis?.skipped == null ? [] : [`Redis: ${redis.skipped}`]
     const durationS = round((Date.now() - began) / 1000, 1)
     const pgVersion = pgInfo.rows[0]?.version.split(" on ")[0] ?? "unknown"
     const caption = `${new Date().toISOString().slice(0, 16).replace("T", " ")} · ${pgVersion} · node ${process.version} · ${os.cpus().length} cpus · median of ${options.repeat}${options.quick ? " (quick)" : ""}`
-    console.log(`\n${formatTable(summaries, ratioOf, options.scenarios, recoveryOf)}`)
+    console.log(
+      `\n${formatTable(summaries, ratioOf, options.scenarios, recoveryOf, { ratioRedisOf, headlineOf, notes })}`,
+    )
     console.log(
       `\nmedian of ${options.repeat} run(s); lost = expected deliveries that never came (+ misdelivered); ooo = out of order;` +
-        `\nsrv cpu = user+system of the 3 server processes; pg cpu = this run's PostgreSQL backends (/proc); rate ${FIXED_RATE}/s scenarios are paced.`,
+        `\nsrv cpu = user+system of the 3 server processes; db cpu = this run's PostgreSQL backends, or the whole redis-server (/proc);` +
+        `\n-rate scenarios are paced: small-rate and binary-rate at ${MANY_RATE}/s (many clients per server), the others at ${FIXED_RATE}/s.`,
     )
 
     const json = {
@@ -905,11 +970,14 @@ const main = async () => {
           fsync: pgInfo.rows[0]?.fsync ?? null,
           synchronousCommit: pgInfo.rows[0]?.sync ?? null,
         },
+        // null when kind "redis" was not asked for; `skipped` says why it did not run.
+        redis,
       },
       settings: {
         servers: SERVERS,
         heartbeatIntervalMs: HEARTBEAT_MS,
         fixedRate: FIXED_RATE,
+        manyClientsRate: MANY_RATE,
         deadlines: deadlines(options.quick),
       },
       scenarios: options.scenarios.map((s) => ({
@@ -918,6 +986,8 @@ const main = async () => {
           summaries.filter((x) => x.scenario === s.name).map((x) => [x.kind, x]),
         ),
         ratio: ratioOf[s.name] ?? null,
+        ratioRedis: ratioRedisOf[s.name] ?? null,
+        headline: headlineOf[s.name] ?? null,
         recoveryCost: recoveryOf[s.name] ?? null,
       })),
       runs,

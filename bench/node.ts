@@ -1,10 +1,12 @@
 /**
  * A benchmark worker: one Socket.IO server at a time, clustered through PostgreSQL by this adapter
  * ("ours"; "ours-recovery" with `connectionStateRecovery` on) or `@socket.io/postgres-adapter`
- * 0.5.0 ("upstream"), driven by `bench.ts` over IPC. It
- * also runs the raw `pg_notify` sender and listener, and measures its own CPU and memory.
+ * 0.5.0 ("upstream"), or through Redis by `@socket.io/redis-adapter` ("redis", with pub/sub
+ * clients of its own), driven by `bench.ts` over IPC. It also runs the raw `pg_notify` sender and
+ * listener, and measures its own CPU and memory.
  */
 import { createAdapter as createUpstreamAdapter } from "@socket.io/postgres-adapter"
+import { createAdapter as createRedisAdapter } from "@socket.io/redis-adapter"
 import { randomBytes } from "node:crypto"
 import { writeFile } from "node:fs/promises"
 import * as path from "node:path"
@@ -13,16 +15,19 @@ import * as http from "node:http"
 import { Session } from "node:inspector/promises"
 import type { AddressInfo } from "node:net"
 import pg from "pg"
+import { createClient } from "redis"
 import { Server } from "socket.io"
 import { createAdapter } from "../src/index.js"
 import { serve } from "./ipc.js"
-import type { AdapterKind, PayloadKind } from "./scenarios.js"
+import { type AdapterKind, DEFAULT_REDIS_URL, type PayloadKind } from "./scenarios.js"
 import { now, percentiles, Tracker } from "./stats.js"
 
 /** Arguments of `start`. */
 export interface StartArgs {
   readonly kind: AdapterKind
   readonly url: string
+  /** Kind "redis": the Redis server; the adapter's `key` is `channelPrefix` (one per run). */
+  readonly redisUrl?: string
   readonly channelPrefix: string
   readonly tableName: string
   /** Prefix of the recovery tables ("ours-recovery" only; the adapter creates them). */
@@ -89,25 +94,64 @@ export interface RequestResult {
   readonly end: number
 }
 
+/** The pub/sub clients of a "redis" server. */
+type RedisClient = ReturnType<typeof createClient>
+
 interface Instance {
   readonly io: Server
   readonly pool: pg.Pool
   readonly kind: AdapterKind
+  readonly redis?: ReadonlyArray<RedisClient>
 }
 
-const SMALL_TEXT = "hello, world"
 const BINARY = randomBytes(1024)
 const LARGE_TEXT = "x".repeat(20_000)
+const STATUSES = [
+  "online, in the lobby",
+  "away, back in ten minutes",
+  "playing a ranked match",
+  "offline since yesterday",
+]
+/** About 20 KB of JSON: 140 objects of 5 fields, as a leaderboard or a member list. */
+const ITEMS = Array.from({ length: 140 }, (_, i) => {
+  const name = `player-${String(i).padStart(4, "0")}`
+  return {
+    id: 100_000 + i,
+    name,
+    email: `${name}@example.com`,
+    score: ((i * 7919) % 100_000) / 100,
+    status: `${STATUSES[i % 4]} · datacenter eu-west-${i % 3}`,
+  }
+})
 
 const packet = (payload: PayloadKind, s: number, t: number): Record<string, unknown> => {
   switch (payload) {
     case "small":
-      return { s, t, d: SMALL_TEXT }
+      // About 100 bytes of JSON with `s` and `t`.
+      return { s, t, user: "alice", room: "general", text: "hello, world: see you at ten?" }
     case "binary":
-      return { s, t, b: BINARY }
+      return { s, t, name: "frame.bin", b: BINARY }
+    case "json20k":
+      return { s, t, items: ITEMS }
     case "large":
       return { s, t, d: LARGE_TEXT }
   }
+}
+
+/** Connects the pub and sub clients of one "redis" server; none left open on failure. */
+const connectRedis = async (url: string): Promise<[RedisClient, RedisClient]> => {
+  const pub = createClient({ url, socket: { reconnectStrategy: false, connectTimeout: 5000 } })
+  pub.on("error", () => {})
+  await pub.connect()
+  const sub = pub.duplicate()
+  sub.on("error", () => {})
+  try {
+    await sub.connect()
+  } catch (error) {
+    pub.destroy()
+    throw error
+  }
+  return [pub, sub]
 }
 
 const MB = 1024 * 1024
@@ -276,6 +320,10 @@ const stopServer = async () => {
   instance = undefined
   await withTimeout(current.io.close(), 10_000).catch(() => {})
   await withTimeout(current.pool.end(), 10_000).catch(() => {})
+  for (const client of current.redis ?? []) {
+    await withTimeout(client.close(), 5_000).catch(() => {})
+    if (client.isOpen) client.destroy()
+  }
 }
 
 const stopRawListener = async () => {
@@ -294,6 +342,8 @@ serve({
   async start(args: StartArgs) {
     await stopServer()
     adapterErrors = 0
+    const redis =
+      args.kind === "redis" ? await connectRedis(args.redisUrl ?? DEFAULT_REDIS_URL) : undefined
     const pool = makePool(args.url, args.applicationName)
     const errorHandler = () => {
       adapterErrors++
@@ -310,12 +360,17 @@ serve({
     const t0 = now()
     const io = new Server(httpServer, {
       adapter:
-        args.kind === "upstream"
-          ? (createUpstreamAdapter(pool, options) as any)
-          : (args.kind === "ours-base" ? await baselineAdapter() : createAdapter)(pool, {
-              ...options,
-              recoveryTablePrefix: args.recoveryTablePrefix,
-            }),
+        redis !== undefined
+          ? (createRedisAdapter(redis[0], redis[1], {
+              key: args.channelPrefix,
+              requestsTimeout: args.requestsTimeout,
+            }) as any)
+          : args.kind === "upstream"
+            ? (createUpstreamAdapter(pool, options) as any)
+            : (args.kind === "ours-base" ? await baselineAdapter() : createAdapter)(pool, {
+                ...options,
+                recoveryTablePrefix: args.recoveryTablePrefix,
+              }),
       serveClient: false,
       // Every broadcast is then stored with an offset, delivered locally once it is committed.
       ...(args.kind === "ours-recovery"
@@ -327,7 +382,7 @@ serve({
       if (typeof room === "string" && room !== "") socket.join(room)
     })
     io.on("ping", (n: unknown, callback: (value: unknown) => void) => callback(n))
-    instance = { io, pool, kind: args.kind }
+    instance = { io, pool, kind: args.kind, ...(redis !== undefined ? { redis } : {}) }
     if (args.watch !== undefined) startWatch(args.watch)
     await new Promise<void>((resolve, reject) => {
       httpServer.once("error", reject)

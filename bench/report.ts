@@ -46,6 +46,9 @@ export interface RunResult {
   readonly pgCpuPer1k: number | null
   /** CPU of every process of the PostgreSQL server (others' load included on a shared server). */
   readonly pgServerCpuMs: number | null
+  /** Kind "redis": CPU of the machine's `redis-server` (from /proc; others' use included). */
+  readonly redisCpuMs: number | null
+  readonly redisCpuPer1k: number | null
   readonly emitterBaseRssMb: number | null
   readonly emitterPeakRssMb: number | null
   readonly emitterPeakHeapMb: number | null
@@ -99,6 +102,7 @@ export interface Summary {
   readonly emitterCpuPer1k: number | null
   readonly pgCpuPer1k: number | null
   readonly pgServerCpuMs: number | null
+  readonly redisCpuPer1k: number | null
   readonly emitterBaseRssMb: number | null
   readonly emitterPeakRssMb: number | null
   readonly emitterPeakHeapMb: number | null
@@ -117,7 +121,10 @@ export interface Summary {
   readonly statementBusy: number | null
 }
 
-/** ours ÷ 0.5.0 for one scenario: above 1 means more throughput, or more latency/CPU/memory. */
+/**
+ * ours ÷ another kind (0.5.0, Redis) for one scenario: above 1 means more throughput, or more
+ * latency/CPU/memory.
+ */
 export interface Ratio {
   readonly throughput: number | null
   readonly p50: number | null
@@ -139,6 +146,7 @@ const MEDIAN_FIELDS = [
   "emitterCpuPer1k",
   "pgCpuPer1k",
   "pgServerCpuMs",
+  "redisCpuPer1k",
   "emitterBaseRssMb",
   "emitterPeakRssMb",
   "emitterPeakHeapMb",
@@ -202,21 +210,80 @@ const KIND_ORDER: ReadonlyArray<Kind> = ALL_KINDS
 const divide = (a: number | null | undefined, b: number | null | undefined) =>
   a == null || b == null || b === 0 ? null : round(a / b, 3)
 
-/** ours ÷ 0.5.0 per scenario where both ran. */
-export const ratios = (summaries: ReadonlyArray<Summary>): Record<string, Ratio> => {
+/** ours ÷ `against` (0.5.0 by default) per scenario where both ran. */
+export const ratios = (
+  summaries: ReadonlyArray<Summary>,
+  against: Kind = "upstream",
+): Record<string, Ratio> => {
   const out: Record<string, Ratio> = {}
   for (const ours of summaries.filter((s) => s.kind === "ours")) {
-    const upstream = summaries.find((s) => s.scenario === ours.scenario && s.kind === "upstream")
+    const upstream = summaries.find((s) => s.scenario === ours.scenario && s.kind === against)
     if (upstream === undefined) continue
     out[ours.scenario] = {
       throughput: divide(ours.throughput, upstream.throughput),
       p50: divide(ours.p50, upstream.p50),
       p99: divide(ours.p99, upstream.p99),
       serverCpuPer1k: divide(ours.serverCpuPer1k, upstream.serverCpuPer1k),
-      pgCpuPer1k: divide(ours.pgCpuPer1k, upstream.pgCpuPer1k),
+      pgCpuPer1k: divide(dbCpuPer1k(ours), dbCpuPer1k(upstream)),
       emitterPeakRssMb: divide(ours.emitterPeakRssMb, upstream.emitterPeakRssMb),
       seenByOthersMs: divide(ours.seenByOthersMs, upstream.seenByOthersMs),
       seesOthersMs: divide(ours.seesOthersMs, upstream.seesOthersMs),
+    }
+  }
+  return out
+}
+
+/**
+ * CPU of the database per 1,000 operations: this run's PostgreSQL backends, or for kind "redis"
+ * the `redis-server` process.
+ */
+export const dbCpuPer1k = (s: Summary): number | null =>
+  s.kind === "redis" ? s.redisCpuPer1k : s.pgCpuPer1k
+
+/** What a scenario is compared by: throughput at full speed, p50 at a fixed rate and for requests. */
+export type HeadlineMeasure = "throughput" | "p50"
+
+export const headlineMeasure = (scenario: Scenario): HeadlineMeasure =>
+  scenario.type === "broadcast" && scenario.rate === undefined ? "throughput" : "p50"
+
+/** One scenario's comparison: ours against Redis and 0.5.0, by its {@link HeadlineMeasure}. */
+export interface Headline {
+  readonly measure: HeadlineMeasure
+  readonly ours: number | null
+  readonly redis: number | null
+  readonly upstream: number | null
+  /** ours ÷ Redis and ours ÷ 0.5.0 of the measure (throughput: above 1 is better; p50: below). */
+  readonly vsRedis: number | null
+  readonly vsUpstream: number | null
+  /** Server CPU per 1,000 operations, ours ÷ Redis and ours ÷ 0.5.0 (below 1: ours costs less). */
+  readonly cpuVsRedis: number | null
+  readonly cpuVsUpstream: number | null
+}
+
+/** The comparisons of every scenario (but `join`) where "ours" ran with Redis or 0.5.0. */
+export const headlines = (
+  summaries: ReadonlyArray<Summary>,
+  order: ReadonlyArray<Scenario>,
+): Record<string, Headline> => {
+  const out: Record<string, Headline> = {}
+  for (const scenario of order) {
+    if (scenario.type === "join") continue
+    const of = (kind: Kind) =>
+      summaries.find((s) => s.scenario === scenario.name && s.kind === kind)
+    const ours = of("ours")
+    const redis = of("redis")
+    const upstream = of("upstream")
+    if (ours === undefined || (redis === undefined && upstream === undefined)) continue
+    const measure = headlineMeasure(scenario)
+    out[scenario.name] = {
+      measure,
+      ours: ours[measure],
+      redis: redis?.[measure] ?? null,
+      upstream: upstream?.[measure] ?? null,
+      vsRedis: divide(ours[measure], redis?.[measure]),
+      vsUpstream: divide(ours[measure], upstream?.[measure]),
+      cpuVsRedis: divide(ours.serverCpuPer1k, redis?.serverCpuPer1k),
+      cpuVsUpstream: divide(ours.serverCpuPer1k, upstream?.serverCpuPer1k),
     }
   }
   return out
@@ -315,8 +382,17 @@ export const formatTable = (
   ratioOf: Record<string, Ratio>,
   order: ReadonlyArray<Scenario>,
   recoveryOf: Record<string, RecoveryCost> = {},
+  more: {
+    /** ours ÷ Redis, as `ratioOf` is ours ÷ 0.5.0. */
+    readonly ratioRedisOf?: Record<string, Ratio>
+    readonly headlineOf?: Record<string, Headline>
+    /** Lines printed at the end (e.g. a kind that was skipped, and why). */
+    readonly notes?: ReadonlyArray<string>
+  } = {},
 ): string => {
+  const { ratioRedisOf = {}, headlineOf = {}, notes = [] } = more
   const rows: Array<Array<string>> = []
+  const headlineRows: Array<Array<string>> = []
   const joinRows: Array<Array<string>> = []
   const recoveryRows: Array<Array<string>> = []
   const problems: Array<string> = []
@@ -392,15 +468,18 @@ export const formatTable = (
         String(s.lost + s.unexpected),
         String(s.outOfOrder),
         fmt(s.serverCpuPer1k),
-        fmt(s.pgCpuPer1k),
+        fmt(dbCpuPer1k(s)),
         fmt(s.emitterPeakRssMb, 0),
       ])
     })
-    const ratio = ratioOf[scenario.name]
-    if (ratio !== undefined) {
+    for (const [label, ratio] of [
+      ["ours / 0.5.0", ratioOf[scenario.name]],
+      ["ours / redis", ratioRedisOf[scenario.name]],
+    ] as const) {
+      if (ratio === undefined) continue
       rows.push([
         "",
-        "ours / 0.5.0",
+        label,
         times(ratio.throughput),
         times(ratio.p50),
         "",
@@ -410,6 +489,22 @@ export const formatTable = (
         times(ratio.serverCpuPer1k),
         times(ratio.pgCpuPer1k),
         times(ratio.emitterPeakRssMb),
+      ])
+    }
+    const headline = headlineOf[scenario.name]
+    if (headline !== undefined) {
+      const value = (v: number | null) =>
+        headline.measure === "throughput" ? `${fmt(v, 0)}/s` : `${fmt(v, 2)} ms`
+      headlineRows.push([
+        scenario.name,
+        headline.measure,
+        value(headline.ours),
+        value(headline.redis),
+        value(headline.upstream),
+        times(headline.vsRedis),
+        times(headline.vsUpstream),
+        times(headline.cpuVsRedis),
+        times(headline.cpuVsUpstream),
       ])
     }
   }
@@ -425,12 +520,32 @@ export const formatTable = (
         "lost",
         "ooo",
         "srv cpu ms/1k",
-        "pg cpu ms/1k",
+        "db cpu ms/1k",
         "emitter rss MB",
       ],
       rows,
     ),
   ]
+  if (headlineRows.length > 0) {
+    parts.push(
+      "",
+      "Ratios: throughput at full speed (above x1: ours is faster), p50 at a fixed rate and for requests (below x1: ours is faster); cpu = server CPU per 1,000 (below x1: ours costs less)",
+      table(
+        [
+          "scenario",
+          "measure",
+          "ours",
+          "redis",
+          "0.5.0",
+          "ours/redis",
+          "ours/0.5.0",
+          "cpu ours/redis",
+          "cpu ours/0.5.0",
+        ],
+        headlineRows,
+      ),
+    )
+  }
   if (recoveryRows.length > 0) {
     parts.push(
       "",
@@ -463,6 +578,7 @@ export const formatTable = (
     )
   }
   if (problems.length > 0) parts.push("", "Problems:", ...problems.map((p) => `  ${p}`))
+  if (notes.length > 0) parts.push("", "Notes:", ...notes.map((n) => `  ${n}`))
   return parts.join("\n")
 }
 
@@ -473,6 +589,7 @@ const COLORS: Record<Kind, string> = {
   "ours-base": "#5a8f4e",
   "ours-recovery": "#86b6e3",
   upstream: "#e07b39",
+  redis: "#c0392b",
   "raw-x1": "#8a8a8a",
   "raw-x10": "#bdbdbd",
 }
@@ -684,14 +801,14 @@ export const renderSvg = (
     .filter((kind) => summaries.some((s) => s.kind === kind))
     .map(
       (kind, i) =>
-        `<rect x="${16 + i * 150}" y="44" width="12" height="12" fill="${COLORS[kind]}"/>` +
-        `<text x="${34 + i * 150}" y="54" class="label">${escapeXml(KIND_LABEL[kind])}</text>`,
+        `<rect x="${16 + i * 130}" y="44" width="12" height="12" fill="${COLORS[kind]}"/>` +
+        `<text x="${34 + i * 130}" y="54" class="label">${escapeXml(KIND_LABEL[kind])}</text>`,
     )
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${y + 10}" viewBox="0 0 ${WIDTH} ${y + 10}" font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif">`,
     `<style>.title{font-size:15px;font-weight:600;fill:#222}.sub{font-size:11px;fill:#666}.label{font-size:12px;fill:#333}.value{font-size:11px;fill:#333}.head{font-size:17px;font-weight:700;fill:#111}</style>`,
     `<rect width="100%" height="100%" fill="#fff"/>`,
-    `<text x="16" y="22" class="head">socket.io-postgres-effect vs @socket.io/postgres-adapter 0.5.0</text>`,
+    `<text x="16" y="22" class="head">socket.io-postgres-effect vs @socket.io/postgres-adapter 0.5.0 and @socket.io/redis-adapter</text>`,
     `<text x="16" y="38" class="sub">${escapeXml(caption)}</text>`,
     ...legend,
     ...body,

@@ -2,9 +2,10 @@
 
 /**
  * The adapters under test: this package, the same with Socket.IO's `connectionStateRecovery` on
- * (every broadcast stored with an offset), and `@socket.io/postgres-adapter` 0.5.0.
+ * (every broadcast stored with an offset), `@socket.io/postgres-adapter` 0.5.0, and
+ * `@socket.io/redis-adapter` 8.3 over node-redis (the speed users pick Redis for).
  */
-export type AdapterKind = "ours" | "ours-base" | "ours-recovery" | "upstream"
+export type AdapterKind = "ours" | "ours-base" | "ours-recovery" | "upstream" | "redis"
 
 /** Raw `pg_notify` from one connection: one call per statement, or ten. */
 export type RawKind = "raw-x1" | "raw-x10"
@@ -17,9 +18,13 @@ export const ALL_KINDS: ReadonlyArray<Kind> = [
   "ours-base",
   "ours-recovery",
   "upstream",
+  "redis",
   "raw-x1",
   "raw-x10",
 ]
+
+/** Where kind "redis" connects unless `REDIS_URL` says otherwise. */
+export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 
 /** How each kind is named in the table and the chart. */
 export const KIND_LABEL: Record<Kind, string> = {
@@ -27,12 +32,18 @@ export const KIND_LABEL: Record<Kind, string> = {
   "ours-base": "ours @ baseline",
   "ours-recovery": "ours + recovery",
   upstream: "0.5.0",
+  redis: "redis",
   "raw-x1": "raw pg_notify",
   "raw-x10": "raw x10/stmt",
 }
 
-/** What a broadcast carries besides its sequence number and send time. */
-export type PayloadKind = "small" | "binary" | "large"
+/**
+ * What a broadcast carries besides its sequence number and send time, as applications send it:
+ * "small" an object of about 100 bytes of JSON, "binary" an object holding a 1 KB `Buffer`,
+ * "json20k" about 20 KB of structured JSON (an array of 140 objects of 5 fields), "large" a
+ * 20,000-character string (cheap to encode: the row that shows the difference).
+ */
+export type PayloadKind = "small" | "binary" | "json20k" | "large"
 
 /** Server 0 broadcasts `count` packets; the clients of servers 1 and 2 count them. */
 export interface BroadcastScenario {
@@ -76,8 +87,14 @@ export interface JoinScenario {
 
 export type Scenario = BroadcastScenario | RequestScenario | JoinScenario
 
-/** The fixed rate of the `*-rate` scenarios. */
+/** The fixed rate of the `*-rate` scenarios with 1 or 2 clients per server. */
 export const FIXED_RATE = 1000
+
+/** The fixed rate of `small-rate` and `binary-rate`, with {@link MANY_CLIENTS} clients per server. */
+export const MANY_RATE = 100
+
+/** Clients per server of `small-rate` and `binary-rate` (full size). */
+export const MANY_CLIENTS = 50
 
 /** The scenarios, full size or `--quick` (tiny counts, for the smoke test and CI). */
 export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
@@ -108,11 +125,11 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
     }),
     broadcast(
       "small-rate",
-      `small, ${FIXED_RATE}/s`,
-      `small JSON at ${FIXED_RATE}/s`,
+      `small, ${MANY_RATE}/s, ${n(MANY_CLIENTS, 10)} clients`,
+      `small JSON at ${MANY_RATE}/s, ${n(MANY_CLIENTS, 10)} clients per server`,
       "small",
-      n(3000, 200),
-      { ...rate, ...recovery },
+      n(600, 30),
+      { rate: MANY_RATE, clientsPerServer: n(MANY_CLIENTS, 10), ...recovery },
     ),
     broadcast(
       "binary",
@@ -124,24 +141,32 @@ export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
     ),
     broadcast(
       "binary-rate",
-      `1 KB binary, ${FIXED_RATE}/s`,
-      `1 KB binary at ${FIXED_RATE}/s`,
+      `1 KB binary, ${MANY_RATE}/s, ${n(MANY_CLIENTS, 10)} clients`,
+      `1 KB binary at ${MANY_RATE}/s, ${n(MANY_CLIENTS, 10)} clients per server`,
       "binary",
-      n(3000, 100),
-      rate,
+      n(600, 30),
+      { rate: MANY_RATE, clientsPerServer: n(MANY_CLIENTS, 10) },
+    ),
+    broadcast(
+      "json20k",
+      "20 KB structured JSON, full speed",
+      "20 KB structured JSON (140 objects of 5 fields), full speed",
+      "json20k",
+      n(1000, 50),
+      recovery,
     ),
     broadcast(
       "large",
-      "20 KB JSON, full speed",
-      "20 KB JSON, full speed",
+      "20 KB string, full speed",
+      "20,000-character string, full speed",
       "large",
       n(1500, 50),
       recovery,
     ),
     broadcast(
       "large-rate",
-      `20 KB JSON, ${FIXED_RATE}/s`,
-      `20 KB JSON at ${FIXED_RATE}/s`,
+      `20 KB string, ${FIXED_RATE}/s`,
+      `20,000-character string at ${FIXED_RATE}/s`,
       "large",
       n(2000, 50),
       rate,
@@ -217,6 +242,8 @@ export const kindsOf = (scenario: Scenario): ReadonlyArray<Kind> => [
     ? (["ours-recovery"] as const)
     : []),
   "upstream",
+  // Redis counts its servers by PUBSUB NUMSUB, with no heartbeat: nothing to compare in `join`.
+  ...(scenario.type === "join" ? [] : (["redis"] as const)),
   ...(scenario.type === "broadcast" && scenario.raw !== undefined
     ? (Object.keys(scenario.raw) as Array<RawKind>)
     : []),

@@ -151,8 +151,11 @@ const readStat = (pid: number): ProcStat | undefined => {
   }
 }
 
-/** CPU time so far (ms) of every process called `postgres`, by pid; undefined without /proc. */
-export const postgresCpu = (): Map<number, ProcStat> | undefined => {
+/**
+ * CPU time so far (ms) of every process called `postgres` or `redis-server`, by pid; undefined
+ * without /proc.
+ */
+export const serverCpu = (): Map<number, ProcStat> | undefined => {
   let entries: Array<string>
   try {
     entries = readdirSync("/proc")
@@ -163,13 +166,19 @@ export const postgresCpu = (): Map<number, ProcStat> | undefined => {
   for (const entry of entries) {
     if (!/^\d+$/.test(entry)) continue
     const stat = readStat(Number(entry))
-    if (stat !== undefined && stat.comm === "postgres") result.set(stat.pid, stat)
+    if (stat !== undefined && (stat.comm === "postgres" || stat.comm === "redis-server")) {
+      result.set(stat.pid, stat)
+    }
   }
   return result
 }
 
+/** The pids of the `redis-server` processes in a {@link serverCpu} snapshot. */
+export const redisProcesses = (snapshot: Map<number, ProcStat> | undefined): Array<number> =>
+  [...(snapshot?.values() ?? [])].filter((s) => s.comm === "redis-server").map((s) => s.pid)
+
 /**
- * CPU (ms) used between two {@link postgresCpu} snapshots by the processes `pids` (backends born
+ * CPU (ms) used between two {@link serverCpu} snapshots by the processes `pids` (backends born
  * in between count from zero). Undefined when none of them is visible in /proc (a remote server).
  */
 export const cpuBetween = (
