@@ -214,8 +214,12 @@ export interface FaultReport extends Fault {
   /** Its window: packets sent in it may be lost by clients without recovery. */
   readonly windowFrom: number
   readonly windowTo: number
-  /** Owed deliveries lost of packets sent in this fault's window, by cluster. */
-  readonly lost: { rec: number; plain: number }
+  /**
+   * Owed deliveries lost of packets sent in this fault's window, by cluster; `recNotStored`: of
+   * the recovery clients' losses, packets that were never stored (their publish failed), which
+   * connection state recovery cannot replay.
+   */
+  readonly lost: { rec: number; plain: number; recNotStored: number }
 }
 
 /** Stored packets a recovery client missed within its session. */
@@ -421,8 +425,8 @@ export const account = (log: SoakLog, rules: Rules): Accounting => {
   }
 
   // When a packet reached a server: its first receipt by any client of that server slot. A
-  // recovery client is held only to the stored packets that reached its server during its
-  // session (a packet held up by a fault may reach it after the client left).
+  // recovery client is held to every stored packet sent during its session, except those that
+  // reached its server only after the session ended (held up by a fault while the client left).
   const reached = new Map<string, number>()
   for (const client of log.clients) {
     for (const [stream, receipts] of Object.entries(client.receipts)) {
@@ -454,7 +458,7 @@ export const account = (log: SoakLog, rules: Rules): Accounting => {
       ...rec,
       windowFrom: window.from,
       windowTo: window.to,
-      lost: { rec: 0, plain: 0 },
+      lost: { rec: 0, plain: 0, recNotStored: 0 },
     }
   })
   const inFault = (t: number) => faults.find((f) => t >= f.windowFrom && t <= f.windowTo)
@@ -539,13 +543,15 @@ export const account = (log: SoakLog, rules: Rules): Accounting => {
             lostOutside++
           } else {
             fault.lost[client.cluster]++
+            if (client.cluster === "rec" && !stored.has(`${stream}#${send.seq}`)) {
+              fault.lost.recNotStored++
+            }
           }
           const reachedAt = reached.get(`${client.server}|${stream}#${send.seq}`)
           if (
             client.cluster === "rec" &&
             stored.has(`${stream}#${send.seq}`) &&
-            reachedAt !== undefined &&
-            reachedAt <= span.to
+            (reachedAt === undefined || reachedAt <= span.to)
           ) {
             miss.lost++
             const entry = (miss.streams[stream] ??= {

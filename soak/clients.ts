@@ -2,7 +2,9 @@
  * The soak's socket.io-client clients, all in this process, driven by `soak.ts` over IPC. For each
  * server slot and cluster it keeps `perServer` clients (every other one in the room) that come and
  * go: each lives a random while, may close its transport once on purpose (it reconnects by itself,
- * restored on the "rec" cluster), then leaves and a new one takes its place. Each client logs its
+ * restored on the "rec" cluster), then leaves and a new one takes its place. The first of each
+ * (a room member) is a witness that stays for the whole run and never closes its transport: the
+ * accounting learns from it when a packet reached its server. Each client logs its
  * connections and every packet it receives; `drain` hands over the clients that left.
  */
 import { io, type Socket } from "socket.io-client"
@@ -65,9 +67,9 @@ const leave = (client: Live) => {
   if (!stopped) spawn(client.server, client.cluster, client.inRoom)
 }
 
-const spawn = (server: number, cluster: ClusterName, inRoom: boolean) => {
+const spawn = (server: number, cluster: ClusterName, inRoom: boolean, witness = false) => {
   const config = args!
-  const id = `c${++counter}-${cluster}-s${server}`
+  const id = `${witness ? "w" : "c"}${++counter}-${cluster}-s${server}`
   const socket = io(config.urls[server]![cluster], {
     transports: ["websocket"],
     forceNew: true,
@@ -115,6 +117,8 @@ const spawn = (server: number, cluster: ClusterName, inRoom: boolean) => {
     const last = client.connections[client.connections.length - 1]
     if (last !== undefined && !Number.isFinite(last.until)) last.until = Date.now()
   })
+  // A witness stays for the whole run: what its server delivered, it got.
+  if (witness) return
   const [min, max] = config.lifeMs
   const life = min + random() * (max - min)
   client.timers.push(setTimeout(() => leave(client), life))
@@ -140,7 +144,7 @@ serve({
     stopped = false
     a.urls.forEach((_, server) => {
       for (const cluster of ["rec", "plain"] as const) {
-        for (let i = 0; i < a.perServer; i++) spawn(server, cluster, i % 2 === 0)
+        for (let i = 0; i < a.perServer; i++) spawn(server, cluster, i % 2 === 0, i === 0)
       }
     })
     return null

@@ -81,7 +81,7 @@ export const formatReport = (result: Accounting, failures: ReadonlyArray<string>
       "recovery p50 ms",
       "max ms",
       "window s",
-      "lost rec",
+      "lost rec (not stored)",
       "lost plain",
     ],
     result.faults.map((f) => [
@@ -91,7 +91,7 @@ export const formatReport = (result: Accounting, failures: ReadonlyArray<string>
       msText(f.recoveryP50Ms),
       msText(f.recoveryMaxMs),
       seconds(f.windowTo - f.windowFrom),
-      n(f.lost.rec),
+      `${n(f.lost.rec)} (${n(f.lost.recNotStored)})`,
       n(f.lost.plain),
     ]),
   )
@@ -134,6 +134,8 @@ const LEFT = 70
 const RIGHT = 20
 const PANEL = 150
 const GAP = 40
+/** Room for the title above the first panel. */
+const TOP = 60
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
 
 const escape = (text: string) =>
@@ -190,9 +192,9 @@ export const renderSvg = (log: SoakLog, result: Accounting, rules: Rules): strin
       ],
     },
   ]
-  const height = 40 + panels.length * (PANEL + GAP)
+  const height = TOP + panels.length * (PANEL + GAP)
   panels.forEach((panel, index) => {
-    const top = 40 + index * (PANEL + GAP)
+    const top = TOP + index * (PANEL + GAP)
     const values = panel.series.flatMap((s) =>
       s.points.flatMap((p) => (p.value === null ? [] : [p.value])),
     )
@@ -232,8 +234,9 @@ export const renderSvg = (log: SoakLog, result: Accounting, rules: Rules): strin
       }
       const color = COLORS[i % COLORS.length]!
       parts.push(`<path d="${d}" fill="none" stroke="${color}" stroke-width="1.5"/>`)
+      const legendX = WIDTH - RIGHT - (panel.series.length - i) * 110
       parts.push(
-        `<text x="${WIDTH - RIGHT - 150 + i * 0}" y="${top + 14 + i * 12}" font-size="10" fill="${color}">${escape(series.label)}</text>`,
+        `<text x="${legendX}" y="${top - 8}" font-size="11" fill="${color}">— ${escape(series.label)}</text>`,
       )
     })
     const ticks = 10

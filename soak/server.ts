@@ -163,12 +163,14 @@ serve({
       rec: makeIo(args, pool, "rec", servers.rec),
       plain: makeIo(args, pool, "plain", servers.plain),
     }
+    // Clients are let in once both adapters listen on their channel (`adapter.ready`): a client
+    // connected, or restored, before that would miss what the other servers publish meanwhile
+    // (PostgreSQL delivers notifications only to connections that listen).
+    await Promise.all(clusters.map((c) => (io[c].of("/").adapter as PostgresAdapter).ready))
     const ports = {
       rec: await listen(servers.rec, args.ports.rec),
       plain: await listen(servers.plain, args.ports.plain),
     }
-    // Ready once both adapters listen on their channel.
-    await Promise.all(clusters.map((c) => (io[c].of("/").adapter as PostgresAdapter).ready))
     running = {
       args,
       origin: `s${args.slot}.${args.incarnation}`,
