@@ -392,54 +392,59 @@ export const grows = (
 const owes = (client: ClientLog, stream: Stream) =>
   stream.cluster === client.cluster && (stream.target === "all" || client.inRoom)
 
-/** Judges a run: windows, faults, totals and the verdict. */
-export const account = (log: SoakLog, rules: Rules): Accounting => {
-  const failures: Array<string> = []
-  const runEnd = log.trafficEnd + rules.endMarginMs
+/** What the rules look packets up in. */
+interface PacketIndex {
+  /** Every packet sent, by stream, in send order. */
+  readonly sends: Map<string, Array<Send>>
+  readonly sendTime: (stream: string, seq: number) => number | undefined
+  /** `stream#seq` of the packets some client received with an offset. */
+  readonly stored: Set<string>
+  /** `server|stream#seq` → first receipt by a client of that server slot. */
+  readonly reached: Map<string, number>
+}
 
+const indexPackets = (log: SoakLog): PacketIndex => {
   // Every packet sent, as its origin logged it. A killed origin's last sends may be missing from
   // the log: nobody is owed them, and a receipt of one is neither owed nor counted as delivered.
-  const byStream = new Map<string, Map<number, number>>()
-  const remember = (stream: string, seq: number, t: number) => {
-    let seqs = byStream.get(stream)
-    if (seqs === undefined) byStream.set(stream, (seqs = new Map()))
-    if (!seqs.has(seq)) seqs.set(seq, t)
+  const times = new Map<string, Map<number, number>>()
+  for (const send of log.sends) {
+    let seqs = times.get(send.stream)
+    if (seqs === undefined) times.set(send.stream, (seqs = new Map()))
+    if (!seqs.has(send.seq)) seqs.set(send.seq, send.t)
   }
-  for (const send of log.sends) remember(send.stream, send.seq, send.t)
-  const sorted = new Map<string, Array<Send>>()
-  for (const [stream, seqs] of byStream) {
-    sorted.set(
+  const sends = new Map<string, Array<Send>>()
+  for (const [stream, seqs] of times) {
+    sends.set(
       stream,
       [...seqs].map(([seq, t]) => ({ stream, seq, t })).sort((a, b) => a.t - b.t || a.seq - b.seq),
     )
   }
-  const sendTime = (stream: string, seq: number) => byStream.get(stream)?.get(seq)
-
   // A packet was stored if any client got it with an offset (its origin's own clients get every
-  // stored packet with its offset, and without one those whose storing failed).
+  // stored packet with its offset, and without one those whose storing failed). It reached a
+  // server when a client of that server first got it.
   const stored = new Set<string>()
-  for (const client of log.clients) {
-    for (const [stream, receipts] of Object.entries(client.receipts)) {
-      for (const r of receipts) if (r.offset) stored.add(`${stream}#${r.seq}`)
-    }
-  }
-
-  // When a packet reached a server: its first receipt by any client of that server slot. A
-  // recovery client is held to every stored packet sent during its session, except those that
-  // reached its server only after the session ended (held up by a fault while the client left).
   const reached = new Map<string, number>()
   for (const client of log.clients) {
     for (const [stream, receipts] of Object.entries(client.receipts)) {
       for (const r of receipts) {
+        if (r.offset) stored.add(`${stream}#${r.seq}`)
         const key = `${client.server}|${stream}#${r.seq}`
         const seen = reached.get(key)
         if (seen === undefined || r.at < seen) reached.set(key, r.at)
       }
     }
   }
+  return { sends, sendTime: (stream, seq) => times.get(stream)?.get(seq), stored, reached }
+}
 
-  // Faults, their recovery and their windows.
-  const faults: Array<FaultReport> = log.faults.map((fault) => {
+/** The faults with their recovery and window; a failure for each one not recovered from. */
+const faultReports = (
+  log: SoakLog,
+  rules: Rules,
+  runEnd: number,
+  failures: Array<string>,
+): Array<FaultReport> =>
+  log.faults.map((fault) => {
     const rec = recovery(fault, log.probes, log.servers, rules)
     const window = faultWindow(fault, rec.recoveredAt, rules, runEnd)
     if (rec.recoveredAt === null) {
@@ -461,12 +466,12 @@ export const account = (log: SoakLog, rules: Rules): Accounting => {
       lost: { rec: 0, plain: 0, recNotStored: 0 },
     }
   })
-  const inFault = (t: number) => faults.find((f) => t >= f.windowFrom && t <= f.windowTo)
 
-  // Windows between fault injections.
+/** The spans between fault injections, the first from the start of the run. */
+const emptyWindows = (log: SoakLog, runEnd: number): Array<WindowReport> => {
   const starts = log.faults.map((f) => f.start).sort((a, b) => a - b)
   const bounds = [log.startedAt, ...starts]
-  const windows: Array<WindowReport> = bounds.map((from, index) => ({
+  return bounds.map((from, index) => ({
     index,
     from,
     to: bounds[index + 1] ?? runEnd,
@@ -476,115 +481,141 @@ export const account = (log: SoakLog, rules: Rules): Accounting => {
     lostOutsideFaults: 0,
     requests: { ok: 0, partial: 0, failed: 0 },
   }))
-  const windowOf = (t: number): WindowReport => {
-    let lo = 0
-    for (let i = 0; i < windows.length; i++) if (windows[i]!.from <= t) lo = i
-    return windows[lo]!
+}
+
+/** Where a moment falls: its window between faults, and the fault window it is in, if any. */
+interface Timeline {
+  readonly windowOf: (t: number) => WindowReport
+  readonly inFault: (t: number) => FaultReport | undefined
+}
+
+/** What the clients' packets amounted to, beyond the windows' tallies. */
+interface ClientCounts {
+  misdelivered: number
+  outsideDuplicates: number
+  outsideReorders: number
+  lostOutside: number
+}
+
+/** Duplicates and reorders of one client in one stream, by the window of the send time. */
+const countArrivals = (
+  client: ClientLog,
+  stream: string,
+  index: PacketIndex,
+  timeline: Timeline,
+  counts: ClientCounts,
+): Set<number> => {
+  const got = new Set<number>()
+  let highest = -1
+  for (const r of client.receipts[stream] ?? []) {
+    const t = index.sendTime(stream, r.seq) ?? r.at
+    const tally = timeline.windowOf(t)[client.cluster]
+    if (got.has(r.seq)) {
+      tally.duplicated++
+      if (timeline.inFault(t) === undefined) counts.outsideDuplicates++
+    } else if (r.seq < highest) {
+      tally.reordered++
+      if (timeline.inFault(t) === undefined) counts.outsideReorders++
+    }
+    got.add(r.seq)
+    highest = Math.max(highest, r.seq)
   }
+  return got
+}
 
-  for (const [stream, sends] of sorted) {
-    const { cluster } = parseStreamKey(stream)
-    for (const send of sends) windowOf(send.t)[cluster].sent++
-  }
-
-  let misdelivered = 0
-  let outsideReorders = 0
-  let outsideDuplicates = 0
-  const recoveryMisses: Array<RecoveryMiss> = []
-  let lostOutside = 0
-
-  for (const client of log.clients) {
-    const spans = sessions(client.connections).map((s) => ({
-      from: s.from + rules.startMarginMs,
-      to: Math.min(s.to, runEnd) - rules.endMarginMs,
-    }))
-    const miss: RecoveryMiss = { client: client.id, lost: 0, streams: {} }
-    const streams = new Set([...sorted.keys(), ...Object.keys(client.receipts)])
-    for (const stream of streams) {
-      const info = parseStreamKey(stream)
-      const receipts = client.receipts[stream] ?? []
-      if (!owes(client, info)) {
-        if (info.cluster === client.cluster) misdelivered += receipts.length
-        continue
+/**
+ * One client's owed deliveries, tallied by window and fault; returns the stored packets it missed
+ * within its sessions if it has recovery (rule 2 of the README).
+ */
+const judgeClient = (
+  client: ClientLog,
+  index: PacketIndex,
+  timeline: Timeline,
+  rules: Rules,
+  runEnd: number,
+  counts: ClientCounts,
+): RecoveryMiss => {
+  const spans = sessions(client.connections).map((s) => ({
+    from: s.from + rules.startMarginMs,
+    to: Math.min(s.to, runEnd) - rules.endMarginMs,
+  }))
+  const miss: RecoveryMiss = { client: client.id, lost: 0, streams: {} }
+  for (const stream of new Set([...index.sends.keys(), ...Object.keys(client.receipts)])) {
+    const info = parseStreamKey(stream)
+    if (!owes(client, info)) {
+      if (info.cluster === client.cluster) {
+        counts.misdelivered += (client.receipts[stream] ?? []).length
       }
-      // Duplicates and reorders, attributed to the window of the packet's send time.
-      const got = new Set<number>()
-      let highest = -1
-      for (const r of receipts) {
-        const t = sendTime(stream, r.seq) ?? r.at
-        const tally = windowOf(t)[client.cluster]
-        if (got.has(r.seq)) {
-          tally.duplicated++
-          if (inFault(t) === undefined) outsideDuplicates++
-        } else if (r.seq < highest) {
-          tally.reordered++
-          if (inFault(t) === undefined) outsideReorders++
+      continue
+    }
+    const got = countArrivals(client, stream, index, timeline, counts)
+    // What was owed: packets sent while a session of the client was on, less the margins.
+    const sends = index.sends.get(stream) ?? []
+    for (const span of spans) {
+      if (span.to < span.from) continue
+      for (let i = lowerBound(sends, span.from); i < sends.length; i++) {
+        const send = sends[i]!
+        if (send.t > span.to) break
+        const tally = timeline.windowOf(send.t)[client.cluster]
+        tally.expected++
+        if (got.has(send.seq)) {
+          tally.delivered++
+          continue
         }
-        got.add(r.seq)
-        highest = Math.max(highest, r.seq)
-      }
-      // What was owed: packets sent while a session of the client was on, less the margins.
-      const sends = sorted.get(stream) ?? []
-      for (const span of spans) {
-        if (span.to < span.from) continue
-        for (let i = lowerBound(sends, span.from); i < sends.length; i++) {
-          const send = sends[i]!
-          if (send.t > span.to) break
-          const tally = windowOf(send.t)[client.cluster]
-          tally.expected++
-          if (got.has(send.seq)) {
-            tally.delivered++
-            continue
-          }
-          tally.lost++
-          const fault = inFault(send.t)
-          if (fault === undefined) {
-            windowOf(send.t).lostOutsideFaults++
-            lostOutside++
-          } else {
-            fault.lost[client.cluster]++
-            if (client.cluster === "rec" && !stored.has(`${stream}#${send.seq}`)) {
-              fault.lost.recNotStored++
-            }
-          }
-          const reachedAt = reached.get(`${client.server}|${stream}#${send.seq}`)
-          if (
-            client.cluster === "rec" &&
-            stored.has(`${stream}#${send.seq}`) &&
-            (reachedAt === undefined || reachedAt <= span.to)
-          ) {
-            miss.lost++
-            const entry = (miss.streams[stream] ??= {
-              count: 0,
-              firstSeq: send.seq,
-              lastSeq: send.seq,
-              firstT: send.t,
-              lastT: send.t,
-            })
-            entry.count++
-            entry.lastSeq = send.seq
-            entry.lastT = send.t
-          }
+        tally.lost++
+        const key = `${stream}#${send.seq}`
+        const stored = index.stored.has(key)
+        const fault = timeline.inFault(send.t)
+        if (fault === undefined) {
+          timeline.windowOf(send.t).lostOutsideFaults++
+          counts.lostOutside++
+        } else {
+          fault.lost[client.cluster]++
+          if (client.cluster === "rec" && !stored) fault.lost.recNotStored++
         }
+        const reachedAt = index.reached.get(`${client.server}|${key}`)
+        if (client.cluster !== "rec" || !stored) continue
+        if (reachedAt !== undefined && reachedAt > span.to) continue
+        miss.lost++
+        const entry = (miss.streams[stream] ??= {
+          count: 0,
+          firstSeq: send.seq,
+          lastSeq: send.seq,
+          firstT: send.t,
+          lastT: send.t,
+        })
+        entry.count++
+        entry.lastSeq = send.seq
+        entry.lastT = send.t
       }
     }
-    if (miss.lost > 0) recoveryMisses.push(miss)
   }
+  return miss
+}
 
-  // Requests, by the window of their start; outside fault windows each must succeed in full.
-  let requestFailures = 0
+/** Requests by the window of their start; those failed or partial outside fault windows. */
+const judgeRequests = (
+  log: SoakLog,
+  timeline: Timeline,
+  faults: ReadonlyArray<FaultReport>,
+): number => {
+  let failed = 0
   for (const request of log.requests) {
-    const window = windowOf(request.start)
-    window.requests[request.outcome]++
+    timeline.windowOf(request.start).requests[request.outcome]++
     const excused =
-      inFault(request.start) !== undefined ||
-      inFault(request.end) !== undefined ||
+      timeline.inFault(request.start) !== undefined ||
+      timeline.inFault(request.end) !== undefined ||
       faults.some((f) => f.windowFrom >= request.start && f.windowFrom <= request.end)
-    if (request.outcome !== "ok" && !excused) requestFailures++
+    if (request.outcome !== "ok" && !excused) failed++
   }
+  return failed
+}
 
-  // Deliberate transport closes: outside fault windows, a recovery client that had an offset
-  // must come back restored.
+/**
+ * Deliberate transport closes, and how many of them a recovery client came back from unrestored
+ * outside fault windows, though it had an offset.
+ */
+const judgeBlips = (log: SoakLog, timeline: Timeline) => {
   const blips = { rec: 0, recRestored: 0, plain: 0 }
   let refused = 0
   for (const client of log.clients) {
@@ -596,9 +627,43 @@ export const account = (log: SoakLog, rules: Rules): Accounting => {
       }
       blips.rec++
       if (connection.recovered) blips.recRestored++
-      else if (connection.hadOffset && inFault(connection.at) === undefined) refused++
+      else if (connection.hadOffset && timeline.inFault(connection.at) === undefined) refused++
     }
   }
+  return { blips, refused }
+}
+
+/** Judges a run: windows, faults, totals and the verdict. */
+export const account = (log: SoakLog, rules: Rules): Accounting => {
+  const failures: Array<string> = []
+  const runEnd = log.trafficEnd + rules.endMarginMs
+  const index = indexPackets(log)
+  const faults = faultReports(log, rules, runEnd, failures)
+  const windows = emptyWindows(log, runEnd)
+  const timeline: Timeline = {
+    windowOf: (t) => {
+      let at = 0
+      for (let i = 0; i < windows.length; i++) if (windows[i]!.from <= t) at = i
+      return windows[at]!
+    },
+    inFault: (t) => faults.find((f) => t >= f.windowFrom && t <= f.windowTo),
+  }
+  for (const [stream, sends] of index.sends) {
+    const { cluster } = parseStreamKey(stream)
+    for (const send of sends) timeline.windowOf(send.t)[cluster].sent++
+  }
+
+  const counts: ClientCounts = {
+    misdelivered: 0,
+    outsideDuplicates: 0,
+    outsideReorders: 0,
+    lostOutside: 0,
+  }
+  const recoveryMisses = log.clients
+    .map((client) => judgeClient(client, index, timeline, rules, runEnd, counts))
+    .filter((miss) => miss.lost > 0)
+  const requestFailures = judgeRequests(log, timeline, faults)
+  const { blips, refused } = judgeBlips(log, timeline)
 
   const totals = { rec: emptyTally(), plain: emptyTally() }
   for (const window of windows) {
@@ -606,12 +671,12 @@ export const account = (log: SoakLog, rules: Rules): Accounting => {
     addTally(totals.plain, window.plain)
   }
 
-  if (lostOutside > 0) {
+  if (counts.lostOutside > 0) {
     const where = windows
       .filter((w) => w.lostOutsideFaults > 0)
       .map((w) => `window ${w.index} (${w.lostOutsideFaults})`)
       .join(", ")
-    failures.push(`${lostOutside} deliveries lost outside fault windows: ${where}`)
+    failures.push(`${counts.lostOutside} deliveries lost outside fault windows: ${where}`)
   }
   if (recoveryMisses.length > 0) {
     const lost = recoveryMisses.reduce((sum, m) => sum + m.lost, 0)
@@ -619,28 +684,24 @@ export const account = (log: SoakLog, rules: Rules): Accounting => {
       `${recoveryMisses.length} client(s) with connection state recovery missed ${lost} stored packet(s) within their session`,
     )
   }
-  if (misdelivered > 0)
-    failures.push(`${misdelivered} room packets reached clients outside the room`)
-  if (outsideDuplicates > 0) failures.push(`${outsideDuplicates} duplicates outside fault windows`)
-  if (outsideReorders > 0)
-    failures.push(`${outsideReorders} reordered packets outside fault windows`)
-  if (requestFailures > 0) {
-    failures.push(
-      `${requestFailures} requests failed or were answered partly outside fault windows`,
-    )
-  }
-  if (refused > 0) {
-    failures.push(
-      `${refused} transport closes of recovery clients outside fault windows were not restored`,
-    )
-  }
-  failures.push(...growthFailures(log, rules, faults))
+  const count = (n: number, what: string) => (n > 0 ? [`${n} ${what}`] : [])
+  failures.push(
+    ...count(counts.misdelivered, "room packets reached clients outside the room"),
+    ...count(counts.outsideDuplicates, "duplicates outside fault windows"),
+    ...count(counts.outsideReorders, "reordered packets outside fault windows"),
+    ...count(requestFailures, "requests failed or were answered partly outside fault windows"),
+    ...count(
+      refused,
+      "transport closes of recovery clients outside fault windows were not restored",
+    ),
+    ...growthFailures(log, rules, faults),
+  )
 
   return {
     windows,
     faults,
     totals,
-    misdelivered,
+    misdelivered: counts.misdelivered,
     recoveryMisses,
     blips,
     verdict: { ok: failures.length === 0, failures },
