@@ -176,7 +176,13 @@ export interface Tally {
   /** Deliveries owed: each packet once per client that should get it. */
   expected: number
   delivered: number
+  /** Never received, though the packet reached the client's server while its session was on. */
   lost: number
+  /**
+   * Never received because the packet reached the client's server only after its session ended
+   * (held up by a fault, or slow): late, not lost; no rule counts it.
+   */
+  late: number
   /** Receipts beyond the first of a packet by a client. */
   duplicated: number
   /** Receipts of a packet after a later packet of its stream. */
@@ -220,6 +226,8 @@ export interface FaultReport extends Fault {
    * connection state recovery cannot replay.
    */
   readonly lost: { rec: number; plain: number; recNotStored: number }
+  /** Owed deliveries of this window's packets that came too late for their client, by cluster. */
+  readonly late: { rec: number; plain: number }
 }
 
 /** Stored packets a recovery client missed within its session. */
@@ -259,6 +267,7 @@ const emptyTally = (): Tally => ({
   expected: 0,
   delivered: 0,
   lost: 0,
+  late: 0,
   duplicated: 0,
   reordered: 0,
 })
@@ -464,6 +473,7 @@ const faultReports = (
       windowFrom: window.from,
       windowTo: window.to,
       lost: { rec: 0, plain: 0, recNotStored: 0 },
+      late: { rec: 0, plain: 0 },
     }
   })
 
@@ -524,8 +534,9 @@ const countArrivals = (
 }
 
 /**
- * One client's owed deliveries, tallied by window and fault; returns the stored packets it missed
- * within its sessions if it has recovery (rule 2 of the README).
+ * One client's owed deliveries, tallied by window and fault; returns the stored packets it lost
+ * within its sessions if it has recovery (rule 2 of the README). A packet that reached the
+ * client's server (a client there got it) only after the session ended is late, not lost.
  */
 const judgeClient = (
   client: ClientLog,
@@ -562,10 +573,17 @@ const judgeClient = (
           tally.delivered++
           continue
         }
-        tally.lost++
         const key = `${stream}#${send.seq}`
-        const stored = index.stored.has(key)
         const fault = timeline.inFault(send.t)
+        // Reached the server only after the session ended: late, not lost.
+        const reachedAt = index.reached.get(`${client.server}|${key}`)
+        if (reachedAt !== undefined && reachedAt > span.to) {
+          tally.late++
+          if (fault !== undefined) fault.late[client.cluster]++
+          continue
+        }
+        tally.lost++
+        const stored = index.stored.has(key)
         if (fault === undefined) {
           timeline.windowOf(send.t).lostOutsideFaults++
           counts.lostOutside++
@@ -573,9 +591,7 @@ const judgeClient = (
           fault.lost[client.cluster]++
           if (client.cluster === "rec" && !stored) fault.lost.recNotStored++
         }
-        const reachedAt = index.reached.get(`${client.server}|${key}`)
         if (client.cluster !== "rec" || !stored) continue
-        if (reachedAt !== undefined && reachedAt > span.to) continue
         miss.lost++
         const entry = (miss.streams[stream] ??= {
           count: 0,

@@ -16,6 +16,7 @@ const n = (value: number) => value.toLocaleString("en-US")
 
 const tallyText = (t: Tally) =>
   `sent ${n(t.sent)}, owed ${n(t.expected)}, delivered ${n(t.delivered)}, lost ${n(t.lost)}, ` +
+  `late ${n(t.late)}, ` +
   `dup ${n(t.duplicated)}, reordered ${n(t.reordered)}`
 
 /** One line per window, printed as it closes. */
@@ -45,12 +46,14 @@ export const formatReport = (result: Accounting, failures: ReadonlyArray<string>
       "owed",
       "delivered",
       "lost",
+      "late",
       "dup",
       "ooo",
       "plain sent",
       "owed",
       "delivered",
       "lost",
+      "late",
       "dup",
       "ooo",
       "lost outside",
@@ -62,12 +65,14 @@ export const formatReport = (result: Accounting, failures: ReadonlyArray<string>
       n(w.rec.expected),
       n(w.rec.delivered),
       n(w.rec.lost),
+      n(w.rec.late),
       n(w.rec.duplicated),
       n(w.rec.reordered),
       n(w.plain.sent),
       n(w.plain.expected),
       n(w.plain.delivered),
       n(w.plain.lost),
+      n(w.plain.late),
       n(w.plain.duplicated),
       n(w.plain.reordered),
       n(w.lostOutsideFaults),
@@ -83,6 +88,7 @@ export const formatReport = (result: Accounting, failures: ReadonlyArray<string>
       "window s",
       "lost rec (not stored)",
       "lost plain",
+      "late rec / plain",
     ],
     result.faults.map((f) => [
       f.kind,
@@ -93,6 +99,7 @@ export const formatReport = (result: Accounting, failures: ReadonlyArray<string>
       seconds(f.windowTo - f.windowFrom),
       `${n(f.lost.rec)} (${n(f.lost.recNotStored)})`,
       n(f.lost.plain),
+      `${n(f.late.rec)} / ${n(f.late.plain)}`,
     ]),
   )
   const totals = `totals: rec ${tallyText(result.totals.rec)}\n        plain ${tallyText(result.totals.plain)}`

@@ -184,7 +184,7 @@ describe("soak accounting", () => {
     )
   })
 
-  it("does not hold a recovery client to stored packets that reached its server after it left", () => {
+  it("counts a packet that reached the client's server only after it left as late, not lost", () => {
     const sends = sendsOf(REC, 300)
     // Packets 190..200 were held up by the fault and reached server 1 only at T0 + 40 s.
     const late = (seq: number) => (seq >= 190 && seq <= 200 ? T0 + 40_000 : T0 + 1005 + seq * 100)
@@ -196,7 +196,9 @@ describe("soak accounting", () => {
     })
     const result = account(logOf({ sends, clients: [witness, leaver], faults: [A_FAULT] }), RULES)
     assert.deepStrictEqual(result.verdict, { ok: true, failures: [] })
-    assert.strictEqual(result.faults[0]!.lost.rec, 11)
+    assert.strictEqual(result.faults[0]!.lost.rec, 0)
+    assert.strictEqual(result.faults[0]!.late.rec, 11)
+    assert.strictEqual(result.totals.rec.late, 11)
   })
 
   it("fails when a recovery client missed a stored packet its server never delivered at all", () => {
@@ -367,6 +369,7 @@ describe("soak accounting, properties", () => {
           const t = result.totals.plain
           assert.strictEqual(t.expected, 2 * count)
           assert.strictEqual(t.delivered, a.length + b.length)
+          assert.strictEqual(t.late, 0)
           assert.strictEqual(t.delivered + t.lost, t.expected)
           assert.strictEqual(result.verdict.ok, t.lost === 0)
         },

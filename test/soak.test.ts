@@ -30,6 +30,7 @@ interface Tally {
   expected: number
   delivered: number
   lost: number
+  late: number
   duplicated: number
   reordered: number
 }
@@ -68,7 +69,7 @@ describe("npm run soak --quick", () => {
       for (const window of report.windows) {
         for (const tally of [window.rec, window.plain]) {
           expect(tally.sent).toBeGreaterThan(0)
-          expect(tally.delivered + tally.lost).toBe(tally.expected)
+          expect(tally.delivered + tally.lost + tally.late).toBe(tally.expected)
         }
       }
       for (const cluster of [report.totals.rec, report.totals.plain]) {
