@@ -20,7 +20,6 @@ import { parseArgs } from "node:util"
 import pg from "pg"
 import { Worker } from "../bench/ipc.js"
 import { type PrivatePostgres, startPrivatePostgres } from "../test/utils/privatePostgres.js"
-import { startProxy, type TcpProxy } from "../test/utils/proxy.js"
 import {
   account,
   type ClientLog,
@@ -172,7 +171,9 @@ class Soak {
     readonly options: Options,
     readonly rules: Rules,
     readonly postgres: PrivatePostgres,
-    readonly proxy: TcpProxy,
+    /** The fault proxy's process (`proxy.ts`), and its connection string. */
+    readonly proxy: Worker,
+    readonly proxyUrl: string,
     readonly names: Names,
   ) {}
 
@@ -190,7 +191,7 @@ class Soak {
     const args: ServerArgs = {
       slot,
       incarnation,
-      url: this.proxy.url,
+      url: this.proxyUrl,
       channelPrefix: this.names.channelPrefix,
       tableName: this.names.tableName,
       recoveryTablePrefix: this.names.recoveryTablePrefix,
@@ -398,14 +399,13 @@ class Soak {
         break
       }
       case "black-hole": {
-        const held = this.proxy.blackHole()
+        const held = await this.proxy.call<number>("blackHole")
         this.log(`fault black-hole: ${held} open connections black-holed (new ones pass)`)
         const fault = record()
         recoveredAt = await this.waitRecovery(fault)
         // As TCP would give up on them at last: reset, so that none of their held bytes (a
         // publish that already failed) reaches PostgreSQL minutes late.
-        const reset = this.proxy.reset((c) => c.blackHoled)
-        this.proxy.restore()
+        const reset = await this.proxy.call<number>("lift")
         end = Date.now()
         this.faults[this.faults.length - 1] = { ...fault, end }
         this.log(`black-hole lifted: ${reset} held connections reset`)
@@ -448,11 +448,11 @@ class Soak {
       case "latency": {
         const duration = this.options.quick ? 5000 : 15_000
         this.log(`fault latency: ${LATENCY_MS} ms each way for ${ms(duration)}`)
-        this.proxy.latency({ delayMs: LATENCY_MS })
+        await this.proxy.call("latency", { delayMs: LATENCY_MS })
         const fault = record()
         const waiting = this.waitRecovery(fault)
         await sleep(duration)
-        this.proxy.latency({ delayMs: 0 })
+        await this.proxy.call("latency", { delayMs: 0 })
         end = Date.now()
         this.faults[this.faults.length - 1] = { ...fault, end }
         recoveredAt = await waiting
@@ -528,11 +528,23 @@ const main = async (): Promise<number> => {
       `(rec: connectionStateRecovery, plain: without), seed ${options.seed}`,
   )
   const postgres = await startPrivatePostgres()
-  const proxy = await startProxy({ target: postgres.url })
-  log(
-    `PostgreSQL of its own on port ${postgres.port}, the servers through a proxy on ${proxy.port}`,
-  )
-  const soak = new Soak(options, rules, postgres, proxy, names)
+  let proxy: Worker | undefined
+  let soak: Soak
+  try {
+    // In a process of its own: the orchestrator's work must never hold up the traffic.
+    proxy = await Worker.start("../soak/proxy.ts", "proxy", { verbose: options.verbose })
+    const started = await proxy.call<{ url: string; port: number }>("start", {
+      target: postgres.url,
+    })
+    log(
+      `PostgreSQL of its own on port ${postgres.port}, the servers through a proxy on ${started.port}`,
+    )
+    soak = new Soak(options, rules, postgres, proxy, started.url, names)
+  } catch (error) {
+    await proxy?.stop()
+    await postgres.destroy()
+    throw error
+  }
   const loops: Array<Promise<void>> = []
   let running = true
   try {
@@ -588,7 +600,7 @@ const main = async (): Promise<number> => {
     await Promise.all(loops)
     await soak.clients?.stop()
     await Promise.all(soak.servers.map((w) => w?.stop()))
-    await proxy.close()
+    await proxy.stop()
     await postgres.destroy()
   }
 
