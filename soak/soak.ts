@@ -19,7 +19,11 @@ import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 import pg from "pg"
 import { Worker } from "../bench/ipc.js"
-import { type PrivatePostgres, startPrivatePostgres } from "../test/utils/privatePostgres.js"
+import {
+  type PrivatePostgres,
+  startPrivatePostgres,
+  terminateListeners,
+} from "../test/utils/privatePostgres.js"
 import {
   account,
   type ClientLog,
@@ -258,7 +262,7 @@ class Soak {
   }
 
   /** A short-lived connection straight to PostgreSQL (not through the proxy), bounded in time. */
-  async adminQuery<R extends pg.QueryResultRow>(sql: string, params: Array<unknown> = []) {
+  async withAdmin<A>(use: (client: pg.Client) => Promise<A>): Promise<A> {
     const client = new pg.Client({
       connectionString: this.postgres.url,
       connectionTimeoutMillis: 2000,
@@ -268,10 +272,14 @@ class Soak {
     client.on("error", () => {})
     try {
       await client.connect()
-      return (await client.query<R>(sql, params)).rows
+      return await use(client)
     } finally {
       client.end().catch(() => {})
     }
+  }
+
+  adminQuery<R extends pg.QueryResultRow>(sql: string, params: Array<unknown> = []) {
+    return this.withAdmin(async (client) => (await client.query<R>(sql, params)).rows)
   }
 
   async sample() {
@@ -389,12 +397,11 @@ class Soak {
     }
     switch (kind) {
       case "listen-kill": {
-        const killed = await this.adminQuery<{ n: number }>(
-          `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
-            WHERE query ILIKE 'LISTEN%' AND left(application_name, length($1)) = $1`,
-          [`${this.names.application} s`],
+        // The servers' LISTEN backends: their last query is a LISTEN of one of our channels.
+        const killed = await this.withAdmin((client) =>
+          terminateListeners(client, { queryContains: this.names.channelPrefix }),
         )
-        this.log(`fault listen-kill: ${killed[0]?.n ?? 0} LISTEN backends terminated`)
+        this.log(`fault listen-kill: ${killed} LISTEN backends terminated`)
         recoveredAt = await this.waitRecovery(record())
         break
       }

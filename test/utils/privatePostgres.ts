@@ -21,7 +21,7 @@ export interface ListenerFilter {
  * a private server ({@link startPrivatePostgres}).
  */
 export const terminateListeners = async (
-  pool: pg.Pool,
+  pool: pg.Pool | pg.Client,
   filter?: string | ListenerFilter,
 ): Promise<number> => {
   const { applicationName, queryContains } =
