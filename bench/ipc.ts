@@ -87,14 +87,17 @@ export class Worker {
     })
   }
 
-  /** Forks `script` (a file of this directory) with tsx and waits until it serves commands. */
+  /**
+   * Forks `script` (a file of this directory, or an absolute path) with tsx and waits until it
+   * serves commands.
+   */
   static start(
     script: string,
     name: string,
     options: WorkerOptions = {},
     timeoutMs = 60_000,
   ): Promise<Worker> {
-    const child = fork(path.join(here, script), [name], {
+    const child = fork(path.resolve(here, script), [name], {
       cwd: path.dirname(here),
       execArgv: ["--import", "tsx", "--expose-gc", ...(options.execArgv ?? [])],
       silent: true,
@@ -152,6 +155,22 @@ export class Worker {
   /** The worker's last lines of output. */
   recentOutput(): string {
     return this.#output.map((line) => `  [${this.name}] ${line}`).join("\n")
+  }
+
+  /** The worker's process id (undefined if it could not be spawned). */
+  get pid(): number | undefined {
+    return this.#child.pid
+  }
+
+  /** Whether the worker's process is gone. */
+  get exited(): boolean {
+    return this.#gone
+  }
+
+  /** Sends `signal` to the worker (e.g. SIGKILL: a crash) and waits until it is gone. */
+  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    if (!this.#gone) this.#child.kill(signal)
+    await this.#exited
   }
 
   /** Asks the worker to exit; kills it if it has not within `timeoutMs`. Never rejects. */
