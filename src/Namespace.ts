@@ -121,6 +121,7 @@ export class NamespaceNode {
       report,
       warn,
       onSkipped: this.#skip,
+      ready: this.ready,
     })
   }
 

@@ -15,6 +15,7 @@ import { killFixture } from "./fixtures/faults.js"
 import { type ChildNode, startCluster, type Cluster } from "./utils/nodes.js"
 import { collect, connectClient, eventually, waitFor } from "./utils/cluster.js"
 import { databaseUrl, makePool } from "./utils/postgres.js"
+import { startProxy } from "./utils/proxy.js"
 import {
   assertIncreasingOffsets,
   bytesOf,
@@ -890,5 +891,58 @@ describe("recovery: an emitter's broadcasts", () => {
       { event: "e", args: [2, String(third)] },
       { event: "e", args: [4, String(fourth)] },
     ])
+  })
+})
+
+describe("recovery: a server that does not listen yet", () => {
+  const s = suite("recovery_not_listening", 2)
+
+  // A server restarted in a rolling deploy gets its clients back at once, while its LISTEN
+  // connection may still be on its way. A restore's snapshot taken then would miss the packets
+  // stored until the LISTEN holds: they reach neither the snapshot nor this server.
+  it("restores only once its namespace listens, so the packets stored meanwhile are not missed", async () => {
+    const { cluster } = s
+    const client = await cluster.connect(0)
+    const log = recorder()
+    log.attach(client)
+    await emitStored(cluster.admin, cluster.id, () => cluster.nodes[1]!.io.emit("ev", 1))
+    await eventually(() => log.received.length === 1)
+    await dropTransport(client, cluster.admin, cluster.id)
+    await emitStored(cluster.admin, cluster.id, () => cluster.nodes[1]!.io.emit("ev", 2))
+
+    // A new server whose pool holds two open connections, and whose new connections (its LISTEN
+    // connection among them) are held by a proxy until released.
+    const proxy = await startProxy({ target: databaseUrl() })
+    const pool = makePool({ connectionString: proxy.url, max: 4, idleTimeoutMillis: 0 })
+    try {
+      const warm = await Promise.all([pool.connect(), pool.connect()])
+      for (const connection of warm) connection.release()
+      proxy.blackHole({ only: () => false, newConnections: true })
+      const late = await cluster.addNode("ours", { pool })
+      const adapter = late.adapter() as unknown as {
+        restoreSession: (...args: Array<unknown>) => Promise<unknown>
+      }
+      const restoreCalled = new Promise<void>((resolve) => {
+        const restore = adapter.restoreSession.bind(adapter)
+        adapter.restoreSession = (...args) => {
+          resolve()
+          return restore(...args)
+        }
+      })
+      const resumed = resume(client, late.url, { attach: log.attach, track: s.resumed })
+      await restoreCalled
+      // Stored while the new server restores but does not listen yet.
+      await emitStored(cluster.admin, cluster.id, () => cluster.nodes[1]!.io.emit("ev", 3))
+      proxy.restore()
+      const back = await resumed
+      expect(back.recovered).toBe(true)
+      await barrier(cluster, 1, back)
+      const values = withoutMarkers(log.received).map(({ args }) => withoutOffset(args))
+      expect(values).toEqual([[1], [2], [3]])
+    } finally {
+      await cluster.closeNode(cluster.running().at(-1)!)
+      await proxy.close()
+      await pool.end()
+    }
   })
 })

@@ -4,7 +4,7 @@
  * session writer. Built only when the server runs with `connectionStateRecovery`.
  */
 import * as Cause from "effect/Cause"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
@@ -44,6 +44,18 @@ export interface NamespaceRecoveryOptions {
   readonly report: (failure: unknown) => void
   readonly warn: (message: string) => void
   readonly onSkipped: (reason: string) => void
+  /** Resolves once the namespace's channel is listened on (first time). */
+  readonly ready: Promise<void>
+}
+
+// Resolves when `ready` does, or after `millis`: a restore still runs (and fails or succeeds on its
+// own) while PostgreSQL cannot be listened on.
+const untilReady = (ready: Promise<void>, millis: number): Promise<void> => {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  return Promise.race([
+    ready,
+    new Promise<void>((resolve) => (timer = setTimeout(resolve, millis))),
+  ]).finally(() => clearTimeout(timer))
 }
 
 /** The recovery of a namespace whose server runs with `connectionStateRecovery`, else none. */
@@ -176,8 +188,13 @@ export class NamespaceRecovery {
     }
   }
 
-  /** Restores a session with the packets it missed (see `RecoveredDelivery.restore`). */
-  restore(pid: PrivateSessionId, offset: string): Promise<Session> {
+  /**
+   * Restores a session with the packets it missed (see `RecoveredDelivery.restore`), once the
+   * namespace listens (at most `requestsTimeout` later): a snapshot taken before it would miss
+   * the packets stored between the two, which this server never hears of.
+   */
+  async restore(pid: PrivateSessionId, offset: string): Promise<Session> {
+    await untilReady(this.options.ready, Duration.toMillis(this.options.config.requestsTimeout))
     return this.#delivery.restore(pid, offset)
   }
 
