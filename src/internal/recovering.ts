@@ -48,14 +48,21 @@ export interface NamespaceRecoveryOptions {
   readonly ready: Promise<void>
 }
 
-// Resolves when `ready` does, or after `millis`: a restore still runs (and fails or succeeds on its
-// own) while PostgreSQL cannot be listened on.
-const untilReady = (ready: Promise<void>, millis: number): Promise<void> => {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  return Promise.race([
-    ready,
-    new Promise<void>((resolve) => (timer = setTimeout(resolve, millis))),
-  ]).finally(() => clearTimeout(timer))
+// Runs restores once `ready` resolved, or `millis` after they were asked for: a restore still runs
+// (and fails or succeeds on its own) while PostgreSQL cannot be listened on. Once ready, a restore
+// runs at once, its own promise returned, with no microtasks added between its end and Socket.IO
+// building the socket (see `Restores.restore`).
+const afterFirstListen = (ready: Promise<void>, millis: number) => {
+  let listened = false
+  void ready.then(() => (listened = true))
+  return <A>(restore: () => Promise<A>): Promise<A> => {
+    if (listened) return restore()
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, millis)))
+    return Promise.race([ready, timeout])
+      .finally(() => clearTimeout(timer))
+      .then(restore)
+  }
 }
 
 /** The recovery of a namespace whose server runs with `connectionStateRecovery`, else none. */
@@ -74,10 +81,12 @@ export const recoveryOf = (
 export class NamespaceRecovery {
   readonly #delivery: RecoveredDelivery
   readonly #sessions: SessionWriter
+  readonly #afterListen: <A>(restore: () => Promise<A>) => Promise<A>
   #backendPid: (() => number | undefined) | undefined
 
   constructor(private readonly options: NamespaceRecoveryOptions) {
     const { config, local, outbox } = options
+    this.#afterListen = afterFirstListen(options.ready, Duration.toMillis(config.requestsTimeout))
     const run = <A, E>(effect: Effect.Effect<A, E, Cluster.Services>) =>
       options.runner.runPromiseExit(effect)
     this.#sessions = new SessionWriter({
@@ -193,9 +202,8 @@ export class NamespaceRecovery {
    * namespace listens (at most `requestsTimeout` later): a snapshot taken before it would miss
    * the packets stored between the two, which this server never hears of.
    */
-  async restore(pid: PrivateSessionId, offset: string): Promise<Session> {
-    await untilReady(this.options.ready, Duration.toMillis(this.options.config.requestsTimeout))
-    return this.#delivery.restore(pid, offset)
+  restore(pid: PrivateSessionId, offset: string): Promise<Session> {
+    return this.#afterListen(() => this.#delivery.restore(pid, offset))
   }
 
   /** A socket disconnected for a reason Socket.IO recovers from: its session is kept. */
