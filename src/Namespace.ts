@@ -89,6 +89,7 @@ export class NamespaceNode {
   readonly #outbox: Outbox
   readonly #requests = new Requests()
   readonly #skip: (reason: string) => void
+  readonly #warn: (line: string) => void
   readonly #asking: asking.Asking
   #membership: Membership | undefined
   #fiber: Fiber.Fiber<never> | undefined
@@ -103,6 +104,7 @@ export class NamespaceNode {
       stopped: () => this.#stopped,
     })
     this.#skip = makeSkipLogger(warn)
+    this.#warn = warn
     this.#outbox = new Outbox({ channel: this.channel, runner, report })
     this.#asking = {
       ...options,
@@ -157,6 +159,7 @@ export class NamespaceNode {
       recovery,
       publish: (body) => void this.publish(body),
       onSkipped: this.#skip,
+      warn: this.#warn,
       closed: () => this.#closed,
       watch: this.#watch,
     })
