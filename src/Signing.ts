@@ -31,7 +31,7 @@ export const ENVELOPE_MAX_BYTES = 72
 /** The fewest bytes a secret may have. */
 export const MIN_SECRET_BYTES = 16
 
-/** How many sequence numbers back a sender's window remembers. */
+/** How many sequence numbers back a sender's window remembers (4 × 32 bits). */
 export const WINDOW = 128
 
 const MAC_BYTES = 16
@@ -236,8 +236,12 @@ export const open = (
   if (!SENDER.test(sender) || !BASE36.test(seq) || !BASE36.test(ts)) {
     return Result.fail("malformed signature envelope")
   }
-  const mac = Buffer.from(payload.slice(c + 1, c + 1 + MAC_CHARS), "base64url")
-  if (mac.length !== MAC_BYTES) return Result.fail("malformed signature envelope")
+  const macText = payload.slice(c + 1, c + 1 + MAC_CHARS)
+  const mac = Buffer.from(macText, "base64url")
+  // The last character holds 4 unused bits: only the canonical text is taken (no two spellings).
+  if (mac.length !== MAC_BYTES || mac.toString("base64url") !== macText) {
+    return Result.fail("malformed signature envelope")
+  }
   const head = payload.slice(0, c + 1)
   const body = payload.slice(c + 2 + MAC_CHARS)
   if (!keys.verify(mac, head, channel, canonical(body, header))) {
@@ -272,12 +276,12 @@ export const openRow = (
  */
 export class Window {
   #max: number
-  readonly #bits = new Uint32Array(WINDOW / 32)
+  // Plain numbers (int32 bit sets): a typed array would cost ~200 bytes more per sender.
+  readonly #bits: Array<number> = [-1, -1, -1, -1]
 
   /** Starts at the first number seen: everything below it counts as seen (it predates us). */
   constructor(first: number) {
     this.#max = first
-    this.#bits.fill(0xffffffff)
   }
 
   /** Accepts `seq` once: false when it was seen, or is too far behind to tell. */
