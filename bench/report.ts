@@ -472,6 +472,7 @@ const COLORS: Record<Kind, string> = {
   ours: "#2f6fb3",
   "ours-base": "#5a8f4e",
   "ours-recovery": "#86b6e3",
+  "ours-signed": "#1d4677",
   upstream: "#e07b39",
   "raw-x1": "#8a8a8a",
   "raw-x10": "#bdbdbd",

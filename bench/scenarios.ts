@@ -2,9 +2,10 @@
 
 /**
  * The adapters under test: this package, the same with Socket.IO's `connectionStateRecovery` on
- * (every broadcast stored with an offset), and `@socket.io/postgres-adapter` 0.5.0.
+ * (every broadcast stored with an offset), the same with a `secret` (every message signed and
+ * verified), and `@socket.io/postgres-adapter` 0.5.0.
  */
-export type AdapterKind = "ours" | "ours-base" | "ours-recovery" | "upstream"
+export type AdapterKind = "ours" | "ours-base" | "ours-recovery" | "ours-signed" | "upstream"
 
 /** Raw `pg_notify` from one connection: one call per statement, or ten. */
 export type RawKind = "raw-x1" | "raw-x10"
@@ -16,6 +17,7 @@ export const ALL_KINDS: ReadonlyArray<Kind> = [
   "ours",
   "ours-base",
   "ours-recovery",
+  "ours-signed",
   "upstream",
   "raw-x1",
   "raw-x10",
@@ -26,6 +28,7 @@ export const KIND_LABEL: Record<Kind, string> = {
   ours: "ours",
   "ours-base": "ours @ baseline",
   "ours-recovery": "ours + recovery",
+  "ours-signed": "ours + secret",
   upstream: "0.5.0",
   "raw-x1": "raw pg_notify",
   "raw-x10": "raw x10/stmt",
@@ -216,6 +219,7 @@ export const kindsOf = (scenario: Scenario): ReadonlyArray<Kind> => [
   ...(scenario.type === "broadcast" && scenario.recovery === true
     ? (["ours-recovery"] as const)
     : []),
+  "ours-signed",
   "upstream",
   ...(scenario.type === "broadcast" && scenario.raw !== undefined
     ? (Object.keys(scenario.raw) as Array<RawKind>)
