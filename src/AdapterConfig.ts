@@ -97,7 +97,7 @@ export interface ClusterConfig {
   readonly livenessTimeout: Duration.Duration
   readonly recoveryTablePrefix: string
   /** The cluster's secrets, the signing one first; `undefined` when unsigned. */
-  readonly secrets: Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined
+  readonly secrets?: Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined
 }
 
 const Millis = (name: string) =>

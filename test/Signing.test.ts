@@ -3,7 +3,7 @@
  * same key on the same channel, and under nothing else; a changed byte anywhere fails; the numbers
  * PostgreSQL fills in are the only unsigned parts; a sequence number is accepted once.
  */
-import { assert, describe, it } from "@effect/vitest"
+import { assert, describe, it, vi } from "@effect/vitest"
 import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import * as fc from "fast-check"
@@ -11,6 +11,7 @@ import { inspect } from "node:util"
 import * as AdapterConfig from "../src/AdapterConfig.js"
 import * as Codec from "../src/Codec.js"
 import * as Signing from "../src/Signing.js"
+import { makeRejectLogger } from "../src/internal/inbox.js"
 import { ID_MARKER } from "../src/internal/statements.js"
 
 const KEY_A = "a-secret-of-32-bytes-for-tests!!"
@@ -261,5 +262,28 @@ describe("the secret options", () => {
       assert.notInclude(printed, secret)
     }
     assert.isUndefined(Result.getOrThrow(AdapterConfig.decode({})).secrets)
+  })
+})
+
+describe("the reject logger", () => {
+  it("logs at most one line a second, with the channel, a count and the reason, never a payload", () => {
+    vi.useFakeTimers({ now: 1_000_000 })
+    try {
+      const lines: Array<string> = []
+      const reject = makeRejectLogger((line) => lines.push(line), 'socket.io#/"chat"')
+      const verifier = new Signing.Verifier(keys(KEY_A), "c", 30_000, reject)
+      const payload = JSON.stringify({ uid: "x", type: 3, nsp: "/", data: "SECRET-TEXT" })
+      for (let i = 0; i < 5; i++) assert.isUndefined(verifier.open(payload))
+      assert.strictEqual(lines.length, 1)
+      vi.advanceTimersByTime(1000)
+      assert.isUndefined(verifier.open(payload))
+      assert.strictEqual(lines.length, 2)
+      assert.include(lines[1]!, JSON.stringify('socket.io#/"chat"'))
+      assert.include(lines[1]!, "dropped 5 notification(s)")
+      assert.include(lines[1]!, "unsigned notification")
+      for (const line of lines) assert.notInclude(line, "SECRET")
+    } finally {
+      vi.useRealTimers()
+    }
   })
 })
