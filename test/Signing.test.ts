@@ -4,12 +4,17 @@
  * PostgreSQL fills in are the only unsigned parts; a sequence number is accepted once.
  */
 import { assert, describe, it, vi } from "@effect/vitest"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import * as fc from "fast-check"
 import { inspect } from "node:util"
 import * as AdapterConfig from "../src/AdapterConfig.js"
 import * as Codec from "../src/Codec.js"
+import type { ConfigError } from "../src/Errors.js"
 import * as Signing from "../src/Signing.js"
 import { makeRejectLogger } from "../src/internal/inbox.js"
 import { ID_MARKER } from "../src/internal/statements.js"
@@ -246,6 +251,15 @@ describe("the secret options", () => {
       assert.notInclude(error.message, "short-secret")
       assert.notInclude(error.message, KEY_A)
     }
+  })
+
+  it("fails the Effect layer's AdapterConfig the same way, and builds it with a valid secret", () => {
+    const build = (options: AdapterConfig.AdapterOptions) =>
+      Effect.runSyncExit(Effect.scoped(Layer.build(AdapterConfig.layer(options))))
+    const bad = build({ secret: "short-secret" })
+    assert.isTrue(Exit.isFailure(bad))
+    assert.include(String(Cause.squash((bad as Exit.Failure<never, ConfigError>).cause)), "secret")
+    assert.isTrue(Exit.isSuccess(build({ secrets: [KEY_A, KEY_B] })))
   })
 
   it("keeps the secrets redacted: printing the config or the keys shows no key material", () => {
