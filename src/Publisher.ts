@@ -293,7 +293,7 @@ const encodeItem = (
               nsp: packet.nsp,
               rooms: packet.rooms,
               except: packet.except,
-              bytes: Codec.encodePacketData(packet.data),
+              bytes: signStored(packet, Codec.encodePacketData(packet.data), signer),
             },
     }
   } catch (cause) {
@@ -304,6 +304,21 @@ const encodeItem = (
     })
   }
 }
+
+/** A stored packet's row, signed with its namespace and rooms when the cluster signs. */
+const signStored = (
+  packet: StoredPacket,
+  bytes: Uint8Array,
+  signer: Signing.Signer | undefined,
+): Uint8Array =>
+  signer === undefined
+    ? bytes
+    : Signing.sealRecord(
+        signer.keys,
+        Signing.PACKET,
+        [packet.nsp, packet.rooms, packet.except],
+        bytes,
+      )
 
 /** Signs an encoded message once, for every receiver, when the cluster signs. */
 const sign = (

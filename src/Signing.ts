@@ -31,6 +31,12 @@ export const ENVELOPE_MAX_BYTES = 72
 /** The fewest bytes a secret may have. */
 export const MIN_SECRET_BYTES = 16
 
+/** The domain of a stored packet's MAC (fields: namespace, rooms, excepts). */
+export const PACKET = "P1"
+
+/** The domain of a session's MAC (fields: pid, namespace, sid, rooms). */
+export const SESSION = "Q1"
+
 /** How many sequence numbers back a sender's window remembers (4 × 32 bits). */
 export const WINDOW = 128
 
@@ -102,6 +108,16 @@ export class Keys {
   constructor(secrets: ReadonlyArray<Uint8Array>) {
     if (secrets.length === 0) throw new TypeError("at least one secret is needed")
     this.#keys = secrets.map((secret) => createSecretKey(secret))
+  }
+
+  /** The signing key. */
+  get signing(): KeyObject {
+    return this.#keys[0]!
+  }
+
+  /** Every key, the signing one first. */
+  get all(): ReadonlyArray<KeyObject> {
+    return this.#keys
   }
 
   /** The MAC of a notification, by the signing key. */
@@ -404,3 +420,44 @@ export class Verifier {
     return Result.isSuccess(open(this.keys, this.channel, payload))
   }
 }
+
+/**
+ * Signs a row of the recovery tables (a stored packet, a session): its bytes and the columns that
+ * travel beside them (`fields`, e.g. namespace and rooms), under `domain`. The row's offset or
+ * expiry, set by PostgreSQL, are outside the MAC.
+ */
+export const sealRecord = (
+  keys: Keys,
+  domain: string,
+  fields: ReadonlyArray<unknown>,
+  bytes: Uint8Array,
+): Buffer => Buffer.concat([ROW, recordMac(keys.signing, domain, fields, bytes), bytes])
+
+/** The bytes of a signed recovery row, or `undefined` when it is unsigned or does not verify. */
+export const openRecord = (
+  keys: Keys,
+  domain: string,
+  fields: ReadonlyArray<unknown>,
+  row: Uint8Array,
+): Uint8Array | undefined => {
+  if (row.length < ROW.length + MAC_BYTES || row[0] !== ROW[0] || row[1] !== ROW[1]) return
+  const mac = row.subarray(ROW.length, ROW.length + MAC_BYTES)
+  const bytes = row.subarray(ROW.length + MAC_BYTES)
+  return keys.all.some((key) => timingSafeEqual(mac, recordMac(key, domain, fields, bytes)))
+    ? bytes
+    : undefined
+}
+
+const recordMac = (
+  key: KeyObject,
+  domain: string,
+  fields: ReadonlyArray<unknown>,
+  bytes: Uint8Array,
+): Buffer =>
+  createHmac("sha256", key)
+    .update(`${domain}:`)
+    .update(JSON.stringify(fields))
+    .update("\u0000")
+    .update(bytes)
+    .digest()
+    .subarray(0, MAC_BYTES)
