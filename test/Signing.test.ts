@@ -160,6 +160,23 @@ describe("the signature envelope", () => {
   )
 })
 
+describe("signed recovery rows", () => {
+  it("open with the same domain, fields and key, and with nothing else", () => {
+    const k = keys(KEY_A, KEY_B)
+    const bytes = Buffer.from([1, 2, 3])
+    const fields = ["pid", "/", "sid", ["room"]]
+    const row = Signing.sealRecord(k, Signing.SESSION, fields, bytes)
+    assert.deepStrictEqual(Buffer.from(Signing.openRecord(k, Signing.SESSION, fields, row)!), bytes)
+    assert.isDefined(Signing.openRecord(keys(KEY_B, KEY_A), Signing.SESSION, fields, row))
+    assert.isUndefined(Signing.openRecord(keys(KEY_B), Signing.SESSION, fields, row))
+    assert.isUndefined(Signing.openRecord(k, Signing.PACKET, fields, row))
+    assert.isUndefined(
+      Signing.openRecord(k, Signing.SESSION, ["pid", "/", "sid", ["room", "admin"]], row),
+    )
+    assert.isUndefined(Signing.openRecord(k, Signing.SESSION, fields, bytes))
+  })
+})
+
 describe("the replay window", () => {
   prop(
     "accepts each sequence number at most once, in any order",
