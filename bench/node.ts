@@ -370,6 +370,10 @@ serve({
             : (args.kind === "ours-base" ? await baselineAdapter() : createAdapter)(pool, {
                 ...options,
                 recoveryTablePrefix: args.recoveryTablePrefix,
+                // Every message signed once, verified by each receiver (issue 16).
+                ...(args.kind === "ours-signed"
+                  ? { secret: "bench-secret-of-32-bytes-length" }
+                  : {}),
               }),
       serveClient: false,
       // Every broadcast is then stored with an offset, delivered locally once it is committed.

@@ -588,6 +588,7 @@ const COLORS: Record<Kind, string> = {
   ours: "#2f6fb3",
   "ours-base": "#5a8f4e",
   "ours-recovery": "#86b6e3",
+  "ours-signed": "#1d4677",
   upstream: "#e07b39",
   redis: "#c0392b",
   "raw-x1": "#8a8a8a",

@@ -2,10 +2,12 @@
 
 /**
  * The adapters under test: this package, the same with Socket.IO's `connectionStateRecovery` on
- * (every broadcast stored with an offset), `@socket.io/postgres-adapter` 0.5.0, and
- * `@socket.io/redis-adapter` 8.3 over node-redis (the speed users pick Redis for).
+ * (every broadcast stored with an offset), the same with a `secret` (every message signed and
+ * verified), `@socket.io/postgres-adapter` 0.5.0, and `@socket.io/redis-adapter` 8.3 over
+ * node-redis (the speed users pick Redis for).
  */
-export type AdapterKind = "ours" | "ours-base" | "ours-recovery" | "upstream" | "redis"
+export type AdapterKind =
+  "ours" | "ours-base" | "ours-recovery" | "ours-signed" | "upstream" | "redis"
 
 /** Raw `pg_notify` from one connection: one call per statement, or ten. */
 export type RawKind = "raw-x1" | "raw-x10"
@@ -17,6 +19,7 @@ export const ALL_KINDS: ReadonlyArray<Kind> = [
   "ours",
   "ours-base",
   "ours-recovery",
+  "ours-signed",
   "upstream",
   "redis",
   "raw-x1",
@@ -31,6 +34,7 @@ export const KIND_LABEL: Record<Kind, string> = {
   ours: "ours",
   "ours-base": "ours @ baseline",
   "ours-recovery": "ours + recovery",
+  "ours-signed": "ours + secret",
   upstream: "0.5.0",
   redis: "redis",
   "raw-x1": "raw pg_notify",
@@ -241,6 +245,8 @@ export const kindsOf = (scenario: Scenario): ReadonlyArray<Kind> => [
   ...(scenario.type === "broadcast" && scenario.recovery === true
     ? (["ours-recovery"] as const)
     : []),
+  // Signing's cost is per message: the broadcasts show it.
+  ...(scenario.type === "broadcast" ? (["ours-signed"] as const) : []),
   "upstream",
   // Redis counts its servers by PUBSUB NUMSUB, with no heartbeat: nothing to compare in `join`.
   ...(scenario.type === "join" ? [] : (["redis"] as const)),

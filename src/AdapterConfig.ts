@@ -8,11 +8,13 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
 import * as SchemaIssue from "effect/SchemaIssue"
 import { ConfigError } from "./Errors.js"
 import { didYouMean } from "./internal/didYouMean.js"
+import * as Signing from "./Signing.js"
 
 /** The largest NOTIFY payload PostgreSQL accepts: a payload must be shorter than 8000 bytes. */
 export const MAX_NOTIFY_BYTES = 7999
@@ -61,9 +63,23 @@ export interface AdapterOptions {
    * @default "socket_io_recovery"
    */
   readonly recoveryTablePrefix?: string
+  /**
+   * A secret shared by every node and emitter of the cluster (at least 16 bytes): every
+   * notification and attachment is then signed, and what is unsigned, altered or replayed is
+   * dropped. Never logged, stored or sent. Not with `secrets`. @default undefined (unsigned)
+   */
+  readonly secret?: string | Uint8Array
+  /**
+   * Several secrets, for key rotation: the first signs, any of them verifies. Not with `secret`.
+   * @default undefined (unsigned)
+   */
+  readonly secrets?: ReadonlyArray<string | Uint8Array>
   /** Called with each publish or listen error. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
+
+/** The `secret` / `secrets` options, for the emitter's and the primary's options too. */
+export type SecretOptions = Pick<AdapterOptions, "secret" | "secrets">
 
 /** The resolved options, durations as `Duration`. */
 export interface ClusterConfig {
@@ -81,6 +97,8 @@ export interface ClusterConfig {
   readonly livenessInterval: Duration.Duration
   readonly livenessTimeout: Duration.Duration
   readonly recoveryTablePrefix: string
+  /** The cluster's secrets, the signing one first; `undefined` when unsigned. */
+  readonly secrets?: Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined
 }
 
 const Millis = (name: string) =>
@@ -159,7 +177,12 @@ const OptionsSchema = Schema.Struct({
 const formatIssue = SchemaIssue.makeFormatterStandardSchemaV1()
 
 /** The name of every option of `createAdapter`, `setupPrimary` and the layers' `AdapterConfig`. */
-export const optionNames: ReadonlyArray<string> = Object.keys(OptionsSchema.fields)
+export const optionNames: ReadonlyArray<string> = [
+  ...Object.keys(OptionsSchema.fields),
+  // Checked apart from the Schema (see `decodeSecrets`).
+  "secret",
+  "secrets",
+]
 
 /** Which options a caller takes, for {@link decode}; by default those of `createAdapter`. */
 export interface Accepted {
@@ -209,6 +232,52 @@ export const defaults = {
 } as const
 
 /**
+ * The `secret` / `secrets` options as bytes; checked apart from the Schema so that no message can
+ * ever quote a secret's value.
+ */
+const decodeSecrets = (
+  input: Record<string, unknown>,
+): Result.Result<Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined, ConfigError> => {
+  const { secret, secrets } = input
+  const fail = (option: string, message: string) =>
+    Result.fail(new ConfigError({ option, message: `Invalid option ${option}: ${message}` }))
+  if (secret !== undefined && secrets !== undefined) {
+    return fail("secret", "give either secret or secrets, not both")
+  }
+  const bytesOf = (value: unknown): Uint8Array | string => {
+    if (typeof value === "string") return Buffer.from(value, "utf8")
+    if (value instanceof Uint8Array) return Buffer.from(value)
+    return "must be a string or a Buffer"
+  }
+  const check = (
+    option: string,
+    value: unknown,
+  ): Uint8Array | Result.Result<never, ConfigError> => {
+    const bytes = bytesOf(value)
+    if (typeof bytes === "string") return fail(option, bytes)
+    if (bytes.length < Signing.MIN_SECRET_BYTES) {
+      return fail(option, `must be at least ${Signing.MIN_SECRET_BYTES} bytes long`)
+    }
+    return bytes
+  }
+  if (secret !== undefined) {
+    const bytes = check("secret", secret)
+    return bytes instanceof Uint8Array ? Result.succeed(Redacted.make([bytes])) : bytes
+  }
+  if (secrets === undefined) return Result.succeed(undefined)
+  if (!Array.isArray(secrets) || secrets.length === 0) {
+    return fail("secrets", "must be a non-empty array of strings or Buffers")
+  }
+  const all: Array<Uint8Array> = []
+  for (const value of secrets) {
+    const bytes = check("secrets", value)
+    if (!(bytes instanceof Uint8Array)) return bytes
+    all.push(bytes)
+  }
+  return Result.succeed(Redacted.make(all))
+}
+
+/**
  * Validates user options: `Success` of the resolved config, or `Failure` of a `ConfigError` whose
  * message names the offending option (an unknown one with the nearest known name).
  */
@@ -216,12 +285,14 @@ export const decode = (
   input: unknown,
   accepted: Accepted = { names: optionNames, who: "the adapter" },
 ): Result.Result<ClusterConfig, ConfigError> => {
-  if (input === undefined || input === null) return Result.succeed(resolve({}))
+  if (input === undefined || input === null) return Result.succeed(resolve({}, undefined))
   if (typeof input !== "object" || Array.isArray(input)) {
     return Result.fail(new ConfigError({ option: "options", message: "options must be an object" }))
   }
   const unknown = unknownOption(input, accepted)
   if (unknown !== undefined) return Result.fail(unknown)
+  const secrets = decodeSecrets(input as Record<string, unknown>)
+  if (Result.isFailure(secrets)) return Result.fail(secrets.failure)
   return Schema.decodeUnknownResult(OptionsSchema, { errors: "first" })(input).pipe(
     Result.mapError((error) => {
       const issue = formatIssue(error.issue).issues[0]
@@ -232,7 +303,7 @@ export const decode = (
       return new ConfigError({ option, message: `Invalid option ${message}` })
     }),
     Result.flatMap((options) => {
-      const config = resolve(options)
+      const config = resolve(options, secrets.success)
       return Duration.isLessThanOrEqualTo(config.heartbeatTimeout, config.heartbeatInterval)
         ? Result.fail(
             new ConfigError({
@@ -249,7 +320,10 @@ export const decode = (
 export const decodeSync = (input: unknown, accepted?: Accepted): ClusterConfig =>
   Result.getOrThrowWith(decode(input, accepted), (e) => e)
 
-const resolve = (o: typeof OptionsSchema.Type): ClusterConfig => {
+const resolve = (
+  o: typeof OptionsSchema.Type,
+  secrets: Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined,
+): ClusterConfig => {
   const heartbeatInterval = o.heartbeatInterval ?? defaults.heartbeatInterval
   const heartbeatTimeout =
     o.heartbeatTimeout ?? Math.max(defaults.heartbeatTimeout, 2 * heartbeatInterval)
@@ -273,7 +347,21 @@ const resolve = (o: typeof OptionsSchema.Type): ClusterConfig => {
       o.livenessTimeout ?? Math.max(1, Math.floor(heartbeatTimeout / 2)),
     ),
     recoveryTablePrefix: o.recoveryTablePrefix ?? defaults.recoveryTablePrefix,
+    secrets,
   }
+}
+
+/** The cluster's keys, when it signs. */
+export const keysOf = (config: ClusterConfig): Signing.Keys | undefined =>
+  config.secrets === undefined ? undefined : new Signing.Keys(Redacted.value(config.secrets))
+
+/**
+ * How old a signed notification may be (and how far in the future, for clock skew): three
+ * `heartbeatTimeout`s, and at least a `publishTimeout` (a publish may wait that long) plus one.
+ */
+export const maxMessageAge = (config: ClusterConfig): number => {
+  const heartbeatTimeout = Duration.toMillis(config.heartbeatTimeout)
+  return Math.max(3 * heartbeatTimeout, Duration.toMillis(config.publishTimeout) + heartbeatTimeout)
 }
 
 /** The cluster configuration service. */

@@ -18,7 +18,7 @@ import { AdapterConfig } from "./AdapterConfig.js"
 import type { Database } from "./Database.js"
 import { PublishError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
-import { makeInbox } from "./internal/inbox.js"
+import { makeInbox, verifierOf } from "./internal/inbox.js"
 import * as Listener from "./Listener.js"
 import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
@@ -215,8 +215,12 @@ const watchNamespaces = Effect.fnUntraced(function* (requests: Requests, send: S
         publishHeartbeat: Effect.void,
         onNodeDown: (uid) => requests.forget(uid),
       })
+      const channel = channelName(config.channelPrefix, nsp)
       const receive = makeInbox({
         store,
+        verifier: verifierOf(config, channel, (line) =>
+          runFork(Effect.logWarning(line).pipe(Effect.annotateLogs({ module: "ClusterEmitter" }))),
+        ),
         onSkipped: () => {},
         // Servers' messages (and our own INITIAL_HEARTBEAT coming back); of the answers, only
         // those to our own requests.
@@ -238,7 +242,7 @@ const watchNamespaces = Effect.fnUntraced(function* (requests: Requests, send: S
         },
       })
       const listening = yield* Deferred.make<void>()
-      yield* listener.subscribe(channelName(config.channelPrefix, nsp), {
+      yield* listener.subscribe(channel, {
         onNotification: receive,
         onListen: () => {
           runFork(send(nsp, { type: MessageType.INITIAL_HEARTBEAT }).pipe(Effect.ignore))

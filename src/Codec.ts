@@ -79,13 +79,15 @@ export const hasBinary = (value: unknown, seen?: Set<object>): boolean => {
 
 /**
  * Decides how a message travels: inline JSON when it holds no binary and its JSON is at most
- * `min(threshold, 7999)` bytes, else msgpack into the attachments table with a JSON header.
+ * `min(threshold, 7999 - overhead)` bytes, else msgpack into the attachments table with a JSON
+ * header. `overhead`: bytes something (a signature envelope) will add in front of the payload.
  */
-export const encode = (message: WireMessage, threshold: number): Encoded => {
+export const encode = (message: WireMessage, threshold: number, overhead = 0): Encoded => {
+  const max = MAX_NOTIFY_BYTES - overhead
   if (!hasBinary(message)) {
     const payload = JSON.stringify(message)
     // UTF-8 needs at most 3 bytes per UTF-16 unit: skip the byte count when it surely fits.
-    const limit = Math.min(threshold, MAX_NOTIFY_BYTES)
+    const limit = Math.min(threshold, max)
     if (payload.length * 3 <= limit || Buffer.byteLength(payload) <= limit) {
       return { _tag: "Inline", payload }
     }
@@ -108,7 +110,7 @@ export const encode = (message: WireMessage, threshold: number): Encoded => {
         offset: typeof message.offset === "string" ? message.offset : undefined,
       })
       // A namespace name of kilobytes would not fit: receivers take the namespace from the channel.
-      return Buffer.byteLength(header) <= MAX_NOTIFY_BYTES
+      return Buffer.byteLength(header) <= max
         ? header
         : JSON.stringify({
             uid: message.uid,

@@ -99,6 +99,13 @@ export interface EmitterOptions {
   readonly connectionStateRecovery?: boolean
   /** Prefix of the recovery tables (created by the servers). @default "socket_io_recovery" */
   readonly recoveryTablePrefix?: string
+  /**
+   * The cluster's shared secret, when its servers sign (see the adapter's option): the emitter's
+   * messages are signed, and only signed answers are taken. @default undefined (unsigned)
+   */
+  readonly secret?: string | Uint8Array
+  /** Several secrets, for key rotation: the first signs, any verifies. @default undefined */
+  readonly secrets?: ReadonlyArray<string | Uint8Array>
   /** Called with each failed publish, awaited or not. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
@@ -120,6 +127,8 @@ const EMITTER_OPTIONS: AdapterConfig.Accepted = {
     "connectionStateRecovery",
     "recoveryTablePrefix",
     "errorHandler",
+    "secret",
+    "secrets",
   ] satisfies ReadonlyArray<keyof EmitterOptions>,
   who: "the emitter",
 }

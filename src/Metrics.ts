@@ -35,6 +35,15 @@ export const malformedNotifications = Metric.counter("socket_io_postgres_malform
   incremental: true,
 })
 
+/**
+ * Notifications (or attachment rows) dropped by a signed cluster: unsigned, altered, forged,
+ * signed with an unknown key, too old, or replayed.
+ */
+export const rejectedNotifications = Metric.counter("socket_io_postgres_rejected_notifications", {
+  description: "Notifications dropped because they failed authentication or were replayed",
+  incremental: true,
+})
+
 /** Publishes that failed (database error, timeout, overload). */
 export const publishFailures = Metric.counter("socket_io_postgres_publish_failures", {
   description: "Messages that could not be published",

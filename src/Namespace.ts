@@ -88,7 +88,8 @@ export class NamespaceNode {
   readonly #recovery: NamespaceRecovery | undefined
   readonly #outbox: Outbox
   readonly #requests = new Requests()
-  readonly #skip: (reason: string) => void
+  /** Skipped notifications (rate-limited) and warnings, for the log. */
+  readonly #log: { readonly skip: (reason: string) => void; readonly warn: (line: string) => void }
   readonly #asking: asking.Asking
   #membership: Membership | undefined
   #fiber: Fiber.Fiber<never> | undefined
@@ -102,7 +103,7 @@ export class NamespaceNode {
       closed: () => this.#closed,
       stopped: () => this.#stopped,
     })
-    this.#skip = makeSkipLogger(warn)
+    this.#log = { skip: makeSkipLogger(warn), warn }
     this.#outbox = new Outbox({ channel: this.channel, runner, report })
     this.#asking = {
       ...options,
@@ -120,7 +121,7 @@ export class NamespaceNode {
       published: () => this.#membership?.published(),
       report,
       warn,
-      onSkipped: this.#skip,
+      onSkipped: this.#log.skip,
       ready: this.ready,
     })
   }
@@ -157,7 +158,8 @@ export class NamespaceNode {
       requests: this.#requests,
       recovery,
       publish: (body) => void this.publish(body),
-      onSkipped: this.#skip,
+      onSkipped: this.#log.skip,
+      warn: this.#log.warn,
       closed: () => this.#closed,
       watch: this.#watch,
     })

@@ -33,7 +33,9 @@ import * as Listener from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
+import * as Signing from "./Signing.js"
 import * as DebugLog from "./internal/debugLog.js"
+import { SIGNED_UNREADABLE, verifierOf } from "./internal/inbox.js"
 import { checkTable, setUpTables } from "./internal/tableSetup.js"
 
 const { MessageType } = Codec
@@ -339,8 +341,9 @@ const makeInbox = (options: {
   readonly relay: Relay
   readonly deliver: (message: Codec.WireMessage) => void
   readonly skip: (reason: string) => void
+  readonly verifier: Signing.Verifier | undefined
 }): ((payload: string) => void) => {
-  const { store, relay, deliver, skip } = options
+  const { store, relay, deliver, skip, verifier } = options
   const slots: Array<{ done: boolean; message: Codec.WireMessage | undefined }> = []
   const flush = () => {
     while (slots.length > 0 && slots[0]!.done) {
@@ -349,8 +352,19 @@ const makeInbox = (options: {
     }
   }
   return (payload) => {
-    const decoded = Codec.decodeNotification(payload)
-    if (Result.isFailure(decoded)) return skip(decoded.failure)
+    let text = payload
+    let envelope: Signing.Envelope | undefined
+    if (verifier !== undefined) {
+      const opened = verifier.open(payload)
+      if (opened === undefined) return
+      text = opened.body
+      envelope = opened.envelope
+    }
+    const decoded = Codec.decodeNotification(text)
+    if (Result.isFailure(decoded)) {
+      const signed = verifier === undefined && Signing.isSigned(payload)
+      return skip(signed ? SIGNED_UNREADABLE : decoded.failure)
+    }
     const notification = decoded.success
     if (notification._tag === "Inline") {
       const { message } = notification
@@ -371,8 +385,11 @@ const makeInbox = (options: {
       if (Exit.isFailure(exit)) skip(`attachment ${id} could not be read`)
       else if (exit.value === undefined) skip(`attachment ${id} not found`)
       else {
-        const message = Codec.decodeAttachment(exit.value)
-        if (Result.isFailure(message)) skip(message.failure)
+        const bytes = verifier === undefined ? exit.value : verifier.openRow(envelope!, exit.value)
+        const message = bytes === undefined ? undefined : Codec.decodeAttachment(bytes)
+        if (message === undefined) {
+          // Reported by the verifier.
+        } else if (Result.isFailure(message)) skip(message.failure)
         else slot.message = message.success
       }
       flush()
@@ -457,6 +474,7 @@ export const make = Effect.fnUntraced(function* (workers: Workers) {
       store,
       relay,
       skip,
+      verifier: verifierOf(config, channelOf(nsp), log),
       deliver: (message) => {
         if (message.nsp !== undefined && message.nsp !== nsp) return
         const decoded = Protocol.decodeMessage(message)

@@ -13,7 +13,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { quoteTableName } from "./Channel.js"
 import * as Codec from "./Codec.js"
-import { AdapterConfig } from "./AdapterConfig.js"
+import { AdapterConfig, keysOf } from "./AdapterConfig.js"
 import { Database, StatementAbort, StatementTimeout } from "./Database.js"
 import { type DatabaseError, PublishError } from "./Errors.js"
 import {
@@ -26,6 +26,7 @@ import {
 import * as Metrics from "./Metrics.js"
 import * as PacketStore from "./recovery/PacketStore.js"
 import { tableNames } from "./recovery/Tables.js"
+import * as Signing from "./Signing.js"
 
 /** Called once with the outcome of a publish: `undefined` when PostgreSQL committed it. */
 export type PublishCallback = (error: PublishError | undefined) => void
@@ -83,6 +84,11 @@ export class Publisher extends Context.Service<
       packet: StoredPacket,
       done: StoreCallback,
     ) => void
+    /**
+     * This publisher's sender id in signature envelopes when the cluster signs (its own
+     * notifications start with `S1:<sender>:` or `A1:<sender>:`), else `undefined`.
+     */
+    readonly sender: string | undefined
   }
 >()("socket.io-postgres-effect/Publisher") {}
 
@@ -124,6 +130,8 @@ export const make = Effect.gen(function* () {
   const context = yield* Effect.context<never>()
   const timeoutMillis = Duration.toMillis(config.publishTimeout)
   const recoveryTables = tableNames(config.recoveryTablePrefix)
+  const keys = keysOf(config)
+  const signer = keys === undefined ? undefined : new Signing.Signer(keys)
   const statement = makeStatement({
     attachmentsTable: quoteTableName(config.tableName),
     storedPackets: (run, param) =>
@@ -226,7 +234,7 @@ export const make = Effect.gen(function* () {
         undefined,
       )
     }
-    const item = encodeItem(channel, message, packet, config.payloadThreshold, done)
+    const item = encodeItem(channel, message, packet, config.payloadThreshold, signer, done)
     if (item instanceof PublishError) return done(item, undefined)
     queue.push(item)
     // Later in this tick: publishes of the same tick share one statement.
@@ -246,7 +254,7 @@ export const make = Effect.gen(function* () {
       ),
     )
 
-  return Publisher.of({ publish, unsafePublish, unsafeStore: enqueue })
+  return Publisher.of({ publish, unsafePublish, unsafeStore: enqueue, sender: signer?.sender })
 })
 
 /**
@@ -258,6 +266,7 @@ const encodeItem = (
   message: Codec.WireMessage | undefined,
   packet: StoredPacket | undefined,
   threshold: number,
+  signer: Signing.Signer | undefined,
   done: StoreCallback,
 ): Item | PublishError => {
   try {
@@ -268,9 +277,14 @@ const encodeItem = (
       encoded:
         message === undefined
           ? undefined
-          : Codec.encode(
-              packet === undefined ? message : Codec.withOffsetPlaceholder(message),
-              threshold,
+          : sign(
+              channel,
+              Codec.encode(
+                packet === undefined ? message : Codec.withOffsetPlaceholder(message),
+                threshold,
+                signer === undefined ? 0 : Signing.ENVELOPE_MAX_BYTES,
+              ),
+              signer,
             ),
       stored:
         packet === undefined
@@ -279,7 +293,7 @@ const encodeItem = (
               nsp: packet.nsp,
               rooms: packet.rooms,
               except: packet.except,
-              bytes: Codec.encodePacketData(packet.data),
+              bytes: signStored(packet, Codec.encodePacketData(packet.data), signer),
             },
     }
   } catch (cause) {
@@ -289,6 +303,33 @@ const encodeItem = (
       cause,
     })
   }
+}
+
+/** A stored packet's row, signed with its namespace and rooms when the cluster signs. */
+const signStored = (
+  packet: StoredPacket,
+  bytes: Uint8Array,
+  signer: Signing.Signer | undefined,
+): Uint8Array =>
+  signer === undefined
+    ? bytes
+    : Signing.sealRecord(
+        signer.keys,
+        Signing.PACKET,
+        [packet.nsp, packet.rooms, packet.except],
+        bytes,
+      )
+
+/** Signs an encoded message once, for every receiver, when the cluster signs. */
+const sign = (
+  channel: string,
+  encoded: Codec.Encoded,
+  signer: Signing.Signer | undefined,
+): Codec.Encoded => {
+  if (signer === undefined) return encoded
+  if (encoded._tag === "Inline")
+    return { _tag: "Inline", payload: signer.seal(channel, encoded.payload) }
+  return { _tag: "Attachment", ...signer.sealAttachment(channel, encoded.bytes, encoded.header) }
 }
 
 /** The Publisher layer; needs `AdapterConfig` and `Database`. */

@@ -75,6 +75,7 @@ describe("setupPrimary", () => {
     timing: Timing,
     workers: number,
     rooms: ReadonlyArray<string> = [],
+    secret?: string,
   ): Promise<Primary> => {
     const script = runFixture("primary.ts", {
       DATABASE_URL: databaseUrl(),
@@ -84,6 +85,7 @@ describe("setupPrimary", () => {
       HEARTBEAT_INTERVAL: String(timing.heartbeatInterval),
       HEARTBEAT_TIMEOUT: String(timing.heartbeatTimeout),
       REQUESTS_TIMEOUT: String(timing.requestsTimeout),
+      ...(secret !== undefined ? { SECRET: secret } : {}),
     })
     scripts.push(script)
     await script.waitForMessage("ready")
@@ -106,9 +108,14 @@ describe("setupPrimary", () => {
     return { script, workers: started }
   }
 
-  const startPlain = async (id: string, timing: Timing, room = "") => {
+  const startPlain = async (id: string, timing: Timing, room = "", secret?: string) => {
     const server = await startServer({
-      adapter: createAdapter(pool, { channelPrefix: id, tableName: id, ...timing }),
+      adapter: createAdapter(pool, {
+        channelPrefix: id,
+        tableName: id,
+        ...timing,
+        ...(secret !== undefined ? { secret } : {}),
+      }),
     })
     servers.push(server)
     server.io.on("maybe", (silent: Array<number>, ack: (answer: unknown) => void) => {
@@ -356,6 +363,52 @@ describe("setupPrimary", () => {
       a2.client.emit("disconnectSockets", "blue")
       await Promise.all(blue)
       await eventually(async () => (await plain.server.io.fetchSockets()).length === 0)
+    })
+  })
+
+  describe("with a secret (issue 16)", () => {
+    const timing = { heartbeatInterval: 300, heartbeatTimeout: 5_000, requestsTimeout: 5_000 }
+    const secret = "the-secret-of-this-primary-suite"
+    const id = suiteId("primary_signed")
+    let a: Primary
+    let plain: { server: TestServer; client: ClientSocket }
+
+    beforeAll(async () => {
+      tables.push(id)
+      a = await startPrimary(id, timing, 2, [], secret)
+      plain = await startPlain(id, timing, "", secret)
+      await clusterHasSize(a.workers, [plain.server], 3)
+    })
+
+    afterAll(cleanUp)
+
+    it("relays signed traffic both ways, binary included, and drops a forged broadcast", async () => {
+      const received = a.workers.map((worker) => waitFor(worker.client, "hello"))
+      plain.server.io.emit("hello", "from plain", Buffer.from([1, 2, 3]))
+      for (const args of await Promise.all(received)) {
+        expect(args[0]).toBe("from plain")
+        expect(Buffer.from(args[1] as ArrayBuffer)).toEqual(Buffer.from([1, 2, 3]))
+      }
+      const fromWorker = waitFor(plain.client, "from-worker")
+      a.workers[0]!.client.emit("emit", null, "from-worker", 1)
+      expect(await fromWorker).toEqual([1])
+      const forged = JSON.stringify({
+        uid: "attacker",
+        type: 3,
+        nsp: "/",
+        data: {
+          opts: { rooms: [], except: [] },
+          packet: { type: 2, data: ["hello", "forged"], nsp: "/" },
+        },
+      })
+      const worker = a.workers[0]!
+      await expectNoEvent(worker.client, "hello", async () => {
+        await pool.query("SELECT pg_notify($1, $2)", [`${id}#/`, forged])
+        const marker = waitFor(worker.client, "marker")
+        plain.server.io.emit("marker")
+        await marker
+      })
+      expect(watcher.faults).toEqual([])
     })
   })
 

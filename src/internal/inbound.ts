@@ -8,14 +8,17 @@
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
+import type { ClusterConfig } from "../AdapterConfig.js"
 import { AttachmentStore } from "../AttachmentStore.js"
 import type { Membership } from "../Heartbeat.js"
 import { Listener } from "../Listener.js"
 import * as Metrics from "../Metrics.js"
 import type { ListenStatus, Local } from "../Namespace.js"
 import * as Protocol from "../Protocol.js"
+import { Publisher } from "../Publisher.js"
 import type { Requests } from "../Requests.js"
-import { type Header, makeInbox } from "./inbox.js"
+import * as Signing from "../Signing.js"
+import { type Header, makeInbox, verifierOf } from "./inbox.js"
 import type { NamespaceRecovery } from "./recovering.js"
 
 const { MessageType } = Protocol
@@ -36,6 +39,11 @@ export interface InboundOptions {
   readonly publish: (body: Protocol.Body) => void
   /** Told why a notification was skipped. */
   readonly onSkipped: (reason: string) => void
+  /** Logs a warning (notifications that fail authentication, rate-limited). */
+  readonly warn: (line: string) => void
+  readonly config: ClusterConfig
+  /** This node's sender id in signature envelopes, when the cluster signs. */
+  readonly sender: string | undefined
   /** Whether the node closed: nothing is delivered any more. */
   readonly closed: () => boolean
   /** Told when the channel is listened on, and when that is lost. */
@@ -48,10 +56,11 @@ export interface InboundOptions {
  * and this one can hear the answers.
  */
 export const listen = (
-  options: Omit<InboundOptions, "store">,
-): Effect.Effect<void, never, AttachmentStore | Listener | Scope.Scope> =>
+  options: Omit<InboundOptions, "store" | "sender">,
+): Effect.Effect<void, never, AttachmentStore | Listener | Publisher | Scope.Scope> =>
   Effect.gen(function* () {
-    const inbound = new Inbound({ ...options, store: yield* AttachmentStore })
+    const { sender } = yield* Publisher
+    const inbound = new Inbound({ ...options, sender, store: yield* AttachmentStore })
     const { publish, recovery, watch } = options
     const listener = yield* Listener
     watch.backendPid = listener.unsafeBackendPid
@@ -99,12 +108,19 @@ export class ListenWatch {
 export class Inbound {
   readonly #selfPrefix: string
   readonly #inbox: (payload: string) => void
+  readonly #verifier: Signing.Verifier | undefined
 
   constructor(private readonly options: InboundOptions) {
-    const { recovery } = options
-    // `uid` first on the wire: own notifications, inline or attachment headers, start with this.
-    this.#selfPrefix = `{"uid":${JSON.stringify(options.uid)},`
+    const { recovery, sender } = options
+    this.#verifier = verifierOf(options.config, options.channel, options.warn)
+    // `uid` first on the wire: own notifications, inline or attachment headers, start with this;
+    // signed, with this node's sender id after the envelope's 3-character tag.
+    this.#selfPrefix =
+      this.#verifier !== undefined && sender !== undefined
+        ? `${sender}:`
+        : `{"uid":${JSON.stringify(options.uid)},`
     this.#inbox = makeInbox({
+      verifier: this.#verifier,
       store: options.store,
       wanted: (header) => this.#wanted(header),
       deliver: (message) => this.#deliver(message),
@@ -116,7 +132,15 @@ export class Inbound {
   /** A notification on the namespace's channel, in commit order. */
   receive(payload: string): void {
     Metrics.notificationsReceived.updateUnsafe(1, Context.empty())
-    if (payload.startsWith(this.#selfPrefix)) return this.options.recovery?.ownSeen(payload)
+    const verifier = this.#verifier
+    if (verifier === undefined) {
+      if (payload.startsWith(this.#selfPrefix)) return this.options.recovery?.ownSeen(payload)
+    } else if (payload.startsWith(this.#selfPrefix, 3) && Signing.isSigned(payload)) {
+      // Anyone can write our sender id: what moves recovery's offsets must be authentic.
+      const recovery = this.options.recovery
+      if (recovery !== undefined && verifier.authentic(payload)) recovery.ownSeen(payload)
+      return
+    }
     this.#inbox(payload)
   }
 

@@ -5,10 +5,12 @@
 import * as Context from "effect/Context"
 import * as Exit from "effect/Exit"
 import * as Result from "effect/Result"
+import { type ClusterConfig, keysOf, maxMessageAge } from "../AdapterConfig.js"
 import type { AttachmentStore } from "../AttachmentStore.js"
 import * as Codec from "../Codec.js"
 import * as Metrics from "../Metrics.js"
 import * as Protocol from "../Protocol.js"
+import * as Signing from "../Signing.js"
 import { OrderedDelivery } from "./ordered.js"
 
 const { MessageType } = Protocol
@@ -37,7 +39,13 @@ export interface InboxOptions {
    */
   readonly announce?: (offset: string) => void
   readonly retract?: (offset: string) => void
+  /** Set when the cluster signs: checks (and strips) each payload's envelope, and attachment rows. */
+  readonly verifier?: Signing.Verifier | undefined
 }
+
+/** Why an unsigned node skips a signed notification. */
+export const SIGNED_UNREADABLE =
+  "a signed notification, and this node has no secret (give it the cluster's secret)"
 
 const headerOf = (message: Protocol.Message): Header => ({
   uid: message.uid,
@@ -49,9 +57,21 @@ const headerOf = (message: Protocol.Message): Header => ({
 /** Returns the function to hand each notification payload to. */
 export const makeInbox = (options: InboxOptions): ((payload: string) => void) => {
   const inbox = new OrderedDelivery(options.deliver)
+  const verifier = options.verifier
   return (payload) => {
-    const decoded = Codec.decodeNotification(payload)
-    if (Result.isFailure(decoded)) return options.onSkipped(decoded.failure)
+    let text = payload
+    let envelope: Signing.Envelope | undefined
+    if (verifier !== undefined) {
+      const opened = verifier.open(payload)
+      if (opened === undefined) return
+      text = opened.body
+      envelope = opened.envelope
+    }
+    const decoded = Codec.decodeNotification(text)
+    if (Result.isFailure(decoded)) {
+      const signed = verifier === undefined && Signing.isSigned(payload)
+      return options.onSkipped(signed ? SIGNED_UNREADABLE : decoded.failure)
+    }
     const notification = decoded.success
     if (notification._tag === "Inline") {
       const checked = Protocol.decodeMessage(notification.message)
@@ -81,7 +101,13 @@ export const makeInbox = (options: InboxOptions): ((payload: string) => void) =>
         skip(`attachment ${id} not found`)
         return fill(undefined)
       }
-      const message = Result.flatMap(Codec.decodeAttachment(exit.value), Protocol.decodeMessage)
+      const bytes = verifier === undefined ? exit.value : verifier.openRow(envelope!, exit.value)
+      if (bytes === undefined) {
+        // Reported by the verifier.
+        if (offset !== undefined) options.retract?.(offset)
+        return fill(undefined)
+      }
+      const message = Result.flatMap(Codec.decodeAttachment(bytes), Protocol.decodeMessage)
       if (Result.isFailure(message)) {
         skip(message.failure)
         return fill(undefined)
@@ -115,4 +141,40 @@ export const makeSkipLogger = (log: (line: string) => void): ((reason: string) =
       last = now
     }
   }
+}
+
+/**
+ * Counts every notification that failed authentication and logs at most one line per second
+ * about them, naming the channel and the last reason, never a payload.
+ */
+export const makeRejectLogger = (
+  log: (line: string) => void,
+  channel: string,
+): ((reason: string) => void) => {
+  let rejected = 0
+  let last = 0
+  return (reason) => {
+    rejected++
+    Metrics.rejectedNotifications.updateUnsafe(1, Context.empty())
+    const now = Date.now()
+    if (now - last >= 1000) {
+      log(
+        `dropped ${rejected} notification(s) on channel ${JSON.stringify(channel)} that failed authentication, last: ${reason}`,
+      )
+      rejected = 0
+      last = now
+    }
+  }
+}
+
+/** The verifier of a channel when the cluster signs, reporting through `log`. */
+export const verifierOf = (
+  config: ClusterConfig,
+  channel: string,
+  log: (line: string) => void,
+): Signing.Verifier | undefined => {
+  const keys = keysOf(config)
+  return keys === undefined
+    ? undefined
+    : new Signing.Verifier(keys, channel, maxMessageAge(config), makeRejectLogger(log, channel))
 }

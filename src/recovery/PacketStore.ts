@@ -11,9 +11,11 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Result from "effect/Result"
 import * as Codec from "../Codec.js"
-import { AdapterConfig } from "../AdapterConfig.js"
+import { AdapterConfig, keysOf } from "../AdapterConfig.js"
 import { Database, withTimeout } from "../Database.js"
 import type { DatabaseError } from "../Errors.js"
+import * as Metrics from "../Metrics.js"
+import * as Signing from "../Signing.js"
 import { type TableNames, tableNames } from "./Tables.js"
 
 /** A stored packet read back. */
@@ -109,12 +111,30 @@ export class PacketStore extends Context.Service<
   }
 >()("socket.io-postgres-effect/PacketStore") {}
 
+/**
+ * A stored packet's bytes: as they are when the cluster does not sign; when it does, only if the
+ * row's MAC holds for its namespace and rooms (else counted, and the packet is not replayed).
+ */
+export const openPacket = (
+  keys: Signing.Keys | undefined,
+  nsp: string,
+  rooms: ReadonlyArray<string>,
+  excepts: ReadonlyArray<string>,
+  data: Uint8Array,
+): Uint8Array | undefined => {
+  if (keys === undefined) return data
+  const bytes = Signing.openRecord(keys, Signing.PACKET, [nsp, rooms, excepts], data)
+  if (bytes === undefined) Metrics.rejectedNotifications.updateUnsafe(1, Context.empty())
+  return bytes
+}
+
 /** Builds the store over the configured recovery tables. */
 export const make = Effect.gen(function* () {
   const config = yield* AdapterConfig
   // A statement past its deadline ends, its connection discarded (see `Database.query`).
   const database = withTimeout(yield* Database, config.publishTimeout)
   const t = tableNames(config.recoveryTablePrefix)
+  const keys = keysOf(config)
 
   const lastOffset = (nsp: string) =>
     database
@@ -131,7 +151,9 @@ export const make = Effect.gen(function* () {
       .pipe(
         Effect.map((rows) =>
           rows.flatMap((row): Array<StoredRow> => {
-            const data = Codec.decodePacketData(row.data)
+            const bytes = openPacket(keys, nsp, row.rooms, row.excepts, row.data)
+            if (bytes === undefined) return []
+            const data = Codec.decodePacketData(bytes)
             if (Result.isFailure(data)) return []
             const offset = BigInt(row.n)
             return [{ offset, rooms: row.rooms, except: row.excepts, data: data.success }]

@@ -11,9 +11,11 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Result from "effect/Result"
 import * as Codec from "../Codec.js"
-import { AdapterConfig } from "../AdapterConfig.js"
+import { AdapterConfig, keysOf } from "../AdapterConfig.js"
 import { Database, withTimeout } from "../Database.js"
 import { type DatabaseError, RecoveryError } from "../Errors.js"
+import * as Signing from "../Signing.js"
+import { openPacket } from "./PacketStore.js"
 import { type TableNames, tableNames } from "./Tables.js"
 
 /** What Socket.IO hands to `persistSession`, with the namespace. */
@@ -82,14 +84,29 @@ const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A
   return result
 }
 
-// Sessions whose data cannot be encoded are left out (reported by persistAll).
-const encodeSession = <S extends Omit<SessionToPersist, "nsp">>(session: S) => {
-  try {
-    return [{ session, data: toBuffer(Codec.encodePacketData([session.data])) }]
-  } catch {
-    return []
+// What a session row's MAC covers besides its data: it is valid for this pid, namespace and sid only.
+const sessionFields = (pid: string, nsp: string, sid: string, rooms: ReadonlyArray<string>) => [
+  pid,
+  nsp,
+  sid,
+  rooms,
+]
+
+// Sessions whose data cannot be encoded are left out (reported by persistAll); signed when the
+// cluster signs.
+const encodeSession =
+  (keys: Signing.Keys | undefined, nsp: string | undefined) =>
+  <S extends Omit<SessionToPersist, "nsp"> & { readonly nsp?: string }>(session: S) => {
+    try {
+      const bytes = Codec.encodePacketData([session.data])
+      const fields = sessionFields(session.pid, nsp ?? session.nsp!, session.sid, session.rooms)
+      const data =
+        keys === undefined ? bytes : Signing.sealRecord(keys, Signing.SESSION, fields, bytes)
+      return [{ session, data: toBuffer(data) }]
+    } catch {
+      return []
+    }
   }
-}
 
 /** Rows per statement. */
 const CHUNK = 1000
@@ -123,8 +140,8 @@ const restoreSql = (t: TableNames) =>
   `AND (s.expires_at IS NOT NULL OR ${ownerGone}) RETURNING sid, rooms, data, expires_at), ` +
   `ok AS (SELECT s.sid, s.rooms, s.data, o.last FROM s JOIN ${t.offsets} o ON o.nsp = $2 ` +
   `WHERE (s.expires_at IS NULL OR s.expires_at > now()) AND $3::bigint >= o.cleaned AND $3::bigint <= o.last) ` +
-  `SELECT 0 AS kind, ok.sid, ok.rooms, ok.data, ok.last AS n FROM ok ` +
-  `UNION ALL SELECT 1, NULL, NULL, p.data, p."offset" FROM ${t.packets} p, ok ` +
+  `SELECT 0 AS kind, ok.sid, ok.rooms, NULL::text[] AS excepts, ok.data, ok.last AS n FROM ok ` +
+  `UNION ALL SELECT 1, NULL, p.rooms, p.excepts, p.data, p."offset" FROM ${t.packets} p, ok ` +
   `WHERE p.nsp = $2 AND p."offset" > $3::bigint AND p."offset" <= ok.last ` +
   `AND (cardinality(p.rooms) = 0 OR p.rooms && ok.rooms) AND NOT (p.excepts && ok.rooms) ` +
   `ORDER BY kind, n`
@@ -133,21 +150,44 @@ const restoreSql = (t: TableNames) =>
 interface RestoreRow {
   readonly kind: number
   readonly sid: string | null
+  /** The session's rooms (kind 0), or the packet's. */
   readonly rooms: Array<string> | null
+  readonly excepts: Array<string> | null
   readonly data: Buffer
   readonly n: string
 }
 
-const restored = (pid: string, rows: ReadonlyArray<RestoreRow>) => {
+const restored = (
+  keys: Signing.Keys | undefined,
+  nsp: string,
+  pid: string,
+  rows: ReadonlyArray<RestoreRow>,
+) => {
   const head = rows[0]
   if (head === undefined || head.kind !== 0) return Effect.succeed(undefined)
-  const data = Codec.decodePacketData(head.data)
+  const bytes =
+    keys === undefined
+      ? head.data
+      : Signing.openRecord(
+          keys,
+          Signing.SESSION,
+          sessionFields(pid, nsp, head.sid!, head.rooms!),
+          head.data,
+        )
+  if (bytes === undefined) {
+    return Effect.logWarning(
+      `session ${head.sid}: failed authentication (unsigned or altered)`,
+    ).pipe(Effect.as(undefined))
+  }
+  const data = Codec.decodePacketData(bytes)
   if (Result.isFailure(data)) {
     return Effect.logWarning(`session ${head.sid}: ${data.failure}`).pipe(Effect.as(undefined))
   }
   const missedPackets: Array<Array<unknown>> = []
   for (const row of rows.slice(1)) {
-    const args = Codec.decodePacketData(row.data)
+    const packet = openPacket(keys, nsp, row.rooms ?? [], row.excepts ?? [], row.data)
+    if (packet === undefined) continue
+    const args = Codec.decodePacketData(packet)
     // Unreadable rows cannot come from this package; the client simply misses them.
     if (Result.isSuccess(args)) missedPackets.push([...args.success, String(row.n)])
   }
@@ -167,6 +207,7 @@ export const make = Effect.gen(function* () {
   // A statement past its deadline ends, its connection discarded (see `Database.query`).
   const database = withTimeout(yield* Database, config.publishTimeout)
   const t = tableNames(config.recoveryTablePrefix)
+  const keys = keysOf(config)
 
   const persistLive = (
     sessions: ReadonlyArray<Omit<SessionToPersist, "nsp">>,
@@ -174,7 +215,7 @@ export const make = Effect.gen(function* () {
     ownerPid: number,
   ) =>
     Effect.forEach(
-      chunks(sessions.flatMap(encodeSession), CHUNK),
+      chunks(sessions.flatMap(encodeSession(keys, nsp)), CHUNK),
       (chunk) => {
         const params: Array<unknown> = [nsp, ownerPid]
         const rows = chunk.map(({ session, data }) => {
@@ -199,7 +240,7 @@ export const make = Effect.gen(function* () {
     sessions: ReadonlyArray<SessionToPersist>,
     maxDisconnection: Duration.Duration,
   ) => {
-    const encoded = sessions.flatMap(encodeSession)
+    const encoded = sessions.flatMap(encodeSession(keys, undefined))
     const written = new Set(encoded.map((e) => e.session))
     const failed = sessions.filter((session) => !written.has(session))
     return Effect.forEach(
@@ -232,7 +273,7 @@ export const make = Effect.gen(function* () {
     Codec.isOffset(offset)
       ? database
           .query<RestoreRow>(restoreStatement, [pid, nsp, offset], config.requestsTimeout)
-          .pipe(Effect.flatMap((rows) => restored(pid, rows)))
+          .pipe(Effect.flatMap((rows) => restored(keys, nsp, pid, rows)))
       : Effect.succeed(undefined)
 
   // Live sessions whose server's LISTEN backend is gone start expiring now.
