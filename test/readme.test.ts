@@ -19,8 +19,16 @@ const blocks = [...readme.matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((match) => 
   code: match[1]!,
 }))
 
-/** Every ```sql block: the DDL a user runs when the adapter may not create its tables. */
-const sqlBlocks = [...readme.matchAll(/^```sql\n([\s\S]*?)^```$/gm)].map((match) => match[1]!)
+/**
+ * Every ```sql block: the DDL a user runs when the adapter may not create its tables. The
+ * least-privilege role's block needs the recovery tables and a database named as the app's:
+ * `test/security.role.test.ts` runs it, beside them, for real.
+ */
+const sqlBlocks = [
+  ...readme.matchAll(/^(<!-- least-privilege-role -->\n\n)?```sql\n([\s\S]*?)^```$/gm),
+]
+  .filter((match) => match[1] === undefined)
+  .map((match) => match[2]!)
 
 const PRELUDE_IMPORTS = `import { createServer } from "node:http"
 import pg from "pg"
