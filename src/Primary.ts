@@ -35,7 +35,7 @@ import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
 import * as Signing from "./Signing.js"
 import * as DebugLog from "./internal/debugLog.js"
-import { SIGNED_UNREADABLE, verifierOf } from "./internal/inbox.js"
+import { readNotification, verifierOf } from "./internal/inbox.js"
 import { checkTable, setUpTables } from "./internal/tableSetup.js"
 
 const { MessageType } = Codec
@@ -352,20 +352,9 @@ const makeInbox = (options: {
     }
   }
   return (payload) => {
-    let text = payload
-    let envelope: Signing.Envelope | undefined
-    if (verifier !== undefined) {
-      const opened = verifier.open(payload)
-      if (opened === undefined) return
-      text = opened.body
-      envelope = opened.envelope
-    }
-    const decoded = Codec.decodeNotification(text)
-    if (Result.isFailure(decoded)) {
-      const signed = verifier === undefined && Signing.isSigned(payload)
-      return skip(signed ? SIGNED_UNREADABLE : decoded.failure)
-    }
-    const notification = decoded.success
+    const read = readNotification(payload, verifier, skip)
+    if (read === undefined) return
+    const { notification, envelope } = read
     if (notification._tag === "Inline") {
       const { message } = notification
       if (!relay.wanted(message.uid, message.type, requestIdOf(message))) return

@@ -54,25 +54,45 @@ const headerOf = (message: Protocol.Message): Header => ({
   requestId: Protocol.responseTo(message),
 })
 
+/**
+ * A payload's notification, its signature envelope checked and stripped when the cluster signs;
+ * `undefined` when it is not to be delivered (a failed check was counted by the verifier; anything
+ * else unreadable was told to `onSkipped`).
+ */
+export const readNotification = (
+  payload: string,
+  verifier: Signing.Verifier | undefined,
+  onSkipped: (reason: string) => void,
+):
+  | { readonly notification: Codec.Notification; readonly envelope?: Signing.Envelope }
+  | undefined => {
+  let text = payload
+  let envelope: Signing.Envelope | undefined
+  if (verifier !== undefined) {
+    const opened = verifier.open(payload)
+    if (opened === undefined) return undefined
+    text = opened.body
+    envelope = opened.envelope
+  }
+  const decoded = Codec.decodeNotification(text)
+  if (Result.isFailure(decoded)) {
+    const signed = verifier === undefined && Signing.isSigned(payload)
+    onSkipped(signed ? SIGNED_UNREADABLE : decoded.failure)
+    return undefined
+  }
+  return envelope === undefined
+    ? { notification: decoded.success }
+    : { notification: decoded.success, envelope }
+}
+
 /** Returns the function to hand each notification payload to. */
 export const makeInbox = (options: InboxOptions): ((payload: string) => void) => {
   const inbox = new OrderedDelivery(options.deliver)
   const verifier = options.verifier
   return (payload) => {
-    let text = payload
-    let envelope: Signing.Envelope | undefined
-    if (verifier !== undefined) {
-      const opened = verifier.open(payload)
-      if (opened === undefined) return
-      text = opened.body
-      envelope = opened.envelope
-    }
-    const decoded = Codec.decodeNotification(text)
-    if (Result.isFailure(decoded)) {
-      const signed = verifier === undefined && Signing.isSigned(payload)
-      return options.onSkipped(signed ? SIGNED_UNREADABLE : decoded.failure)
-    }
-    const notification = decoded.success
+    const read = readNotification(payload, verifier, options.onSkipped)
+    if (read === undefined) return
+    const { notification, envelope } = read
     if (notification._tag === "Inline") {
       const checked = Protocol.decodeMessage(notification.message)
       if (Result.isFailure(checked)) return options.onSkipped(checked.failure)
