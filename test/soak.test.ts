@@ -11,6 +11,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "vitest"
+import type { Tally } from "../soak/accounting.js"
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
 
@@ -24,16 +25,6 @@ const runSoak = (args: ReadonlyArray<string>) =>
         resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
     )
   })
-
-interface Tally {
-  sent: number
-  expected: number
-  delivered: number
-  lost: number
-  late: number
-  duplicated: number
-  reordered: number
-}
 
 describe("npm run soak --quick", () => {
   it("survives a killed LISTEN, a black hole and a killed server, and reports every window", async () => {
