@@ -12,6 +12,7 @@ import * as Redacted from "effect/Redacted"
 import * as Result from "effect/Result"
 import * as Schema from "effect/Schema"
 import * as SchemaIssue from "effect/SchemaIssue"
+import type { SubscriptionMode } from "./Channel.js"
 import { ConfigError } from "./Errors.js"
 import { didYouMean } from "./internal/didYouMean.js"
 import * as Signing from "./Signing.js"
@@ -74,6 +75,14 @@ export interface AdapterOptions {
    * @default undefined (unsigned)
    */
   readonly secrets?: ReadonlyArray<string | Uint8Array>
+  /**
+   * Which channels a server listens on. `"static"`: one channel per namespace (the wire of
+   * `@socket.io/postgres-adapter` 0.5.0); `"dynamic"`: public rooms get channels of their own, a
+   * server listens on a room's channel while one of its sockets is in the room, and a broadcast to
+   * exactly one such room (without acknowledgement) goes there; `"dynamic-private"`: socket-id
+   * rooms too. Not with `connectionStateRecovery`. @default "static"
+   */
+  readonly subscriptionMode?: SubscriptionMode
   /** Called with each publish or listen error. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
@@ -97,6 +106,11 @@ export interface ClusterConfig {
   readonly livenessInterval: Duration.Duration
   readonly livenessTimeout: Duration.Duration
   readonly recoveryTablePrefix: string
+  /**
+   * Which channels a server listens on (see {@link AdapterOptions.subscriptionMode}); `undefined`
+   * is `"static"` (configs built by hand stay valid).
+   */
+  readonly subscriptionMode?: SubscriptionMode | undefined
   /** The cluster's secrets, the signing one first; `undefined` when unsigned. */
   readonly secrets?: Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined
 }
@@ -167,6 +181,12 @@ const OptionsSchema = Schema.Struct({
   recoveryTablePrefix: Schema.optional(
     TableName("recoveryTablePrefix", 63 - RECOVERY_SUFFIX_BYTES),
   ),
+  subscriptionMode: Schema.optional(
+    Schema.declare(
+      (u): u is SubscriptionMode => u === "static" || u === "dynamic" || u === "dynamic-private",
+      { message: 'subscriptionMode must be "static", "dynamic" or "dynamic-private"' },
+    ),
+  ),
   errorHandler: Schema.optional(
     Schema.declare((u): u is (error: Error) => void => typeof u === "function", {
       message: "errorHandler must be a function",
@@ -229,6 +249,7 @@ export const defaults = {
   /** heartbeatTimeout / 2 when heartbeatTimeout is given. */
   livenessTimeout: 5_000,
   recoveryTablePrefix: "socket_io_recovery",
+  subscriptionMode: "static",
 } as const
 
 /**
@@ -347,6 +368,7 @@ const resolve = (
       o.livenessTimeout ?? Math.max(1, Math.floor(heartbeatTimeout / 2)),
     ),
     recoveryTablePrefix: o.recoveryTablePrefix ?? defaults.recoveryTablePrefix,
+    subscriptionMode: o.subscriptionMode ?? defaults.subscriptionMode,
     secrets,
   }
 }

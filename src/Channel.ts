@@ -23,6 +23,60 @@ export const channelName = (prefix: string, nsp: string): string =>
   shortIdentifier(`${prefix}#${nsp}`)
 
 /**
+ * Which channels a server listens on (the Redis sharded adapter's option of the same name):
+ * `"static"`, one per namespace; `"dynamic"`, public rooms too; `"dynamic-private"`, every room,
+ * socket-id rooms included.
+ */
+export type SubscriptionMode = "static" | "dynamic" | "dynamic-private"
+
+// What Socket.IO's ids look like: 15 random bytes in URL-safe base64.
+const SOCKET_ID = /^[A-Za-z0-9_-]{20}$/
+
+/**
+ * Whether a room may be a socket's own room: its name looks like a Socket.IO socket id. Publishers
+ * and listeners decide on the name alone, so they always agree, whoever holds the socket.
+ */
+export const looksLikeSocketId = (room: unknown): boolean =>
+  typeof room === "string" && SOCKET_ID.test(room)
+
+/** Whether a room has a channel of its own in this mode. */
+export const hasRoomChannel = (mode: SubscriptionMode | undefined, room: unknown): boolean =>
+  mode === "dynamic-private" || (mode === "dynamic" && !looksLikeSocketId(room))
+
+/**
+ * The channel of a room of a namespace in the dynamic modes: `${prefix}$${nsp}#${room}`, shortened
+ * as namespace channels are when longer than 63 bytes. `$` after the prefix keeps room channels
+ * apart from namespace channels (`${prefix}#…`), which 0.5.0 nodes and emitters may use.
+ */
+export const roomChannelName = (prefix: string, nsp: string, room: unknown): string =>
+  shortIdentifier(`${prefix}$${nsp}#${String(room)}`)
+
+/**
+ * The room channel a broadcast without acknowledgement goes to: its one room's, when that room has
+ * a channel in this mode; `undefined` (the namespace channel) otherwise.
+ */
+export const broadcastChannel = (
+  config: {
+    readonly channelPrefix: string
+    readonly subscriptionMode?: SubscriptionMode | undefined
+  },
+  nsp: string,
+  rooms: Iterable<unknown>,
+): string | undefined => {
+  const mode = config.subscriptionMode
+  if (mode === undefined || mode === "static") return undefined
+  let only: unknown
+  let count = 0
+  for (const room of rooms) {
+    if (++count > 1) return undefined
+    only = room
+  }
+  return count === 1 && hasRoomChannel(mode, only)
+    ? roomChannelName(config.channelPrefix, nsp, only)
+    : undefined
+}
+
+/**
  * `name` when it is a valid identifier of at most 63 bytes, else its longest prefix that fits with
  * `~` and 16 hex digits of its SHA-256: stable, and distinct for distinct names.
  */

@@ -13,7 +13,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as AttachmentStore from "./AttachmentStore.js"
-import { channelName } from "./Channel.js"
+import { broadcastChannel, channelName } from "./Channel.js"
 import { AdapterConfig } from "./AdapterConfig.js"
 import type { Database } from "./Database.js"
 import { PublishError } from "./Errors.js"
@@ -105,23 +105,21 @@ export const make = Effect.gen(function* () {
   const publisher = yield* Publisher.Publisher
   const requests = new Requests()
 
+  // In the dynamic subscription modes, a broadcast to one room goes to that room's channel.
+  const channelOf = (nsp: string, message: { readonly type: number; readonly data?: any }) =>
+    (message.type === MessageType.BROADCAST &&
+      message.data?.requestId === undefined &&
+      broadcastChannel(config, nsp, message.data?.opts?.rooms ?? [])) ||
+    channelName(config.channelPrefix, nsp)
+
   const send: Send = (nsp, message) =>
-    publisher.publish(channelName(config.channelPrefix, nsp), {
-      ...message,
-      uid: EMITTER_UID,
-      nsp,
-    })
+    publisher.publish(channelOf(nsp, message), { ...message, uid: EMITTER_UID, nsp })
 
   const unsafePublish = (
     nsp: string,
     message: { readonly type: number; readonly data?: unknown },
     done: (error: PublishError | undefined) => void,
-  ) =>
-    publisher.unsafePublish(
-      channelName(config.channelPrefix, nsp),
-      { ...message, uid: EMITTER_UID, nsp },
-      done,
-    )
+  ) => publisher.unsafePublish(channelOf(nsp, message), { ...message, uid: EMITTER_UID, nsp }, done)
 
   const unsafeBroadcastStored = (
     nsp: string,

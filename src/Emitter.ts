@@ -106,6 +106,12 @@ export interface EmitterOptions {
   readonly secret?: string | Uint8Array
   /** Several secrets, for key rotation: the first signs, any verifies. @default undefined */
   readonly secrets?: ReadonlyArray<string | Uint8Array>
+  /**
+   * The servers' `subscriptionMode`: in `"dynamic"` and `"dynamic-private"`, a broadcast to one
+   * room goes to that room's channel, where its servers listen. Not with
+   * `connectionStateRecovery`. @default "static"
+   */
+  readonly subscriptionMode?: AdapterConfig.AdapterOptions["subscriptionMode"]
   /** Called with each failed publish, awaited or not. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
@@ -129,6 +135,7 @@ const EMITTER_OPTIONS: AdapterConfig.Accepted = {
     "errorHandler",
     "secret",
     "secrets",
+    "subscriptionMode",
   ] satisfies ReadonlyArray<keyof EmitterOptions>,
   who: "the emitter",
 }
@@ -309,19 +316,9 @@ export class Emitter<
   constructor(pool: pg.Pool, nsp: string, options: EmitterOptions | undefined, core: Core)
   constructor(pool: pg.Pool, nsp = "/", options?: EmitterOptions, core?: Core) {
     if (core === undefined) {
-      if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
-        throw new TypeError("new Emitter(pool, nsp, options): pool must be a pg.Pool")
-      }
       if (typeof nsp !== "string")
         throw new TypeError("new Emitter(pool, nsp): nsp must be a string")
-      const recovery = options?.connectionStateRecovery
-      if (recovery !== undefined && typeof recovery !== "boolean") {
-        throw new ConfigError({
-          option: "connectionStateRecovery",
-          message: "Invalid option connectionStateRecovery: must be a boolean",
-        })
-      }
-      core = new Core(pool, options, AdapterConfig.decodeSync(options, EMITTER_OPTIONS))
+      core = coreOf(pool, options)
     }
     this.#core = core
     this.nsp = nsp.startsWith("/") ? nsp : `/${nsp}`
@@ -542,4 +539,27 @@ export class BroadcastOperator<EmitEvents extends EventsMap, ServerSideEvents ex
   #publish(type: number, data: unknown): Promise<void> {
     return this.core.send((emitter, done) => emitter.unsafePublish(this.nsp, { type, data }, done))
   }
+}
+
+/** The shared part of a new emitter, its options validated (a bad one throws, named). */
+const coreOf = (pool: pg.Pool, options: EmitterOptions | undefined): Core => {
+  if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
+    throw new TypeError("new Emitter(pool, nsp, options): pool must be a pg.Pool")
+  }
+  const recovery = options?.connectionStateRecovery
+  if (recovery !== undefined && typeof recovery !== "boolean") {
+    throw new ConfigError({
+      option: "connectionStateRecovery",
+      message: "Invalid option connectionStateRecovery: must be a boolean",
+    })
+  }
+  const config = AdapterConfig.decodeSync(options, EMITTER_OPTIONS)
+  // Servers with room channels refuse recovery (see the adapter): an emitter that stores does too.
+  if (recovery === true && (config.subscriptionMode ?? "static") !== "static") {
+    throw new ConfigError({
+      option: "subscriptionMode",
+      message: `Invalid option subscriptionMode: "${config.subscriptionMode}" cannot be used with connectionStateRecovery`,
+    })
+  }
+  return new Core(pool, options, config)
 }

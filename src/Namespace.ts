@@ -17,7 +17,7 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type { BroadcastOptions, Room } from "socket.io-adapter"
-import { channelName } from "./Channel.js"
+import { broadcastChannel, channelName } from "./Channel.js"
 import type * as AdapterConfig from "./AdapterConfig.js"
 import { Heartbeat, type Membership } from "./Heartbeat.js"
 import * as asking from "./internal/asking.js"
@@ -25,6 +25,7 @@ import { listen, ListenWatch } from "./internal/inbound.js"
 import { makeSkipLogger } from "./internal/inbox.js"
 import { Outbox } from "./internal/outbox.js"
 import { type NamespaceRecovery, recoveryOf } from "./internal/recovering.js"
+import type { RoomChannels } from "./internal/rooms.js"
 import { makeReporter, type Runner } from "./internal/runner.js"
 import * as Protocol from "./Protocol.js"
 import { Requests } from "./Requests.js"
@@ -62,6 +63,8 @@ export interface NamespaceOptions {
   readonly local: Local
   /** Set when the server runs with `connectionStateRecovery`: how long sessions are kept. */
   readonly maxDisconnection?: Duration.Duration | undefined
+  /** The rooms' channels, in the dynamic subscription modes (see `internal/rooms.ts`). */
+  readonly rooms?: RoomChannels | undefined
 }
 
 /** A namespace's LISTEN right now, as {@link NamespaceNode.listenStatus} tells it. */
@@ -76,6 +79,8 @@ export interface ListenStatus {
    * by its namespaces, while it is up; else `undefined`.
    */
   readonly backendPid: number | undefined
+  /** The room channels listened on now; only in the dynamic subscription modes. */
+  readonly roomChannels?: ReadonlyArray<string>
 }
 
 /** A namespace of this server in the cluster. */
@@ -88,7 +93,6 @@ export class NamespaceNode {
   readonly #recovery: NamespaceRecovery | undefined
   readonly #outbox: Outbox
   readonly #requests = new Requests()
-  /** Skipped notifications (rate-limited) and warnings, for the log. */
   readonly #log: { readonly skip: (reason: string) => void; readonly warn: (line: string) => void }
   readonly #asking: asking.Asking
   #membership: Membership | undefined
@@ -104,7 +108,7 @@ export class NamespaceNode {
       stopped: () => this.#stopped,
     })
     this.#log = { skip: makeSkipLogger(warn), warn }
-    this.#outbox = new Outbox({ channel: this.channel, runner, report })
+    this.#outbox = new Outbox({ channel: this.channel, runner, report, gate: options.rooms?.gate })
     this.#asking = {
       ...options,
       requests: this.#requests,
@@ -143,9 +147,8 @@ export class NamespaceNode {
   }
 
   readonly #run = Effect.gen({ self: this }, function* () {
-    const recovery = this.#recovery
     yield* this.#outbox.start
-    if (recovery !== undefined) yield* recovery.setup
+    if (this.#recovery !== undefined) yield* this.#recovery.setup
     const membership = yield* (yield* Heartbeat).track({
       publishHeartbeat: Effect.promise(() => this.publish({ type: MessageType.HEARTBEAT })),
       onNodeDown: (uid) => this.#requests.forget(uid),
@@ -156,7 +159,7 @@ export class NamespaceNode {
       channel: this.channel,
       membership,
       requests: this.#requests,
-      recovery,
+      recovery: this.#recovery,
       publish: (body) => void this.publish(body),
       onSkipped: this.#log.skip,
       warn: this.#log.warn,
@@ -187,11 +190,12 @@ export class NamespaceNode {
     return 1 + (this.#membership?.nodes().length ?? 0)
   }
 
-  /** Publishes a message of this namespace, the one way out; never rejects (failures are reported). */
-  publish(body: Protocol.Body, span?: "broadcast"): Promise<void> {
+  /** Publishes on the namespace's channel (which defers a heartbeat) or a room's; never rejects. */
+  publish(body: Protocol.Body, span?: "broadcast", room?: string): Promise<void> {
     if (this.#closed) return Promise.resolve()
-    this.#membership?.published()
-    return this.#outbox.send(Protocol.message(this.options.uid, this.options.nsp, body), span)
+    if (room === undefined) this.#membership?.published()
+    const wire = Protocol.message(this.options.uid, this.options.nsp, body)
+    return this.#outbox.send(wire, span, room)
   }
 
   /** Delivers a packet to the matching sockets of every node; never waits for PostgreSQL. */
@@ -200,7 +204,8 @@ export class NamespaceNode {
     if (opts.flags?.local) return local.broadcast(packet, opts)
     if (this.#recovery !== undefined) return this.#recovery.broadcast(packet, opts)
     const data = { packet, opts: Protocol.encodeOpts(opts) }
-    void this.publish({ type: MessageType.BROADCAST, data }, "broadcast")
+    const room = broadcastChannel(this.options.config, this.options.nsp, opts.rooms)
+    void this.publish({ type: MessageType.BROADCAST, data }, "broadcast", room)
     local.broadcast(packet, opts)
   }
 

@@ -28,7 +28,7 @@ import { channelName } from "./Channel.js"
 import * as Codec from "./Codec.js"
 import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
-import { ErrorHandler, report } from "./Errors.js"
+import { ConfigError, ErrorHandler, report } from "./Errors.js"
 import * as Listener from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import * as Protocol from "./Protocol.js"
@@ -588,6 +588,13 @@ export function setupPrimary(pool: pg.Pool, options?: AdapterConfig.AdapterOptio
     throw new TypeError("setupPrimary(pool, options): pool must be a pg.Pool")
   }
   const config = AdapterConfig.decodeSync(options)
+  // The primary relays namespace channels; it cannot know its workers' rooms to listen on theirs.
+  if ((config.subscriptionMode ?? "static") !== "static") {
+    throw new ConfigError({
+      option: "subscriptionMode",
+      message: `Invalid option subscriptionMode: setupPrimary relays namespace channels only (use "static")`,
+    })
+  }
   if (!cluster.isPrimary) {
     throw new Error(
       "setupPrimary(pool, options) runs in the primary process (cluster.isPrimary is false); " +

@@ -20,6 +20,7 @@ import type { Requests } from "../Requests.js"
 import * as Signing from "../Signing.js"
 import { type Header, makeInbox, verifierOf } from "./inbox.js"
 import type { NamespaceRecovery } from "./recovering.js"
+import type { RoomChannels } from "./rooms.js"
 
 const { MessageType } = Protocol
 
@@ -48,6 +49,8 @@ export interface InboundOptions {
   readonly closed: () => boolean
   /** Told when the channel is listened on, and when that is lost. */
   readonly watch: ListenWatch
+  /** The namespace's room channels (dynamic subscription modes): fed into this same path. */
+  readonly rooms?: RoomChannels | undefined
 }
 
 /**
@@ -64,6 +67,7 @@ export const listen = (
     const { publish, recovery, watch } = options
     const listener = yield* Listener
     watch.backendPid = listener.unsafeBackendPid
+    watch.rooms = options.rooms
     yield* listener.subscribe(options.channel, {
       onNotification: (payload) => inbound.receive(payload),
       onListen: () => {
@@ -76,6 +80,7 @@ export const listen = (
         recovery?.lost()
       },
     })
+    if (options.rooms !== undefined) yield* options.rooms.start(inbound, () => watch.waits())
   })
 
 /** Whether a namespace's channel is listened on: `ready` the first time, then as it goes. */
@@ -83,8 +88,12 @@ export class ListenWatch {
   /** Resolves once the channel is listened on (first time). */
   readonly ready: Promise<void>
   listening = false
+  /** Whether the channel was listened on once. */
+  #once = false
   /** The LISTEN connection's backend pid, once the node runs. */
   backendPid: () => number | undefined = () => undefined
+  /** The namespace's room channels, once the node runs (dynamic subscription modes). */
+  rooms: RoomChannels | undefined
   #resolve: () => void = () => {}
 
   constructor() {
@@ -94,20 +103,32 @@ export class ListenWatch {
   /** The channel is listened on (every time). */
   listened(): void {
     this.listening = true
+    this.#once = true
     this.#resolve()
+  }
+
+  /**
+   * Whether a LISTEN of this node is worth waiting for: the channel is listened on, or has never
+   * been yet (starting); not while the connection is down.
+   */
+  waits(): boolean {
+    return this.listening || !this.#once
   }
 
   /** What the channel's LISTEN is now; nothing once the node closed. */
   status(closed: boolean): ListenStatus {
-    if (closed) return { listening: false, backendPid: undefined }
-    return { listening: this.listening, backendPid: this.backendPid() }
+    const rooms = this.rooms
+    if (closed)
+      return { listening: false, backendPid: undefined, ...(rooms && { roomChannels: [] }) }
+    const status = { listening: this.listening, backendPid: this.backendPid() }
+    return rooms === undefined ? status : { ...status, roomChannels: rooms.listened() }
   }
 }
 
 /** The receiving side of a namespace node. */
 export class Inbound {
   readonly #selfPrefix: string
-  readonly #inbox: (payload: string) => void
+  readonly #inbox: (payload: string, verifier?: Signing.Verifier) => void
   readonly #verifier: Signing.Verifier | undefined
 
   constructor(private readonly options: InboundOptions) {
@@ -129,10 +150,18 @@ export class Inbound {
     })
   }
 
-  /** A notification on the namespace's channel, in commit order. */
-  receive(payload: string): void {
+  /**
+   * What arrives on a room channel of the namespace (dynamic subscription modes): the same path,
+   * in the same commit order as the namespace's channel; signatures checked for that channel.
+   */
+  roomReceiver(channel: string): (payload: string) => void {
+    const verifier = verifierOf(this.options.config, channel, this.options.warn)
+    return (payload) => this.receive(payload, verifier)
+  }
+
+  /** A notification on the namespace's channel (or one of its rooms'), in commit order. */
+  receive(payload: string, verifier: Signing.Verifier | undefined = this.#verifier): void {
     Metrics.notificationsReceived.updateUnsafe(1, Context.empty())
-    const verifier = this.#verifier
     if (verifier === undefined) {
       if (payload.startsWith(this.#selfPrefix)) return this.options.recovery?.ownSeen(payload)
     } else if (payload.startsWith(this.#selfPrefix, 3) && Signing.isSigned(payload)) {
@@ -141,7 +170,7 @@ export class Inbound {
       if (recovery !== undefined && verifier.authentic(payload)) recovery.ownSeen(payload)
       return
     }
-    this.#inbox(payload)
+    this.#inbox(payload, verifier)
   }
 
   // Asked before any attachment is fetched: this namespace's, and no answer to another node.

@@ -85,11 +85,16 @@ export const readNotification = (
     : { notification: decoded.success, envelope }
 }
 
-/** Returns the function to hand each notification payload to. */
-export const makeInbox = (options: InboxOptions): ((payload: string) => void) => {
+/**
+ * Returns the function to hand each notification payload to, in the order they arrived. Payloads
+ * of several channels may share one inbox (one order): each is checked with its channel's verifier
+ * (`options.verifier` unless another is given) when the cluster signs.
+ */
+export const makeInbox = (
+  options: InboxOptions,
+): ((payload: string, verifier?: Signing.Verifier) => void) => {
   const inbox = new OrderedDelivery(options.deliver)
-  const verifier = options.verifier
-  return (payload) => {
+  return (payload, verifier = options.verifier) => {
     const read = readNotification(payload, verifier, options.onSkipped)
     if (read === undefined) return
     const { notification, envelope } = read

@@ -11,6 +11,7 @@ import * as Tracer from "effect/Tracer"
 import type * as Codec from "../Codec.js"
 import type { PublishError } from "../Errors.js"
 import { Publisher } from "../Publisher.js"
+import type { ListenGate } from "./gate.js"
 import type { Runner } from "./runner.js"
 
 /** What an outbox needs. */
@@ -20,6 +21,8 @@ export interface OutboxOptions {
   readonly runner: Runner
   /** Told of each failed publish. */
   readonly report: (failure: unknown) => void
+  /** The server's gate, in the dynamic subscription modes: publishes wait while a room's LISTEN is in flight. */
+  readonly gate?: ListenGate | undefined
 }
 
 const publishOn = (channel: string, wire: Codec.WireMessage) =>
@@ -58,14 +61,27 @@ export class Outbox {
     return this.#direct === undefined
   }
 
-  /** Publishes a message; resolves once it is settled (failures are reported, never thrown). */
-  send(wire: Codec.WireMessage, span: "broadcast" | undefined = undefined): Promise<void> {
+  /**
+   * Publishes a message, on the namespace's channel unless another is given; resolves once it is
+   * settled (failures are reported, never thrown).
+   */
+  send(
+    wire: Codec.WireMessage,
+    span: "broadcast" | undefined = undefined,
+    channel: string = this.options.channel,
+  ): Promise<void> {
     if (this.#closed) return Promise.resolve()
     this.begin()
+    const gate = this.options.gate
+    if (gate === undefined || !gate.shut) return this.#send(wire, span, channel)
+    return new Promise((resolve) => gate.run(() => resolve(this.#send(wire, span, channel))))
+  }
+
+  #send(wire: Codec.WireMessage, span: "broadcast" | undefined, channel: string): Promise<void> {
     const direct = this.#direct
     if (direct !== undefined && this.#onFibers === 0) {
       return new Promise((resolve) =>
-        direct.unsafePublish(this.options.channel, wire, (error) => {
+        direct.unsafePublish(channel, wire, (error) => {
           if (error !== undefined) this.options.report(error)
           this.end()
           resolve()
@@ -73,7 +89,6 @@ export class Outbox {
       )
     }
     this.#onFibers++
-    const channel = this.options.channel
     const publish: Effect.Effect<void, PublishError, Publisher> =
       span === "broadcast" ? publishBroadcast(channel, wire) : publishOn(channel, wire)
     return this.options.runner.runPromiseExit(publish).then((exit) => {

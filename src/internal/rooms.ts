@@ -1,0 +1,168 @@
+/**
+ * The room channels of one namespace node in the dynamic subscription modes: the server LISTENs on
+ * a room's channel while one of its sockets is in the room (from socket.io-adapter's `create-room`
+ * to its `delete-room`), through the Listener's per-channel subscriptions (counted per channel,
+ * LISTENed again after every reconnection, UNLISTENed when the last subscriber leaves). What
+ * arrives there takes the namespace's one inbound path, in the same commit order.
+ *
+ * Each room's LISTEN holds the server's {@link ListenGate} until it is active: a publish that
+ * follows a join goes out once the room is listened on.
+ */
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
+import { hasRoomChannel, roomChannelName } from "../Channel.js"
+import type { ClusterConfig } from "../AdapterConfig.js"
+import { Listener } from "../Listener.js"
+import type { ListenGate } from "./gate.js"
+import type { Inbound } from "./inbound.js"
+import type { Runner } from "./runner.js"
+
+/** What a node's room channels need. */
+export interface RoomChannelsOptions {
+  readonly nsp: string
+  readonly config: ClusterConfig
+  readonly runner: Runner
+  /** The server's gate: publishes wait while a room's LISTEN is in flight. */
+  readonly gate: ListenGate
+}
+
+/** What tells a namespace's rooms coming and going: socket.io-adapter's in-memory adapter. */
+export interface RoomEvents {
+  on(event: "create-room" | "delete-room", listener: (room: any) => void): unknown
+}
+
+/** A namespace's room channels in the dynamic subscription modes; none in `"static"`. */
+export const roomChannelsOf = (options: RoomChannelsOptions): RoomChannels | undefined => {
+  const mode = options.config.subscriptionMode
+  return mode === undefined || mode === "static" ? undefined : new RoomChannels(options)
+}
+
+interface Entry {
+  readonly channel: string
+  /** The room's subscription lives in it: closing it UNLISTENs (unless another subscriber stays). */
+  readonly scope: Scope.Closeable
+  /** Ends the room's hold on the gate. */
+  readonly release: () => void
+  listened: boolean
+}
+
+/** Started once the node listens: subscribes a room's channel. */
+type Subscribe = (entry: Entry) => void
+
+/** The room channels of a namespace node (dynamic subscription modes). */
+export class RoomChannels {
+  readonly #rooms = new Map<unknown, Entry>()
+  #subscribe: Subscribe | undefined
+  /**
+   * Whether a room's LISTEN is worth waiting for: not while the connection is down (nothing is
+   * heard then anyway; the reconnection LISTENs again). Before the node runs, it is.
+   */
+  #waits: () => boolean = () => true
+  #closed = false
+
+  constructor(private readonly options: RoomChannelsOptions) {}
+
+  /** The server's gate, which the node's publishes pass. */
+  get gate(): ListenGate {
+    return this.options.gate
+  }
+
+  /** Follows the rooms of a namespace's adapter (its `create-room` and `delete-room`). */
+  attach(adapter: RoomEvents): void {
+    adapter.on("create-room", (room) => this.created(room))
+    adapter.on("delete-room", (room) => this.deleted(room))
+  }
+
+  /** The room channels listened on now. */
+  listened(): Array<string> {
+    const channels: Array<string> = []
+    for (const entry of this.#rooms.values()) if (entry.listened) channels.push(entry.channel)
+    return channels
+  }
+
+  /** A room got its first local socket: its channel is listened on, publishes wait until it is. */
+  created(room: unknown): void {
+    const { config, gate, nsp } = this.options
+    if (this.#closed || !hasRoomChannel(config.subscriptionMode, room)) return
+    if (this.#rooms.has(room)) return
+    const entry: Entry = {
+      channel: roomChannelName(config.channelPrefix, nsp, room),
+      scope: Scope.makeUnsafe(),
+      release: this.#waits() ? gate.hold() : noop,
+      listened: false,
+    }
+    this.#rooms.set(room, entry)
+    this.#subscribe?.(entry)
+  }
+
+  /** A room lost its last local socket: its channel is UNLISTENed. */
+  deleted(room: unknown): void {
+    const entry = this.#rooms.get(room)
+    if (entry === undefined) return
+    this.#rooms.delete(room)
+    this.#end(entry)
+  }
+
+  /**
+   * Subscribes the rooms' channels, those created so far and later ones, feeding `inbound`, until
+   * the scope closes (then every room's subscription ends). `waits` says whether the node's
+   * connection is up (or starting).
+   */
+  start(
+    inbound: Inbound,
+    waits: () => boolean,
+  ): Effect.Effect<void, never, Listener | Scope.Scope> {
+    return Effect.gen({ self: this }, function* () {
+      this.#waits = waits
+      const listener = yield* Listener
+      const { runner } = this.options
+      this.#subscribe = (entry) =>
+        void runner.runFork(
+          listener
+            .subscribe(entry.channel, {
+              onNotification: inbound.roomReceiver(entry.channel),
+              onListen: () => {
+                entry.listened = true
+                entry.release()
+              },
+              onLost: () => {
+                entry.listened = false
+                entry.release()
+              },
+            })
+            .pipe(Scope.provide(entry.scope)),
+        )
+      for (const entry of this.#rooms.values()) this.#subscribe(entry)
+      yield* Effect.addFinalizer(() =>
+        Effect.forEach(this.#close(), (entry) => Scope.close(entry.scope, Exit.void), {
+          discard: true,
+        }),
+      )
+    })
+  }
+
+  /** The node closes: no more rooms; holds end at once (subscriptions end with its scope). */
+  close(): void {
+    for (const entry of this.#rooms.values()) entry.release()
+    this.#closed = true
+  }
+
+  #close(): Array<Entry> {
+    this.#closed = true
+    const entries = [...this.#rooms.values()]
+    this.#rooms.clear()
+    for (const entry of entries) entry.release()
+    return entries
+  }
+
+  #end(entry: Entry): void {
+    entry.release()
+    entry.listened = false
+    // Closing a scope the subscription has not reached yet makes it end as soon as it starts.
+    if (this.#subscribe !== undefined)
+      this.options.runner.runFork(Scope.close(entry.scope, Exit.void))
+  }
+}
+
+const noop = () => {}
