@@ -424,3 +424,41 @@ describe("Config recoveryTablePrefix", () => {
     }
   })
 })
+
+describe("AdapterConfig.decode: subscriptionMode", () => {
+  it('is "static" by default and takes the three modes', () => {
+    assert.strictEqual(decodeRight({}).subscriptionMode, "static")
+    for (const mode of ["static", "dynamic", "dynamic-private"] as const) {
+      assert.strictEqual(decodeRight({ subscriptionMode: mode }).subscriptionMode, mode)
+    }
+  })
+
+  it("refuses anything else, naming the option", () => {
+    for (const mode of ["sharded", "Dynamic", "", 1, null]) {
+      const error = decodeLeft({ subscriptionMode: mode })
+      assert.strictEqual(error.option, "subscriptionMode")
+      assert.include(error.message, "subscriptionMode")
+    }
+  })
+
+  it("is an option of the emitter and of the Effect layer's AdapterConfig", async () => {
+    const config = await Effect.runPromise(
+      Effect.provide(
+        Effect.gen(function* () {
+          return yield* AdapterConfig.AdapterConfig
+        }),
+        AdapterConfig.layer({ subscriptionMode: "dynamic" }),
+      ),
+    )
+    assert.strictEqual(config.subscriptionMode, "dynamic")
+    const pool = new pg.Pool()
+    try {
+      assert.throws(
+        () => new Emitter(pool, "/", { subscriptionMode: "no" as any }),
+        /subscriptionMode/,
+      )
+    } finally {
+      await pool.end()
+    }
+  })
+})

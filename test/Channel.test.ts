@@ -5,8 +5,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as fc from "fast-check"
 import {
+  broadcastChannel,
   channelName,
+  hasRoomChannel,
+  looksLikeSocketId,
   MAX_IDENTIFIER_BYTES,
+  roomChannelName,
   quoteIdentifier,
   quoteTableName,
   shortIdentifier,
@@ -260,5 +264,66 @@ describe("shortIdentifier", () => {
     assert.notStrictEqual(packets, sessions)
     assert.isAtMost(bytes(packets), MAX_IDENTIFIER_BYTES)
     assert.isAtMost(bytes(sessions), MAX_IDENTIFIER_BYTES)
+  })
+})
+
+describe("room channels (subscriptionMode)", () => {
+  /** Room names of every kind, socket ids among them. */
+  const room = fc.oneof(
+    namespace,
+    fc.stringMatching(/^[A-Za-z0-9_-]{20}$/),
+    fc.constantFrom("room1", "", "#", "a".repeat(200)),
+  )
+
+  it("is `${prefix}$${nsp}#${room}` when it fits, else shortened like a namespace channel", () => {
+    assert.strictEqual(roomChannelName("socket.io", "/", "room1"), "socket.io$/#room1")
+    const long = roomChannelName("socket.io", "/chat", "r".repeat(80))
+    assert.isAtMost(bytes(long), MAX_IDENTIFIER_BYTES)
+    assert.match(long, /^socket\.io\$\/chat#r+~[0-9a-f]{16}$/)
+  })
+
+  it("is at most 63 bytes, without NUL, and never a namespace channel of the same prefix", () => {
+    fc.assert(
+      fc.property(prefix, namespace, room, namespace, (p, nsp, r, other) => {
+        const channel = roomChannelName(p, nsp, r)
+        assert.isAtMost(bytes(channel), MAX_IDENTIFIER_BYTES)
+        assert.isFalse(channel.includes("\u0000"))
+        assert.strictEqual(roomChannelName(p, nsp, r), channel)
+        fc.pre(!p.includes("$") && !p.includes("#") && !p.includes("~"))
+        assert.notStrictEqual(channel, channelName(p, other))
+      }),
+    )
+  })
+
+  it("takes Socket.IO's socket ids for socket-id rooms, and only strings of their shape", () => {
+    assert.isTrue(looksLikeSocketId("AbCdEfGhIjKlMnOpQr_-"))
+    assert.isFalse(looksLikeSocketId("AbCdEfGhIjKlMnOpQr_"))
+    assert.isFalse(looksLikeSocketId("AbCdEfGhIjKlMnOpQr_-x"))
+    assert.isFalse(looksLikeSocketId("AbCdEfGhIjKlMnOpQr/+"))
+    assert.isFalse(looksLikeSocketId(12345678901234567890))
+  })
+
+  it("routes only a broadcast to exactly one room with a channel in the mode to that room", () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom("static", "dynamic", "dynamic-private", undefined),
+        fc.array(room, { maxLength: 3 }),
+        (mode, rooms) => {
+          const config = { channelPrefix: "p", subscriptionMode: mode }
+          const routed = broadcastChannel(config, "/", new Set(rooms))
+          const one = new Set(rooms).size === 1
+          if (!one || mode === undefined || mode === "static") return assert.isUndefined(routed)
+          const only = rooms[0]!
+          assert.strictEqual(
+            hasRoomChannel(mode, only),
+            mode === "dynamic-private" || !looksLikeSocketId(only),
+          )
+          assert.strictEqual(
+            routed,
+            hasRoomChannel(mode, only) ? roomChannelName("p", "/", only) : undefined,
+          )
+        },
+      ),
+    )
   })
 })
