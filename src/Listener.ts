@@ -93,6 +93,8 @@ interface Session {
   readonly lost: Deferred.Deferred<never, ListenError>
   /** Channels whose LISTEN holds on this connection. */
   readonly listened: Set<string>
+  /** Channels whose LISTEN was sent (held or in flight) and not UNLISTENed since. */
+  readonly sent: Set<string>
   /** One LISTEN/UNLISTEN at a time: pg deprecates queueing queries on a busy client. */
   readonly lock: Semaphore.Semaphore
   /** Each channel's LISTEN, retried until it holds; interrupted when the session ends. */
@@ -194,6 +196,7 @@ export const make = Effect.gen(function* () {
       client,
       lost: yield* Deferred.make<never, ListenError>(),
       listened: new Set(),
+      sent: new Set(),
       lock: yield* Semaphore.make(1),
       listening: yield* FiberMap.make<string>(),
       heard: false,
@@ -264,19 +267,8 @@ export const make = Effect.gen(function* () {
 
   const unsubscribe = (channel: string, subscriber: Subscriber) =>
     Effect.suspend(() => {
-      if (!channels.remove(channel, subscriber)) return Effect.void
-      const current = session
-      if (current === undefined) return Effect.void
-      const tried =
-        current.listened.delete(channel) || FiberMap.hasUnsafe(current.listening, channel)
-      if (!tried) return Effect.void
-      return FiberMap.remove(current.listening, channel).pipe(
-        Effect.andThen(command(current, "UNLISTEN", channel, channels)),
-        // Runs as a finalizer (uninterruptible): let the timeout cut a frozen server.
-        Effect.interruptible,
-        Effect.timeout("2 seconds"),
-        Effect.ignore,
-      )
+      if (!channels.remove(channel, subscriber) || session === undefined) return Effect.void
+      return unlisten(session, channel, channels)
     })
 
   return Listener.of({
@@ -375,6 +367,11 @@ class Subscribers {
   }
 }
 
+const STATEMENTS = {
+  LISTEN: Metric.withAttributes(Metrics.listenStatements, { verb: "LISTEN" }),
+  UNLISTEN: Metric.withAttributes(Metrics.listenStatements, { verb: "UNLISTEN" }),
+}
+
 // Sends LISTEN or UNLISTEN unless the channel's wanted state changed while this waited for its
 // turn: what reaches PostgreSQL last always matches the subscriptions. False when skipped.
 const command = (
@@ -387,7 +384,12 @@ const command = (
     (verb === "LISTEN") !== subscribers.has(channel)
       ? Effect.succeed(false)
       : Effect.tryPromise({
-          try: () => current.client.query(`${verb} ${quoteIdentifier(channel)}`),
+          try: () => {
+            if (verb === "LISTEN") current.sent.add(channel)
+            else current.sent.delete(channel)
+            STATEMENTS[verb].updateUnsafe(1, Context.empty())
+            return current.client.query(`${verb} ${quoteIdentifier(channel)}`)
+          },
           catch: (cause) =>
             new ListenError({
               channel,
@@ -396,6 +398,26 @@ const command = (
             }),
         }).pipe(Effect.as(true)),
   ).pipe(current.lock.withPermits(1))
+
+// A channel's last subscriber left: its LISTEN is undone on the session. One still waiting (for the
+// lock, or to retry) is called off, and then there is nothing to UNLISTEN.
+const unlisten = (current: Session, channel: string, subscribers: Subscribers) => {
+  const tried = current.listened.delete(channel) || FiberMap.hasUnsafe(current.listening, channel)
+  if (!tried) return Effect.void
+  return FiberMap.remove(current.listening, channel).pipe(
+    Effect.andThen(
+      Effect.suspend(() =>
+        current.sent.has(channel)
+          ? command(current, "UNLISTEN", channel, subscribers)
+          : Effect.void,
+      ),
+    ),
+    // Runs as a finalizer (uninterruptible): let the timeout cut a frozen server.
+    Effect.interruptible,
+    Effect.timeout("2 seconds"),
+    Effect.ignore,
+  )
+}
 
 // Says which connection failed: the pool's errors read the same ("connect failed").
 const connectFailed = (error: DatabaseError): Ended => ({

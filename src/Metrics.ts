@@ -67,6 +67,15 @@ export const listenerConnects = Metric.counter("socket_io_postgres_listener_conn
   incremental: true,
 })
 
+/**
+ * LISTEN and UNLISTEN statements sent for subscriptions (reconnections' included, liveness pings
+ * not): with `subscriptionMode` dynamic, what rooms coming and going cost. By `verb`.
+ */
+export const listenStatements = Metric.counter("socket_io_postgres_listen_statements", {
+  description: "LISTEN / UNLISTEN statements sent by the LISTEN connection",
+  incremental: true,
+})
+
 /** Broadcast packets stored for connection state recovery. */
 export const packetsStored = Metric.counter("socket_io_postgres_packets_stored", {
   description: "Packets written to the recovery packets table",

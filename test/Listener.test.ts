@@ -135,7 +135,39 @@ const refusedOn = (channel: string) => (error: Error) =>
   (error as { _tag?: string })._tag === "ListenError" &&
   (error as { channel?: string }).channel === channel
 
+const statements = (verb: "LISTEN" | "UNLISTEN") =>
+  Metric.value(Metric.withAttributes(Metrics.listenStatements, { verb })).pipe(
+    Effect.map((state) => state.count as number),
+  )
+
 describe("Listener", () => {
+  it.live("sends no UNLISTEN for a subscription that ended before its LISTEN was sent", () =>
+    Effect.gen(function* () {
+      const { listener } = yield* listenerWith(fresh("app"))
+      const warm = recorder()
+      yield* subscribeScoped(listener, fresh("warm"), warm.subscriber)
+      yield* eventually(() => warm.count("listen") === 1, "the connection is up")
+      const listens = yield* statements("LISTEN")
+      const unlistens = yield* statements("UNLISTEN")
+      // Fifty channels at once: their LISTENs queue behind one another on the connection, and most
+      // are still waiting when their subscriptions end.
+      const scopes = []
+      for (let i = 0; i < 50; i++)
+        scopes.push(yield* subscribeScoped(listener, fresh("brief"), recorder().subscriber))
+      yield* Effect.forEach(scopes, (scope) => Scope.close(scope, Exit.void), {
+        concurrency: "unbounded",
+      })
+      // One more channel's LISTEN goes after whatever was queued before it.
+      const last = recorder()
+      yield* subscribeScoped(listener, fresh("last"), last.subscriber)
+      yield* eventually(() => last.count("listen") === 1, "the last channel listens")
+      const listened = (yield* statements("LISTEN")) - listens - 1
+      const unlistened = (yield* statements("UNLISTEN")) - unlistens
+      assert.strictEqual(unlistened, listened, "every LISTEN sent is undone, and only those")
+      assert.isBelow(listened, 50)
+    }),
+  )
+
   it.live("LISTENs once for many subscribers and UNLISTENs when the last one leaves", () =>
     Effect.gen(function* () {
       const app = fresh("app")
