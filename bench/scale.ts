@@ -134,7 +134,7 @@ const runMode = async (mode: Mode) => {
           ops: churnOps,
           roomCount: 200,
           pace: 10,
-          prefix: "c",
+          prefix: "churn:",
         })),
         sockets: 50,
         roomCount: 200,
@@ -171,11 +171,13 @@ const lines = [
   ...results.map((r) => `${r.mode}: ${r.count} packets in ${r.ms} ms, ${r.lost} lost`),
 ]
 const reference = results.find((r) => r.mode === "static")
+const raw = (r: (typeof results)[number]) =>
+  r.servers.filter((s) => s.role === "bystander").reduce((sum, s) => sum + s.usPerPacket, 0) / 2
 if (reference !== undefined)
   for (const r of results)
     if (r !== reference)
       lines.push(
-        `bystanders' net CPU per packet, ${r.mode} / static: ${round((bystanders(r) / bystanders(reference)) * 100) / 100}`,
+        `bystanders' CPU per packet, ${r.mode} / static: ${(raw(r) / raw(reference)).toFixed(3)} (net of idle: ${(bystanders(r) / bystanders(reference)).toFixed(3)})`,
       )
 for (const r of results)
   if (r.churn !== null) {
@@ -188,7 +190,7 @@ for (const r of results)
       deleted: number
     }
     lines.push(
-      `${r.mode} churn: ${c.joins} joins + ${c.leaves} leaves, ${c.created} rooms created and ${c.deleted} deleted on the server: ${c.listen} LISTEN + ${c.unlisten} UNLISTEN = ${round(((c.listen + c.unlisten) / (c.joins + c.leaves)) * 100) / 100} statements per join/leave`,
+      `${r.mode} churn: ${c.joins} joins + ${c.leaves} leaves, ${c.created} rooms created and ${c.deleted} deleted on the server: ${c.listen} LISTEN + ${c.unlisten} UNLISTEN = ${((c.listen + c.unlisten) / (c.joins + c.leaves)).toFixed(3)} statements per join/leave, ${((c.listen + c.unlisten) / (c.created + c.deleted)).toFixed(2)} per room created or deleted`,
     )
   }
 const text = lines.join("\n")
