@@ -310,6 +310,35 @@ describe.each(["dynamic", "dynamic-private"] as const)("subscriptionMode %s", (m
   })
 })
 
+describe("subscriptionMode dynamic and membership", () => {
+  let cluster: Cluster
+
+  beforeAll(async () => {
+    cluster = await startCluster("dyn-members", {
+      nodes: 2,
+      options: { subscriptionMode: "dynamic", heartbeatInterval: 200, heartbeatTimeout: 1000 },
+    })
+  })
+
+  afterAll(async () => {
+    await cluster?.close()
+  })
+
+  it("keeps heartbeating while it publishes only on room channels the others do not hear", async () => {
+    const [sender, other] = cluster.nodes.map((node) => node.io)
+    // Three heartbeat timeouts of publishing to a room without members elsewhere: those
+    // notifications reach no other server, so they must not stand in for heartbeats.
+    const until = Date.now() + 3000
+    let lowest = 2
+    while (Date.now() < until) {
+      sender!.to("nobody-else").emit("ev")
+      lowest = Math.min(lowest, await other!.of("/").adapter.serverCount())
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    expect(lowest).toBe(2)
+  })
+})
+
 describe("subscriptionMode dynamic in a signed cluster", () => {
   let cluster: Cluster
 

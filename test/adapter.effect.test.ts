@@ -8,7 +8,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Logger from "effect/Logger"
 import * as Tracer from "effect/Tracer"
-import { channelName } from "../src/Channel.js"
+import { channelName, roomChannelName } from "../src/Channel.js"
 import { Cluster, makeAdapterFactory } from "../src/effect.js"
 import { connectClient, eventually, startServer, waitFor } from "./utils/cluster.js"
 import { dropTable, makePool, suiteId } from "./utils/postgres.js"
@@ -84,6 +84,54 @@ describe("makeAdapterFactory", () => {
           Effect.provide(Cluster.layerPool(pool, { channelPrefix: id, tableName: id })),
           Effect.provide(Logger.layer([logger])),
           Effect.withTracer(tracer),
+        )
+      }).pipe(Effect.scoped),
+  )
+
+  it.live(
+    "takes subscriptionMode from the cluster layer's options: rooms get channels of their own",
+    () =>
+      Effect.gen(function* () {
+        const id = suiteId("adapter_effect_dyn")
+        const pool = yield* Effect.acquireRelease(
+          Effect.sync(() => makePool({ max: 4 })),
+          (pool) => promise(() => dropTable(pool, id).finally(() => pool.end())),
+        )
+        yield* Effect.gen(function* () {
+          const adapter = yield* makeAdapterFactory
+          const { servers, clients } = yield* Effect.acquireRelease(
+            promise(async () => {
+              const servers = [await startServer({ adapter }), await startServer({ adapter })]
+              const clients = [await connectClient(servers[1]!.url)]
+              return { servers, clients }
+            }),
+            ({ servers, clients }) =>
+              promise(async () => {
+                for (const client of clients) client.disconnect()
+                await Promise.all(servers.map((server) => server.close()))
+              }),
+          )
+          const [one, two] = servers
+          yield* promise(() =>
+            eventually(async () => (await one!.io.of("/").adapter.serverCount()) === 2),
+          )
+          // Both servers share the factory's services, so its gate: server one's publish follows the
+          // LISTEN that server two's join started.
+          const received = waitFor(clients[0]!, "in-room")
+          two!.io.of("/").sockets.get(clients[0]!.id!)!.join("effect-room")
+          one!.io.to("effect-room").emit("in-room", 1)
+          assert.deepStrictEqual(yield* promise(() => received), [1])
+          const status = (two!.io.of("/").adapter as any).listenStatus()
+          assert.deepStrictEqual(status.roomChannels, [roomChannelName(id, "/", "effect-room")])
+        }).pipe(
+          Effect.scoped,
+          Effect.provide(
+            Cluster.layerPool(pool, {
+              channelPrefix: id,
+              tableName: id,
+              subscriptionMode: "dynamic",
+            }),
+          ),
         )
       }).pipe(Effect.scoped),
   )
