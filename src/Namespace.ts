@@ -79,7 +79,7 @@ export interface ListenStatus {
    * by its namespaces, while it is up; else `undefined`.
    */
   readonly backendPid: number | undefined
-  /** The room channels listened on now; only in the dynamic subscription modes. */
+  /** The room channels listened on now; only in the dynamic subscription modes, while open. */
   readonly roomChannels?: ReadonlyArray<string>
 }
 

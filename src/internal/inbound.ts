@@ -118,8 +118,7 @@ export class ListenWatch {
   /** What the channel's LISTEN is now; nothing once the node closed. */
   status(closed: boolean): ListenStatus {
     const rooms = this.rooms
-    if (closed)
-      return { listening: false, backendPid: undefined, ...(rooms && { roomChannels: [] }) }
+    if (closed) return { listening: false, backendPid: undefined }
     const status = { listening: this.listening, backendPid: this.backendPid() }
     return rooms === undefined ? status : { ...status, roomChannels: rooms.listened() }
   }

@@ -49,8 +49,20 @@ export const resolveOptions = (settings: NodeSettings): NodeOptions => ({
   tableName: settings.id,
   recoveryTablePrefix: settings.id,
   heartbeatInterval: HEARTBEAT_INTERVAL,
+  ...modeUnderTest(),
   ...settings.options,
 })
+
+/**
+ * `TEST_SUBSCRIPTION_MODE=dynamic` (or `dynamic-private`) runs the cluster suites with that
+ * `subscriptionMode` on every node of ours that does not say otherwise (issue 13: every cluster
+ * feature in each mode). Suites that need "static" (interop with 0.5.0, recovery, the primary)
+ * are not meant to pass in it.
+ */
+const modeUnderTest = (): NodeOptions => {
+  const mode = process.env.TEST_SUBSCRIPTION_MODE
+  return mode === "dynamic" || mode === "dynamic-private" ? { subscriptionMode: mode } : {}
+}
 
 /**
  * The adapter factory (what `new Server(…, { adapter })` takes) of `kind` on `pool`. 0.5.0 neither

@@ -139,7 +139,11 @@ export const startCluster = async (
   const id = suiteId(name)
   const settings: NodeSettings = {
     id,
-    options: (typeof options.options === "function" ? options.options(id) : options.options) ?? {},
+    options: {
+      // Recovery needs "static" (see `TEST_SUBSCRIPTION_MODE` in adapters.ts).
+      ...(options.serverOptions?.connectionStateRecovery && { subscriptionMode: "static" }),
+      ...((typeof options.options === "function" ? options.options(id) : options.options) ?? {}),
+    },
   }
   const connectionString = options.connectionString ?? databaseUrl()
   const admin = makePool({ connectionString, max: 2 })
