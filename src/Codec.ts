@@ -25,11 +25,12 @@ export interface WireMessage {
 }
 
 /**
- * What a notification carries: a whole message (not checked against the protocol yet), or the id
- * of an attachment that holds it.
+ * What a notification carries: a whole message (not checked against the protocol yet), the id
+ * of an attachment that holds it, or one part of a packed message too large for one notification.
  */
 export type Notification =
   | { readonly _tag: "Inline"; readonly message: WireMessage }
+  | Part
   | {
       readonly _tag: "Attachment"
       readonly uid: string
@@ -42,9 +43,28 @@ export type Notification =
       readonly offset?: string | undefined
     }
 
+/**
+ * One part of a packed message: its base64 text is the slice `part` of `parts`; parts of one
+ * message share `mid` and arrive one after the other (one statement sends them all).
+ */
+export interface Part {
+  readonly _tag: "Part"
+  readonly uid: string
+  readonly type: number
+  readonly nsp: string | undefined
+  /** Set on responses, so that nodes other than the requester skip the parts. */
+  readonly requestId?: string | undefined
+  readonly mid: string
+  readonly part: number
+  readonly parts: number
+  readonly text: string
+}
+
 /** How a message is to be sent. */
 export type Encoded =
   | { readonly _tag: "Inline"; readonly payload: string }
+  /** A packed message in several notifications, sent in this order by one statement. */
+  | { readonly _tag: "Parts"; readonly payloads: ReadonlyArray<string> }
   | {
       readonly _tag: "Attachment"
       readonly bytes: Uint8Array
@@ -77,20 +97,35 @@ export const hasBinary = (value: unknown, seen?: Set<object>): boolean => {
   return false
 }
 
+/** The most parts a packed message may have (about 7.9 KB each): larger ones take the table. */
+export const MAX_PARTS = 1024
+
 /**
  * Decides how a message travels: inline JSON when it holds no binary and its JSON is at most
- * `min(threshold, 7999 - overhead)` bytes, else msgpack into the attachments table with a JSON
- * header. `overhead`: bytes something (a signature envelope) will add in front of the payload.
+ * `min(threshold, 7999 - overhead)` bytes. Otherwise, with `packed` (every node of the cluster is
+ * ours), packed: msgpack as base64 in the notification, in several parts when it does not fit in
+ * one (not for a stored broadcast, whose offset goes in one notification). Otherwise msgpack into
+ * the attachments table with a JSON header, as 0.5.0 reads it. `overhead`: bytes something (a
+ * signature envelope) will add in front of each payload.
  */
-export const encode = (message: WireMessage, threshold: number, overhead = 0): Encoded => {
+export const encode = (
+  message: WireMessage,
+  threshold: number,
+  overhead = 0,
+  packed = false,
+): Encoded => {
   const max = MAX_NOTIFY_BYTES - overhead
+  const limit = Math.min(threshold, max)
   if (!hasBinary(message)) {
     const payload = JSON.stringify(message)
     // UTF-8 needs at most 3 bytes per UTF-16 unit: skip the byte count when it surely fits.
-    const limit = Math.min(threshold, max)
     if (payload.length * 3 <= limit || Buffer.byteLength(payload) <= limit) {
       return { _tag: "Inline", payload }
     }
+  }
+  if (packed) {
+    const encoded = pack(message, limit, max)
+    if (encoded !== undefined) return encoded
   }
   const bytes = encoder.encode(viewArrayBuffers(message, new Map()))
   return {
@@ -120,6 +155,66 @@ export const encode = (message: WireMessage, threshold: number, overhead = 0): E
           })
     },
   }
+}
+
+let lastMid = 0
+
+// A packed message: its header (what receivers need before decoding it: uid first, type, nsp, the
+// request an answer is for) and its msgpack as base64, in one payload or in parts; `undefined` when
+// it takes the table instead (a stored broadcast too large for one, a namespace name of kilobytes,
+// more than MAX_PARTS parts).
+const pack = (message: WireMessage, limit: number, max: number): Encoded | undefined => {
+  const { offset, ...rest } = message
+  const requestId = Protocol.isResponse(message.type)
+    ? (message.data as { requestId?: unknown } | undefined)?.requestId
+    : undefined
+  const header = JSON.stringify({
+    uid: message.uid,
+    type: message.type,
+    nsp: message.nsp,
+    requestId: typeof requestId === "string" ? requestId : undefined,
+  })
+  const head = header.slice(0, -1)
+  const text = Buffer.from(encoder.encode(viewArrayBuffers(rest, new Map()))).toString("base64")
+  // `offset` last: its placeholder is found from the end (see splitAtOffsetPlaceholder).
+  const tail = typeof offset === "string" ? `,"offset":${JSON.stringify(offset)}}` : "}"
+  const whole = `${head},"mp":"${text}"${tail}`
+  if (whole.length + Buffer.byteLength(head) - head.length <= limit) {
+    return { _tag: "Inline", payload: whole }
+  }
+  if (typeof offset === "string") return undefined
+  const mid = (++lastMid).toString(36)
+  const frame = (part: number, parts: number, slice: string) =>
+    `${head},"mid":"${mid}","part":${part},"parts":${parts},"mp":"${slice}"}`
+  // Base64 is ASCII: only the header may hold wider characters.
+  const room = max - Buffer.byteLength(frame(MAX_PARTS, MAX_PARTS, ""))
+  if (room < 1024) return undefined
+  const size = room - (room % 4)
+  const parts = Math.ceil(text.length / size)
+  if (parts > MAX_PARTS) return undefined
+  const payloads: Array<string> = []
+  for (let i = 0; i < parts; i++)
+    payloads.push(frame(i, parts, text.slice(i * size, (i + 1) * size)))
+  return { _tag: "Parts", payloads }
+}
+
+/**
+ * The message of a packed notification (or of its parts joined): msgpack from base64, with the
+ * header's offset (stored broadcasts); `Failure` of a reason when it is not one.
+ */
+export const unpack = (
+  text: string,
+  header: { readonly uid: string; readonly offset?: unknown },
+): Result.Result<WireMessage, string> => {
+  const decoded = decodeAttachment(Buffer.from(text, "base64"))
+  if (Result.isFailure(decoded))
+    return Result.fail(`packed ${decoded.failure.replace(/^attachment /, "message ")}`)
+  if (decoded.success.uid !== header.uid) return Result.fail("packed message of another uid")
+  return Result.succeed(
+    Protocol.isOffset(header.offset)
+      ? { ...decoded.success, offset: header.offset }
+      : decoded.success,
+  )
 }
 
 /** The args of a stored packet (connection state recovery), as msgpack. */
@@ -227,6 +322,7 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
     return Result.fail("type is missing or not an integer")
   }
   if (nsp !== undefined && typeof nsp !== "string") return Result.fail("nsp is not a string")
+  if (parsed.mp !== undefined) return decodePacked(parsed, uid, type, nsp)
   if (attachmentId !== undefined) {
     // Not worth a SELECT: a type no node sends.
     if (!Object.hasOwn(Protocol.members, type)) return Result.fail(`unknown message type ${type}`)
@@ -249,6 +345,48 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
     return Result.succeed(notification)
   }
   return Result.succeed({ _tag: "Inline", message: parsed as WireMessage })
+}
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/
+
+// A packed notification: a whole message, or one part of one.
+const decodePacked = (
+  parsed: Record<string, unknown>,
+  uid: string,
+  type: number,
+  nsp: string | undefined,
+): Result.Result<Notification, string> => {
+  const { mp, mid, part, parts } = parsed
+  if (typeof mp !== "string" || !BASE64.test(mp)) return Result.fail("mp is not base64")
+  if (mid === undefined) {
+    const message = unpack(mp, { uid, offset: parsed.offset })
+    return Result.map(message, (m): Notification => ({ _tag: "Inline", message: m }))
+  }
+  if (typeof mid !== "string" || mid.length === 0 || mid.length > 32) {
+    return Result.fail("mid is not a message id")
+  }
+  if (
+    !Number.isInteger(parts) ||
+    !Number.isInteger(part) ||
+    (parts as number) < 2 ||
+    (parts as number) > MAX_PARTS ||
+    (part as number) < 0 ||
+    (part as number) >= (parts as number)
+  ) {
+    return Result.fail("part/parts are not a part of a packed message")
+  }
+  if (!Object.hasOwn(Protocol.members, type)) return Result.fail(`unknown message type ${type}`)
+  return Result.succeed({
+    _tag: "Part",
+    uid,
+    type,
+    nsp,
+    ...(typeof parsed.requestId === "string" ? { requestId: parsed.requestId } : {}),
+    mid,
+    part: part as number,
+    parts: parts as number,
+    text: mp,
+  })
 }
 
 /** Decodes an attachment back into its message; binary values come back as `Buffer`s. */
