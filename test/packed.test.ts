@@ -83,6 +83,31 @@ describe("Codec.encode, packed", () => {
     )
   })
 
+  it("sends binary-free JSON too long for one notification as its own text in parts, cut between UTF-8 characters", () => {
+    fc.assert(
+      fc.property(
+        nsp,
+        fc.array(fc.constantFrom("a", "é", "€", "😀", '"', "\\", "\n", "\u2028"), {
+          minLength: 2_000,
+          maxLength: 12_000,
+        }),
+        fc.boolean(),
+        (nsp, chars, signed) => {
+          const message = broadcast(nsp, [chars.join(""), { n: chars.length }])
+          const overhead = signed ? Signing.ENVELOPE_MAX_BYTES : 0
+          const encoded = Codec.encode(message, 8000, overhead, true)
+          for (const payload of payloadsOf(encoded)) {
+            assert.isAtMost(Buffer.byteLength(payload), MAX_NOTIFY_BYTES - overhead)
+            assert.isFalse(payload.includes("\uFFFD"))
+          }
+          assert.deepStrictEqual(receive(encoded), message)
+        },
+      ),
+      // Shrinking arrays of thousands of characters takes minutes: report the first failure.
+      { numRuns: 40, endOnFailure: true },
+    )
+  })
+
   it("keeps JSON for what fits, and the table without `packed` (0.5.0 reads neither packed form)", () => {
     const small = broadcast("/", [{ a: 1 }])
     assert.strictEqual(Codec.encode(small, 8000, 0, true)._tag, "Inline")
@@ -94,7 +119,8 @@ describe("Codec.encode, packed", () => {
     assert.strictEqual(Codec.encode(large, 8000)._tag, "Attachment")
     const parts = Codec.encode(large, 8000, 0, true)
     assert.strictEqual(parts._tag, "Parts")
-    assert.strictEqual(payloadsOf(parts).length, 4)
+    // The JSON as it is, in 3 parts of at most 7999 bytes: no base64 for what has no binary.
+    assert.strictEqual(payloadsOf(parts).length, 3)
   })
 
   it("puts a stored broadcast's offset last in one payload, or sends it through the table when it needs parts", () => {
@@ -141,12 +167,15 @@ describe("Codec.encode, packed", () => {
     const bad = [
       `{"uid":"a","type":3,"mp":"***"}`,
       `{"uid":"a","type":3,"mp":"${Buffer.from("not msgpack at all").toString("base64")}"}`,
-      `{"uid":"a","type":3,"mp":"AA==","mid":"m","part":2,"parts":2}`,
-      `{"uid":"a","type":3,"mp":"AA==","mid":"m","part":0,"parts":1}`,
-      `{"uid":"a","type":3,"mp":"AA==","mid":"m","part":0,"parts":${Codec.MAX_PARTS + 1}}`,
-      `{"uid":"a","type":99,"mp":"AA==","mid":"m","part":0,"parts":2}`,
-      `{"uid":"a","type":3,"mp":"AA==","mid":"","part":0,"parts":2}`,
       `{"uid":"a","type":3,"mp":7}`,
+      `{"uid":"a","type":3,"mid":"m","part":2,"parts":2,"enc":"j"}\n{}`,
+      `{"uid":"a","type":3,"mid":"m","part":0,"parts":1,"enc":"j"}\n{}`,
+      `{"uid":"a","type":3,"mid":"m","part":0,"parts":${Codec.MAX_PARTS + 1},"enc":"j"}\n{}`,
+      `{"uid":"a","type":99,"mid":"m","part":0,"parts":2,"enc":"j"}\n{}`,
+      `{"uid":"a","type":3,"mid":"","part":0,"parts":2,"enc":"j"}\n{}`,
+      `{"uid":"a","type":3,"mid":"m","part":0,"parts":2,"enc":"x"}\n{}`,
+      `{"uid":"a","type":3,"mid":"m","part":0,"parts":2,"enc":"m"}\n***`,
+      `{"uid":"a","type":3,"mid":"m","part":0,"parts":2,"enc":"j"\n}`,
     ]
     for (const payload of bad)
       assert.isTrue(Result.isFailure(Codec.decodeNotification(payload)), payload)
@@ -227,7 +256,7 @@ describe("statements with packed parts", () => {
     const attachment = Codec.encode(broadcast("/", [Buffer.alloc(1)]), 8000)
     const [sql, params] = statement([item(attachment), item(parts)])
     assert.include(sql, "INSERT INTO")
-    const texts = params.filter((p) => typeof p === "string" && p.includes('"mp"'))
+    const texts = params.filter((p) => typeof p === "string" && p.includes('"mid"'))
     assert.deepStrictEqual(texts, [...payloadsOf(parts)])
     assert.isBelow(sql.indexOf("a[1]"), sql.lastIndexOf("pg_notify"))
   })
