@@ -76,6 +76,7 @@ const USAGE = `usage: npm run bench -- [--quick] [--repeat N] [--scenario NAME].
                        [--out DIR] [--profile] [--verbose]
   --quick          tiny counts, 1 repetition (smoke test, CI)
   --repeat N       repetitions per scenario and kind (default 3; medians are reported)
+  --scale X        multiplies every count (packets, round trips) by X: longer, steadier runs
   --scenario NAME  run only this scenario (repeatable, or NAME,NAME,…): ${allScenarios(false)
     .map((s) => s.name)
     .join(", ")}
@@ -104,6 +105,7 @@ const parseOptions = (argv: ReadonlyArray<string>): Options => {
     options: {
       quick: { type: "boolean", default: false },
       repeat: { type: "string" },
+      scale: { type: "string" },
       scenario: { type: "string", multiple: true },
       kind: { type: "string", multiple: true },
       out: { type: "string" },
@@ -120,7 +122,10 @@ const parseOptions = (argv: ReadonlyArray<string>): Options => {
   const quick = values.quick === true
   const repeat = values.repeat === undefined ? (quick ? 1 : 3) : Number(values.repeat)
   if (!Number.isInteger(repeat) || repeat < 1) throw new UsageError("--repeat must be 1 or more")
-  const available = allScenarios(quick)
+  const scale = values.scale === undefined ? 1 : Number(values.scale)
+  if (!(scale > 0) || !Number.isFinite(scale))
+    throw new UsageError("--scale must be a number above 0")
+  const available = allScenarios(quick, scale)
   const list = (values: ReadonlyArray<string> | undefined) =>
     (values ?? []).flatMap((v) => v.split(",")).filter((v) => v !== "")
   const wanted = list(values.scenario)
@@ -533,6 +538,7 @@ const runBroadcast = (
         ...(scenario.room === true ? { room: "r" } : {}),
       }
       const emitTimeout = 120_000 + (scenario.rate ? (scenario.count / scenario.rate) * 1000 : 0)
+      if (!ctx.options.quick) await warmup(ctx, scenario)
       const measured = await measure(ctx, names, async () => {
         const emit = await ctx.workers.servers[0]!.call<EmitResult>("emit", emitArgs, emitTimeout)
         const complete = await waitDelivery(ctx, () => sumProgress(ctx.workers.clients.slice(1)))
@@ -634,6 +640,20 @@ const runRaw = async (
   }
 }
 
+/** Packets sent (not counted) before a measured broadcast run, in the run's fresh processes. */
+const WARMUP_PACKETS = 2_000
+
+const warmup = (ctx: Context, scenario: BroadcastScenario) =>
+  ctx.workers.servers[0]!.call(
+    "warmup",
+    {
+      payload: scenario.payload,
+      count: Math.min(WARMUP_PACKETS, scenario.count),
+      ...(scenario.room === true ? { room: "r" } : {}),
+    },
+    120_000,
+  )
+
 const runRequest = (
   ctx: Context,
   scenario: RequestScenario,
@@ -643,6 +663,14 @@ const runRequest = (
   withCluster(ctx, kind, { count: scenario.clientsPerServer, expected: 0 }, async (names) => {
     const expected =
       scenario.op === "fetchSockets" ? SERVERS * scenario.clientsPerServer : SERVERS - 1
+    // Warm-up round trips, not measured (see WARMUP_PACKETS).
+    if (!ctx.options.quick) {
+      await ctx.workers.servers[0]!.call<RequestResult>(
+        "request",
+        { op: scenario.op, count: Math.min(50, scenario.count), expected },
+        60_000 + 50 * REQUESTS_TIMEOUT_MS,
+      )
+    }
     const measured = await measure(ctx, names, () =>
       ctx.workers.servers[0]!.call<RequestResult>(
         "request",
@@ -883,13 +911,14 @@ const main = async () => {
           if (interrupted) break
           let result: RunResult
           try {
-            // A fresh emitting server for every run (not in --quick, where numbers do not
-            // matter): its peak RSS and CPU then belong to this run alone, not to the heap and
-            // leftovers of the one before. The other processes are reused: starting one costs
-            // about a second.
-            if (!options.quick && servers![0] !== undefined) {
-              await servers![0].stop()
-              servers![0] = (await startGroup(options, "node.ts", "server", 1))[0]!
+            // Fresh server processes for every run (not in --quick, where numbers do not
+            // matter): their CPU and peak RSS then belong to this run alone, not to the heap,
+            // compiled code and leftovers of another kind's run (with --baseline, a reused
+            // process held two builds of the adapter and two copies of effect). The clients'
+            // processes, the same for every kind, are reused.
+            if (!options.quick && servers !== undefined) {
+              await stopGroup(servers)
+              servers = await startGroup(options, "node.ts", "server")
             }
             const ctx: Context = {
               options,

@@ -486,6 +486,24 @@ serve({
     return { firstSend, lastSend }
   },
 
+  /**
+   * Warms the cluster up before a measured run (fresh processes compile their hot paths during
+   * the first thousands of packets): `count` packets as the scenario sends them but under another
+   * event name, which the clients do not count, then one `serverSideEmitWithAck` round trip, which
+   * comes back after every server went through them (one channel, in order).
+   */
+  async warmup(args: { payload: PayloadKind; count: number; room?: string }): Promise<null> {
+    const io = instance?.io
+    if (io === undefined) throw new Error("no server")
+    const target = args.room === undefined ? io : io.to(args.room)
+    for (let s = 0; s < args.count; s++) {
+      target.emit("warmup", packet(args.payload, s, now()))
+      if (s % 200 === 199) await new Promise((resolve) => setImmediate(resolve))
+    }
+    await io.serverSideEmitWithAck("ping", -1)
+    return null
+  },
+
   /** `count` round trips of `fetchSockets` or `serverSideEmitWithAck`, one after the other. */
   async request(args: {
     op: "fetchSockets" | "serverSideEmitWithAck"

@@ -100,9 +100,12 @@ export const MANY_RATE = 100
 /** Clients per server of `small-rate` and `binary-rate` (full size). */
 export const MANY_CLIENTS = 50
 
-/** The scenarios, full size or `--quick` (tiny counts, for the smoke test and CI). */
-export const scenarios = (quick: boolean): ReadonlyArray<Scenario> => {
-  const n = (full: number, small: number) => (quick ? small : full)
+/**
+ * The scenarios, full size (times `scale`, for steadier figures) or `--quick` (tiny counts, for the
+ * smoke test and CI).
+ */
+export const scenarios = (quick: boolean, scale = 1): ReadonlyArray<Scenario> => {
+  const n = (full: number, small: number) => (quick ? small : Math.round(full * scale))
   const broadcast = (
     name: string,
     label: string,

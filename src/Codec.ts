@@ -25,11 +25,12 @@ export interface WireMessage {
 }
 
 /**
- * What a notification carries: a whole message (not checked against the protocol yet), or the id
- * of an attachment that holds it.
+ * What a notification carries: a whole message (not checked against the protocol yet), the id
+ * of an attachment that holds it, or one part of a packed message too large for one notification.
  */
 export type Notification =
   | { readonly _tag: "Inline"; readonly message: WireMessage }
+  | Part
   | {
       readonly _tag: "Attachment"
       readonly uid: string
@@ -42,9 +43,30 @@ export type Notification =
       readonly offset?: string | undefined
     }
 
+/**
+ * One part of a packed message: its base64 text is the slice `part` of `parts`; parts of one
+ * message share `mid` and arrive one after the other (one statement sends them all).
+ */
+export interface Part {
+  readonly _tag: "Part"
+  readonly uid: string
+  readonly type: number
+  readonly nsp: string | undefined
+  /** Set on responses, so that nodes other than the requester skip the parts. */
+  readonly requestId?: string | undefined
+  readonly mid: string
+  readonly part: number
+  readonly parts: number
+  /** What the joined text is: the message's JSON, or its msgpack in base64. */
+  readonly enc: "j" | "m"
+  readonly text: string
+}
+
 /** How a message is to be sent. */
 export type Encoded =
   | { readonly _tag: "Inline"; readonly payload: string }
+  /** A packed message in several notifications, sent in this order by one statement. */
+  | { readonly _tag: "Parts"; readonly payloads: ReadonlyArray<string> }
   | {
       readonly _tag: "Attachment"
       readonly bytes: Uint8Array
@@ -77,20 +99,36 @@ export const hasBinary = (value: unknown, seen?: Set<object>): boolean => {
   return false
 }
 
+/** The most parts a packed message may have (about 7.9 KB each): larger ones take the table. */
+export const MAX_PARTS = 1024
+
 /**
  * Decides how a message travels: inline JSON when it holds no binary and its JSON is at most
- * `min(threshold, 7999 - overhead)` bytes, else msgpack into the attachments table with a JSON
- * header. `overhead`: bytes something (a signature envelope) will add in front of the payload.
+ * `min(threshold, 7999 - overhead)` bytes. Otherwise, with `packed` (every node of the cluster is
+ * ours), packed: msgpack as base64 in the notification, in several parts when it does not fit in
+ * one (not for a stored broadcast, whose offset goes in one notification). Otherwise msgpack into
+ * the attachments table with a JSON header, as 0.5.0 reads it. `overhead`: bytes something (a
+ * signature envelope) will add in front of each payload.
  */
-export const encode = (message: WireMessage, threshold: number, overhead = 0): Encoded => {
+export const encode = (
+  message: WireMessage,
+  threshold: number,
+  overhead = 0,
+  packed = false,
+): Encoded => {
   const max = MAX_NOTIFY_BYTES - overhead
+  const limit = Math.min(threshold, max)
+  let json: string | undefined
   if (!hasBinary(message)) {
-    const payload = JSON.stringify(message)
+    json = JSON.stringify(message)
     // UTF-8 needs at most 3 bytes per UTF-16 unit: skip the byte count when it surely fits.
-    const limit = Math.min(threshold, max)
-    if (payload.length * 3 <= limit || Buffer.byteLength(payload) <= limit) {
-      return { _tag: "Inline", payload }
+    if (json.length * 3 <= limit || Buffer.byteLength(json) <= limit) {
+      return { _tag: "Inline", payload: json }
     }
+  }
+  if (packed) {
+    const encoded = pack(message, json, limit, max)
+    if (encoded !== undefined) return encoded
   }
   const bytes = encoder.encode(viewArrayBuffers(message, new Map()))
   return {
@@ -120,6 +158,107 @@ export const encode = (message: WireMessage, threshold: number, overhead = 0): E
           })
     },
   }
+}
+
+let lastMid = 0
+
+// A packed message: its header (what receivers need before decoding it: uid first, type, nsp, the
+// request an answer is for), then the message. Alone: msgpack in base64 in the header's `mp`. In
+// parts: each part is the header with `mid`, `part`, `parts` and `enc`, a newline, and a slice of
+// the text (the message's JSON as it is, which holds no raw newline, or its msgpack in base64).
+// `undefined` when it takes the table instead: a stored broadcast too large for one notification,
+// a namespace name of kilobytes, more than MAX_PARTS parts.
+const pack = (
+  message: WireMessage,
+  json: string | undefined,
+  limit: number,
+  max: number,
+): Encoded | undefined => {
+  const { offset, ...rest } = message
+  const requestId = Protocol.isResponse(message.type)
+    ? (message.data as { requestId?: unknown } | undefined)?.requestId
+    : undefined
+  const head = JSON.stringify({
+    uid: message.uid,
+    type: message.type,
+    nsp: message.nsp,
+    requestId: typeof requestId === "string" ? requestId : undefined,
+  }).slice(0, -1)
+  const base64 = (): string =>
+    Buffer.from(encoder.encode(viewArrayBuffers(rest, new Map()))).toString("base64")
+  if (json === undefined || typeof offset === "string") {
+    const text = base64()
+    // `offset` last: its placeholder is found from the end (see splitAtOffsetPlaceholder).
+    const tail = typeof offset === "string" ? `,"offset":${JSON.stringify(offset)}}` : "}"
+    const whole = `${head},"mp":"${text}"${tail}`
+    // Base64 is ASCII: only the header may hold wider characters.
+    if (whole.length + Buffer.byteLength(head) - head.length <= limit) {
+      return { _tag: "Inline", payload: whole }
+    }
+    if (typeof offset === "string") return undefined
+    return split(head, Buffer.from(text, "latin1"), "m", max)
+  }
+  return split(head, Buffer.from(json), "j", max)
+}
+
+// The parts of a packed message's text (as UTF-8), cut between characters.
+const split = (head: string, bytes: Buffer, enc: "j" | "m", max: number): Encoded | undefined => {
+  const mid = (++lastMid).toString(36)
+  const frame = (part: number, parts: number) =>
+    `${head},"mid":"${mid}","part":${part},"parts":${parts},"enc":"${enc}"}\n`
+  const room = max - Buffer.byteLength(frame(MAX_PARTS, MAX_PARTS))
+  if (room < 1024) return undefined
+  const ends: Array<number> = []
+  for (let start = 0; start < bytes.length;) {
+    let end = Math.min(start + room, bytes.length)
+    // Never inside a UTF-8 sequence: continuation bytes are 10xxxxxx.
+    while (end < bytes.length && (bytes[end]! & 0xc0) === 0x80) end--
+    ends.push(end)
+    start = end
+  }
+  const parts = ends.length
+  if (parts > MAX_PARTS) return undefined
+  const payloads: Array<string> = []
+  let start = 0
+  for (let i = 0; i < parts; i++) {
+    payloads.push(frame(i, parts) + bytes.toString("utf8", start, ends[i]))
+    start = ends[i]!
+  }
+  return { _tag: "Parts", payloads }
+}
+
+/**
+ * The message of a packed notification (`mp`, or parts in base64 joined) or of JSON parts joined,
+ * with the header's offset (stored broadcasts); `Failure` of a reason when it is not one.
+ */
+export const unpack = (
+  text: string,
+  header: { readonly uid: string; readonly offset?: unknown; readonly enc?: "j" | "m" },
+): Result.Result<WireMessage, string> => {
+  let decoded: Result.Result<WireMessage, string>
+  if (header.enc === "j") {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(text)
+    } catch {
+      return Result.fail("packed message is not JSON")
+    }
+    decoded =
+      isRecord(parsed) && typeof parsed.uid === "string" && typeof parsed.type === "number"
+        ? Result.succeed(parsed as WireMessage)
+        : Result.fail("packed message does not hold a cluster message")
+  } else {
+    decoded = decodeAttachment(Buffer.from(text, "base64"))
+  }
+  if (Result.isFailure(decoded)) {
+    return Result.fail(`packed ${decoded.failure.replace(/^attachment /, "message ")}`)
+  }
+  if (decoded.success.uid !== header.uid) return Result.fail("packed message of another uid")
+  return Result.succeed(
+    Protocol.isOffset(header.offset)
+      ? { ...decoded.success, offset: header.offset }
+      : decoded.success,
+  )
 }
 
 /** The args of a stored packet (connection state recovery), as msgpack. */
@@ -214,9 +353,11 @@ const isRecord = (u: unknown): u is Record<string, unknown> =>
 
 /** Parses a notification payload; `Failure` of a reason for anything that is not ours. */
 export const decodeNotification = (payload: string): Result.Result<Notification, string> => {
+  // A part of a packed message: a JSON header, a newline, a slice (JSON text holds no raw newline).
+  const newline = payload.indexOf("\n")
   let parsed: unknown
   try {
-    parsed = JSON.parse(payload)
+    parsed = JSON.parse(newline === -1 ? payload : payload.slice(0, newline))
   } catch {
     return Result.fail("payload is not JSON")
   }
@@ -227,6 +368,8 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
     return Result.fail("type is missing or not an integer")
   }
   if (nsp !== undefined && typeof nsp !== "string") return Result.fail("nsp is not a string")
+  if (newline !== -1) return decodePart(parsed, uid, type, nsp, payload.slice(newline + 1))
+  if (parsed.mp !== undefined) return decodePacked(parsed, uid)
   if (attachmentId !== undefined) {
     // Not worth a SELECT: a type no node sends.
     if (!Object.hasOwn(Protocol.members, type)) return Result.fail(`unknown message type ${type}`)
@@ -249,6 +392,58 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
     return Result.succeed(notification)
   }
   return Result.succeed({ _tag: "Inline", message: parsed as WireMessage })
+}
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/
+
+// A whole packed message.
+const decodePacked = (
+  parsed: Record<string, unknown>,
+  uid: string,
+): Result.Result<Notification, string> => {
+  const { mp } = parsed
+  if (typeof mp !== "string" || !BASE64.test(mp)) return Result.fail("mp is not base64")
+  const message = unpack(mp, { uid, offset: parsed.offset })
+  return Result.map(message, (m): Notification => ({ _tag: "Inline", message: m }))
+}
+
+// One part of a packed message.
+const decodePart = (
+  parsed: Record<string, unknown>,
+  uid: string,
+  type: number,
+  nsp: string | undefined,
+  text: string,
+): Result.Result<Notification, string> => {
+  const { mid, part, parts, enc } = parsed
+  if (typeof mid !== "string" || mid.length === 0 || mid.length > 32) {
+    return Result.fail("mid is not a message id")
+  }
+  if (
+    !Number.isInteger(parts) ||
+    !Number.isInteger(part) ||
+    (parts as number) < 2 ||
+    (parts as number) > MAX_PARTS ||
+    (part as number) < 0 ||
+    (part as number) >= (parts as number)
+  ) {
+    return Result.fail("part/parts are not a part of a packed message")
+  }
+  if (enc !== "j" && enc !== "m") return Result.fail("enc is not j or m")
+  if (enc === "m" && !BASE64.test(text)) return Result.fail("part is not base64")
+  if (!Object.hasOwn(Protocol.members, type)) return Result.fail(`unknown message type ${type}`)
+  return Result.succeed({
+    _tag: "Part",
+    uid,
+    type,
+    nsp,
+    ...(typeof parsed.requestId === "string" ? { requestId: parsed.requestId } : {}),
+    mid,
+    part: part as number,
+    parts: parts as number,
+    enc,
+    text,
+  })
 }
 
 /** Decodes an attachment back into its message; binary values come back as `Buffer`s. */

@@ -35,6 +35,7 @@ import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
 import * as Signing from "./Signing.js"
 import * as DebugLog from "./internal/debugLog.js"
+import { PartsBuffer } from "./internal/parts.js"
 import { readNotification, verifierOf } from "./internal/inbox.js"
 import { checkTable, setUpTables } from "./internal/tableSetup.js"
 
@@ -351,10 +352,20 @@ const makeInbox = (options: {
       if (message !== undefined) deliver(message)
     }
   }
+  const parts = new PartsBuffer()
   return (payload) => {
     const read = readNotification(payload, verifier, skip)
     if (read === undefined) return
-    const { notification, envelope } = read
+    const { envelope } = read
+    let notification = read.notification
+    if (notification._tag === "Part") {
+      if (!relay.wanted(notification.uid, notification.type, notification.requestId)) return
+      const text = parts.add(notification, skip)
+      if (text === undefined) return
+      const unpacked = Codec.unpack(text, notification)
+      if (Result.isFailure(unpacked)) return skip(unpacked.failure)
+      notification = { _tag: "Inline", message: unpacked.success }
+    }
     if (notification._tag === "Inline") {
       const { message } = notification
       if (!relay.wanted(message.uid, message.type, requestIdOf(message))) return

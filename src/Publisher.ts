@@ -51,6 +51,15 @@ export interface StoredPacket {
   readonly data: ReadonlyArray<unknown>
 }
 
+/** How a message may travel. */
+export interface PublishOptions {
+  /**
+   * Every node that reads the channel is ours: a message that does not fit as JSON goes packed in
+   * the notifications (see `Codec.encode`) instead of through the attachments table.
+   */
+  readonly packed?: boolean | undefined
+}
+
 /** The Publisher service. */
 export class Publisher extends Context.Service<
   Publisher,
@@ -62,6 +71,7 @@ export class Publisher extends Context.Service<
     readonly publish: (
       channel: string,
       message: Codec.WireMessage,
+      options?: PublishOptions,
     ) => Effect.Effect<void, PublishError>
     /**
      * The same without a fiber per message, for hot paths outside Effect: encodes and queues at
@@ -71,6 +81,7 @@ export class Publisher extends Context.Service<
       channel: string,
       message: Codec.WireMessage,
       done: PublishCallback,
+      options?: PublishOptions,
     ) => void
     /**
      * Stores a broadcast packet in the recovery tables under the next offset of its namespace,
@@ -83,6 +94,7 @@ export class Publisher extends Context.Service<
       message: Codec.WireMessage | undefined,
       packet: StoredPacket,
       done: StoreCallback,
+      options?: PublishOptions,
     ) => void
     /**
      * This publisher's sender id in signature envelopes when the cluster signs (its own
@@ -222,6 +234,7 @@ export const make = Effect.gen(function* () {
     message: Codec.WireMessage | undefined,
     packet: StoredPacket | undefined,
     done: StoreCallback,
+    options?: PublishOptions,
   ) => {
     if (closed) return done(closedError(), undefined)
     if (queue.length >= config.maxPendingPublishes) {
@@ -234,23 +247,39 @@ export const make = Effect.gen(function* () {
         undefined,
       )
     }
-    const item = encodeItem(channel, message, packet, config.payloadThreshold, signer, done)
+    const item = encodeItem(
+      channel,
+      message,
+      packet,
+      config.payloadThreshold,
+      signer,
+      done,
+      options,
+    )
     if (item instanceof PublishError) return done(item, undefined)
     queue.push(item)
     // Later in this tick: publishes of the same tick share one statement.
     if (inflight.length === 0 && queue.length === 1) queueMicrotask(pump)
   }
 
-  const unsafePublish = (channel: string, message: Codec.WireMessage, done: PublishCallback) =>
-    enqueue(channel, message, undefined, done)
+  const unsafePublish = (
+    channel: string,
+    message: Codec.WireMessage,
+    done: PublishCallback,
+    options?: PublishOptions,
+  ) => enqueue(channel, message, undefined, done, options)
 
   const publish = (
     channel: string,
     message: Codec.WireMessage,
+    options?: PublishOptions,
   ): Effect.Effect<void, PublishError> =>
     Effect.callback<void, PublishError>((resume) =>
-      unsafePublish(channel, message, (error) =>
-        resume(error === undefined ? Effect.void : Effect.fail(error)),
+      unsafePublish(
+        channel,
+        message,
+        (error) => resume(error === undefined ? Effect.void : Effect.fail(error)),
+        options,
       ),
     )
 
@@ -268,6 +297,7 @@ const encodeItem = (
   threshold: number,
   signer: Signing.Signer | undefined,
   done: StoreCallback,
+  options: PublishOptions | undefined,
 ): Item | PublishError => {
   try {
     return {
@@ -283,6 +313,7 @@ const encodeItem = (
                 packet === undefined ? message : Codec.withOffsetPlaceholder(message),
                 threshold,
                 signer === undefined ? 0 : Signing.ENVELOPE_MAX_BYTES,
+                options?.packed === true,
               ),
               signer,
             ),
@@ -329,6 +360,9 @@ const sign = (
   if (signer === undefined) return encoded
   if (encoded._tag === "Inline")
     return { _tag: "Inline", payload: signer.seal(channel, encoded.payload) }
+  if (encoded._tag === "Parts") {
+    return { _tag: "Parts", payloads: encoded.payloads.map((p) => signer.seal(channel, p)) }
+  }
   return { _tag: "Attachment", ...signer.sealAttachment(channel, encoded.bytes, encoded.header) }
 }
 

@@ -14,6 +14,9 @@ import {
   wireJsonValue as wireJsonValueOf,
 } from "./utils/results.js"
 
+type Attachment = Extract<Codec.Encoded, { _tag: "Attachment" }>
+type AttachmentHeader = Extract<Codec.Notification, { _tag: "Attachment" }>
+
 const { MessageType } = Codec
 
 /** Characters of every UTF-8 length: 1, 2, 3 and 4 bytes (the last is two UTF-16 units). */
@@ -578,7 +581,9 @@ describe("Codec recovery offsets", () => {
           const base = broadcastWith(data)
           const message = early ? { offset: "1", ...base } : base
           const encoded = Codec.encode(Codec.withOffsetPlaceholder(message), 8000)
-          const text = encoded._tag === "Inline" ? encoded.payload : encoded.header(id)
+          assert.notStrictEqual(encoded._tag, "Parts")
+          const text =
+            encoded._tag === "Inline" ? encoded.payload : (encoded as Attachment).header(id)
           const [before, after] = Codec.splitAtOffsetPlaceholder(text)
           const payload = `${before}${offset}${after}`
           assert.isAtMost(Buffer.byteLength(payload), MAX_NOTIFY_BYTES)
@@ -589,8 +594,9 @@ describe("Codec recovery offsets", () => {
             assert.strictEqual(encoded._tag, "Inline")
             assert.deepStrictEqual(decoded.message, { ...message, offset })
           } else {
-            assert.strictEqual(decoded.offset, offset)
-            assert.strictEqual(decoded.attachmentId, id)
+            assert.strictEqual(decoded._tag, "Attachment")
+            assert.strictEqual((decoded as AttachmentHeader).offset, offset)
+            assert.strictEqual((decoded as AttachmentHeader).attachmentId, id)
           }
         },
       ),

@@ -146,9 +146,11 @@ const roundTrip = (
     assert.strictEqual(notification._tag, "Inline")
     return Protocol.decodeMessage((notification as { message: unknown }).message)
   }
-  const header = success(Codec.decodeNotification(encoded.header("1")))
+  assert.strictEqual(encoded._tag, "Attachment")
+  const attachment = encoded as Extract<Codec.Encoded, { _tag: "Attachment" }>
+  const header = success(Codec.decodeNotification(attachment.header("1")))
   assert.strictEqual(header._tag, "Attachment")
-  return Result.flatMap(Codec.decodeAttachment(encoded.bytes), Protocol.decodeMessage)
+  return Result.flatMap(Codec.decodeAttachment(attachment.bytes), Protocol.decodeMessage)
 }
 
 describe("Protocol messages on the wire", () => {

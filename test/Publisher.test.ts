@@ -94,6 +94,7 @@ const decode = (payload: string) =>
   Effect.gen(function* () {
     const notification = Result.getOrThrow(Codec.decodeNotification(payload))
     if (notification._tag === "Inline") return notification.message
+    if (notification._tag === "Part") throw new Error("a part of a packed message")
     const { rows } = yield* fromPromise(() =>
       pool.query<{ payload: Buffer }>(`SELECT payload FROM ${table} WHERE id = $1`, [
         notification.attachmentId,

@@ -232,6 +232,8 @@ describe("makeStatement", () => {
               assert.strictEqual(got.payload, withOffset(encoded.payload))
               return
             }
+            assert.strictEqual(encoded._tag, "Attachment")
+            if (encoded._tag !== "Attachment") return
             const header = JSON.parse(got.payload) as { attachmentId: string; offset?: string }
             assert.deepStrictEqual(rows.get(header.attachmentId), Buffer.from(encoded.bytes))
             assert.strictEqual(got.payload, withOffset(encoded.header(header.attachmentId)))

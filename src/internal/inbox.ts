@@ -12,6 +12,7 @@ import * as Metrics from "../Metrics.js"
 import * as Protocol from "../Protocol.js"
 import * as Signing from "../Signing.js"
 import { OrderedDelivery } from "./ordered.js"
+import { PartsBuffer } from "./parts.js"
 
 const { MessageType } = Protocol
 
@@ -94,12 +95,22 @@ export const makeInbox = (
   options: InboxOptions,
 ): ((payload: string, verifier?: Signing.Verifier) => void) => {
   const inbox = new OrderedDelivery(options.deliver)
+  const parts = new PartsBuffer()
   return (payload, verifier = options.verifier) => {
     const read = readNotification(payload, verifier, options.onSkipped)
     if (read === undefined) return
     const { notification, envelope } = read
-    if (notification._tag === "Inline") {
-      const checked = Protocol.decodeMessage(notification.message)
+    let whole: Codec.Notification = notification
+    if (notification._tag === "Part") {
+      if (!options.wanted(notification)) return
+      const text = parts.add(notification, options.onSkipped)
+      if (text === undefined) return
+      const unpacked = Codec.unpack(text, notification)
+      if (Result.isFailure(unpacked)) return options.onSkipped(unpacked.failure)
+      whole = { _tag: "Inline", message: unpacked.success }
+    }
+    if (whole._tag === "Inline") {
+      const checked = Protocol.decodeMessage(whole.message)
       if (Result.isFailure(checked)) return options.onSkipped(checked.failure)
       const message = checked.success
       if (!options.wanted(headerOf(message))) return
@@ -108,15 +119,15 @@ export const makeInbox = (
       }
       return inbox.push(message)
     }
-    if (!options.wanted(notification)) return
-    const offset = notification.offset
+    if (whole._tag !== "Attachment" || !options.wanted(whole)) return
+    const offset = whole.offset
     if (offset !== undefined) options.announce?.(offset)
     const skip = (reason: string) => {
       options.onSkipped(reason)
       if (offset !== undefined) options.retract?.(offset)
     }
     const fill = inbox.reserve()
-    const id = notification.attachmentId
+    const id = whole.attachmentId
     options.store.unsafeFetch(id, (exit) => {
       if (Exit.isFailure(exit)) {
         skip(`attachment ${id} could not be read`)

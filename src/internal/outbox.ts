@@ -10,7 +10,7 @@ import * as References from "effect/References"
 import * as Tracer from "effect/Tracer"
 import type * as Codec from "../Codec.js"
 import type { PublishError } from "../Errors.js"
-import { Publisher } from "../Publisher.js"
+import { Publisher, type PublishOptions } from "../Publisher.js"
 import type { ListenGate } from "./gate.js"
 import type { Runner } from "./runner.js"
 
@@ -23,14 +23,17 @@ export interface OutboxOptions {
   readonly report: (failure: unknown) => void
   /** The server's gate, in the dynamic subscription modes: publishes wait while a room's LISTEN is in flight. */
   readonly gate?: ListenGate | undefined
+  /** Whether every node reading the channel is ours now (packed messages, see `Codec.encode`). */
+  readonly packed?: (() => boolean) | undefined
 }
 
-const publishOn = (channel: string, wire: Codec.WireMessage) =>
-  Effect.flatMap(Publisher, (publisher) => publisher.publish(channel, wire))
+const publishOn = (channel: string, wire: Codec.WireMessage, options: PublishOptions) =>
+  Effect.flatMap(Publisher, (publisher) => publisher.publish(channel, wire, options))
 
 /** A broadcast's span: from `io.emit()` to the commit of its notification. */
 const publishBroadcast = Effect.fn("PostgresAdapter.broadcast")(
-  (channel: string, wire: Codec.WireMessage) => publishOn(channel, wire),
+  (channel: string, wire: Codec.WireMessage, options: PublishOptions) =>
+    publishOn(channel, wire, options),
 )
 
 /** Publishes one namespace's messages and counts what is in flight. */
@@ -79,18 +82,26 @@ export class Outbox {
 
   #send(wire: Codec.WireMessage, span: "broadcast" | undefined, channel: string): Promise<void> {
     const direct = this.#direct
+    const options: PublishOptions = { packed: this.options.packed?.() }
     if (direct !== undefined && this.#onFibers === 0) {
       return new Promise((resolve) =>
-        direct.unsafePublish(channel, wire, (error) => {
-          if (error !== undefined) this.options.report(error)
-          this.end()
-          resolve()
-        }),
+        direct.unsafePublish(
+          channel,
+          wire,
+          (error) => {
+            if (error !== undefined) this.options.report(error)
+            this.end()
+            resolve()
+          },
+          options,
+        ),
       )
     }
     this.#onFibers++
     const publish: Effect.Effect<void, PublishError, Publisher> =
-      span === "broadcast" ? publishBroadcast(channel, wire) : publishOn(channel, wire)
+      span === "broadcast"
+        ? publishBroadcast(channel, wire, options)
+        : publishOn(channel, wire, options)
     return this.options.runner.runPromiseExit(publish).then((exit) => {
       this.#onFibers--
       if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) {

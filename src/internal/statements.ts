@@ -98,6 +98,7 @@ export const runCounts = (run: ReadonlyArray<Outgoing>) => {
   let stored = 0
   for (const item of run) {
     if (item.encoded !== undefined) notified++
+    if (item.encoded?._tag === "Parts") notified += item.encoded.payloads.length - 1
     if (item.encoded?._tag === "Attachment") attachments++
     if (item.stored !== undefined) stored++
   }
@@ -133,6 +134,15 @@ export const makeStatement = (options: {
         params.push(item.channel, (item.encoded as { payload: string }).payload)
       return [notifyStatement(run.length), params]
     }
+    if (run.every((item) => item.stored === undefined && item.encoded?._tag !== "Attachment")) {
+      const params: Array<unknown> = []
+      for (const item of run) {
+        const encoded = item.encoded as Codec.Encoded & { _tag: "Inline" | "Parts" }
+        const payloads = encoded._tag === "Inline" ? [encoded.payload] : encoded.payloads
+        for (const payload of payloads) params.push(item.channel, payload)
+      }
+      return [notifyStatement(params.length / 2), params]
+    }
     const params: Array<unknown> = []
     const param = (value: unknown) => {
       params.push(value)
@@ -146,6 +156,11 @@ export const makeStatement = (options: {
       const encoded = item.encoded
       if (encoded === undefined) continue
       const channel = param(item.channel)
+      if (encoded._tag === "Parts") {
+        for (const payload of encoded.payloads)
+          calls.push(`pg_notify(${channel}, ${param(payload)})`)
+        continue
+      }
       let text = encoded._tag === "Inline" ? encoded.payload : encoded.header(ID_MARKER)
       let tail = ""
       if (item.stored !== undefined) {
