@@ -21,20 +21,53 @@ describe("ListenGate", () => {
     expect(gate.shut).toBe(false)
   })
 
-  it("holds what follows a LISTEN until every LISTEN in flight holds, in call order", () => {
+  it("holds what follows a LISTEN until that LISTEN holds, in call order", () => {
     const gate = new ListenGate(1000)
     const ran: Array<number> = []
     const first = gate.hold()
     gate.run(() => ran.push(1))
     const second = gate.hold()
     gate.run(() => ran.push(2))
-    first()
     expect(ran).toEqual([])
+    first()
+    expect(ran).toEqual([1])
     first() // a second release of the same hold counts for nothing
     expect(gate.holds).toBe(1)
     second()
     expect(ran).toEqual([1, 2])
     gate.run(() => ran.push(3))
+    expect(ran).toEqual([1, 2, 3])
+  })
+
+  it("lets a publish go once the holds begun before it ended, however many began after", () => {
+    const gate = new ListenGate(1000)
+    const ran: Array<number> = []
+    let release = gate.hold()
+    gate.run(() => ran.push(1))
+    // A stream of joins: each new hold begins before the previous one ends.
+    for (let i = 2; i <= 5; i++) {
+      const next = gate.hold()
+      gate.run(() => ran.push(i))
+      release()
+      expect(ran).toEqual(Array.from({ length: i - 1 }, (_, k) => k + 1))
+      release = next
+    }
+    release()
+    expect(ran).toEqual([1, 2, 3, 4, 5])
+  })
+
+  it("keeps call order: a publish made while others wait goes after them", () => {
+    const gate = new ListenGate(1000)
+    const ran: Array<number> = []
+    const first = gate.hold()
+    gate.run(() => ran.push(1))
+    const second = gate.hold()
+    gate.run(() => ran.push(2))
+    second()
+    // The hold begun before publish 1 still runs: nothing goes, publish 2 included.
+    expect(ran).toEqual([])
+    gate.run(() => ran.push(3))
+    first()
     expect(ran).toEqual([1, 2, 3])
   })
 

@@ -4,27 +4,42 @@
  * causes on other servers (a reply to the room included) reaches the joined socket.
  *
  * One gate per server (per `createAdapter` call or adapter factory), shared by its namespaces: a
- * room's LISTEN in flight holds it, and every publish that follows waits, in the order it was
- * made, until no LISTEN is in flight. A hold ends when the LISTEN holds, when the connection is
- * lost (nothing is heard then anyway), when the room is left, when its node closes, or after
- * `maxWait` at the latest: a LISTEN that cannot be sent must not stop the server publishing.
+ * room's LISTEN in flight is a hold, and a publish waits, in the order it was made, until the holds
+ * that began before it ended; later holds do not delay it, so a stream of joins never starves
+ * publishing. A hold ends when the LISTEN holds, when the connection is lost (nothing is heard then
+ * anyway), when the room is left, when its node closes, or after `maxWait` at the latest: a LISTEN
+ * that cannot be sent must not stop the server publishing.
  */
 
-/** Publishes of one server wait here while one of its room LISTENs is in flight. */
+interface Hold {
+  readonly id: number
+  ended: boolean
+}
+
+interface Waiter {
+  /** The last hold begun before it: it waits for every hold up to this one. */
+  readonly upTo: number
+  readonly f: () => void
+}
+
+/** Publishes of one server wait here while room LISTENs begun before them are in flight. */
 export class ListenGate {
-  #holds = 0
-  #waiting: Array<() => void> = []
+  #lastId = 0
+  /** Holds in the order they began; ended ones are dropped from the front. */
+  #holds: Array<Hold> = []
+  #pending = 0
+  #waiting: Array<Waiter> = []
 
   constructor(private readonly maxWait: number) {}
 
-  /** Whether publishes wait now. */
+  /** Whether a publish made now would wait. */
   get shut(): boolean {
-    return this.#holds > 0
+    return this.#pending > 0 || this.#waiting.length > 0
   }
 
   /** LISTENs in flight. */
   get holds(): number {
-    return this.#holds
+    return this.#pending
   }
 
   /**
@@ -32,13 +47,15 @@ export class ListenGate {
    * number of times; the first counts) or `maxWait` passed.
    */
   hold(): () => void {
-    this.#holds++
-    let held = true
+    const hold: Hold = { id: ++this.#lastId, ended: false }
+    this.#holds.push(hold)
+    this.#pending++
     const release = () => {
-      if (!held) return
-      held = false
+      if (hold.ended) return
+      hold.ended = true
       clearTimeout(timer)
-      if (--this.#holds === 0) this.#open()
+      this.#pending--
+      this.#flush()
     }
     const timer = setTimeout(release, this.maxWait)
     // Never what keeps a process alive: every hold is released when its node closes anyway.
@@ -46,17 +63,23 @@ export class ListenGate {
     return release
   }
 
-  /** Runs `f` now if the gate is open, else once it opens, after what waited before it. */
+  /** Runs `f` now if nothing holds it, else once the holds begun before it ended, in call order. */
   run(f: () => void): void {
-    if (this.#holds === 0 && this.#waiting.length === 0) return f()
-    this.#waiting.push(f)
+    if (!this.shut) return f()
+    this.#waiting.push({ upTo: this.#lastId, f })
   }
 
-  #open(): void {
-    // What a released publish does cannot shut the gate again before the rest went: holds begin
-    // only with a socket joining a room, never inside a publish.
-    const waiting = this.#waiting
-    this.#waiting = []
-    for (const f of waiting) f()
+  #flush(): void {
+    while (this.#holds.length > 0 && this.#holds[0]!.ended) this.#holds.shift()
+    const oldest = this.#holds[0]?.id ?? Infinity
+    // Waiters are in call order, so in order of `upTo`: the first that must wait stops the rest.
+    let n = 0
+    while (n < this.#waiting.length && this.#waiting[n]!.upTo < oldest) n++
+    if (n === 0) return
+    const ready = this.#waiting.slice(0, n)
+    this.#waiting = this.#waiting.slice(n)
+    // What a released publish does cannot begin a hold: holds begin only with a socket joining a
+    // room, never inside a publish.
+    for (const waiter of ready) waiter.f()
   }
 }
