@@ -204,6 +204,29 @@ describe.each(["dynamic", "dynamic-private"] as const)("subscriptionMode %s", (m
     await waitListening([1], room, false)
   })
 
+  it("LISTENs on its room channels again after its LISTEN connection is killed", async () => {
+    const room = freshRoom()
+    socketOf(a[0]!).join(room)
+    await waitListening([0], room)
+    const adapter = cluster.nodes[0]!.adapter()
+    const before = adapter.listenStatus().backendPid!
+    await cluster.admin.query("SELECT pg_terminate_backend($1)", [before])
+    await eventually(() => {
+      const status = adapter.listenStatus()
+      return (
+        status.listening &&
+        status.backendPid !== undefined &&
+        status.backendPid !== before &&
+        (status.roomChannels ?? []).includes(roomChannel(room))
+      )
+    })
+    expect(await serversHearing(roomChannel(room))).toBe(1)
+    expect(await countDeliveries(io[1]!, () => io[1]!.to(room).emit("ev"))).toEqual([
+      1, 0, 0, 0, 0, 0,
+    ])
+    socketOf(a[0]!).leave(room)
+  })
+
   it("routes a broadcast to one socket's own room by the mode", async () => {
     const target = a[0]!.id!
     const raw = await rawListener([nsChannel(), roomChannel(target)])
