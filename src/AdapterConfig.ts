@@ -74,6 +74,14 @@ export interface AdapterOptions {
    * @default undefined (unsigned)
    */
   readonly secrets?: ReadonlyArray<string | Uint8Array>
+  /**
+   * How this server keeps the cluster's membership. `"auto"`: one membership per server (one
+   * heartbeat per `heartbeatInterval` on a server-level channel, however many namespaces) in every
+   * namespace where all nodes are ours, per-namespace heartbeats (0.5.0's wire) where a node of
+   * another kind was heard. `"namespace"`: per-namespace heartbeats everywhere, as 0.5.0.
+   * @default "auto"
+   */
+  readonly membership?: "auto" | "namespace"
   /** Called with each publish or listen error. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
@@ -99,6 +107,8 @@ export interface ClusterConfig {
   readonly recoveryTablePrefix: string
   /** The cluster's secrets, the signing one first; `undefined` when unsigned. */
   readonly secrets?: Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined
+  /** How this server keeps the membership; `undefined` is `"auto"`. */
+  readonly membership?: "auto" | "namespace" | undefined
 }
 
 const Millis = (name: string) =>
@@ -167,6 +177,11 @@ const OptionsSchema = Schema.Struct({
   recoveryTablePrefix: Schema.optional(
     TableName("recoveryTablePrefix", 63 - RECOVERY_SUFFIX_BYTES),
   ),
+  membership: Schema.optional(
+    Schema.Literals(["auto", "namespace"]).annotate({
+      message: 'membership must be "auto" or "namespace"',
+    }),
+  ),
   errorHandler: Schema.optional(
     Schema.declare((u): u is (error: Error) => void => typeof u === "function", {
       message: "errorHandler must be a function",
@@ -229,6 +244,7 @@ export const defaults = {
   /** heartbeatTimeout / 2 when heartbeatTimeout is given. */
   livenessTimeout: 5_000,
   recoveryTablePrefix: "socket_io_recovery",
+  membership: "auto",
 } as const
 
 /**
@@ -348,6 +364,7 @@ const resolve = (
     ),
     recoveryTablePrefix: o.recoveryTablePrefix ?? defaults.recoveryTablePrefix,
     secrets,
+    membership: o.membership ?? defaults.membership,
   }
 }
 

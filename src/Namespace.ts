@@ -146,8 +146,11 @@ export class NamespaceNode {
     const recovery = this.#recovery
     yield* this.#outbox.start
     if (recovery !== undefined) yield* recovery.setup
-    const membership = yield* (yield* Heartbeat).track({
-      publishHeartbeat: Effect.promise(() => this.publish({ type: MessageType.HEARTBEAT })),
+    const heartbeat = yield* Heartbeat
+    const ours = heartbeat.marker
+    const membership = yield* heartbeat.track({
+      nsp: this.options.nsp,
+      publishHeartbeat: Effect.promise(() => this.publish({ type: MessageType.HEARTBEAT, ours })),
       onNodeDown: (uid) => this.#requests.forget(uid),
     })
     this.#membership = membership

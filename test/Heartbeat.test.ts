@@ -12,11 +12,16 @@ import { TestClock } from "effect/testing"
 import * as AdapterConfig from "../src/AdapterConfig.js"
 import * as Heartbeat from "../src/Heartbeat.js"
 
-const HeartbeatTest = Heartbeat.layer.pipe(
+// Per-namespace heartbeats, as 0.5.0: see "server-level membership" below for the default.
+const HeartbeatTest = Heartbeat.layerWith(Heartbeat.noServerChannel).pipe(
   Layer.provide(
     Layer.succeed(
       AdapterConfig.AdapterConfig,
-      AdapterConfig.decodeSync({ heartbeatInterval: 5000, heartbeatTimeout: 10000 }),
+      AdapterConfig.decodeSync({
+        heartbeatInterval: 5000,
+        heartbeatTimeout: 10000,
+        membership: "namespace",
+      }),
     ),
   ),
 )
