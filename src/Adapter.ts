@@ -26,7 +26,7 @@ import { ErrorHandler } from "./Errors.js"
 import * as DebugLog from "./internal/debugLog.js"
 import { NOT_RESTORED } from "./internal/recovering.js"
 import { fromContext, type Runner } from "./internal/runner.js"
-import { type ListenStatus, type Local, NamespaceNode } from "./Namespace.js"
+import { type ListenStatus, type Local, type MembershipStatus, NamespaceNode } from "./Namespace.js"
 import { MessageType, type Body } from "./Protocol.js"
 
 /** What every namespace adapter of one `createAdapter` call (or adapter factory) shares. */
@@ -75,6 +75,14 @@ export class PostgresAdapter extends ClusterAdapter {
    */
   listenStatus(): ListenStatus {
     return this.#node.listenStatus()
+  }
+
+  /**
+   * How this namespace keeps its members now: through its server's heartbeats (every node heard
+   * in it is ours), or with heartbeats of its own because a 0.5.0 node is in it (`foreignNodes`).
+   */
+  membershipStatus(): MembershipStatus {
+    return this.#node.membershipStatus()
   }
 
   /** Starts listening on the namespace's channel and tracking the cluster's members. */

@@ -62,6 +62,8 @@ export interface Membership {
   readonly resync: () => void
   /** Whether every node heard in the namespace is ours (then it sends no heartbeat of its own). */
   readonly allOurs: () => boolean
+  /** The nodes of another kind (0.5.0) heard in the namespace and still members. */
+  readonly foreign: () => ReadonlyArray<string>
   /** The marker every heartbeat of this node carries. */
   readonly marker: Capability.Marker
 }
@@ -163,7 +165,7 @@ export const make = (channel: ServerChannel) =>
           shared,
           marker,
           member,
-          quiet: () => auto && peers.allOurs(),
+          quiet: () => auto && member && peers.allOurs(),
           interval,
           timeout,
           checkEvery,
@@ -284,6 +286,7 @@ const trackNamespace = (o: {
       nodes: () => [...lastSeen.keys()],
       resync: () => void (resyncAt = now()),
       allOurs: () => peers.allOurs(),
+      foreign: () => peers.foreign(),
       marker: o.marker,
     }
 

@@ -78,6 +78,17 @@ export interface ListenStatus {
   readonly backendPid: number | undefined
 }
 
+/** How a namespace keeps its members now, as {@link NamespaceNode.membershipStatus} tells it. */
+export interface MembershipStatus {
+  /**
+   * Whether the namespace relies on its server's heartbeats (one per server on the server channel)
+   * and sends none of its own: every node heard in it is ours, and `membership` is `"auto"`.
+   */
+  readonly serverLevel: boolean
+  /** The uids of the nodes of another kind (0.5.0) heard in the namespace and still members. */
+  readonly foreignNodes: ReadonlyArray<string>
+}
+
 /** A namespace of this server in the cluster. */
 export class NamespaceNode {
   /** The namespace's notification channel. */
@@ -184,6 +195,14 @@ export class NamespaceNode {
 
   /** Whether the namespace's channel is listened on now, and on which PostgreSQL backend. */
   readonly listenStatus = (): ListenStatus => this.#watch.status(this.#closed)
+
+  /** Whether the namespace relies on server-level heartbeats now, and which nodes stop it. */
+  membershipStatus(): MembershipStatus {
+    const membership = this.#membership
+    const foreignNodes = membership?.foreign() ?? []
+    const auto = this.options.config.membership !== "namespace"
+    return { serverLevel: auto && foreignNodes.length === 0, foreignNodes }
+  }
 
   /** Number of servers in this namespace's cluster, this one included. */
   serverCount(): number {
