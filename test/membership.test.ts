@@ -12,12 +12,12 @@
 import pg from "pg"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
 import { channelName, quoteIdentifier, serverChannelName } from "../src/Channel.js"
-import type { PostgresAdapter } from "../src/index.js"
+import { Emitter, type PostgresAdapter } from "../src/index.js"
 import { MessageType } from "../src/Protocol.js"
 import { killFixture, watchProcessFaults } from "./fixtures/faults.js"
 import { eventually } from "./utils/cluster.js"
 import { type ChildNode, type Cluster, type Node, startCluster } from "./utils/nodes.js"
-import { databaseUrl } from "./utils/postgres.js"
+import { databaseUrl, makePool } from "./utils/postgres.js"
 
 /** One notification as the test's LISTEN saw it. */
 interface Seen {
@@ -183,6 +183,33 @@ describe("requests and membership with one membership per server", () => {
     expect(sockets.map((socket) => socket.id)).toEqual([client.id])
     expect(await adapterOf(b, "/pair").serverCount()).toBe(2)
     expect(adapterOf(a, "/all").membershipStatus()).toEqual({ serverLevel: true, foreignNodes: [] })
+  })
+
+  it("an emitter's questions reach every server of the namespace after idle periods", async () => {
+    cluster = await startCluster("membership_emitter", { options: timing })
+    for (const node of cluster.nodes) node.io.on("who", (ack: any) => ack(node.index))
+    const pool = makePool({ max: 2 })
+    const emitter = new Emitter(pool, "/", {
+      channelPrefix: cluster.id,
+      tableName: cluster.id,
+      ...timing,
+    })
+    try {
+      expect(((await emitter.serverSideEmitWithAck("who")) as Array<number>).sort()).toEqual([
+        0, 1, 2,
+      ])
+      watch = await watchChannels(cluster.id)
+      await watch.namespaces(["/"])
+      const idle = await watch.window(3, 20)
+      expect(heartbeatsOn(idle, channelName(cluster.id, "/"))).toBe(0)
+      expect(((await emitter.serverSideEmitWithAck("who")) as Array<number>).sort()).toEqual([
+        0, 1, 2,
+      ])
+      expect(await emitter.fetchSockets()).toEqual([])
+    } finally {
+      await emitter.close()
+      await pool.end()
+    }
   })
 
   it("see a new server and a new namespace at once, long before a heartbeat interval", async () => {
