@@ -157,13 +157,7 @@ export class NamespaceNode {
     const recovery = this.#recovery
     yield* this.#outbox.start
     if (recovery !== undefined) yield* recovery.setup
-    const heartbeat = yield* Heartbeat
-    const ours = heartbeat.marker
-    const membership = yield* heartbeat.track({
-      nsp: this.options.nsp,
-      publishHeartbeat: Effect.promise(() => this.publish({ type: MessageType.HEARTBEAT, ours })),
-      onNodeDown: (uid) => this.#requests.forget(uid),
-    })
+    const membership = yield* track(this.options.nsp, this.#requests, (b) => this.publish(b))
     this.#membership = membership
     yield* listen({
       ...this.options,
@@ -197,12 +191,7 @@ export class NamespaceNode {
   readonly listenStatus = (): ListenStatus => this.#watch.status(this.#closed)
 
   /** Whether the namespace relies on server-level heartbeats now, and which nodes stop it. */
-  membershipStatus(): MembershipStatus {
-    const membership = this.#membership
-    const foreignNodes = membership?.foreign() ?? []
-    const auto = this.options.config.membership !== "namespace"
-    return { serverLevel: auto && foreignNodes.length === 0, foreignNodes }
-  }
+  readonly membershipStatus = () => statusOf(this.#membership, this.options.config)
 
   /** Number of servers in this namespace's cluster, this one included. */
   serverCount(): number {
@@ -250,6 +239,27 @@ export class NamespaceNode {
   serverSideEmit(packet: Array<unknown>): void {
     asking.serverSideEmit(this.#asking, packet)
   }
+}
+
+// The namespace's members; its heartbeats carry our marker.
+const track = (nsp: string, requests: Requests, publish: (body: Protocol.Body) => Promise<void>) =>
+  Effect.gen(function* () {
+    const heartbeat = yield* Heartbeat
+    const ours = heartbeat.marker
+    return yield* heartbeat.track({
+      nsp,
+      publishHeartbeat: Effect.promise(() => publish({ type: MessageType.HEARTBEAT, ours })),
+      onNodeDown: (uid) => requests.forget(uid),
+    })
+  })
+
+const statusOf = (
+  membership: Membership | undefined,
+  config: AdapterConfig.ClusterConfig,
+): MembershipStatus => {
+  const foreignNodes = membership?.foreign() ?? []
+  const auto = config.membership !== "namespace"
+  return { serverLevel: auto && foreignNodes.length === 0, foreignNodes }
 }
 
 type RoomsType = typeof MessageType.SOCKETS_JOIN | typeof MessageType.SOCKETS_LEAVE
