@@ -31,10 +31,6 @@ export type Marker = typeof Marker.Type
 /** A fresh server id: 16 hex digits. */
 export const makeServerId = (): string => crypto.randomUUID().replaceAll("-", "").slice(0, 16)
 
-/** The marker of a heartbeat message, if it carries one. */
-export const markerOf = (message: { readonly ours?: Marker | undefined }): Marker | undefined =>
-  message.ours
-
 /** What a node knows of the other nodes of one namespace, from their heartbeats. */
 export class Peers {
   // uid -> the server id of a node of ours, or null for a node of another kind.

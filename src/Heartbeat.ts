@@ -28,6 +28,7 @@ import { AdapterConfig } from "./AdapterConfig.js"
 import { AttachmentStore } from "./AttachmentStore.js"
 import * as Capability from "./Capability.js"
 import { serverChannelName } from "./Channel.js"
+import * as Errors from "./Errors.js"
 import { makeInbox, makeSkipLogger, verifierOf } from "./internal/inbox.js"
 import { Listener } from "./Listener.js"
 import * as Protocol from "./Protocol.js"
@@ -87,7 +88,7 @@ export interface ServerChannel {
     onMessage: (message: Protocol.Message) => void,
   ) => Effect.Effect<void, never, Scope.Scope>
   /** Sends one message on the channel. */
-  readonly publish: (message: Protocol.Message) => Effect.Effect<void, unknown>
+  readonly publish: (message: Protocol.Message) => Effect.Effect<void, Error>
 }
 
 /** A server channel that carries nothing: every server is then unheard of. */
@@ -228,10 +229,14 @@ const runServerSide = (o: {
         ? channel.publish({ uid: marker.server, type: MessageType.HEARTBEAT, ours: marker })
         : Effect.void,
     ).pipe(
-      Effect.catchCause((cause) => {
+      // Told like any failed publish; the namespaces make up for it (see `trackNamespace`).
+      Effect.catch((error) => {
         shared.failures++
-        return Effect.logWarning("server heartbeat failed", cause)
+        return Effect.logWarning(`server heartbeat failed: ${error.message}`).pipe(
+          Effect.andThen(Errors.report(error)),
+        )
       }),
+      Effect.catchCause((cause) => Effect.logError("server heartbeat failed", cause)),
       Effect.repeat(Schedule.spaced(Duration.millis(o.interval))),
     )
     const prune = Clock.currentTimeMillis.pipe(

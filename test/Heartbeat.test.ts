@@ -10,6 +10,7 @@ import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import { TestClock } from "effect/testing"
 import * as AdapterConfig from "../src/AdapterConfig.js"
+import * as Errors from "../src/Errors.js"
 import * as Heartbeat from "../src/Heartbeat.js"
 import * as Protocol from "../src/Protocol.js"
 
@@ -193,7 +194,7 @@ const memoryChannel = () => {
       ),
     publish: (message) =>
       state.failing
-        ? Effect.fail("PostgreSQL is down")
+        ? Effect.fail(new Error("PostgreSQL is down"))
         : Effect.sync(() => void sent.push(message)),
   }
   return {
@@ -361,9 +362,10 @@ describe("Heartbeat, server-level membership (every node heard is ours)", () => 
   )
 
   serverTest(
-    "after a failed server heartbeat, each namespace heartbeats once on its own channel",
-    (memory) =>
-      Effect.gen(function* () {
+    "after a failed server heartbeat (told to the errorHandler), each namespace heartbeats once on its own channel",
+    (memory) => {
+      const told: Array<string> = []
+      return Effect.gen(function* () {
         const a = yield* trackNode("/a")
         const b = yield* trackNode("/b")
         yield* advance("20 seconds")
@@ -374,7 +376,9 @@ describe("Heartbeat, server-level membership (every node heard is ours)", () => 
         yield* advance("30 seconds")
         assert.strictEqual(a.recorded.heartbeats, 1)
         assert.strictEqual(b.recorded.heartbeats, 1)
-      }),
+        assert.deepStrictEqual(told, ["PostgreSQL is down"])
+      }).pipe(Effect.provideService(Errors.ErrorHandler, (error) => void told.push(error.message)))
+    },
   )
 
   serverTest("an emitter only watches: no heartbeat of any kind", (memory) =>
