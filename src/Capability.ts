@@ -91,9 +91,16 @@ export class Capabilities {
   readonly #namespaces = new Set<Peers>()
   readonly #listeners = new Set<(event: ForeignSeen) => void>()
 
-  /** The peers of a namespace, counted until `release` is called. */
-  register(nsp: string): { readonly peers: Peers; readonly release: () => void } {
+  /**
+   * The peers of a namespace, counted until `release` is called; `onForeign` is told, besides the
+   * listeners of {@link onForeign}, of each node of another kind heard in it.
+   */
+  register(
+    nsp: string,
+    onForeign?: (uid: string) => void,
+  ): { readonly peers: Peers; readonly release: () => void } {
     const peers = new Peers((uid) => {
+      onForeign?.(uid)
       for (const listener of [...this.#listeners]) listener({ nsp, uid })
     })
     this.#namespaces.add(peers)

@@ -79,6 +79,8 @@ export interface TrackOptions {
   readonly onNodeDown: (uid: string) => void
   /** Whether this is a node that heartbeats (`false`: an emitter, which only watches). @default true */
   readonly member?: boolean
+  /** Told when a node of another kind (0.5.0) is first heard in the namespace. */
+  readonly onForeign?: (uid: string) => void
 }
 
 /** The server-level channel, as the Heartbeat service uses it. */
@@ -151,7 +153,7 @@ export const make = (channel: ServerChannel) =>
     const track = (options: TrackOptions) =>
       Effect.gen(function* () {
         const member = options.member !== false
-        const { peers, release } = capabilities.register(options.nsp ?? "")
+        const { peers, release } = capabilities.register(options.nsp ?? "", options.onForeign)
         yield* Effect.acquireRelease(
           uses.acquire.pipe(Effect.andThen(Effect.sync(() => member && shared.members++))),
           () =>

@@ -229,13 +229,14 @@ const serverTest = <A, E>(
   })
 
 /** Tracks namespace `nsp` as a node, recording its own heartbeats and downed nodes. */
-const trackNode = (nsp: string, member = true) =>
+const trackNode = (nsp: string, member = true, onForeign?: (uid: string) => void) =>
   Effect.gen(function* () {
     const heartbeat = yield* Heartbeat.Heartbeat
     const recorded = { heartbeats: 0, down: [] as Array<string> }
     const membership = yield* heartbeat.track({
       nsp,
       member,
+      ...(onForeign && { onForeign }),
       publishHeartbeat: Effect.sync(() => void recorded.heartbeats++),
       onNodeDown: (uid) => void recorded.down.push(uid),
     })
@@ -314,10 +315,12 @@ describe("Heartbeat, server-level membership (every node heard is ours)", () => 
         const heartbeat = yield* Heartbeat.Heartbeat
         const told: Array<unknown> = []
         heartbeat.capabilities.onForeign((event) => void told.push(event))
-        const legacy = yield* trackNode("/legacy")
+        const toldLegacy: Array<string> = []
+        const legacy = yield* trackNode("/legacy", true, (uid) => void toldLegacy.push(uid))
         const quiet = yield* trackNode("/quiet")
         legacy.membership.receive({ uid: "old", type: MessageType.HEARTBEAT })
         assert.deepStrictEqual(told, [{ nsp: "/legacy", uid: "old" }])
+        assert.deepStrictEqual(toldLegacy, ["old"])
         assert.isFalse(heartbeat.capabilities.allOurs())
         assert.isFalse(legacy.membership.allOurs())
         assert.isTrue(quiet.membership.allOurs())
