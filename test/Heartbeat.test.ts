@@ -384,6 +384,28 @@ describe("Heartbeat, server-level membership (every node heard is ours)", () => 
     },
   )
 
+  serverTest(
+    "keeps sending server heartbeats when the first namespace closes, stops with the last",
+    (memory) =>
+      Effect.gen(function* () {
+        const first = yield* Scope.make()
+        const last = yield* Scope.make()
+        yield* Scope.provide(trackNode("/first"), first)
+        yield* Scope.provide(trackNode("/last"), last)
+        yield* advance("10 seconds")
+        yield* Scope.close(first, Exit.void)
+        const before = serverHeartbeats(memory.sent)
+        yield* advance("30 seconds")
+        assert.strictEqual(serverHeartbeats(memory.sent) - before, 6)
+        assert.isDefined(memory.state.deliver, "the server channel is still listened on")
+        yield* Scope.close(last, Exit.void)
+        const after = serverHeartbeats(memory.sent)
+        yield* advance("30 seconds")
+        assert.strictEqual(serverHeartbeats(memory.sent), after)
+        assert.isUndefined(memory.state.deliver, "the server channel is left")
+      }),
+  )
+
   serverTest("an emitter only watches: no heartbeat of any kind", (memory) =>
     Effect.gen(function* () {
       const { membership, recorded } = yield* trackNode("/", false)
