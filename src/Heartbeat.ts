@@ -112,6 +112,9 @@ export class Heartbeat extends Context.Service<
   }
 >()("socket.io-postgres-effect/Heartbeat") {}
 
+/** How many `heartbeatTimeout`s a node dropped with its server may come back with it. */
+const SUSPENDED_FOR = 6
+
 const isHeartbeat = (type: number) =>
   type === MessageType.HEARTBEAT || type === MessageType.INITIAL_HEARTBEAT
 
@@ -119,8 +122,13 @@ const isHeartbeat = (type: number) =>
 interface Shared {
   /** Server id -> when its last server heartbeat arrived. */
   readonly servers: Map<string, number>
-  /** Server heartbeats that failed so far: namespaces then heartbeat on their own channel once. */
-  failures: number
+  /**
+   * How often a server heartbeat went through after one failed: each time, namespaces that rely
+   * on them heartbeat once on their own channel (the others may have dropped them meanwhile).
+   */
+  recoveries: number
+  /** Whether the last server heartbeat failed. */
+  failing: boolean
   /** Tracked namespaces that heartbeat (not emitters). */
   members: number
 }
@@ -138,7 +146,7 @@ export const make = (channel: ServerChannel) =>
       server: Capability.makeServerId(),
     }
     const capabilities = new Capability.Capabilities()
-    const shared: Shared = { servers: new Map(), failures: 0, members: 0 }
+    const shared: Shared = { servers: new Map(), recoveries: 0, failing: false, members: 0 }
     const serverSide = runServerSide({
       channel,
       shared,
@@ -228,12 +236,19 @@ const runServerSide = (o: {
     })
     const beat = Effect.suspend(() =>
       o.auto && shared.members > 0
-        ? channel.publish({ uid: marker.server, type: MessageType.HEARTBEAT, ours: marker })
+        ? channel.publish({ uid: marker.server, type: MessageType.HEARTBEAT, ours: marker }).pipe(
+            Effect.tap(() =>
+              Effect.sync(() => {
+                if (shared.failing) shared.recoveries++
+                shared.failing = false
+              }),
+            ),
+          )
         : Effect.void,
     ).pipe(
-      // Told like any failed publish; the namespaces make up for it (see `trackNamespace`).
+      // Told like any failed publish; once one goes through, the namespaces make up for it.
       Effect.catch((error) => {
-        shared.failures++
+        shared.failing = true
         return Effect.logWarning(`server heartbeat failed: ${error.message}`).pipe(
           Effect.andThen(Errors.report(error)),
         )
@@ -276,8 +291,10 @@ const trackNamespace = (o: {
     const lastSeen = new Map<string, number>()
     let lastPublished = now()
     let resyncAt = 0
-    // The server heartbeat failures this namespace already made up for.
-    let madeUpFor = shared.failures
+    // The server heartbeat recoveries this namespace already made up for.
+    let madeUpFor = shared.recoveries
+    // Nodes of ours dropped because their server went silent: back if it is heard again.
+    const suspended = new Map<string, { readonly server: string; readonly at: number }>()
 
     const membership: Membership = {
       receive: (message) => {
@@ -287,6 +304,7 @@ const trackNamespace = (o: {
       seen: (uid) => void lastSeen.set(uid, now()),
       remove: (uid) => {
         lastSeen.delete(uid)
+        suspended.delete(uid)
         peers.forget(uid)
       },
       published: () => void (lastPublished = now()),
@@ -307,24 +325,40 @@ const trackNamespace = (o: {
     }
 
     // Sleep until the next heartbeat is due; publishing anything postpones it. Relying on the
-    // server heartbeats, the namespace still heartbeats once after one of them failed: the
-    // others may have found this server down and forgotten its namespaces meanwhile.
+    // server heartbeats, the namespace still heartbeats once when they go through again after a
+    // failure: the others may have found this server down and forgotten its namespaces meanwhile.
     const heartbeatLoop = Effect.suspend(() => {
-      if (o.quiet() && madeUpFor === shared.failures) return Effect.sleep(Duration.millis(interval))
-      madeUpFor = shared.failures
+      if (o.quiet() && madeUpFor === shared.recoveries) {
+        return Effect.sleep(Duration.millis(interval))
+      }
+      madeUpFor = shared.recoveries
       const wait = lastPublished + interval - now()
       return wait > 0 && !o.quiet()
         ? Effect.sleep(Duration.millis(wait))
         : Effect.sync(membership.published).pipe(Effect.andThen(options.publishHeartbeat))
     }).pipe(Effect.forever)
 
+    // A node whose server was silent for `timeout` is down; if that server is heard again (this
+    // process had stalled: its timers ran before the notifications that waited), it is back.
     const expiryCheck = Clock.currentTimeMillis.pipe(
       Effect.map((at) => {
         for (const [uid, seenAt] of lastSeen) {
           if (at - aliveAt(uid, seenAt) > timeout) {
+            const server = peers.serverOf(uid)
             membership.remove(uid)
+            // Not when its server is heard while it did not answer a resync: it is gone.
+            const serverSilent = at - (shared.servers.get(server ?? "") ?? 0) > timeout
+            if (server !== undefined && serverSilent) suspended.set(uid, { server, at })
             options.onNodeDown(uid)
           }
+        }
+        for (const [uid, { server, at: droppedAt }] of suspended) {
+          const heardAt = shared.servers.get(server)
+          if (heardAt !== undefined && heardAt >= droppedAt) {
+            suspended.delete(uid)
+            lastSeen.set(uid, heardAt)
+            peers.heard(uid, { v: Capability.VERSION, server })
+          } else if (at - droppedAt > SUSPENDED_FOR * timeout) suspended.delete(uid)
         }
       }),
       Effect.repeat(Schedule.spaced(o.checkEvery)),

@@ -374,14 +374,48 @@ describe("Heartbeat, server-level membership (every node heard is ours)", () => 
         yield* advance("20 seconds")
         assert.strictEqual(a.recorded.heartbeats + b.recorded.heartbeats, 0)
         memory.state.failing = true
-        yield* advance("5 seconds")
+        yield* advance("15 seconds")
+        assert.strictEqual(a.recorded.heartbeats, 0, "nothing while they fail")
         memory.state.failing = false
         yield* advance("30 seconds")
         assert.strictEqual(a.recorded.heartbeats, 1)
         assert.strictEqual(b.recorded.heartbeats, 1)
-        assert.deepStrictEqual(told, ["PostgreSQL is down"])
+        assert.deepStrictEqual(told, [
+          "PostgreSQL is down",
+          "PostgreSQL is down",
+          "PostgreSQL is down",
+        ])
       }).pipe(Effect.provideService(Errors.ErrorHandler, (error) => void told.push(error.message)))
     },
+  )
+
+  serverTest(
+    "a node dropped with its silent server comes back when the server is heard again, unless it left",
+    (memory) =>
+      Effect.gen(function* () {
+        const { membership, recorded } = yield* trackNode("/")
+        for (const uid of ["a", "b", "c"]) {
+          membership.receive({ uid, type: MessageType.HEARTBEAT, ours: marker("S1") })
+        }
+        memory.beat("S1")
+        // This process stalls: its timers run before the heartbeats that waited.
+        yield* advance("11 seconds")
+        assert.deepStrictEqual(recorded.down, ["a", "b", "c"])
+        membership.remove("b")
+        memory.beat("S1")
+        yield* advance("1 second")
+        assert.deepStrictEqual(membership.nodes(), ["a", "c"])
+        for (let i = 0; i < 6; i++) {
+          memory.beat("S1")
+          yield* advance("5 seconds")
+        }
+        assert.deepStrictEqual(membership.nodes(), ["a", "c"])
+        // A server silent for long: its nodes do not come back with it.
+        yield* advance("70 seconds")
+        memory.beat("S1")
+        yield* advance("1 second")
+        assert.deepStrictEqual(membership.nodes(), [])
+      }),
   )
 
   serverTest(
