@@ -212,6 +212,31 @@ describe("requests and membership with one membership per server", () => {
     }
   })
 
+  it("know every server again in idle namespaces after this process stalled past heartbeatTimeout", async () => {
+    // No liveness ping in the way: the LISTEN connection is not replaced (which would resync).
+    const quiet = { ...timing, livenessInterval: 60_000, livenessTimeout: 60_000 }
+    cluster = await startCluster("membership_stall", { options: quiet })
+    const [a, b, c] = cluster.nodes as [Node, Node, Node]
+    await open([a, b, c], "/idle")
+    watch = await watchChannels(cluster.id)
+    // The fault: the event loop is blocked; timers then run before the notifications that waited,
+    // and every server drops the others.
+    const until = Date.now() + 4 * timing.heartbeatTimeout
+    while (Date.now() < until) {
+      /* stalled */
+    }
+    // Five intervals later, nothing was sent on /idle: only the servers' heartbeats bring them back.
+    await watch.window(3, 5)
+    await eventually(
+      async () => {
+        const counts = await Promise.all([a, b, c].map((n) => adapterOf(n, "/idle").serverCount()))
+        return counts.every((n) => n === 3)
+      },
+      { timeout: 5000, message: "every server counted again in /idle" },
+    )
+    expect(await whoAnswers(a, "/idle")).toEqual([1, 2])
+  })
+
   it("see a new server and a new namespace at once, long before a heartbeat interval", async () => {
     // Only the answers to INITIAL_HEARTBEAT can make them known within 2 s.
     const slow = { heartbeatInterval: 5000, heartbeatTimeout: 10_000 }
