@@ -33,8 +33,8 @@ export const makeServerId = (): string => crypto.randomUUID().replaceAll("-", ""
 
 /** What a node knows of the other nodes of one namespace, from their heartbeats. */
 export class Peers {
-  // uid -> the server id of a node of ours, or null for a node of another kind.
-  readonly #kinds = new Map<string, string | null>()
+  // uid -> the marker of a node of ours, or null for a node of another kind.
+  readonly #kinds = new Map<string, Marker | null>()
   #foreign = 0
 
   /**
@@ -45,9 +45,9 @@ export class Peers {
 
   /** A heartbeat from `uid`, with its marker or without one. */
   heard(uid: string, marker: Marker | undefined): void {
-    const kind = marker === undefined ? null : marker.server
+    const kind = marker ?? null
     const before = this.#kinds.get(uid)
-    if (before === kind) return
+    if (before === null && kind === null) return
     this.#kinds.set(uid, kind)
     if (before === null) this.#foreign--
     if (kind === null) {
@@ -64,14 +64,20 @@ export class Peers {
     if (before === null) this.#foreign--
   }
 
-  /** Whether every node heard in the namespace is ours (true when none was heard). */
-  allOurs(): boolean {
-    return this.#foreign === 0
+  /**
+   * Whether every node heard in the namespace is ours (true when none was heard), and speaks at
+   * least version `atLeast` of our extensions.
+   */
+  allOurs(atLeast = 1): boolean {
+    if (this.#foreign > 0) return false
+    if (atLeast <= 1) return true
+    for (const kind of this.#kinds.values()) if (kind !== null && kind.v < atLeast) return false
+    return true
   }
 
   /** The server of a node of ours; `undefined` for another kind or a node not heard yet. */
   serverOf(uid: string): string | undefined {
-    return this.#kinds.get(uid) ?? undefined
+    return this.#kinds.get(uid)?.server
   }
 
   /** The nodes of another kind heard in the namespace and not forgotten. */
@@ -107,9 +113,12 @@ export class Capabilities {
     return { peers, release: () => void this.#namespaces.delete(peers) }
   }
 
-  /** Whether every node heard in every namespace this process tracks is ours. */
-  allOurs(): boolean {
-    for (const peers of this.#namespaces) if (!peers.allOurs()) return false
+  /**
+   * Whether every node heard in every namespace this process tracks is ours, and speaks at least
+   * version `atLeast` of our extensions.
+   */
+  allOurs(atLeast = 1): boolean {
+    for (const peers of this.#namespaces) if (!peers.allOurs(atLeast)) return false
     return true
   }
 

@@ -11,7 +11,12 @@ import * as Protocol from "../src/Protocol.js"
 const marker = (server: string): Capability.Marker => ({ v: Capability.VERSION, server })
 
 type Op =
-  | { readonly _tag: "heard"; readonly uid: string; readonly server: string | undefined }
+  | {
+      readonly _tag: "heard"
+      readonly uid: string
+      readonly server: string | undefined
+      readonly v: number
+    }
   | { readonly _tag: "forget"; readonly uid: string }
 
 const uid = fc.constantFrom("a", "b", "c", "d")
@@ -20,6 +25,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     _tag: fc.constant("heard" as const),
     uid,
     server: fc.option(fc.constantFrom("S1", "S2"), { nil: undefined }),
+    v: fc.integer({ min: 1, max: 3 }),
   }),
   fc.record({ _tag: fc.constant("forget" as const), uid }),
 )
@@ -30,23 +36,27 @@ describe("Capability.Peers", () => {
       fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
         const told: Array<string> = []
         const peers = new Capability.Peers((u) => void told.push(u))
-        // The model: uid -> server id, or null for another kind.
-        const model = new Map<string, string | null>()
+        // The model: uid -> server id and version, or null for another kind.
+        const model = new Map<string, { server: string; v: number } | null>()
         const expectedTold: Array<string> = []
         for (const o of ops) {
           if (o._tag === "heard") {
-            const kind = o.server ?? null
+            const kind = o.server === undefined ? null : { server: o.server, v: o.v }
             if (kind === null && model.get(o.uid) !== null) expectedTold.push(o.uid)
             model.set(o.uid, kind)
-            peers.heard(o.uid, o.server === undefined ? undefined : marker(o.server))
+            peers.heard(o.uid, kind ?? undefined)
           } else {
             model.delete(o.uid)
             peers.forget(o.uid)
           }
           const foreign = [...model].filter(([, k]) => k === null).map(([u]) => u)
           assert.strictEqual(peers.allOurs(), foreign.length === 0)
+          for (const atLeast of [1, 2, 3]) {
+            const ok = [...model.values()].every((k) => k !== null && k.v >= atLeast)
+            assert.strictEqual(peers.allOurs(atLeast), ok, `allOurs(${atLeast})`)
+          }
           assert.deepStrictEqual([...peers.foreign()].sort(), foreign.sort())
-          for (const [u, k] of model) assert.strictEqual(peers.serverOf(u), k ?? undefined)
+          for (const [u, k] of model) assert.strictEqual(peers.serverOf(u), k?.server)
         }
         assert.deepStrictEqual(told, expectedTold)
       }),
