@@ -273,6 +273,26 @@ describe("requests and membership with one membership per server", () => {
     expect(await whoAnswers(b, "/")).toEqual([0])
   })
 
+  it("switch to namespace heartbeats when a 0.5.0 node joins a namespace that relied on servers", async () => {
+    cluster = await startCluster("membership_late_old", { nodes: 2, options: timing })
+    const [a, b] = cluster.nodes as [Node, Node]
+    for (const node of [a, b]) node.io.on("who", (ack: any) => ack(node.index))
+    watch = await watchChannels(cluster.id)
+    await watch.namespaces(["/"])
+    const root = channelName(cluster.id, "/")
+    expect(heartbeatsOn(await watch.window(2, 5), root)).toBe(0)
+
+    const old = await cluster.addNode("0.5.0")
+    old.io.on("who", (ack: any) => ack(old.index))
+    await cluster.waitForMembers("/", 3)
+    expect(adapterOf(a, "/").membershipStatus().foreignNodes).toEqual([old.uid("/")])
+    // Two heartbeatTimeouts later, the 0.5.0 node still counts both: they heartbeat on "/".
+    const mixed = await watch.window(2, 10)
+    expect(heartbeatsOn(mixed, root, [a.uid("/"), b.uid("/")])).toBeGreaterThanOrEqual(10)
+    expect(await old.io.of("/").adapter.serverCount()).toBe(3)
+    expect(await whoAnswers(a, "/")).toEqual([1, 2])
+  })
+
   it("fall back to namespace heartbeats where a 0.5.0 node is, and back once it left", async () => {
     cluster = await startCluster("membership_mixed", {
       nodes: ["ours", "ours", "0.5.0"],
