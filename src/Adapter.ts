@@ -25,10 +25,11 @@ import * as Database from "./Database.js"
 import { ConfigError, ErrorHandler } from "./Errors.js"
 import * as DebugLog from "./internal/debugLog.js"
 import { ListenGate } from "./internal/gate.js"
+import * as asking from "./internal/asking.js"
 import { roomChannelsOf } from "./internal/rooms.js"
 import { NOT_RESTORED } from "./internal/recovering.js"
 import { fromContext, type Runner } from "./internal/runner.js"
-import { type ListenStatus, type Local, NamespaceNode } from "./Namespace.js"
+import { type ListenStatus, type Local, type MembershipStatus, NamespaceNode } from "./Namespace.js"
 import { MessageType, type Body } from "./Protocol.js"
 
 /** What every namespace adapter of one `createAdapter` call (or adapter factory) shares. */
@@ -88,6 +89,11 @@ export class PostgresAdapter extends ClusterAdapter {
     return this.#node.listenStatus()
   }
 
+  /** Whether the namespace relies on its server's heartbeats now, and which nodes stop it. */
+  membershipStatus(): MembershipStatus {
+    return this.#node.membershipStatus()
+  }
+
   /** Starts listening on the namespace's channel and tracking the cluster's members. */
   override init(): void {
     this.#node.start()
@@ -120,11 +126,11 @@ export class PostgresAdapter extends ClusterAdapter {
   }
 
   override fetchSockets(opts: BroadcastOptions): Promise<Array<any>> {
-    return this.#node.fetchSockets(opts)
+    return asking.fetchSockets(this.#node.asking, opts)
   }
 
   override async serverSideEmit(packet: Array<any>): Promise<any> {
-    this.#node.serverSideEmit(packet)
+    asking.serverSideEmit(this.#node.asking, packet)
   }
 
   /** Saves a disconnected socket's session in PostgreSQL (recovery on); never rejects. */

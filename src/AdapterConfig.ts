@@ -83,6 +83,14 @@ export interface AdapterOptions {
    * rooms too. Not with `connectionStateRecovery`. @default "static"
    */
   readonly subscriptionMode?: SubscriptionMode
+  /**
+   * How this server keeps the cluster's membership. `"auto"`: one membership per server (one
+   * heartbeat per `heartbeatInterval` on a server-level channel, however many namespaces) in every
+   * namespace where all nodes are ours, per-namespace heartbeats (0.5.0's wire) where a node of
+   * another kind was heard. `"namespace"`: per-namespace heartbeats everywhere, as 0.5.0.
+   * @default "auto"
+   */
+  readonly membership?: "auto" | "namespace"
   /** Called with each publish or listen error. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
@@ -113,6 +121,8 @@ export interface ClusterConfig {
   readonly subscriptionMode?: SubscriptionMode | undefined
   /** The cluster's secrets, the signing one first; `undefined` when unsigned. */
   readonly secrets?: Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined
+  /** How this server keeps the membership; `undefined` is `"auto"`. */
+  readonly membership?: "auto" | "namespace" | undefined
 }
 
 const Millis = (name: string) =>
@@ -187,6 +197,11 @@ const OptionsSchema = Schema.Struct({
       { message: 'subscriptionMode must be "static", "dynamic" or "dynamic-private"' },
     ),
   ),
+  membership: Schema.optional(
+    Schema.Literals(["auto", "namespace"]).annotate({
+      message: 'membership must be "auto" or "namespace"',
+    }),
+  ),
   errorHandler: Schema.optional(
     Schema.declare((u): u is (error: Error) => void => typeof u === "function", {
       message: "errorHandler must be a function",
@@ -250,6 +265,7 @@ export const defaults = {
   livenessTimeout: 5_000,
   recoveryTablePrefix: "socket_io_recovery",
   subscriptionMode: "static",
+  membership: "auto",
 } as const
 
 /**
@@ -370,6 +386,7 @@ const resolve = (
     recoveryTablePrefix: o.recoveryTablePrefix ?? defaults.recoveryTablePrefix,
     subscriptionMode: o.subscriptionMode ?? defaults.subscriptionMode,
     secrets,
+    membership: o.membership ?? defaults.membership,
   }
 }
 

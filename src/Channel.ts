@@ -77,6 +77,12 @@ export const broadcastChannel = (
 }
 
 /**
+ * The server-level channel of a cluster: `${prefix}~servers` (shortened as namespace channels are).
+ * Namespace channels are `${prefix}#/…`: no namespace's channel can be this one.
+ */
+export const serverChannelName = (prefix: string): string => shortIdentifier(`${prefix}~servers`)
+
+/**
  * `name` when it is a valid identifier of at most 63 bytes, else its longest prefix that fits with
  * `~` and 16 hex digits of its SHA-256: stable, and distinct for distinct names.
  */

@@ -53,9 +53,8 @@ export const layerTableSetup: Layer.Layer<
 /** The cluster services over an `AdapterConfig` and a `Database`. */
 export const layer: Layer.Layer<Services, never, AdapterConfig.AdapterConfig | Database.Database> =
   Layer.mergeAll(
-    Listener.layer,
-    Publisher.layer,
-    Heartbeat.layer,
+    // Its server channel is on the Listener and the Publisher.
+    Heartbeat.layer.pipe(Layer.provideMerge(Layer.merge(Listener.layer, Publisher.layer))),
     // Recovery's cleanup runs in the Cleanup loop.
     Recovery.layer.pipe(Layer.provideMerge(Cleanup.layer)),
     layerTableSetup,

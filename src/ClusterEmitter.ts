@@ -210,8 +210,10 @@ const watchNamespaces = Effect.fnUntraced(function* (requests: Requests, send: S
     Effect.gen(function* () {
       const echoed = yield* Deferred.make<void>()
       const membership = yield* heartbeat.track({
+        nsp,
         publishHeartbeat: Effect.void,
         onNodeDown: (uid) => requests.forget(uid),
+        member: false,
       })
       const channel = channelName(config.channelPrefix, nsp)
       const receive = makeInbox({
@@ -227,7 +229,7 @@ const watchNamespaces = Effect.fnUntraced(function* (requests: Requests, send: S
           requests.wanted(header.type, header.requestId),
         deliver: (message) => {
           if (message.uid === EMITTER_UID) return Deferred.doneUnsafe(echoed, Exit.void)
-          membership.seen(message.uid)
+          membership.receive(message)
           if (message.type === MessageType.ADAPTER_CLOSE) {
             membership.remove(message.uid)
             requests.forget(message.uid)
@@ -243,6 +245,7 @@ const watchNamespaces = Effect.fnUntraced(function* (requests: Requests, send: S
       yield* listener.subscribe(channel, {
         onNotification: receive,
         onListen: () => {
+          membership.resync()
           runFork(send(nsp, { type: MessageType.INITIAL_HEARTBEAT }).pipe(Effect.ignore))
           Deferred.doneUnsafe(listening, Exit.void)
         },
@@ -312,7 +315,8 @@ export const layer: Layer.Layer<ClusterEmitter, never, AdapterConfig | Database>
   make,
 ).pipe(
   Layer.provide(
-    Layer.mergeAll(Publisher.layer, Listener.layer, Heartbeat.layer).pipe(
+    Heartbeat.layer.pipe(
+      Layer.provideMerge(Layer.merge(Publisher.layer, Listener.layer)),
       Layer.provideMerge(AttachmentStore.layer),
     ),
   ),

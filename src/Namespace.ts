@@ -83,6 +83,17 @@ export interface ListenStatus {
   readonly roomChannels?: ReadonlyArray<string>
 }
 
+/** How a namespace keeps its members now, as {@link NamespaceNode.membershipStatus} tells it. */
+export interface MembershipStatus {
+  /**
+   * Whether the namespace relies on its server's heartbeats (one per server on the server channel)
+   * and sends none of its own: every node heard in it is ours, and `membership` is `"auto"`.
+   */
+  readonly serverLevel: boolean
+  /** The uids of the nodes of another kind (0.5.0) heard in the namespace and still members. */
+  readonly foreignNodes: ReadonlyArray<string>
+}
+
 /** A namespace of this server in the cluster. */
 export class NamespaceNode {
   /** The namespace's notification channel. */
@@ -94,7 +105,8 @@ export class NamespaceNode {
   readonly #outbox: Outbox
   readonly #requests = new Requests()
   readonly #log: { readonly skip: (reason: string) => void; readonly warn: (line: string) => void }
-  readonly #asking: asking.Asking
+  /** What `fetchSockets` and `serverSideEmit` of this node need (see `internal/asking.ts`). */
+  readonly asking: asking.Asking
   #membership: Membership | undefined
   #fiber: Fiber.Fiber<never> | undefined
   #closed = false
@@ -108,8 +120,16 @@ export class NamespaceNode {
       stopped: () => this.#stopped,
     })
     this.#log = { skip: makeSkipLogger(warn), warn }
-    this.#outbox = new Outbox({ channel: this.channel, runner, report, gate: options.rooms?.gate })
-    this.#asking = {
+    // Packed messages once every node heard is ours (0.5.0's format until the node runs).
+    const packed = () => this.#membership?.allOurs() ?? false
+    this.#outbox = new Outbox({
+      channel: this.channel,
+      runner,
+      report,
+      gate: options.rooms?.gate,
+      packed,
+    })
+    this.asking = {
       ...options,
       requests: this.#requests,
       nodes: () => this.#membership?.nodes() ?? [],
@@ -149,10 +169,9 @@ export class NamespaceNode {
   readonly #run = Effect.gen({ self: this }, function* () {
     yield* this.#outbox.start
     if (this.#recovery !== undefined) yield* this.#recovery.setup
-    const membership = yield* (yield* Heartbeat).track({
-      publishHeartbeat: Effect.promise(() => this.publish({ type: MessageType.HEARTBEAT })),
-      onNodeDown: (uid) => this.#requests.forget(uid),
-    })
+    const membership = yield* track(this.options, this.#requests, this.#log.warn, (b) =>
+      this.publish(b),
+    )
     this.#membership = membership
     yield* listen({
       ...this.options,
@@ -185,10 +204,11 @@ export class NamespaceNode {
   /** Whether the namespace's channel is listened on now, and on which PostgreSQL backend. */
   readonly listenStatus = (): ListenStatus => this.#watch.status(this.#closed)
 
+  /** Whether the namespace relies on server-level heartbeats now, and which nodes stop it. */
+  readonly membershipStatus = () => statusOf(this.#membership, this.options.config)
+
   /** Number of servers in this namespace's cluster, this one included. */
-  serverCount(): number {
-    return 1 + (this.#membership?.nodes().length ?? 0)
-  }
+  readonly serverCount = (): number => 1 + (this.#membership?.nodes().length ?? 0)
 
   /** Publishes on the namespace's channel (which defers a heartbeat) or a room's; never rejects. */
   publish(body: Protocol.Body, span?: "broadcast", room?: string): Promise<void> {
@@ -223,16 +243,46 @@ export class NamespaceNode {
     if (!opts.flags?.local) void this.publish({ type: MessageType.DISCONNECT_SOCKETS, data })
     this.options.local.disconnectSockets(opts, close)
   }
+}
 
-  /** The matching sockets of every node; rejects when a node did not answer in time. */
-  fetchSockets(opts: BroadcastOptions): Promise<Array<unknown>> {
-    return asking.fetchSockets(this.#asking, opts)
-  }
+// The namespace's members; its heartbeats carry our marker.
+// The namespace's members; a node of another kind heard in a dynamic mode is warned about (once,
+// again after it left).
+const track = (
+  options: { readonly nsp: string; readonly config: AdapterConfig.ClusterConfig },
+  requests: Requests,
+  warn: (line: string) => void,
+  publish: (body: Protocol.Body) => Promise<void>,
+) =>
+  Effect.gen(function* () {
+    const heartbeat = yield* Heartbeat
+    const ours = heartbeat.marker
+    const mode = options.config.subscriptionMode ?? "static"
+    return yield* heartbeat.track({
+      nsp: options.nsp,
+      publishHeartbeat: Effect.promise(() => publish({ type: MessageType.HEARTBEAT, ours })),
+      onNodeDown: (uid) => requests.forget(uid),
+      onForeign: (uid) => mode !== "static" && warn(foreignWarning(mode, options.nsp, uid)),
+    })
+  })
 
-  /** A server-side event for the other nodes; with an acknowledgement last, collects answers. */
-  serverSideEmit(packet: Array<unknown>): void {
-    asking.serverSideEmit(this.#asking, packet)
-  }
+/**
+ * A node of another kind (0.5.0) heard in a namespace of a dynamic cluster: it listens on the
+ * namespace channel only, so broadcasts to single rooms never reach its clients.
+ */
+const foreignWarning = (mode: string, nsp: string, uid: string): string =>
+  `a node that is not socket.io-postgres-effect (uid ${uid}, e.g. @socket.io/postgres-adapter ` +
+  `0.5.0) is in namespace ${JSON.stringify(nsp)}, but this server runs with subscriptionMode ` +
+  `"${mode}": broadcasts to one room go to that room's channel, which it never listens on, so its ` +
+  `clients miss them. Mixed clusters need subscriptionMode "static".`
+
+const statusOf = (
+  membership: Membership | undefined,
+  config: AdapterConfig.ClusterConfig,
+): MembershipStatus => {
+  const foreignNodes = membership?.foreign() ?? []
+  const auto = config.membership !== "namespace"
+  return { serverLevel: auto && foreignNodes.length === 0, foreignNodes }
 }
 
 type RoomsType = typeof MessageType.SOCKETS_JOIN | typeof MessageType.SOCKETS_LEAVE

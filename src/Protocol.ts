@@ -12,6 +12,7 @@ import * as Result from "effect/Result"
 import * as SchemaJITCompiler from "effect/schema/SchemaJITCompiler"
 import * as Schema from "effect/Schema"
 import * as SchemaIssue from "effect/SchemaIssue"
+import * as Capability from "./Capability.js"
 
 /** socket.io-adapter's message types (wire numbers). */
 export const MessageType = {
@@ -126,9 +127,17 @@ const from = <T extends MessageType>(type: T) => ({
 })
 
 /** Sent once a node listens, and after every re-LISTEN: every node answers with a HEARTBEAT. */
-export const InitialHeartbeat = Schema.Struct(from(MessageType.INITIAL_HEARTBEAT))
+export const InitialHeartbeat = Schema.Struct({
+  ...from(MessageType.INITIAL_HEARTBEAT),
+  /** Our nodes' marker (see `Capability`); 0.5.0 nodes send none and ignore it. */
+  ours: Schema.optional(Capability.Marker),
+})
 /** A node is alive (sent when it published nothing else for `heartbeatInterval`). */
-export const Heartbeat = Schema.Struct(from(MessageType.HEARTBEAT))
+export const Heartbeat = Schema.Struct({
+  ...from(MessageType.HEARTBEAT),
+  /** Our nodes' marker (see `Capability`); 0.5.0 nodes send none and ignore it. */
+  ours: Schema.optional(Capability.Marker),
+})
 /** A node's adapter closes: it is no cluster member any more. */
 export const AdapterClose = Schema.Struct(from(MessageType.ADAPTER_CLOSE))
 

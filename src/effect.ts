@@ -4,6 +4,7 @@
  * @since 0.1.0
  */
 export * as AttachmentStore from "./AttachmentStore.js"
+export * as Capability from "./Capability.js"
 export * as Channel from "./Channel.js"
 export * as Cleanup from "./Cleanup.js"
 export * as ClusterEmitter from "./ClusterEmitter.js"

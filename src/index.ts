@@ -5,7 +5,7 @@
  */
 export { createAdapter, PostgresAdapter } from "./Adapter.js"
 export type { AdapterOptions } from "./AdapterConfig.js"
-export type { ListenStatus } from "./Namespace.js"
+export type { ListenStatus, MembershipStatus } from "./Namespace.js"
 export {
   ConfigError,
   DatabaseError,

@@ -52,6 +52,7 @@ describe("AdapterConfig.decode with valid options", () => {
       assert.strictEqual(millis(config.livenessTimeout), 5_000)
       assert.strictEqual(millis(config.livenessInterval), AdapterConfig.defaults.livenessInterval)
       assert.strictEqual(millis(config.livenessTimeout), AdapterConfig.defaults.livenessTimeout)
+      assert.strictEqual(config.membership, "auto")
     }
   })
 
@@ -70,6 +71,7 @@ describe("AdapterConfig.decode with valid options", () => {
       reconnectMaxDelay: 250,
       livenessInterval: 700,
       livenessTimeout: 900,
+      membership: "namespace",
       errorHandler: () => {},
     })
     assert.strictEqual(config.channelPrefix, "app")
@@ -85,6 +87,7 @@ describe("AdapterConfig.decode with valid options", () => {
     assert.strictEqual(millis(config.reconnectMaxDelay), 250)
     assert.strictEqual(millis(config.livenessInterval), 700)
     assert.strictEqual(millis(config.livenessTimeout), 900)
+    assert.strictEqual(config.membership, "namespace")
   })
 
   it("caps payloadThreshold at 7999 bytes, the largest NOTIFY payload, and accepts 0", () => {
@@ -185,6 +188,8 @@ describe("AdapterConfig.decode with invalid options", () => {
     ["livenessTimeout", { livenessTimeout: 2 ** 31 }],
     ["errorHandler", { errorHandler: "log" }],
     ["errorHandler", { errorHandler: {} }],
+    ["membership", { membership: "server" }],
+    ["membership", { membership: true }],
   ]
 
   it("rejects each invalid option with a ConfigError that names it", () => {

@@ -71,7 +71,8 @@ export const listen = (
     yield* listener.subscribe(options.channel, {
       onNotification: (payload) => inbound.receive(payload),
       onListen: () => {
-        publish({ type: MessageType.INITIAL_HEARTBEAT })
+        options.membership.resync()
+        publish({ type: MessageType.INITIAL_HEARTBEAT, ours: options.membership.marker })
         watch.listened()
         recovery?.listening()
       },
@@ -185,10 +186,10 @@ export class Inbound {
     if (this.options.closed()) return
     // An attachment's header may have had no nsp.
     if (message.nsp !== undefined && message.nsp !== nsp) return recovery?.drop(message)
-    if (message.uid !== Protocol.EMITTER_UID) membership.seen(message.uid)
+    if (message.uid !== Protocol.EMITTER_UID) membership.receive(message)
     switch (message.type) {
       case MessageType.INITIAL_HEARTBEAT:
-        return this.options.publish({ type: MessageType.HEARTBEAT })
+        return this.options.publish({ type: MessageType.HEARTBEAT, ours: membership.marker })
       case MessageType.HEARTBEAT:
         return
       case MessageType.ADAPTER_CLOSE:
