@@ -260,7 +260,11 @@ export const startCluster = async (
       async () => {
         const live = running()
         const counts = await Promise.all(live.map(({ io }) => io.of(nsp).adapter.serverCount()))
-        return counts.every((n) => n === (count ?? live.length))
+        const expected = count ?? live.length
+        if (counts.every((n) => n === expected)) return true
+        // The counts, by node and kind, say which node is wrong when it times out.
+        const seen = live.map((node, i) => `${node.index} (${node.kind}): ${counts[i]}`)
+        throw new Error(`expected ${expected} everywhere, counted ${seen.join(", ")}`)
       },
       { timeout, message: `every node counts the cluster of ${nsp}` },
     )
