@@ -35,7 +35,7 @@ import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
 import * as Signing from "./Signing.js"
 import * as DebugLog from "./internal/debugLog.js"
-import { PartsBuffer } from "./internal/parts.js"
+import { joinPart, PartsBuffer } from "./internal/parts.js"
 import { readNotification, verifierOf } from "./internal/inbox.js"
 import { checkTable, setUpTables } from "./internal/tableSetup.js"
 
@@ -360,11 +360,9 @@ const makeInbox = (options: {
     let notification = read.notification
     if (notification._tag === "Part") {
       if (!relay.wanted(notification.uid, notification.type, notification.requestId)) return
-      const text = parts.add(notification, skip)
-      if (text === undefined) return
-      const unpacked = Codec.unpack(text, notification)
-      if (Result.isFailure(unpacked)) return skip(unpacked.failure)
-      notification = { _tag: "Inline", message: unpacked.success }
+      const message = joinPart(parts, notification, skip)
+      if (message === undefined) return
+      notification = { _tag: "Inline", message }
     }
     if (notification._tag === "Inline") {
       const { message } = notification

@@ -12,7 +12,7 @@ import * as Metrics from "../Metrics.js"
 import * as Protocol from "../Protocol.js"
 import * as Signing from "../Signing.js"
 import { OrderedDelivery } from "./ordered.js"
-import { PartsBuffer } from "./parts.js"
+import { joinPart, PartsBuffer } from "./parts.js"
 
 const { MessageType } = Protocol
 
@@ -103,11 +103,9 @@ export const makeInbox = (
     let whole: Codec.Notification = notification
     if (notification._tag === "Part") {
       if (!options.wanted(notification)) return
-      const text = parts.add(notification, options.onSkipped)
-      if (text === undefined) return
-      const unpacked = Codec.unpack(text, notification)
-      if (Result.isFailure(unpacked)) return options.onSkipped(unpacked.failure)
-      whole = { _tag: "Inline", message: unpacked.success }
+      const message = joinPart(parts, notification, options.onSkipped)
+      if (message === undefined) return
+      whole = { _tag: "Inline", message }
     }
     if (whole._tag === "Inline") {
       const checked = Protocol.decodeMessage(whole.message)

@@ -4,7 +4,8 @@
  * parts arrive one after the other. Anything else (a part missing, out of order, a new message
  * before the last one ended) drops what was gathered, with a reason.
  */
-import type * as Codec from "../Codec.js"
+import * as Result from "effect/Result"
+import * as Codec from "../Codec.js"
 
 /** At most this many senders with a message half gathered; the oldest goes first. */
 export const MAX_SENDERS = 1024
@@ -67,4 +68,21 @@ export class PartsBuffer {
   forget(uid: string): void {
     this.#senders.delete(uid)
   }
+}
+
+/**
+ * The whole message once `part` was the last of its message, else `undefined`; what is dropped or
+ * cannot be decoded goes to `onSkipped`.
+ */
+export const joinPart = (
+  buffer: PartsBuffer,
+  part: Codec.Part,
+  onSkipped: (reason: string) => void,
+): Codec.WireMessage | undefined => {
+  const text = buffer.add(part, onSkipped)
+  if (text === undefined) return undefined
+  const unpacked = Codec.unpack(text, part)
+  if (Result.isSuccess(unpacked)) return unpacked.success
+  onSkipped(unpacked.failure)
+  return undefined
 }
