@@ -22,7 +22,7 @@ import {
 import * as Cluster from "./Cluster.js"
 import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
-import { ConfigError, ErrorHandler } from "./Errors.js"
+import { ErrorHandler } from "./Errors.js"
 import * as DebugLog from "./internal/debugLog.js"
 import { ListenGate } from "./internal/gate.js"
 import * as asking from "./internal/asking.js"
@@ -52,8 +52,6 @@ export class PostgresAdapter extends ClusterAdapter {
     super(nsp)
     this.#release = shared.release
     const recovery = nsp.server?.opts?.connectionStateRecovery
-    if (recovery && (shared.config.subscriptionMode ?? "static") !== "static")
-      throw recoveryUnsupported(shared.config.subscriptionMode!)
     const { config, gate } = shared
     const runner = shared.acquire()
     const rooms = roomChannelsOf({ nsp: nsp.name, config, runner, gate })
@@ -261,13 +259,3 @@ export const makeAdapterFactory: Effect.Effect<
     return new PostgresAdapter(nsp, shared)
   }
 })
-
-// Offsets of a namespace are consecutive and each server orders its deliveries by them; with room
-// channels, a server sees only some of them. Until recovery knows that, the two do not mix.
-const recoveryUnsupported = (mode: string) =>
-  new ConfigError({
-    option: "subscriptionMode",
-    message:
-      `Invalid option subscriptionMode: "${mode}" cannot be used with Socket.IO's ` +
-      `connectionStateRecovery (use subscriptionMode "static" with connectionStateRecovery)`,
-  })

@@ -108,8 +108,8 @@ export interface EmitterOptions {
   readonly secrets?: ReadonlyArray<string | Uint8Array>
   /**
    * The servers' `subscriptionMode`: in `"dynamic"` and `"dynamic-private"`, a broadcast to one
-   * room goes to that room's channel, where its servers listen. Not with
-   * `connectionStateRecovery`. @default "static"
+   * room goes to that room's channel, where its servers listen (stored there too with
+   * `connectionStateRecovery`). @default "static"
    */
   readonly subscriptionMode?: AdapterConfig.AdapterOptions["subscriptionMode"]
   /** Called with each failed publish, awaited or not. @default logs a warning */
@@ -554,12 +554,5 @@ const coreOf = (pool: pg.Pool, options: EmitterOptions | undefined): Core => {
     })
   }
   const config = AdapterConfig.decodeSync(options, EMITTER_OPTIONS)
-  // Servers with room channels refuse recovery (see the adapter): an emitter that stores does too.
-  if (recovery === true && (config.subscriptionMode ?? "static") !== "static") {
-    throw new ConfigError({
-      option: "subscriptionMode",
-      message: `Invalid option subscriptionMode: "${config.subscriptionMode}" cannot be used with connectionStateRecovery`,
-    })
-  }
   return new Core(pool, options, config)
 }

@@ -412,21 +412,9 @@ describe("subscriptionMode at construction", () => {
     }
   })
 
-  it("refuses a dynamic mode with connectionStateRecovery, naming both", async () => {
+  it("refuses setupPrimary in a dynamic mode, naming the option", async () => {
     const pool = makePool()
     try {
-      const { Server } = await import("socket.io")
-      expect(
-        () =>
-          new Server({
-            adapter: createAdapter(pool, { subscriptionMode: "dynamic" }),
-            connectionStateRecovery: {},
-          }),
-      ).toThrow(/subscriptionMode.*connectionStateRecovery/)
-      expect(
-        () =>
-          new Emitter(pool, "/", { subscriptionMode: "dynamic", connectionStateRecovery: true }),
-      ).toThrow(/subscriptionMode.*connectionStateRecovery/)
       expect(() => setupPrimary(pool, { subscriptionMode: "dynamic-private" })).toThrow(
         /subscriptionMode/,
       )
