@@ -5,14 +5,13 @@
  * Clients must still get every packet once, in offset order, and restores must miss nothing, also
  * on a server that had no member of the restored socket's rooms.
  */
-import pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { channelName, privateChannelName, roomChannelName } from "../src/Channel.js"
 import { Emitter } from "../src/index.js"
 import { eventually } from "./utils/cluster.js"
 import { startCluster, type Cluster } from "./utils/nodes.js"
-import { databaseUrl, makePool } from "./utils/postgres.js"
+import { makePool, rawListener } from "./utils/postgres.js"
 import {
   assertIncreasingOffsets,
   dropTransport,
@@ -21,16 +20,6 @@ import {
   recorder,
   resume,
 } from "./utils/recovery.js"
-
-/** A plain connection listening on some channels, recording what arrives on each. */
-const rawListener = async (channels: ReadonlyArray<string>) => {
-  const client = new pg.Client({ connectionString: databaseUrl() })
-  await client.connect()
-  const received: Array<{ channel: string; payload: string }> = []
-  client.on("notification", (n) => received.push({ channel: n.channel, payload: n.payload ?? "" }))
-  for (const channel of channels) await client.query(`LISTEN "${channel.replaceAll('"', '""')}"`)
-  return { client, received, close: () => client.end() }
-}
 
 /** The `n` values of the "seq" events received, in order. */
 const seqs = (received: ReadonlyArray<{ event: string; args: Array<unknown> }>) =>
@@ -83,6 +72,28 @@ describe.each(["dynamic", "dynamic-private"] as const)(
       return { client, log }
     }
 
+    /**
+     * The client loses its transport, `whileAway` sends "seq" 2, and it comes back on server
+     * `node`, recovered, with "seq" 1 and 2 in order.
+     */
+    const awayAndBack = async (
+      client: ClientSocket,
+      log: ReturnType<typeof recorder>,
+      node: number,
+      whileAway: () => Promise<unknown>,
+    ) => {
+      await dropTransport(client, cluster.admin, cluster.id)
+      await whileAway()
+      const back = await resume(client, cluster.nodes[node]!.url, {
+        attach: log.attach,
+        track: resumed,
+      })
+      expect(back.recovered).toBe(true)
+      await eventually(() => seqs(log.received).length === 2)
+      expect(seqs(log.received)).toEqual([1, 2])
+      assertIncreasingOffsets(log.received)
+    }
+
     it("stores a one-room broadcast on the room's channel, with its offset, and replays it", async () => {
       const room = freshRoom()
       const { client, log } = await member(1, room)
@@ -97,18 +108,9 @@ describe.each(["dynamic", "dynamic-private"] as const)(
         expect(routed[0]!.payload).toMatch(/"offset":"\d+"}$/)
         expect(listensOn(0, room) || listensOn(2, room)).toBe(false)
 
-        await dropTransport(client, cluster.admin, cluster.id)
-        await emitStored(cluster.admin, cluster.id, () =>
-          cluster.nodes[0]!.io.to(room).emit("seq", 2),
+        await awayAndBack(client, log, 2, () =>
+          emitStored(cluster.admin, cluster.id, () => cluster.nodes[0]!.io.to(room).emit("seq", 2)),
         )
-        const back = await resume(client, cluster.nodes[2]!.url, {
-          attach: log.attach,
-          track: resumed,
-        })
-        expect(back.recovered).toBe(true)
-        await eventually(() => seqs(log.received).length === 2)
-        expect(seqs(log.received)).toEqual([1, 2])
-        assertIncreasingOffsets(log.received)
       } finally {
         await raw.close()
       }
@@ -244,16 +246,7 @@ describe.each(["dynamic", "dynamic-private"] as const)(
         expect(
           raw.received.filter((n) => n.payload.includes('"seq"')).map((n) => n.channel),
         ).toEqual([roomChannel(room)])
-        await dropTransport(client, cluster.admin, cluster.id)
-        await emitter.to(room).emit("seq", 2)
-        const back = await resume(client, cluster.nodes[0]!.url, {
-          attach: log.attach,
-          track: resumed,
-        })
-        expect(back.recovered).toBe(true)
-        await eventually(() => seqs(log.received).length === 2)
-        expect(seqs(log.received)).toEqual([1, 2])
-        assertIncreasingOffsets(log.received)
+        await awayAndBack(client, log, 0, () => emitter.to(room).emit("seq", 2))
       } finally {
         await raw.close()
         await emitter.close()
