@@ -75,6 +75,39 @@ const channelArb = fc.oneof(
   fc.string({ unit: "binary", minLength: 60, maxLength: 300 }).map(shortIdentifier),
 )
 
+/** Parts of connection strings, awkward ones included. */
+const part = fc.oneof(
+  fc.constantFrom("db", "db-2.example.com", "[::1]", "%2Ftmp%2Fpg", "", "10.0.0.5", "h%20x"),
+  fc.webSegment(),
+)
+/** Connection strings of every form node-postgres reads. */
+const connectionString = fc.oneof(
+  fc
+    .record({
+      scheme: fc.constantFrom("postgres://", "postgresql://", "socket:", ""),
+      auth: fc.constantFrom("", "u@", "u:p@", "u:p%40x@"),
+      host: part,
+      port: fc.constantFrom("", ":5432", ":6000", ":0"),
+      path: fc.oneof(
+        fc.constant(""),
+        fc.webSegment().map((s) => `/${s}`),
+        fc.constant("/a b"),
+      ),
+      query: fc.constantFrom(
+        "",
+        "?host=/tmp/s",
+        "?port=7000",
+        "?db=x",
+        "?host=h2&port=1&port=2",
+        "?sslmode=disable",
+        "?host=",
+      ),
+    })
+    .map((p) => `${p.scheme}${p.auth}${p.host}${p.port}${p.path}${p.query}`),
+  fc.tuple(fc.webPath(), fc.webSegment()).map(([dir, db]) => `/${dir} ${db}`),
+  fc.webUrl({ validSchemes: ["postgres"], withQueryParameters: true }),
+)
+
 describe("serverName", () => {
   it("is host:port/database from separate settings, with node-postgres's defaults", () => {
     assert.strictEqual(
@@ -113,36 +146,6 @@ describe("serverName", () => {
   })
 
   it("reads connection strings as pg-connection-string does (host, port, database)", () => {
-    const part = fc.oneof(
-      fc.constantFrom("db", "db-2.example.com", "[::1]", "%2Ftmp%2Fpg", "", "10.0.0.5", "h%20x"),
-      fc.webSegment(),
-    )
-    const connectionString = fc.oneof(
-      fc
-        .record({
-          scheme: fc.constantFrom("postgres://", "postgresql://", "socket:", ""),
-          auth: fc.constantFrom("", "u@", "u:p@", "u:p%40x@"),
-          host: part,
-          port: fc.constantFrom("", ":5432", ":6000", ":0"),
-          path: fc.oneof(
-            fc.constant(""),
-            fc.webSegment().map((s) => `/${s}`),
-            fc.constant("/a b"),
-          ),
-          query: fc.constantFrom(
-            "",
-            "?host=/tmp/s",
-            "?port=7000",
-            "?db=x",
-            "?host=h2&port=1&port=2",
-            "?sslmode=disable",
-            "?host=",
-          ),
-        })
-        .map((p) => `${p.scheme}${p.auth}${p.host}${p.port}${p.path}${p.query}`),
-      fc.tuple(fc.webPath(), fc.webSegment()).map(([dir, db]) => `/${dir} ${db}`),
-      fc.webUrl({ validSchemes: ["postgres"], withQueryParameters: true }),
-    )
     fc.assert(
       fc.property(connectionString, (s) => {
         let expected: Record<string, unknown>
@@ -159,6 +162,50 @@ describe("serverName", () => {
       }),
       { numRuns: 2000 },
     )
+  })
+
+  it("names the server node-postgres connects to (its ConnectionParameters)", () => {
+    const ConnectionParameters = requireFromPg("./connection-parameters.js") as new (
+      config: object,
+    ) => { host: string; port: number; database: string | undefined; user: string | undefined }
+    const saved = { ...process.env }
+    // The name ignores the environment: compare with pg where it has none.
+    for (const key of ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER"]) delete process.env[key]
+    try {
+      const settings = fc.record(
+        {
+          host: fc.constantFrom("db", "10.0.0.5", "/tmp/sock", "::1", ""),
+          port: fc.oneof(fc.integer({ min: 1, max: 65535 }), fc.constantFrom("6000", "")),
+          database: fc.oneof(fc.webSegment(), fc.constant("")),
+          connectionString: connectionString,
+        },
+        { requiredKeys: [] },
+      )
+      fc.assert(
+        fc.property(settings, (s) => {
+          if (s.connectionString !== undefined) {
+            try {
+              reference.parse(s.connectionString)
+            } catch {
+              return // pg cannot connect with it
+            }
+          }
+          const pg = new ConnectionParameters({ ...s, user: "zz-user" })
+          const host = pg.host.includes(":") && !pg.host.startsWith("/") ? `[${pg.host}]` : pg.host
+          const name = Placement.serverName(s)
+          const where = JSON.stringify(s)
+          // Without a database pg connects to the user's: the name says none.
+          if (name === `${host}:${pg.port}`) {
+            assert.oneOf(pg.database, [undefined, pg.user], where)
+          } else {
+            assert.strictEqual(name, `${host}:${pg.port}/${pg.database}`, where)
+          }
+        }),
+        { numRuns: 1000 },
+      )
+    } finally {
+      process.env = saved
+    }
   })
 
   it("names a pg.Pool from its options, without connecting", async () => {
