@@ -203,6 +203,17 @@ export const weight = (name: string, channel: string): Buffer => sha256(`${name}
  */
 export const hashedForm = (name: string): string => Buffer.from(name, "utf8").toString("utf8")
 
+/**
+ * A short id of a list of servers, the same whatever its order: 16 hex digits of the SHA-256 of
+ * the JSON array of the names (as hashed, sorted). Nodes may carry it in their heartbeats, so that
+ * a node whose list differs (a placement of its own: notifications on the channels that moved are
+ * lost between the two) is noticed.
+ */
+export const listId = (names: ReadonlyArray<string>): string =>
+  sha256(JSON.stringify([...new Set(names.map(hashedForm))].sort()))
+    .toString("hex")
+    .slice(0, 16)
+
 /** How many channels a placement remembers by default (see {@link make}). */
 export const DEFAULT_CACHE_SIZE = 10_000
 

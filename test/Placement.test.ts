@@ -464,6 +464,25 @@ describe("make", () => {
     )
   })
 
+  it("ids a list of servers whatever its order, and tells lists apart", () => {
+    fc.assert(
+      fc.property(
+        serverNamesArb(1, 6).chain((names) =>
+          fc.tuple(fc.constant(names), fc.shuffledSubarray(names, { minLength: names.length })),
+        ),
+        serverNameArb,
+        ([names, shuffled], extra) => {
+          assert.strictEqual(Placement.listId(names), Placement.listId(shuffled))
+          assert.match(Placement.listId(names), /^[0-9a-f]{16}$/)
+          if (!names.map(Placement.hashedForm).includes(Placement.hashedForm(extra))) {
+            assert.notStrictEqual(Placement.listId(names), Placement.listId([...names, extra]))
+          }
+        },
+      ),
+    )
+    assert.notStrictEqual(Placement.listId(["a\u0000b"]), Placement.listId(["a", "b"]))
+  })
+
   it("refuses an empty list and repeated names", () => {
     assert.throws(() => Placement.make([]), /at least one server/)
     assert.throws(() => Placement.make(["a", "b", "a"]), /distinct/)
