@@ -19,6 +19,7 @@ import {
   type Room,
   type Session,
 } from "socket.io-adapter"
+import { channelName } from "./Channel.js"
 import * as Cluster from "./Cluster.js"
 import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
@@ -30,6 +31,8 @@ import { roomChannelsOf } from "./internal/rooms.js"
 import { NOT_RESTORED } from "./internal/recovering.js"
 import { fromContext, type Runner } from "./internal/runner.js"
 import { type ListenStatus, type Local, type MembershipStatus, NamespaceNode } from "./Namespace.js"
+import * as Placement from "./Placement.js"
+import type { Pools } from "./Placement.js"
 import { MessageType, type Body } from "./Protocol.js"
 
 /** What every namespace adapter of one `createAdapter` call (or adapter factory) shares. */
@@ -194,15 +197,37 @@ export class PostgresAdapter extends ClusterAdapter {
  * Returns what `io.adapter()` takes: every namespace of the server gets a `PostgresAdapter`, all
  * on one runtime over `pool` (one dedicated LISTEN connection besides). Options are validated
  * here: a bad one throws an error that names it. The pool is never ended by us.
+ *
+ * With a list of pools of several PostgreSQL servers, each namespace lives on one of them, chosen
+ * by rendezvous hashing of its channel's name (`Placement`), with its rooms, attachments and
+ * recovery rows: one runtime (and LISTEN connection) per server that holds a namespace of this
+ * server. Every node must be given the same list (see "Several PostgreSQL servers" in the README).
  */
 export function createAdapter(
-  pool: pg.Pool,
+  pools: Pools,
   options?: AdapterConfig.AdapterOptions,
 ): (nsp: any) => PostgresAdapter {
-  if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
-    throw new TypeError("createAdapter(pool, options): pool must be a pg.Pool")
-  }
+  const servers = Placement.decodePoolsSync(pools, "createAdapter(pool, options)")
   const config = AdapterConfig.decodeSync(options)
+  // One gate for the server: a publish in any namespace follows the room LISTENs begun before it.
+  const gate = new ListenGate(Duration.toMillis(config.publishTimeout))
+  const shared = servers.map(({ pool }) => sharedOf(pool, config, gate, options))
+  const placement = Placement.make(servers.map((server) => server.name))
+  // A `function`, not an arrow: Socket.IO calls it with `new`.
+  return function (nsp: any) {
+    const at = placement.indexOf(channelName(config.channelPrefix, nsp.name))
+    return new PostgresAdapter(nsp, shared[at]!)
+  }
+}
+
+// The runtime of one PostgreSQL server, made when its first namespace comes, disposed after its
+// last one closed.
+const sharedOf = (
+  pool: pg.Pool,
+  config: AdapterConfig.ClusterConfig,
+  gate: ListenGate,
+  options: AdapterConfig.AdapterOptions | undefined,
+): Shared => {
   const layer = Cluster.layer.pipe(
     Layer.provide(
       Layer.merge(Layer.succeed(AdapterConfig.AdapterConfig, config), Database.layerPool(pool)),
@@ -216,9 +241,9 @@ export function createAdapter(
   )
   let runtime: ManagedRuntime.ManagedRuntime<Cluster.Services, never> | undefined
   let users = 0
-  const shared: Shared = {
+  return {
     config,
-    gate: new ListenGate(Duration.toMillis(config.publishTimeout)),
+    gate,
     acquire: () => {
       users++
       return (runtime ??= ManagedRuntime.make(layer))
@@ -229,10 +254,6 @@ export function createAdapter(
       runtime = undefined
       await last.dispose()
     },
-  }
-  // A `function`, not an arrow: Socket.IO calls it with `new`.
-  return function (nsp: any) {
-    return new PostgresAdapter(nsp, shared)
   }
 }
 

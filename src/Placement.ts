@@ -18,6 +18,7 @@
  *
  * @since 0.3.0
  */
+import type pg from "pg"
 import * as Crypto from "node:crypto"
 import * as Result from "effect/Result"
 import { ConfigError } from "./Errors.js"
@@ -128,6 +129,9 @@ export interface Server<P> {
 /** One entry of `pools`: a pool (named from its settings), or a pool with an explicit name. */
 export type PoolEntry<P> = P | { readonly pool: P; readonly name?: string | undefined }
 
+/** One `pg.Pool`, or the pools of several PostgreSQL servers (each a pool or `{ pool, name }`). */
+export type Pools = PoolEntry<pg.Pool> | ReadonlyArray<PoolEntry<pg.Pool>>
+
 const invalid = (message: string) =>
   Result.fail(new ConfigError({ option: "pools", message: `Invalid option pools: ${message}` }))
 
@@ -179,6 +183,24 @@ export const decodeServersSync = <P extends object>(
   pools: PoolEntry<P> | ReadonlyArray<PoolEntry<P>>,
   settingsOf: (pool: P) => ConnectionSettings | undefined,
 ): ReadonlyArray<Server<P>> => Result.getOrThrowWith(decodeServers(pools, settingsOf), (e) => e)
+
+/**
+ * The servers of `pools`, as {@link decodeServersSync}, after checking that each is a pool (has a
+ * `query` method): else a `TypeError` that says what `what` takes.
+ */
+export const decodePoolsSync = <P extends object>(
+  pools: PoolEntry<P> | ReadonlyArray<PoolEntry<P>>,
+  what: string,
+): ReadonlyArray<Server<P>> => {
+  const entries: ReadonlyArray<unknown> = Array.isArray(pools) ? pools : [pools]
+  for (const entry of entries) {
+    const pool = isNamedEntry(entry) ? entry.pool : entry
+    if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
+      throw new TypeError(`${what}: pool must be a pg.Pool, or a list of pools (or { pool, name })`)
+    }
+  }
+  return decodeServersSync(pools, poolSettings)
+}
 
 /** A `pg.Pool`'s settings: what it was constructed with (`pool.options`). */
 export const poolSettings = (pool: object): ConnectionSettings | undefined =>
