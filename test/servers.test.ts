@@ -1,8 +1,8 @@
 /**
  * Several PostgreSQL servers under one cluster (issue 14): 3 Socket.IO servers, each given the
- * pools of the same two embedded PostgreSQL servers. Each namespace lives on one of them (placed by
- * rendezvous hashing of its channel's name), with its rooms, attachments and recovery rows; a
- * PostgreSQL server stopped stops only its namespaces.
+ * pools of the same two (then three) embedded PostgreSQL servers. Each namespace lives on one of
+ * them (placed by rendezvous hashing of its channel's name), with its rooms, attachments and
+ * recovery rows; a PostgreSQL server stopped or frozen stops only its namespaces.
  */
 import pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
@@ -20,10 +20,14 @@ import {
 import { startPrivatePostgres, type PrivatePostgres } from "./utils/privatePostgres.js"
 import { dropTransport, resume } from "./utils/recovery.js"
 
-const NAMESPACES = Array.from({ length: 12 }, (_, i) => `/n${i}`)
-const PREFIX = "servers"
+const NAMESPACES = Array.from({ length: 16 }, (_, i) => `/n${i}`)
 
-describe("several PostgreSQL servers", () => {
+// Two servers named from their settings (host:port/database), three named by the caller.
+describe.each([
+  { count: 2, named: false },
+  { count: 3, named: true },
+])("$count PostgreSQL servers", ({ count, named }) => {
+  const PREFIX = `servers${count}`
   let databases: Array<PrivatePostgres>
   let nodes: Array<TestServer>
   const pools: Array<pg.Pool> = []
@@ -32,15 +36,15 @@ describe("several PostgreSQL servers", () => {
   let home: (nsp: string) => number
 
   const poolsOf = () =>
-    databases.map((db) => {
+    databases.map((db, i) => {
       const pool = new pg.Pool({ connectionString: db.url, max: 4 })
       pool.on("error", () => {})
       pools.push(pool)
-      return pool
+      return named ? { pool, name: `pg-${"abc"[i]}` } : pool
     })
 
   beforeAll(async () => {
-    databases = await Promise.all([startPrivatePostgres(), startPrivatePostgres()])
+    databases = await Promise.all(Array.from({ length: count }, () => startPrivatePostgres()))
     const names = Placement.decodeServersSync(poolsOf(), Placement.poolSettings).map((s) => s.name)
     const placement = Placement.make(names)
     home = (nsp) => placement.indexOf(channelName(PREFIX, nsp))
@@ -95,9 +99,9 @@ describe("several PostgreSQL servers", () => {
     return each
   }
 
-  it("places namespaces on both servers, and every node agrees: a broadcast travels on its namespace's server", async () => {
+  it("places namespaces on every server, and every node agrees: a broadcast travels on its namespace's server", async () => {
     const homes = NAMESPACES.map(home)
-    expect(new Set(homes).size).toBe(2)
+    expect(new Set(homes).size).toBe(count)
     const listeners = await Promise.all(
       databases.map(async (db) => {
         const client = new pg.Client({ connectionString: db.url })
@@ -118,8 +122,8 @@ describe("several PostgreSQL servers", () => {
       for (const nsp of NAMESPACES) {
         const channel = channelName(PREFIX, nsp)
         const on = listeners.map(({ heard }) => heard.filter((c) => c === channel).length > 0)
-        // Heard where the namespace lives, never on the other server.
-        expect(on).toEqual([home(nsp) === 0, home(nsp) === 1])
+        // Heard where the namespace lives, never on another server.
+        expect(on).toEqual(databases.map((_, s) => home(nsp) === s))
       }
     } finally {
       await Promise.all(listeners.map(({ client }) => client.end()))
@@ -140,7 +144,7 @@ describe("several PostgreSQL servers", () => {
     }
   })
 
-  it("an emitter given the same pools reaches the namespaces of both servers", async () => {
+  it("an emitter given the same pools reaches the namespaces of every server", async () => {
     const emitterPools = poolsOf()
     const emitter = new Emitter(emitterPools, "/", { channelPrefix: PREFIX })
     try {
@@ -180,7 +184,34 @@ describe("several PostgreSQL servers", () => {
     }
   })
 
-  it("keeps the namespaces of one server working while the other is stopped, and both after its restart", async () => {
+  it("keeps the namespaces of the other servers working while one is frozen, and its own after", async () => {
+    const frozen = count - 1
+    const upNsp = NAMESPACES.filter((n) => home(n) !== frozen)
+    const frozenNsp = NAMESPACES.filter((n) => home(n) === frozen)
+    await databases[frozen]!.pause()
+    try {
+      // A frozen server answers nothing and reports nothing: its namespaces' publishes hang until
+      // publishTimeout, the others go on.
+      frozenNsp.forEach((nsp) => nodes[0]!.io.of(nsp).emit("lost", nsp))
+      for (const nsp of upNsp) {
+        const each = await connectEach(nsp)
+        const got = collect(each[2]!, "still", 1)
+        nodes[0]!.io.of(nsp).emit("still", nsp)
+        expect((await got)[0]![0]).toBe(nsp)
+      }
+    } finally {
+      await databases[frozen]!.resume()
+    }
+    await waitForMembers(frozenNsp)
+    for (const nsp of frozenNsp) {
+      const each = await connectEach(nsp)
+      const got = collect(each[1]!, "thawed", 1, 10_000)
+      nodes[2]!.io.of(nsp).emit("thawed", nsp)
+      expect((await got)[0]![0]).toBe(nsp)
+    }
+  }, 60_000)
+
+  it("keeps the namespaces of the other servers working while one is stopped, and its own after its restart", async () => {
     const down = 0
     const upNsp = NAMESPACES.filter((n) => home(n) !== down)
     const downNsp = NAMESPACES.filter((n) => home(n) === down)
