@@ -4,10 +4,12 @@
  *
  * @since 0.1.0
  */
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
+import type * as Scope from "effect/Scope"
 import type pg from "pg"
 import {
   Adapter,
@@ -23,7 +25,7 @@ import { channelName } from "./Channel.js"
 import * as Cluster from "./Cluster.js"
 import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
-import { ErrorHandler } from "./Errors.js"
+import { ConfigError, ErrorHandler } from "./Errors.js"
 import * as DebugLog from "./internal/debugLog.js"
 import { ListenGate } from "./internal/gate.js"
 import * as asking from "./internal/asking.js"
@@ -280,3 +282,37 @@ export const makeAdapterFactory: Effect.Effect<
     return new PostgresAdapter(nsp, shared)
   }
 })
+
+/**
+ * {@link makeAdapterFactory} over several PostgreSQL servers, for Effect apps: one cluster per
+ * server (`Cluster.layerPool(pool, options)`, built in the current scope, on the application's
+ * context: its logger, tracer and `ErrorHandler`), each namespace placed on one of them as
+ * `createAdapter(pools)` places it. A bad option or pool list fails with a `ConfigError` naming it.
+ */
+export const makeAdapterFactoryPools = (
+  pools: Pools,
+  options?: AdapterConfig.AdapterOptions,
+): Effect.Effect<(nsp: any) => PostgresAdapter, ConfigError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const servers = yield* Effect.try({
+      try: () => Placement.decodePoolsSync(pools, "makeAdapterFactoryPools(pools, options)"),
+      catch: (e) =>
+        e instanceof ConfigError ? e : new ConfigError({ option: "pools", message: String(e) }),
+    })
+    const config = yield* Effect.fromResult(AdapterConfig.decode(options))
+    const app = yield* Effect.context<never>()
+    const gate = new ListenGate(Duration.toMillis(config.publishTimeout))
+    const shared: Array<Shared> = []
+    for (const { pool } of servers) {
+      const services = yield* Layer.build(Cluster.layerPool(pool, options))
+      const runner = fromContext(Context.merge(app, services))
+      shared.push({ config, gate, acquire: () => runner, release: () => Promise.resolve() })
+    }
+    const placement = Placement.make(servers.map((server) => server.name))
+    return function (nsp: any) {
+      return new PostgresAdapter(
+        nsp,
+        shared[placement.indexOf(channelName(config.channelPrefix, nsp.name))]!,
+      )
+    }
+  })

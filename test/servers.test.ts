@@ -8,6 +8,9 @@ import pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { channelName } from "../src/Channel.js"
+import * as Effect from "effect/Effect"
+import * as Tracer from "effect/Tracer"
+import { makeAdapterFactoryPools } from "../src/effect.js"
 import { createAdapter, Emitter } from "../src/index.js"
 import * as Placement from "../src/Placement.js"
 import {
@@ -269,4 +272,61 @@ describe("createAdapter(pools) and new Emitter(pools), bad input", () => {
       await Promise.all([a.end(), b.end()])
     }
   })
+})
+
+describe("makeAdapterFactoryPools (the Effect way)", () => {
+  it("places namespaces over the servers like createAdapter(pools), on the application's context", async () => {
+    const databases = await Promise.all([startPrivatePostgres(), startPrivatePostgres()])
+    const pools = databases.map((db) => {
+      const pool = new pg.Pool({ connectionString: db.url, max: 4 })
+      pool.on("error", () => {})
+      return pool
+    })
+    const spans: Array<string> = []
+    const tracer = Tracer.make({
+      span(options) {
+        spans.push(options.name)
+        return new Tracer.NativeSpan(options)
+      },
+    })
+    try {
+      const program = Effect.gen(function* () {
+        const adapter = yield* makeAdapterFactoryPools(pools, { channelPrefix: "fxp" })
+        const servers = yield* Effect.acquireRelease(
+          Effect.promise(() => Promise.all([startServer({ adapter }), startServer({ adapter })])),
+          (servers) => Effect.promise(() => Promise.all(servers.map((s) => s.close()))),
+        )
+        const names = Placement.decodeServersSync(pools, Placement.poolSettings).map((s) => s.name)
+        const placement = Placement.make(names)
+        const nsps = NAMESPACES.slice(0, 8)
+        expect(new Set(nsps.map((n) => placement.indexOf(channelName("fxp", n)))).size).toBe(2)
+        for (const nsp of nsps) {
+          yield* Effect.promise(async () => {
+            servers.forEach((server) => server.io.of(nsp))
+            const client = await connectClient(servers[1]!.url, { nsp })
+            try {
+              await eventually(
+                async () => (await servers[0]!.io.of(nsp).adapter.serverCount()) === 2,
+              )
+              const got = collect(client, "hello", 1)
+              servers[0]!.io.of(nsp).emit("hello", nsp)
+              expect((await got)[0]![0]).toBe(nsp)
+            } finally {
+              client.disconnect()
+            }
+          })
+        }
+        // The namespaces' work runs on the application's context: its tracer sees their spans.
+        expect(spans).toContain("PostgresAdapter.broadcast")
+      })
+      await Effect.runPromise(program.pipe(Effect.scoped, Effect.withTracer(tracer)))
+      const bad = await Effect.runPromise(
+        Effect.flip(makeAdapterFactoryPools([], {}).pipe(Effect.scoped)),
+      )
+      expect(bad.message).toMatch(/Invalid option pools/)
+    } finally {
+      await Promise.all(pools.map((pool) => pool.end()))
+      await Promise.all(databases.map((db) => db.destroy()))
+    }
+  }, 60_000)
 })
