@@ -210,7 +210,7 @@ export function createAdapter(
   options?: AdapterConfig.AdapterOptions,
 ): (nsp: any) => PostgresAdapter {
   const servers = Placement.decodePoolsSync(pools, "createAdapter(pool, options)")
-  const config = AdapterConfig.decodeSync(options)
+  const config = withServerList(AdapterConfig.decodeSync(options), servers)
   // One gate for the server: a publish in any namespace follows the room LISTENs begun before it.
   const gate = new ListenGate(Duration.toMillis(config.publishTimeout))
   const shared = servers.map(({ pool }) => sharedOf(pool, config, gate, options))
@@ -283,6 +283,16 @@ export const makeAdapterFactory: Effect.Effect<
   }
 })
 
+// With several PostgreSQL servers, the heartbeats carry the id of their list (a node given another
+// list is warned about).
+const withServerList = (
+  config: AdapterConfig.ClusterConfig,
+  servers: ReadonlyArray<Placement.Server<unknown>>,
+): AdapterConfig.ClusterConfig =>
+  servers.length < 2
+    ? config
+    : { ...config, serverList: Placement.listId(servers.map((server) => server.name)) }
+
 /**
  * {@link makeAdapterFactory} over several PostgreSQL servers, for Effect apps: one cluster per
  * server (`Cluster.layerPool(pool, options)`, built in the current scope, on the application's
@@ -299,12 +309,21 @@ export const makeAdapterFactoryPools = (
       catch: (e) =>
         e instanceof ConfigError ? e : new ConfigError({ option: "pools", message: String(e) }),
     })
-    const config = yield* Effect.fromResult(AdapterConfig.decode(options))
+    const config = withServerList(yield* Effect.fromResult(AdapterConfig.decode(options)), servers)
     const app = yield* Effect.context<never>()
     const gate = new ListenGate(Duration.toMillis(config.publishTimeout))
     const shared: Array<Shared> = []
     for (const { pool } of servers) {
-      const services = yield* Layer.build(Cluster.layerPool(pool, options))
+      const services = yield* Layer.build(
+        Cluster.layer.pipe(
+          Layer.provide(
+            Layer.merge(
+              Layer.succeed(AdapterConfig.AdapterConfig, config),
+              Database.layerPool(pool),
+            ),
+          ),
+        ),
+      )
       const runner = fromContext(Context.merge(app, services))
       shared.push({ config, gate, acquire: () => runner, release: () => Promise.resolve() })
     }

@@ -123,6 +123,11 @@ export interface ClusterConfig {
   readonly secrets?: Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined
   /** How this server keeps the membership; `undefined` is `"auto"`. */
   readonly membership?: "auto" | "namespace" | undefined
+  /**
+   * With several PostgreSQL servers (`createAdapter(pools)`): the id of their list, which the
+   * heartbeats carry (`Placement.listId`); set by the facade, not an option.
+   */
+  readonly serverList?: string | undefined
 }
 
 const Millis = (name: string) =>

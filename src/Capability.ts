@@ -23,6 +23,12 @@ export const Marker = Schema.Struct({
   v: Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)),
   /** The sender's server id: one per process (adapter runtime), shared by its namespaces. */
   server: Schema.String,
+  /**
+   * With several PostgreSQL servers: the id of the sender's list of them (`Placement.listId`).
+   * Nodes whose lists differ place namespaces differently, and do not hear each other in those
+   * that moved.
+   */
+  list: Schema.optional(Schema.String),
 })
 
 /** The marker our nodes add to their heartbeats. */

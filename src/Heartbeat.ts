@@ -81,6 +81,11 @@ export interface TrackOptions {
   readonly member?: boolean
   /** Told when a node of another kind (0.5.0) is first heard in the namespace. */
   readonly onForeign?: (uid: string) => void
+  /**
+   * Told once per node of ours heard in the namespace with another list of PostgreSQL servers
+   * than this one's (see `Capability.Marker.list`).
+   */
+  readonly onOtherServers?: (uid: string) => void
 }
 
 /** The server-level channel, as the Heartbeat service uses it. */
@@ -144,6 +149,7 @@ export const make = (channel: ServerChannel) =>
     const marker: Capability.Marker = {
       v: Capability.VERSION,
       server: Capability.makeServerId(),
+      ...(config.serverList === undefined ? {} : { list: config.serverList }),
     }
     const capabilities = new Capability.Capabilities()
     const shared: Shared = { servers: new Map(), recoveries: 0, failing: false, members: 0 }
@@ -296,10 +302,18 @@ const trackNamespace = (o: {
     // Nodes of ours dropped because their server went silent: back if it is heard again.
     const suspended = new Map<string, { readonly server: string; readonly at: number }>()
 
+    // Nodes already told about as having another list of PostgreSQL servers.
+    const otherServers = new Set<string>()
     const membership: Membership = {
       receive: (message) => {
         lastSeen.set(message.uid, now())
-        if (isHeartbeat(message.type)) peers.heard(message.uid, message.ours)
+        if (!isHeartbeat(message.type)) return
+        peers.heard(message.uid, message.ours)
+        const ours = message.ours
+        if (ours !== undefined && ours.list !== o.marker.list && !otherServers.has(message.uid)) {
+          otherServers.add(message.uid)
+          options.onOtherServers?.(message.uid)
+        }
       },
       seen: (uid) => void lastSeen.set(uid, now()),
       remove: (uid) => {

@@ -262,6 +262,12 @@ const track = (
       publishHeartbeat: Effect.promise(() => publish({ type: MessageType.HEARTBEAT, ours })),
       onNodeDown: (uid) => requests.forget(uid),
       onForeign: (uid) => mode !== "static" && warn(foreignWarning(mode, options.nsp, uid)),
+      onOtherServers: (uid) =>
+        warn(
+          `node ${uid} in namespace ${JSON.stringify(options.nsp)} was given another list of ` +
+            `PostgreSQL servers than this one (createAdapter(pools)): namespaces that the two ` +
+            `lists place on different servers are split between them. Give every node the same list.`,
+        ),
     })
   })
 
