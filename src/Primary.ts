@@ -353,8 +353,8 @@ const makeInbox = (options: {
     }
   }
   const parts = new PartsBuffer()
-  const read = makeReader(skip, (read, envelope) => {
-    let notification = read
+  const read = makeReader(skip, (decoded, envelope) => {
+    let notification = decoded
     if (notification._tag === "Part") {
       if (!relay.wanted(notification.uid, notification.type, notification.requestId)) return
       const message = joinPart(parts, notification, skip)

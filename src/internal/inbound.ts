@@ -1,9 +1,10 @@
 /**
  * What reaches a namespace, in one path: a notification on its channel → own notifications dropped
- * by their prefix, unparsed (here when unsigned, by the channel's verifier, which knows the
- * sender of a batch, when signed) → decoded and checked against the protocol, delivered in commit order with attachments fetched ahead (the inbox) → the typed
- * message: heartbeats, departures and answers are the node's; the rest goes to socket.io-adapter,
- * in offset order when connection state recovery is on.
+ * by their prefix, unparsed (here when unsigned; signed, by the channel's verifier, which knows
+ * the sender of a batch) → decoded and checked against the protocol, delivered in commit order
+ * with attachments fetched ahead (the inbox) → the typed message: heartbeats, departures and
+ * answers are the node's; the rest goes to socket.io-adapter, in offset order when connection
+ * state recovery is on.
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
