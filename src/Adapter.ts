@@ -4,10 +4,12 @@
  *
  * @since 0.1.0
  */
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
+import type * as Scope from "effect/Scope"
 import type pg from "pg"
 import {
   Adapter,
@@ -19,6 +21,7 @@ import {
   type Room,
   type Session,
 } from "socket.io-adapter"
+import { channelName } from "./Channel.js"
 import * as Cluster from "./Cluster.js"
 import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
@@ -30,6 +33,8 @@ import { roomChannelsOf } from "./internal/rooms.js"
 import { NOT_RESTORED } from "./internal/recovering.js"
 import { fromContext, type Runner } from "./internal/runner.js"
 import { type ListenStatus, type Local, type MembershipStatus, NamespaceNode } from "./Namespace.js"
+import * as Placement from "./Placement.js"
+import type { Pools } from "./Placement.js"
 import { MessageType, type Body } from "./Protocol.js"
 
 /** What every namespace adapter of one `createAdapter` call (or adapter factory) shares. */
@@ -52,8 +57,6 @@ export class PostgresAdapter extends ClusterAdapter {
     super(nsp)
     this.#release = shared.release
     const recovery = nsp.server?.opts?.connectionStateRecovery
-    if (recovery && (shared.config.subscriptionMode ?? "static") !== "static")
-      throw recoveryUnsupported(shared.config.subscriptionMode!)
     const { config, gate } = shared
     const runner = shared.acquire()
     const rooms = roomChannelsOf({ nsp: nsp.name, config, runner, gate })
@@ -196,15 +199,37 @@ export class PostgresAdapter extends ClusterAdapter {
  * Returns what `io.adapter()` takes: every namespace of the server gets a `PostgresAdapter`, all
  * on one runtime over `pool` (one dedicated LISTEN connection besides). Options are validated
  * here: a bad one throws an error that names it. The pool is never ended by us.
+ *
+ * With a list of pools of several PostgreSQL servers, each namespace lives on one of them, chosen
+ * by rendezvous hashing of its channel's name (`Placement`), with its rooms, attachments and
+ * recovery rows: one runtime (and LISTEN connection) per server that holds a namespace of this
+ * server. Every node must be given the same list (see "Several PostgreSQL servers" in the README).
  */
 export function createAdapter(
-  pool: pg.Pool,
+  pools: Pools,
   options?: AdapterConfig.AdapterOptions,
 ): (nsp: any) => PostgresAdapter {
-  if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
-    throw new TypeError("createAdapter(pool, options): pool must be a pg.Pool")
-  }
+  const servers = Placement.decodePoolsSync(pools, "createAdapter(pool, options)")
   const config = AdapterConfig.decodeSync(options)
+  // One gate for the server: a publish in any namespace follows the room LISTENs begun before it.
+  const gate = new ListenGate(Duration.toMillis(config.publishTimeout))
+  const shared = servers.map(({ pool }) => sharedOf(pool, config, gate, options))
+  const placement = Placement.make(servers.map((server) => server.name))
+  // A `function`, not an arrow: Socket.IO calls it with `new`.
+  return function (nsp: any) {
+    const at = placement.indexOf(channelName(config.channelPrefix, nsp.name))
+    return new PostgresAdapter(nsp, shared[at]!)
+  }
+}
+
+// The runtime of one PostgreSQL server, made when its first namespace comes, disposed after its
+// last one closed.
+const sharedOf = (
+  pool: pg.Pool,
+  config: AdapterConfig.ClusterConfig,
+  gate: ListenGate,
+  options: AdapterConfig.AdapterOptions | undefined,
+): Shared => {
   const layer = Cluster.layer.pipe(
     Layer.provide(
       Layer.merge(Layer.succeed(AdapterConfig.AdapterConfig, config), Database.layerPool(pool)),
@@ -218,9 +243,9 @@ export function createAdapter(
   )
   let runtime: ManagedRuntime.ManagedRuntime<Cluster.Services, never> | undefined
   let users = 0
-  const shared: Shared = {
+  return {
     config,
-    gate: new ListenGate(Duration.toMillis(config.publishTimeout)),
+    gate,
     acquire: () => {
       users++
       return (runtime ??= ManagedRuntime.make(layer))
@@ -231,10 +256,6 @@ export function createAdapter(
       runtime = undefined
       await last.dispose()
     },
-  }
-  // A `function`, not an arrow: Socket.IO calls it with `new`.
-  return function (nsp: any) {
-    return new PostgresAdapter(nsp, shared)
   }
 }
 
@@ -262,12 +283,36 @@ export const makeAdapterFactory: Effect.Effect<
   }
 })
 
-// Offsets of a namespace are consecutive and each server orders its deliveries by them; with room
-// channels, a server sees only some of them. Until recovery knows that, the two do not mix.
-const recoveryUnsupported = (mode: string) =>
-  new ConfigError({
-    option: "subscriptionMode",
-    message:
-      `Invalid option subscriptionMode: "${mode}" cannot be used with Socket.IO's ` +
-      `connectionStateRecovery (use subscriptionMode "static" with connectionStateRecovery)`,
+/**
+ * {@link makeAdapterFactory} over several PostgreSQL servers, for Effect apps: one cluster per
+ * server (`Cluster.layerPool(pool, options)`, built in the current scope, on the application's
+ * context: its logger, tracer and `ErrorHandler`), each namespace placed on one of them as
+ * `createAdapter(pools)` places it. A bad option or pool list fails with a `ConfigError` naming it.
+ */
+export const makeAdapterFactoryPools = (
+  pools: Pools,
+  options?: AdapterConfig.AdapterOptions,
+): Effect.Effect<(nsp: any) => PostgresAdapter, ConfigError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const servers = yield* Effect.try({
+      try: () => Placement.decodePoolsSync(pools, "makeAdapterFactoryPools(pools, options)"),
+      catch: (e) =>
+        e instanceof ConfigError ? e : new ConfigError({ option: "pools", message: String(e) }),
+    })
+    const config = yield* Effect.fromResult(AdapterConfig.decode(options))
+    const app = yield* Effect.context<never>()
+    const gate = new ListenGate(Duration.toMillis(config.publishTimeout))
+    const shared: Array<Shared> = []
+    for (const { pool } of servers) {
+      const services = yield* Layer.build(Cluster.layerPool(pool, options))
+      const runner = fromContext(Context.merge(app, services))
+      shared.push({ config, gate, acquire: () => runner, release: () => Promise.resolve() })
+    }
+    const placement = Placement.make(servers.map((server) => server.name))
+    return function (nsp: any) {
+      return new PostgresAdapter(
+        nsp,
+        shared[placement.indexOf(channelName(config.channelPrefix, nsp.name))]!,
+      )
+    }
   })

@@ -80,7 +80,7 @@ export interface AdapterOptions {
    * `@socket.io/postgres-adapter` 0.5.0); `"dynamic"`: public rooms get channels of their own, a
    * server listens on a room's channel while one of its sockets is in the room, and a broadcast to
    * exactly one such room (without acknowledgement) goes there; `"dynamic-private"`: socket-id
-   * rooms too. Not with `connectionStateRecovery`. @default "static"
+   * rooms too (see the README's "Subscription modes", recovery included). @default "static"
    */
   readonly subscriptionMode?: SubscriptionMode
   /**

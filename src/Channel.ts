@@ -77,6 +77,15 @@ export const broadcastChannel = (
 }
 
 /**
+ * The private channel of one namespace node in the dynamic modes with connection state recovery:
+ * `${prefix}!${uid}` (shortened as namespace channels are). Only that node listens on it; a stored
+ * packet for one of its own sockets is notified there, so that the node hears its offset in commit
+ * order with the channels it listens on (see `recovery/Sequencer.ts`).
+ */
+export const privateChannelName = (prefix: string, uid: string): string =>
+  shortIdentifier(`${prefix}!${uid}`)
+
+/**
  * The server-level channel of a cluster: `${prefix}~servers` (shortened as namespace channels are).
  * Namespace channels are `${prefix}#/…`: no namespace's channel can be this one.
  */

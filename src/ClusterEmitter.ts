@@ -128,7 +128,7 @@ export const make = Effect.gen(function* () {
     done: (error: PublishError | undefined) => void,
   ) =>
     publisher.unsafeStore(
-      channelName(config.channelPrefix, nsp),
+      broadcastChannel(config, nsp, target.rooms) ?? channelName(config.channelPrefix, nsp),
       {
         uid: EMITTER_UID,
         nsp,

@@ -18,6 +18,8 @@ import * as AdapterConfig from "./AdapterConfig.js"
 import * as Database from "./Database.js"
 import { ConfigError, ErrorHandler, PublishError, RequestTimeoutError } from "./Errors.js"
 import * as DebugLog from "./internal/debugLog.js"
+import * as Placement from "./Placement.js"
+import type { Pools } from "./Placement.js"
 
 const { MessageType } = Codec
 
@@ -108,8 +110,8 @@ export interface EmitterOptions {
   readonly secrets?: ReadonlyArray<string | Uint8Array>
   /**
    * The servers' `subscriptionMode`: in `"dynamic"` and `"dynamic-private"`, a broadcast to one
-   * room goes to that room's channel, where its servers listen. Not with
-   * `connectionStateRecovery`. @default "static"
+   * room goes to that room's channel, where its servers listen (stored there too with
+   * `connectionStateRecovery`). @default "static"
    */
   readonly subscriptionMode?: AdapterConfig.AdapterOptions["subscriptionMode"]
   /** Called with each failed publish, awaited or not. @default logs a warning */
@@ -148,7 +150,7 @@ const assertNotReserved = (ev: string) => {
   if (RESERVED_EVENTS.has(ev)) throw new Error(`"${ev}" is a reserved event name`)
 }
 
-/** What every emitter made by `of()` from one constructor call shares. */
+/** What every emitter made by `of()` from one constructor call shares, on one server. */
 class Core {
   #runtime: ManagedRuntime.ManagedRuntime<ClusterEmitter.ClusterEmitter, never> | undefined
   #built: Promise<unknown> | undefined
@@ -304,30 +306,33 @@ export class Emitter<
   readonly nsp: string
   /** The notification channel of that namespace. */
   readonly channel: string
+  readonly #cores: Cores
   readonly #core: Core
 
   /**
-   * @param pool - a `pg.Pool`; never ended by the emitter
+   * @param pools - a `pg.Pool`, or a list of pools of several PostgreSQL servers (the servers'
+   *   list: see "Several PostgreSQL servers" in the README); never ended by the emitter
    * @param nsp - the namespace, `"/"` by default
    * @param options - validated here: a bad option throws an error that names it
    */
-  constructor(pool: pg.Pool, nsp?: string, options?: EmitterOptions)
+  constructor(pools: Pools, nsp?: string, options?: EmitterOptions)
   /** @internal */
-  constructor(pool: pg.Pool, nsp: string, options: EmitterOptions | undefined, core: Core)
-  constructor(pool: pg.Pool, nsp = "/", options?: EmitterOptions, core?: Core) {
-    if (core === undefined) {
+  constructor(pools: Pools, nsp: string, options: EmitterOptions | undefined, cores: Cores)
+  constructor(pools: Pools, nsp = "/", options?: EmitterOptions, cores?: Cores) {
+    if (cores === undefined) {
       if (typeof nsp !== "string")
         throw new TypeError("new Emitter(pool, nsp): nsp must be a string")
-      core = coreOf(pool, options)
+      cores = coresOf(pools, options)
     }
-    this.#core = core
+    this.#cores = cores
     this.nsp = nsp.startsWith("/") ? nsp : `/${nsp}`
-    this.channel = channelName(core.config.channelPrefix, this.nsp)
+    this.#core = cores.of(this.nsp)
+    this.channel = channelName(cores.config.channelPrefix, this.nsp)
   }
 
-  /** An emitter for another namespace, with the same pool and options. */
+  /** An emitter for another namespace, with the same pools and options. */
   of(nsp: string): Emitter<EmitEvents, ServerSideEvents> {
-    return new Emitter(this.#core.pool, nsp, this.#core.options, this.#core)
+    return new Emitter(this.#cores.servers[0]!.pool, nsp, this.#cores.options, this.#cores)
   }
 
   /** Emits to every client of the namespace. */
@@ -432,7 +437,7 @@ export class Emitter<
 
   /** Stops listening for answers (only `fetchSockets` / `serverSideEmitWithAck` listen). */
   close(): Promise<void> {
-    return this.#core.close()
+    return this.#cores.close()
   }
 }
 
@@ -541,11 +546,41 @@ export class BroadcastOperator<EmitEvents extends EventsMap, ServerSideEvents ex
   }
 }
 
-/** The shared part of a new emitter, its options validated (a bad one throws, named). */
-const coreOf = (pool: pg.Pool, options: EmitterOptions | undefined): Core => {
-  if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
-    throw new TypeError("new Emitter(pool, nsp, options): pool must be a pg.Pool")
+/**
+ * The cores of an emitter's PostgreSQL servers, one per server, made when a namespace placed on it
+ * is first used (see `Placement`: every namespace's channels live on one server).
+ */
+class Cores {
+  readonly #cores = new Map<number, Core>()
+  readonly #placement: Placement.Placement
+
+  constructor(
+    readonly servers: ReadonlyArray<Placement.Server<pg.Pool>>,
+    readonly options: EmitterOptions | undefined,
+    readonly config: AdapterConfig.ClusterConfig,
+  ) {
+    this.#placement = Placement.make(servers.map((server) => server.name))
   }
+
+  /** The core of the server that holds the namespace's channel. */
+  of(nsp: string): Core {
+    const at = this.#placement.indexOf(channelName(this.config.channelPrefix, nsp))
+    let core = this.#cores.get(at)
+    if (core === undefined) {
+      core = new Core(this.servers[at]!.pool, this.options, this.config)
+      this.#cores.set(at, core)
+    }
+    return core
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#cores.values()].map((core) => core.close()))
+  }
+}
+
+/** The shared part of a new emitter, its options validated (a bad one throws, named). */
+const coresOf = (pools: Pools, options: EmitterOptions | undefined): Cores => {
+  const servers = Placement.decodePoolsSync(pools, "new Emitter(pool, nsp, options)")
   const recovery = options?.connectionStateRecovery
   if (recovery !== undefined && typeof recovery !== "boolean") {
     throw new ConfigError({
@@ -554,12 +589,5 @@ const coreOf = (pool: pg.Pool, options: EmitterOptions | undefined): Core => {
     })
   }
   const config = AdapterConfig.decodeSync(options, EMITTER_OPTIONS)
-  // Servers with room channels refuse recovery (see the adapter): an emitter that stores does too.
-  if (recovery === true && (config.subscriptionMode ?? "static") !== "static") {
-    throw new ConfigError({
-      option: "subscriptionMode",
-      message: `Invalid option subscriptionMode: "${config.subscriptionMode}" cannot be used with connectionStateRecovery`,
-    })
-  }
-  return new Core(pool, options, config)
+  return new Cores(servers, options, config)
 }

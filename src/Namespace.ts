@@ -245,8 +245,7 @@ export class NamespaceNode {
   }
 }
 
-// The namespace's members; its heartbeats carry our marker.
-// The namespace's members; a node of another kind heard in a dynamic mode is warned about (once,
+// The namespace's members (its heartbeats carry our marker); a node of another kind heard in a dynamic mode is warned about (once,
 // again after it left).
 const track = (
   options: { readonly nsp: string; readonly config: AdapterConfig.ClusterConfig },

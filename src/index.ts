@@ -4,6 +4,7 @@
  * @since 0.1.0
  */
 export { createAdapter, PostgresAdapter } from "./Adapter.js"
+export type { Pools } from "./Placement.js"
 export type { AdapterOptions } from "./AdapterConfig.js"
 export type { ListenStatus, MembershipStatus } from "./Namespace.js"
 export {

@@ -19,19 +19,9 @@ import { createAdapter, Emitter, setupPrimary } from "../src/index.js"
 import * as Metrics from "../src/Metrics.js"
 import { collect, eventually, waitFor } from "./utils/cluster.js"
 import { startCluster, type Cluster } from "./utils/nodes.js"
-import { databaseUrl, makePool } from "./utils/postgres.js"
+import { makePool, rawListener } from "./utils/postgres.js"
 
 const skipped = () => Effect.runSync(Metric.value(Metrics.malformedNotifications)).count
-
-/** A plain connection listening on some channels, recording what arrives on each. */
-const rawListener = async (channels: ReadonlyArray<string>) => {
-  const client = new pg.Client({ connectionString: databaseUrl() })
-  await client.connect()
-  const received: Array<{ channel: string; payload: string }> = []
-  client.on("notification", (n) => received.push({ channel: n.channel, payload: n.payload ?? "" }))
-  for (const channel of channels) await client.query(`LISTEN "${channel.replaceAll('"', '""')}"`)
-  return { client, received, close: () => client.end() }
-}
 
 describe.each(["dynamic", "dynamic-private"] as const)("subscriptionMode %s", (mode) => {
   let cluster: Cluster
@@ -412,21 +402,9 @@ describe("subscriptionMode at construction", () => {
     }
   })
 
-  it("refuses a dynamic mode with connectionStateRecovery, naming both", async () => {
+  it("refuses setupPrimary in a dynamic mode, naming the option", async () => {
     const pool = makePool()
     try {
-      const { Server } = await import("socket.io")
-      expect(
-        () =>
-          new Server({
-            adapter: createAdapter(pool, { subscriptionMode: "dynamic" }),
-            connectionStateRecovery: {},
-          }),
-      ).toThrow(/subscriptionMode.*connectionStateRecovery/)
-      expect(
-        () =>
-          new Emitter(pool, "/", { subscriptionMode: "dynamic", connectionStateRecovery: true }),
-      ).toThrow(/subscriptionMode.*connectionStateRecovery/)
       expect(() => setupPrimary(pool, { subscriptionMode: "dynamic-private" })).toThrow(
         /subscriptionMode/,
       )

@@ -38,7 +38,10 @@ describe("a 0.5.0 node in a dynamic cluster", () => {
   it("is not warned about by a static server", async () => {
     await cluster?.close()
     lines.length = 0
-    cluster = await startCluster("dynforeign_static", { nodes: ["ours", "0.5.0"] })
+    cluster = await startCluster("dynforeign_static", {
+      nodes: ["ours", "0.5.0"],
+      options: { subscriptionMode: "static" },
+    })
     await cluster.waitForMembers()
     // Both counted each other: the 0.5.0 node's heartbeats were heard, and judged.
     expect(lines.filter((line) => line.includes("subscriptionMode"))).toEqual([])

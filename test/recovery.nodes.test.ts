@@ -45,6 +45,20 @@ describe("recovery when the server that held the socket goes away", () => {
     return node.url
   }
 
+  // In the dynamic subscription modes, the node listens on its client's room a moment after the
+  // join: until a probe sent to the room reaches the client, the survivor's emits could miss it.
+  const listening = async (client: ClientSocket, room: string) => {
+    let probed = false
+    client.once("probe", () => (probed = true))
+    await eventually(
+      () => {
+        if (!probed) survivor.io.to(room).emit("probe")
+        return probed
+      },
+      { message: `the client's server listens on ${room}` },
+    )
+  }
+
   // Whether the session row of `pid` is live (its socket connected), if there is one.
   const live = async (pid: string) => {
     const row = await sessionRow(pool, id, pid)
@@ -62,6 +76,7 @@ describe("recovery when the server that held the socket goes away", () => {
     const url = await startNode()
     const client = await connectClient(url, { query: { room: "blue", tag: "k1" } })
     clients.push(client)
+    await listening(client, "blue")
     const received: Array<unknown> = []
     client.on("news", (n: unknown) => received.push(n))
     survivor.io.to("blue").emit("news", 1)
@@ -102,6 +117,7 @@ describe("recovery when the server that held the socket goes away", () => {
     const url = await startNode()
     const client = await connectClient(url, { query: { room: "green" } })
     clients.push(client)
+    await listening(client, "green")
     const received: Array<unknown> = []
     client.on("news", (n: unknown) => received.push(n))
     survivor.io.to("green").emit("news", 1)
@@ -119,6 +135,7 @@ describe("recovery when the server that held the socket goes away", () => {
     const url = await startNode()
     const client = await connectClient(url, { query: { room: "blue", tag: "c1" } })
     clients.push(client)
+    await listening(client, "blue")
     const received: Array<unknown> = []
     client.on("news", (n: unknown) => received.push(n))
     survivor.io.to("blue").emit("news", 1)

@@ -9,14 +9,16 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
 import type { BroadcastOptions, PrivateSessionId, Session } from "socket.io-adapter"
+import { broadcastChannel, privateChannelName } from "../Channel.js"
 import type * as Cluster from "../Cluster.js"
 import * as Codec from "../Codec.js"
 import type * as AdapterConfig from "../AdapterConfig.js"
 import { Listener } from "../Listener.js"
 import * as Protocol from "../Protocol.js"
 import type { Local } from "../Namespace.js"
-import { isStorable, RecoveredDelivery } from "../recovery/Delivery.js"
+import { isStorable, RecoveredDelivery, type Route } from "../recovery/Delivery.js"
 import type { Outbox } from "./outbox.js"
+import type { RoomChannels } from "./rooms.js"
 import type { Runner } from "./runner.js"
 import { SessionWriter } from "../recovery/SessionWriter.js"
 
@@ -46,6 +48,8 @@ export interface NamespaceRecoveryOptions {
   readonly onSkipped: (reason: string) => void
   /** Resolves once the namespace's channel is listened on (first time). */
   readonly ready: Promise<void>
+  /** The node's room channels, in the dynamic subscription modes. */
+  readonly rooms?: RoomChannels | undefined
 }
 
 // Runs restores once `ready` resolved, or `millis` after they were asked for: a restore still runs
@@ -77,15 +81,54 @@ export const recoveryOf = (
     : new NamespaceRecovery({ ...options, maxDisconnection })
 }
 
+/**
+ * Where a stored broadcast goes in the dynamic subscription modes, where a node hears only some of
+ * a namespace's channels (see `RecoveredDelivery.store`): a one-room broadcast to the room's
+ * channel, anything else to the namespace's, and a packet for one local socket to the node's
+ * private channel, where only it listens, with nothing but its offset.
+ */
+class Routes {
+  readonly #private: string
+  readonly #heard: () => boolean
+  /** What a packet for one local socket notifies: its offset is added to it. */
+  readonly fence: Codec.WireMessage
+
+  constructor(
+    private readonly options: NamespaceRecoveryOptions,
+    private readonly rooms: RoomChannels,
+  ) {
+    this.#private = privateChannelName(options.config.channelPrefix, options.uid)
+    this.#heard = rooms.keep(this.#private)
+    this.fence = Protocol.message(options.uid, options.nsp, { type: MessageType.HEARTBEAT })
+  }
+
+  /**
+   * The route of a broadcast (`body` undefined: for one local socket), decided when it is sent.
+   * What was missed on the namespace's channel while the connection was down is read back: it
+   * counts as heard.
+   */
+  route(opts: BroadcastOptions, body: unknown): () => Route {
+    const { config, nsp, channel } = this.options
+    if (body === undefined) return () => ({ channel: this.#private, heard: this.#heard() })
+    const room = broadcastChannel(config, nsp, opts.rooms)
+    if (room === undefined) return () => ({ channel, heard: true })
+    const name = opts.rooms.values().next().value
+    return () => ({ channel: room, heard: this.rooms.hears(name) })
+  }
+}
+
 /** Stores, orders and restores one namespace's packets, and writes its sessions. */
 export class NamespaceRecovery {
   readonly #delivery: RecoveredDelivery
   readonly #sessions: SessionWriter
   readonly #afterListen: <A>(restore: () => Promise<A>) => Promise<A>
+  /** In the dynamic modes: where stored broadcasts go. */
+  readonly #routes: Routes | undefined
   #backendPid: (() => number | undefined) | undefined
 
   constructor(private readonly options: NamespaceRecoveryOptions) {
-    const { config, local, outbox } = options
+    const { config, local, outbox, rooms } = options
+    this.#routes = rooms && new Routes(options, rooms)
     this.#afterListen = afterFirstListen(options.ready, Duration.toMillis(config.requestsTimeout))
     const run = <A, E>(effect: Effect.Effect<A, E, Cluster.Services>) =>
       options.runner.runPromiseExit(effect)
@@ -105,20 +148,16 @@ export class NamespaceRecovery {
       end: () => outbox.end(),
     })
     this.#delivery = new RecoveredDelivery({
-      nsp: options.nsp,
-      channel: options.channel,
-      maxDisconnection: options.maxDisconnection,
+      ...options, // nsp, channel, maxDisconnection, report, warn, onSkipped, published
       publishTimeout: config.publishTimeout,
       requestsTimeout: config.requestsTimeout,
       run,
-      report: options.report,
-      warn: options.warn,
-      onSkipped: options.onSkipped,
       begin: () => outbox.begin(),
       end: () => outbox.end(),
-      published: options.published,
       deliver: local.broadcast,
       onMessage: local.onMessage,
+      gate: rooms?.gate,
+      listenRooms: rooms && ((sessionRooms) => rooms.hold(sessionRooms)),
     })
   }
 
@@ -179,7 +218,10 @@ export class NamespaceRecovery {
           data: { packet, opts: Protocol.encodeOpts(opts) },
         } as const)
     if (isStorable(packet, opts)) {
-      return this.#delivery.store(packet, opts, body && Protocol.message(uid, nsp, body))
+      const message = body && Protocol.message(uid, nsp, body)
+      const routes = this.#routes
+      if (routes === undefined) return this.#delivery.store(packet, opts, message)
+      return this.#delivery.store(packet, opts, message ?? routes.fence, routes.route(opts, body))
     }
     if (body !== undefined) this.options.publish(body, "broadcast")
     this.#delivery.sequencer.own(() => local.broadcast(packet, opts))

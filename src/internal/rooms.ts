@@ -40,6 +40,10 @@ export const roomChannelsOf = (options: RoomChannelsOptions): RoomChannels | und
 
 interface Entry {
   readonly channel: string
+  /** Whether one of the node's sockets is in the room (between `create-room` and `delete-room`). */
+  members: boolean
+  /** Restores (and the node's private channel) that keep the channel listened on meanwhile. */
+  holds: number
   /** The room's subscription lives in it: closing it UNLISTENs (unless another subscriber stays). */
   readonly scope: Scope.Closeable
   /** Ends the room's hold on the gate. */
@@ -50,58 +54,35 @@ interface Entry {
 /** Started once the node listens: subscribes a room's channel. */
 type Subscribe = (entry: Entry) => void
 
-/** The room channels of a namespace node (dynamic subscription modes). */
-export class RoomChannels {
-  readonly #rooms = new Map<unknown, Entry>()
+/**
+ * The node's extra channels and their subscriptions, keyed by room (or by a symbol for the node's
+ * private channel): each listened on from its first reason to its last.
+ */
+class Subscriptions {
+  protected readonly rooms = new Map<unknown, Entry>()
   #subscribe: Subscribe | undefined
   /**
    * Whether a room's LISTEN is worth waiting for: not while the connection is down (nothing is
    * heard then anyway; the reconnection LISTENs again). Before the node runs, it is.
    */
   #waits: () => boolean = () => true
-  #closed = false
+  protected closed = false
 
-  constructor(private readonly options: RoomChannelsOptions) {}
+  constructor(protected readonly options: RoomChannelsOptions) {}
 
   /** The server's gate, which the node's publishes pass. */
   get gate(): ListenGate {
     return this.options.gate
   }
 
-  /** Follows the rooms of a namespace's adapter (its `create-room` and `delete-room`). */
-  attach(adapter: RoomEvents): void {
-    adapter.on("create-room", (room) => this.created(room))
-    adapter.on("delete-room", (room) => this.deleted(room))
-  }
-
   /** The room channels listened on now. */
   listened(): Array<string> {
     const channels: Array<string> = []
-    for (const entry of this.#rooms.values()) if (entry.listened) channels.push(entry.channel)
-    return channels
-  }
-
-  /** A room got its first local socket: its channel is listened on, publishes wait until it is. */
-  created(room: unknown): void {
-    const { config, gate, nsp } = this.options
-    if (this.#closed || !hasRoomChannel(config.subscriptionMode, room)) return
-    if (this.#rooms.has(room)) return
-    const entry: Entry = {
-      channel: roomChannelName(config.channelPrefix, nsp, room),
-      scope: Scope.makeUnsafe(),
-      release: this.#waits() ? gate.hold() : noop,
-      listened: false,
+    for (const [key, entry] of this.rooms) {
+      // Not the node's private channel (a symbol's entry).
+      if (entry.listened && typeof key !== "symbol") channels.push(entry.channel)
     }
-    this.#rooms.set(room, entry)
-    this.#subscribe?.(entry)
-  }
-
-  /** A room lost its last local socket: its channel is UNLISTENed. */
-  deleted(room: unknown): void {
-    const entry = this.#rooms.get(room)
-    if (entry === undefined) return
-    this.#rooms.delete(room)
-    this.#end(entry)
+    return channels
   }
 
   /**
@@ -133,7 +114,7 @@ export class RoomChannels {
             })
             .pipe(Scope.provide(entry.scope)),
         )
-      for (const entry of this.#rooms.values()) this.#subscribe(entry)
+      for (const entry of this.rooms.values()) this.#subscribe(entry)
       yield* Effect.addFinalizer(() =>
         Effect.forEach(this.#close(), (entry) => Scope.close(entry.scope, Exit.void), {
           discard: true,
@@ -144,24 +125,111 @@ export class RoomChannels {
 
   /** The node closes: no more rooms; holds end at once (subscriptions end with its scope). */
   close(): void {
-    for (const entry of this.#rooms.values()) entry.release()
-    this.#closed = true
+    for (const entry of this.rooms.values()) entry.release()
+    this.closed = true
   }
 
-  #close(): Array<Entry> {
-    this.#closed = true
-    const entries = [...this.#rooms.values()]
-    this.#rooms.clear()
-    for (const entry of entries) entry.release()
-    return entries
+  protected add(key: unknown, channel: string, members: boolean): Entry {
+    const entry: Entry = {
+      channel,
+      members,
+      holds: 0,
+      scope: Scope.makeUnsafe(),
+      release: this.#waits() ? this.options.gate.hold() : noop,
+      listened: false,
+    }
+    this.rooms.set(key, entry)
+    this.#subscribe?.(entry)
+    return entry
   }
 
-  #end(entry: Entry): void {
+  protected remove(key: unknown, entry: Entry): void {
+    this.rooms.delete(key)
     entry.release()
     entry.listened = false
     // Closing a scope the subscription has not reached yet makes it end as soon as it starts.
     if (this.#subscribe !== undefined)
       this.options.runner.runFork(Scope.close(entry.scope, Exit.void))
+  }
+
+  #close(): Array<Entry> {
+    this.closed = true
+    const entries = [...this.rooms.values()]
+    this.rooms.clear()
+    for (const entry of entries) entry.release()
+    return entries
+  }
+}
+
+/** The room channels of a namespace node (dynamic subscription modes). */
+export class RoomChannels extends Subscriptions {
+  /** Follows the rooms of a namespace's adapter (its `create-room` and `delete-room`). */
+  attach(adapter: RoomEvents): void {
+    adapter.on("create-room", (room) => this.created(room))
+    adapter.on("delete-room", (room) => this.deleted(room))
+  }
+
+  /** A room got its first local socket: its channel is listened on, publishes wait until it is. */
+  created(room: unknown): void {
+    const { config, nsp } = this.options
+    if (this.closed || !hasRoomChannel(config.subscriptionMode, room)) return
+    const entry = this.rooms.get(room)
+    if (entry !== undefined) entry.members = true
+    else this.add(room, roomChannelName(config.channelPrefix, nsp, room), true)
+  }
+
+  /** A room lost its last local socket: its channel is UNLISTENed (unless a restore holds it). */
+  deleted(room: unknown): void {
+    const entry = this.rooms.get(room)
+    if (entry === undefined) return
+    entry.members = false
+    if (entry.holds === 0) this.remove(room, entry)
+  }
+
+  /** Whether this room's channel is listened on now. */
+  hears(room: unknown): boolean {
+    return this.rooms.get(room)?.listened === true
+  }
+
+  /**
+   * Listens on a channel of the node's own for as long as the node lives (its private channel,
+   * `Channel.privateChannelName`), fed to the same inbound path as its rooms; returns whether it
+   * is listened on now.
+   */
+  keep(channel: string): () => boolean {
+    const entry = this.add(Symbol(channel), channel, false)
+    entry.holds++
+    return () => entry.listened
+  }
+
+  /**
+   * Listens on these rooms' channels before a session restore reads what it missed, until the
+   * restored socket joined them: whatever is sent to them after the read is heard. `ready`
+   * resolves once the LISTENs hold (or cannot: see {@link ListenGate}); `release` ends the hold.
+   */
+  hold(rooms: Iterable<unknown>): { readonly ready: Promise<void>; readonly release: () => void } {
+    const { config, nsp } = this.options
+    const held: Array<unknown> = []
+    for (const room of rooms) {
+      if (this.closed || !hasRoomChannel(config.subscriptionMode, room)) continue
+      const entry =
+        this.rooms.get(room) ??
+        this.add(room, roomChannelName(config.channelPrefix, nsp, room), false)
+      entry.holds++
+      held.push(room)
+    }
+    const ready = new Promise<void>((resolve) => this.options.gate.run(resolve))
+    let released = false
+    const release = () => {
+      if (released) return
+      released = true
+      for (const room of held) {
+        const entry = this.rooms.get(room)
+        if (entry === undefined || --entry.holds > 0 || entry.members) continue
+        this.remove(room, entry)
+      }
+    }
+    return { ready, release }
   }
 }
 

@@ -4,7 +4,7 @@
  * order), what was missed while the LISTEN connection was down is read back, and session restores
  * neither miss nor repeat the packets delivered around them.
  */
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
@@ -15,8 +15,9 @@ import { Publisher } from "../Publisher.js"
 import { setUpTables } from "../internal/tableSetup.js"
 import { CatchUp } from "./CatchUp.js"
 import { Recovery } from "./Recovery.js"
-import { Restores } from "./Restores.js"
-import { Sequencer } from "./Sequencer.js"
+import { Restores, type RestoresOptions } from "./Restores.js"
+import type { ListenGate } from "../internal/gate.js"
+import { Sequencer, type Slot } from "./Sequencer.js"
 
 export { NOT_RESTORED } from "./Restores.js"
 
@@ -78,6 +79,81 @@ export interface RecoveredDeliveryOptions {
   readonly deliver: (packet: any, opts: BroadcastOptions) => void
   /** Handles any other cluster message: `ClusterAdapter`'s `onMessage`. */
   readonly onMessage: (message: any) => void
+  /** In the dynamic modes: the server's gate, which stores pass like every publish. */
+  readonly gate?: ListenGate | undefined
+  /** In the dynamic modes: listens on a restored session's rooms (see `Restores`). */
+  readonly listenRooms?: RestoresOptions["listenRooms"]
+}
+
+/** Where a stored broadcast goes in the dynamic modes, and whether its node hears that channel. */
+export interface Route {
+  readonly channel: string
+  readonly heard: boolean
+}
+
+/**
+ * Delivers an own stored packet in its place (see Sequencer). Without `offset` (not stored, or in
+ * the dynamic modes on a channel its node does not hear, where lower offsets may still be on their
+ * way), local clients still get it, without an offset. With `maxWait` (dynamic modes) it waits for
+ * its own notification, a bounded time: a LISTEN ended meanwhile may make it miss it.
+ */
+const settle = (
+  sequencer: Sequencer<() => void>,
+  slot: Slot<() => void>,
+  deliver: (offset?: string) => void,
+  offset: string | undefined,
+  after: string | undefined,
+  maxWait: number | undefined,
+): void => {
+  if (offset === undefined) return sequencer.endStore(slot, () => deliver())
+  const at = BigInt(offset)
+  if (maxWait !== undefined) return sequencer.endStore(slot, () => deliver(offset), at, at, maxWait)
+  sequencer.endStore(
+    slot,
+    () => deliver(offset),
+    at,
+    after === undefined ? undefined : BigInt(after),
+  )
+}
+
+/**
+ * Runs stores in call order once recovery's tables are there (until then they wait; those still
+ * waiting at close run without a Publisher, so unstored), each after the room LISTENs begun before
+ * it (the server's gate, in the dynamic modes).
+ */
+class StoreQueue {
+  #publisher: Publisher["Service"] | undefined
+  #resolve: ((publisher: Publisher["Service"] | undefined) => void) | undefined
+  /** Resolves with the Publisher once recovery's tables are there. */
+  readonly #ready: Promise<Publisher["Service"] | undefined>
+  #waiting = 0
+
+  constructor(private readonly gate: ListenGate | undefined) {
+    this.#ready = new Promise((resolve) => (this.#resolve = resolve))
+  }
+
+  /** The tables are there: stores go through `publisher`. */
+  settle(publisher: Publisher["Service"] | undefined): void {
+    this.#publisher = publisher
+    this.#resolve?.(publisher)
+    this.#resolve = undefined
+  }
+
+  /** The adapter closes: stores still waiting for the tables go unstored. */
+  close(): void {
+    if (this.#resolve !== undefined) this.settle(undefined)
+  }
+
+  run(store: (publisher: Publisher["Service"] | undefined) => void): void {
+    const gated = (publisher: Publisher["Service"] | undefined) =>
+      this.gate === undefined ? store(publisher) : this.gate.run(() => store(publisher))
+    if (this.#resolve === undefined && this.#waiting === 0) return gated(this.#publisher)
+    this.#waiting++
+    void this.#ready.then((publisher) => {
+      this.#waiting--
+      gated(publisher)
+    })
+  }
 }
 
 /** Stores, orders, catches up and restores for one namespace (connection state recovery on). */
@@ -86,15 +162,11 @@ export class RecoveredDelivery {
   readonly sequencer = new Sequencer<() => void>((deliver) => deliver())
   readonly #catchUp: CatchUp
   readonly #restores: Restores
-  #publisher: Publisher["Service"] | undefined
-  /** Resolves with the Publisher once recovery's tables are there. */
-  readonly #storeReady: Promise<Publisher["Service"] | undefined>
-  #storeReadyResolve: ((publisher: Publisher["Service"] | undefined) => void) | undefined
-  #storesWaiting = 0
+  readonly #stores: StoreQueue
   #closed = false
 
   constructor(private readonly options: RecoveredDeliveryOptions) {
-    this.#storeReady = new Promise((resolve) => (this.#storeReadyResolve = resolve))
+    this.#stores = new StoreQueue(options.gate)
     this.#catchUp = new CatchUp(this.sequencer, {
       ...options,
       deliver: (packet, opts, offset) => this.#deliverLocally(packet, opts, offset),
@@ -108,27 +180,34 @@ export class RecoveredDelivery {
     never,
     Recovery | AdapterConfig.AdapterConfig | Publisher | Scope.Scope
   > {
-    return Effect.map(setupStore(this.options.maxDisconnection), (publisher) => {
-      this.#publisher = publisher
-      this.#storeReadyResolve!(publisher)
-      this.#storeReadyResolve = undefined
-    })
+    return Effect.map(setupStore(this.options.maxDisconnection), (publisher) =>
+      this.#stores.settle(publisher),
+    )
   }
 
   /** The adapter closes: no catch-up timer any more, stores still waiting go unstored. */
   close(): void {
     this.#closed = true
     this.#catchUp.close()
-    this.#storeReadyResolve?.(undefined)
+    this.#stores.close()
   }
 
   /**
    * Stores the packet (and notifies `message`: undefined when the packet is for one local socket),
    * then delivers it locally with its offset, in offset order with the other nodes' packets.
+   *
+   * `route` is for the dynamic subscription modes, where the node hears only some channels: the
+   * channel `message` goes to, and whether the node hears it. A packet on a heard channel waits for
+   * its own notification (everything committed before it and heard has arrived by then); one on a
+   * channel not heard has no local member to order for, and is delivered without offset.
    */
-  store(packet: any, opts: BroadcastOptions, message: Codec.WireMessage | undefined): void {
+  store(
+    packet: any,
+    opts: BroadcastOptions,
+    message: Codec.WireMessage | undefined,
+    route?: () => Route,
+  ): void {
     if (this.#closed) return this.options.deliver(packet, opts)
-    const sequencer = this.sequencer
     const args = packet.data as Array<unknown>
     const stored = {
       nsp: this.options.nsp,
@@ -138,37 +217,25 @@ export class RecoveredDelivery {
     }
     if (message !== undefined) this.options.published()
     this.options.begin()
-    const slot = sequencer.beginStore()
-    // Not stored, so not replayable: local clients still get it, in its place, without an offset.
-    const unstored = () => sequencer.endStore(slot, () => this.#deliverLocally(packet, opts))
-    const run = (publisher: Publisher["Service"] | undefined) => {
-      if (publisher === undefined) {
-        unstored()
-        return this.options.end()
-      }
-      publisher.unsafeStore(this.options.channel, message, stored, (error, offset, after) => {
-        if (error !== undefined || offset === undefined) {
-          if (error !== undefined) this.options.report(error)
-          unstored()
-        } else {
-          const at = BigInt(offset)
-          const deliver = () => {
-            args.push(offset)
-            this.#deliverLocally(packet, opts, at)
-          }
-          sequencer.endStore(slot, deliver, at, after === undefined ? undefined : BigInt(after))
-        }
+    const slot = this.sequencer.beginStore()
+    const deliver = (offset?: string) => {
+      if (offset !== undefined) args.push(offset)
+      this.#deliverLocally(packet, opts, offset === undefined ? undefined : BigInt(offset))
+    }
+    this.#stores.run((publisher) => {
+      // Decided when it is sent: after the room LISTENs begun before it (see `ListenGate`).
+      const to = publisher && route?.()
+      const maxWait = to && Duration.toMillis(this.options.publishTimeout)
+      const settled = (offset?: string, after?: string) => {
+        settle(this.sequencer, slot, deliver, offset, after, maxWait)
         this.options.end()
+      }
+      if (publisher === undefined) return settled()
+      const channel = to?.channel ?? this.options.channel
+      publisher.unsafeStore(channel, message, stored, (error, offset, after) => {
+        if (error !== undefined) this.options.report(error)
+        settled(error === undefined && to?.heard !== false ? offset : undefined, after)
       })
-    }
-    // Until the tables are there, stores wait for the runtime, in order.
-    if (this.#storeReadyResolve === undefined && this.#storesWaiting === 0) {
-      return run(this.#publisher!)
-    }
-    this.#storesWaiting++
-    void this.#storeReady.then((publisher) => {
-      this.#storesWaiting--
-      run(publisher)
     })
   }
 

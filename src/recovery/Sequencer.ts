@@ -32,6 +32,8 @@ export interface Slot<A> {
   item: A | undefined
   /** Delivered without waiting for `after` (what it waits for is known to be lost). */
   unblocked?: boolean
+  /** When it stops waiting for `after` anyway (ms since the epoch); never when unset. */
+  deadline?: number
 }
 
 /** A packet of another node, pushed and not delivered yet. */
@@ -84,18 +86,39 @@ class Arrivals {
   }
 }
 
+/** Own packets that stop waiting for `after` at their deadline (see `Slot.deadline`). */
+class Deadlines {
+  #timer: ReturnType<typeof setTimeout> | undefined
+
+  /** One timer, for the first own packet while it waits with a deadline; then `expired`. */
+  watch(own: ReadonlyArray<Slot<unknown>>, expired: () => void): void {
+    const head = own[0]
+    if (this.#timer !== undefined || head?.deadline === undefined || head.unblocked) return
+    const timer = setTimeout(
+      () => {
+        this.#timer = undefined
+        const now = Date.now()
+        for (const slot of own) if (slot.deadline! <= now) slot.unblocked = true
+        expired()
+      },
+      Math.max(0, head.deadline - Date.now()),
+    )
+    // Never what keeps a process alive.
+    timer.unref?.()
+    this.#timer = timer
+  }
+}
+
 /** Orders one namespace's local deliveries by offset (see above). */
 export class Sequencer<A> {
-  /** Own slots not filled yet. */
-  #storing = 0
+  #storing = 0 // own slots not filled yet
   #holds = 0
-  /** Pushed packets not delivered yet, in arrival order. */
-  #waiting: Array<Waiting<A>> = []
-  /** Own packets not delivered yet, in the order they were sent. */
-  #own: Array<Slot<A>> = []
+  #waiting: Array<Waiting<A>> = [] // pushed packets not delivered yet, in arrival order
+  #own: Array<Slot<A>> = [] // own packets not delivered yet, in the order they were sent
   readonly #arrivals = new Arrivals()
   #scheduled = false
   #last: bigint | undefined
+  readonly #deadlines = new Deadlines()
 
   constructor(private readonly deliver: (item: A, offset: bigint | undefined) => void) {}
 
@@ -139,12 +162,13 @@ export class Sequencer<A> {
    * The store settled: `offset` and `after` when it was stored, none when it failed. Delivery
    * follows a microtask later, once the statement's other packets have settled too.
    */
-  endStore(slot: Slot<A>, item: A, offset?: bigint, after?: bigint): void {
+  endStore(slot: Slot<A>, item: A, offset?: bigint, after?: bigint, maxWait?: number): void {
     if (slot.done) return
     slot.done = true
     slot.offset = offset
     slot.after = after
     slot.item = item
+    if (maxWait !== undefined) slot.deadline = Date.now() + maxWait
     this.#storing--
     if (this.#scheduled) return
     this.#scheduled = true
@@ -233,6 +257,7 @@ export class Sequencer<A> {
     )
     this.#own = this.#own.slice(o)
     this.#waiting = this.#waiting.slice(w)
+    this.#deadlines.watch(this.#own, () => this.#flush(false))
   }
 }
 

@@ -140,8 +140,6 @@ export const startCluster = async (
   const settings: NodeSettings = {
     id,
     options: {
-      // Recovery needs "static" (see `TEST_SUBSCRIPTION_MODE` in adapters.ts).
-      ...(options.serverOptions?.connectionStateRecovery && { subscriptionMode: "static" }),
       ...((typeof options.options === "function" ? options.options(id) : options.options) ?? {}),
     },
   }

@@ -71,3 +71,13 @@ export const quoteName = (tableName: string): string =>
 export const dropTable = async (pool: pg.Pool, tableName: string): Promise<void> => {
   await pool.query(`DROP TABLE IF EXISTS ${quoteName(tableName)}`)
 }
+
+/** A plain connection listening on some channels, recording what arrives on each. */
+export const rawListener = async (channels: ReadonlyArray<string>) => {
+  const client = new pg.Client({ connectionString: databaseUrl() })
+  await client.connect()
+  const received: Array<{ channel: string; payload: string }> = []
+  client.on("notification", (n) => received.push({ channel: n.channel, payload: n.payload ?? "" }))
+  for (const channel of channels) await client.query(`LISTEN "${channel.replaceAll('"', '""')}"`)
+  return { client, received, close: () => client.end() }
+}

@@ -1,0 +1,45 @@
+/**
+ * Smoke test of `npm run bench:servers`: a tiny run over its two embedded PostgreSQL servers
+ * prints its JSON. Throughput is not asserted (a timing); where the namespaces and their traffic
+ * went is: every namespace on one server, every packet counted once where its namespace lives.
+ */
+import { execFile } from "node:child_process"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+import { describe, expect, it } from "vitest"
+
+const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
+
+describe("npm run bench:servers", () => {
+  it("runs over one and two servers and counts where the traffic went", async () => {
+    const args = ["--namespaces", "6", "--count", "5", "--idle", "1", "--json"]
+    const { code, stdout, stderr } = await new Promise<{
+      code: number | null
+      stdout: string
+      stderr: string
+    }>((resolve) =>
+      execFile(
+        process.execPath,
+        ["--import", "tsx", "bench/servers.ts", ...args],
+        { cwd: root, timeout: 120_000 },
+        (error, stdout, stderr) =>
+          resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      ),
+    )
+    expect(code, stderr).toBe(0)
+    const json = JSON.parse(stdout)
+    const [one, two] = json.results
+    expect(one.namespacesPerServer).toEqual([6])
+    expect(two.namespacesPerServer.reduce((a: number, b: number) => a + b, 0)).toBe(6)
+    for (const run of [one, two]) {
+      // The LISTEN of the bench hears every broadcast once, on its namespace's server (plus the
+      // heartbeats of the load's few seconds).
+      const heard = run.notificationsPerServer.reduce((a: number, b: number) => a + b, 0)
+      expect(heard).toBeGreaterThanOrEqual(6 * 5)
+      run.namespacesPerServer.forEach((n: number, s: number) => {
+        if (n === 0) expect(run.notificationsPerServer[s]).toBeLessThan(6 * 5)
+      })
+      expect(run.broadcastsPerSecond).toBeGreaterThan(0)
+    }
+  }, 180_000)
+})
