@@ -82,8 +82,8 @@ const USAGE = `usage: npm run bench -- [--quick] [--repeat N] [--scenario NAME].
     .join(", ")}
   --kind KIND      run only this kind (repeatable, or KIND,KIND,…): ${ALL_KINDS.join(", ")}
   --out DIR        where latest.json and latest.svg go (default bench/results)
-  --baseline DIR   also run kind ours-base: the adapter built in DIR (another checkout, after
-                   npm ci there), to compare two versions in one run
+  --baseline DIR   also run kinds ours-base and ours-base-signed: the adapter built in DIR
+                   (another checkout, after npm ci there), to compare two versions in one run
   --profile        write V8 CPU profiles of the servers' measured work to DIR/profiles
   --verbose        show the workers' output`
 
@@ -146,9 +146,12 @@ const parseOptions = (argv: ReadonlyArray<string>): Options => {
       )
     }
     process.env["BENCH_BASELINE"] = baseline
-  } else if (kinds.includes("ours-base")) {
-    if (values.kind !== undefined) throw new UsageError("kind ours-base needs --baseline DIR")
-    kinds.splice(kinds.indexOf("ours-base"), 1)
+  } else {
+    for (const kind of ["ours-base", "ours-base-signed"]) {
+      if (!kinds.includes(kind)) continue
+      if (values.kind !== undefined) throw new UsageError(`kind ${kind} needs --baseline DIR`)
+      kinds.splice(kinds.indexOf(kind), 1)
+    }
   }
   return {
     quick,

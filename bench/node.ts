@@ -367,11 +367,13 @@ serve({
             }) as any)
           : args.kind === "upstream"
             ? (createUpstreamAdapter(pool, options) as any)
-            : (args.kind === "ours-base" ? await baselineAdapter() : createAdapter)(pool, {
+            : (args.kind === "ours-base" || args.kind === "ours-base-signed"
+                ? await baselineAdapter()
+                : createAdapter)(pool, {
                 ...options,
                 recoveryTablePrefix: args.recoveryTablePrefix,
                 // Every message signed once, verified by each receiver (issue 16).
-                ...(args.kind === "ours-signed"
+                ...(args.kind === "ours-signed" || args.kind === "ours-base-signed"
                   ? { secret: "bench-secret-of-32-bytes-length" }
                   : {}),
               }),

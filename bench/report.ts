@@ -589,6 +589,7 @@ const COLORS: Record<Kind, string> = {
   "ours-base": "#5a8f4e",
   "ours-recovery": "#86b6e3",
   "ours-signed": "#1d4677",
+  "ours-base-signed": "#2e5a26",
   upstream: "#e07b39",
   redis: "#c0392b",
   "raw-x1": "#8a8a8a",

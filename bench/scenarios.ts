@@ -7,7 +7,7 @@
  * node-redis (the speed users pick Redis for).
  */
 export type AdapterKind =
-  "ours" | "ours-base" | "ours-recovery" | "ours-signed" | "upstream" | "redis"
+  "ours" | "ours-base" | "ours-recovery" | "ours-signed" | "ours-base-signed" | "upstream" | "redis"
 
 /** Raw `pg_notify` from one connection: one call per statement, or ten. */
 export type RawKind = "raw-x1" | "raw-x10"
@@ -20,6 +20,7 @@ export const ALL_KINDS: ReadonlyArray<Kind> = [
   "ours-base",
   "ours-recovery",
   "ours-signed",
+  "ours-base-signed",
   "upstream",
   "redis",
   "raw-x1",
@@ -35,6 +36,7 @@ export const KIND_LABEL: Record<Kind, string> = {
   "ours-base": "ours @ baseline",
   "ours-recovery": "ours + recovery",
   "ours-signed": "ours + secret",
+  "ours-base-signed": "ours @ baseline + secret",
   upstream: "0.5.0",
   redis: "redis",
   "raw-x1": "raw pg_notify",
@@ -249,7 +251,7 @@ export const kindsOf = (scenario: Scenario): ReadonlyArray<Kind> => [
     ? (["ours-recovery"] as const)
     : []),
   // Signing's cost is per message: the broadcasts show it.
-  ...(scenario.type === "broadcast" ? (["ours-signed"] as const) : []),
+  ...(scenario.type === "broadcast" ? (["ours-signed", "ours-base-signed"] as const) : []),
   "upstream",
   // Redis counts its servers by PUBSUB NUMSUB, with no heartbeat: nothing to compare in `join`.
   ...(scenario.type === "join" ? [] : (["redis"] as const)),

@@ -36,7 +36,7 @@ import * as Publisher from "./Publisher.js"
 import * as Signing from "./Signing.js"
 import * as DebugLog from "./internal/debugLog.js"
 import { joinPart, PartsBuffer } from "./internal/parts.js"
-import { readNotification, verifierOf } from "./internal/inbox.js"
+import { makeReader, verifierOf } from "./internal/inbox.js"
 import { checkTable, setUpTables } from "./internal/tableSetup.js"
 
 const { MessageType } = Codec
@@ -353,11 +353,8 @@ const makeInbox = (options: {
     }
   }
   const parts = new PartsBuffer()
-  return (payload) => {
-    const read = readNotification(payload, verifier, skip)
-    if (read === undefined) return
-    const { envelope } = read
-    let notification = read.notification
+  const read = makeReader(skip, (decoded, envelope) => {
+    let notification = decoded
     if (notification._tag === "Part") {
       if (!relay.wanted(notification.uid, notification.type, notification.requestId)) return
       const message = joinPart(parts, notification, skip)
@@ -392,7 +389,8 @@ const makeInbox = (options: {
       }
       flush()
     })
-  }
+  })
+  return (payload) => read(payload, verifier)
 }
 
 // At most one log line per second for skipped notifications, with a count.

@@ -13,13 +13,15 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { quoteTableName } from "./Channel.js"
 import * as Codec from "./Codec.js"
-import { AdapterConfig, keysOf } from "./AdapterConfig.js"
+import { AdapterConfig, type ClusterConfig, keysOf } from "./AdapterConfig.js"
 import { Database, StatementAbort, StatementTimeout } from "./Database.js"
 import { type DatabaseError, PublishError } from "./Errors.js"
 import {
   makeStatement,
   type Outgoing,
   runCounts,
+  type RunSealer,
+  sealRun,
   splitRuns,
   storedOffsets,
 } from "./internal/statements.js"
@@ -98,7 +100,8 @@ export class Publisher extends Context.Service<
     ) => void
     /**
      * This publisher's sender id in signature envelopes when the cluster signs (its own
-     * notifications start with `S1:<sender>:` or `A1:<sender>:`), else `undefined`.
+     * notifications start with `S1:<sender>:`, `A1:<sender>:`, or `S2:<sender>:` for a batch whose
+     * others start with `S+:`), else `undefined`.
      */
     readonly sender: string | undefined
   }
@@ -142,8 +145,7 @@ export const make = Effect.gen(function* () {
   const context = yield* Effect.context<never>()
   const timeoutMillis = Duration.toMillis(config.publishTimeout)
   const recoveryTables = tableNames(config.recoveryTablePrefix)
-  const keys = keysOf(config)
-  const signer = keys === undefined ? undefined : new Signing.Signer(keys)
+  const { signer, sealer } = signingOf(config)
   const statement = makeStatement({
     attachmentsTable: quoteTableName(config.tableName),
     storedPackets: (run, param) =>
@@ -160,7 +162,7 @@ export const make = Effect.gen(function* () {
   const send = async (items: ReadonlyArray<Item>, signal: StatementAbort) => {
     for (const run of splitRuns(items)) {
       if (signal.aborted) return
-      const [sql, params] = statement(run)
+      const [sql, params] = statement(sealer === undefined ? run : sealRun(run, sealer))
       const rows = await database.unsafeQuery<{ last?: string; after?: string }>(
         sql,
         params,
@@ -307,15 +309,12 @@ const encodeItem = (
       encoded:
         message === undefined
           ? undefined
-          : sign(
-              channel,
-              Codec.encode(
-                packet === undefined ? message : Codec.withOffsetPlaceholder(message),
-                threshold,
-                signer === undefined ? 0 : Signing.ENVELOPE_MAX_BYTES,
-                options?.packed === true,
-              ),
-              signer,
+          : Codec.encode(
+              packet === undefined ? message : Codec.withOffsetPlaceholder(message),
+              threshold,
+              // Room for the envelope the statement's signing puts in front of each payload.
+              signer === undefined ? 0 : Signing.ENVELOPE_MAX_BYTES,
+              options?.packed === true,
             ),
       stored:
         packet === undefined
@@ -351,19 +350,26 @@ const signStored = (
         bytes,
       )
 
-/** Signs an encoded message once, for every receiver, when the cluster signs. */
-const sign = (
-  channel: string,
-  encoded: Codec.Encoded,
-  signer: Signing.Signer | undefined,
-): Codec.Encoded => {
-  if (signer === undefined) return encoded
-  if (encoded._tag === "Inline")
-    return { _tag: "Inline", payload: signer.seal(channel, encoded.payload) }
-  if (encoded._tag === "Parts") {
-    return { _tag: "Parts", payloads: encoded.payloads.map((p) => signer.seal(channel, p)) }
+/**
+ * The publisher's signer when the cluster signs, and how it signs a statement: once it is built
+ * (not per message), one MAC per batch of consecutive notifications on a channel, attachments
+ * alone.
+ */
+const signingOf = (
+  config: ClusterConfig,
+): { readonly signer?: Signing.Signer; readonly sealer?: RunSealer } => {
+  const keys = keysOf(config)
+  if (keys === undefined) return {}
+  const signer = new Signing.Signer(keys)
+  const sealer: RunSealer = {
+    max: Signing.MAX_BATCH,
+    batch: (channel, payloads) => signer.sealBatch(channel, payloads),
+    attachment: (channel, encoded) => ({
+      _tag: "Attachment",
+      ...signer.sealAttachment(channel, encoded.bytes, encoded.header),
+    }),
   }
-  return { _tag: "Attachment", ...signer.sealAttachment(channel, encoded.bytes, encoded.header) }
+  return { signer, sealer }
 }
 
 /** The Publisher layer; needs `AdapterConfig` and `Database`. */

@@ -14,6 +14,21 @@
  * row starts with `R1` and its own MAC, over its bytes and the head of its notification: a row is
  * valid only for the notification that points at it.
  *
+ * A batch: the consecutive notifications of one statement on one channel (at most
+ * {@link MAX_BATCH}) share one envelope and one MAC. The first carries
+ * `S2:<sender>:<seq>:<ms>:<count base36>:<mac>:<json>`, each of the others `S+:<json>`; the MAC
+ * covers the head (count included), the channel and every JSON text in order, each behind its
+ * length. A receiver gathers the batch, checks it once, then delivers it all or nothing. That is
+ * sound because PostgreSQL writes a transaction's notifications to its queue as one block: writers
+ * serialise on a cluster-wide lock taken in `PreCommit_Notify()` and held until after commit
+ * (src/backend/commands/async.c: "Serialize writers by acquiring a special lock that we hold till
+ * after commit. This ensures that queue entries appear in commit order"; "Because all writers
+ * serialize on a cluster-wide heavyweight lock, no backend can insert entries between these two
+ * points"), and a listening backend reads the queue in order, forwarding those of its channels.
+ * On a channel, nothing comes between a batch's notifications; an attacker's transaction can only
+ * come before or after it, so a new start (`S1:`, `A1:`, `S2:`) always discards a batch left
+ * unfinished, and a forged `S+:` can only continue a forged batch, or none.
+ *
  * @since 0.6.0
  */
 import {
@@ -40,10 +55,18 @@ export const SESSION = "Q1"
 /** How many sequence numbers back a sender's window remembers (4 × 32 bits). */
 export const WINDOW = 128
 
+/**
+ * The most notifications one batch (one MAC) covers: a receiver holds at most this many payloads
+ * (< 8,000 bytes each) per channel while it gathers one.
+ */
+export const MAX_BATCH = 64
+
 const MAC_BYTES = 16
 const MAC_CHARS = 22
 const INLINE = "S1:"
 const HEADER = "A1:"
+const BATCH = "S2:"
+const MORE = "S+:"
 const ROW = Buffer.from("R1")
 
 // The placeholders PostgreSQL's numbers replace (see internal/statements.ts and Codec.ts).
@@ -60,13 +83,18 @@ export interface Envelope {
   readonly seq: number
   /** When it was signed, in ms since the epoch (the sender's clock). */
   readonly ts: number
-  /** `S1:…:` or `A1:…:`, what the MACs cover before the channel. */
+  /** How many notifications it covers: 1, or a batch's count. */
+  readonly count: number
+  /** `S1:…:`, `A1:…:` or `S2:…:`, what the MACs cover before the channel. */
   readonly head: string
 }
 
-/** True when a payload carries a signature envelope (readable or not). */
+/** True when a payload carries a signature envelope, or continues a batch (readable or not). */
 export const isSigned = (payload: string): boolean =>
-  payload.startsWith(INLINE) || payload.startsWith(HEADER)
+  payload.startsWith(INLINE) ||
+  payload.startsWith(MORE) ||
+  payload.startsWith(BATCH) ||
+  payload.startsWith(HEADER)
 
 /**
  * A text with the numbers PostgreSQL fills in set back to their placeholders: the trailing
@@ -130,6 +158,16 @@ export class Keys {
     return this.#keys.some((key) => timingSafeEqual(mac, notificationMac(key, head, channel, text)))
   }
 
+  /** The MAC of a batch (its texts canonical), by the signing key. */
+  signBatch(head: string, channel: string, texts: ReadonlyArray<string>): Buffer {
+    return batchMac(this.#keys[0]!, head, channel, texts)
+  }
+
+  /** Whether `mac` is the MAC of the batch (its texts canonical) under one of the keys. */
+  verifyBatch(mac: Buffer, head: string, channel: string, texts: ReadonlyArray<string>): boolean {
+    return this.#keys.some((key) => timingSafeEqual(mac, batchMac(key, head, channel, texts)))
+  }
+
   /** The MAC of an attachment row, by the signing key. */
   signRow(head: string, channel: string, bytes: Uint8Array): Buffer {
     return rowMac(this.#keys[0]!, head, channel, bytes)
@@ -163,6 +201,19 @@ const notificationMac = (key: KeyObject, head: string, channel: string, text: st
     .digest()
     .subarray(0, MAC_BYTES)
 
+// Each text behind its length: no two batches of texts give the same bytes. One string, one
+// update: a call into the binding per text costs more than the concatenation.
+const batchMac = (
+  key: KeyObject,
+  head: string,
+  channel: string,
+  texts: ReadonlyArray<string>,
+): Buffer => {
+  let input = `${head}${channel}\u0000`
+  for (const text of texts) input += `${text.length}:${text}`
+  return createHmac("sha256", key).update(input).digest().subarray(0, MAC_BYTES)
+}
+
 const rowMac = (key: KeyObject, head: string, channel: string, bytes: Uint8Array): Buffer =>
   createHmac("sha256", key)
     .update("R1:")
@@ -184,18 +235,37 @@ export class Signer {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** The next envelope head: `S1:` inline, `A1:` for an attachment header. */
-  next(header: boolean): Envelope {
+  /** The next envelope head: `S1:` inline, `A1:` for an attachment header, `S2:` for a batch. */
+  next(header: boolean, count = 1): Envelope {
     const seq = ++this.#seq
     const ts = this.now()
-    const head = `${header ? HEADER : INLINE}${this.sender}:${seq.toString(36)}:${ts.toString(36)}:`
-    return { sender: this.sender, seq, ts, head }
+    const tag = header ? HEADER : count === 1 ? INLINE : BATCH
+    const tail = count === 1 ? "" : `${count.toString(36)}:`
+    const head = `${tag}${this.sender}:${seq.toString(36)}:${ts.toString(36)}:${tail}`
+    return { sender: this.sender, seq, ts, count, head }
   }
 
   /** Signs an inline payload for `channel`. */
   seal(channel: string, payload: string): string {
     const envelope = this.next(false)
     return seal(this.keys, envelope, channel, payload)
+  }
+
+  /**
+   * Signs consecutive inline payloads of one statement on `channel` (at most {@link MAX_BATCH})
+   * with one MAC: the first gets the envelope, the others `S+:`. One payload is sealed alone.
+   */
+  sealBatch(channel: string, payloads: ReadonlyArray<string>): Array<string> {
+    const count = payloads.length
+    if (count === 1) return [this.seal(channel, payloads[0]!)]
+    if (count < 1 || count > MAX_BATCH)
+      throw new RangeError(`a batch has 1 to ${MAX_BATCH} payloads`)
+    const envelope = this.next(false, count)
+    const texts = payloads.map((payload) => canonical(payload, false))
+    const mac = this.keys.signBatch(envelope.head, channel, texts).toString("base64url")
+    const sealed = [`${envelope.head}${mac}:${payloads[0]}`]
+    for (let i = 1; i < count; i++) sealed.push(MORE + payloads[i])
+    return sealed
   }
 
   /**
@@ -226,48 +296,85 @@ export interface Opened {
   readonly body: string
 }
 
+/** A notification's envelope read, its MAC not yet checked. */
+export interface Sealed extends Opened {
+  readonly mac: Buffer
+  /** An attachment header (`A1:`): its row id is not signed. */
+  readonly header: boolean
+}
+
 const SENDER = /^[A-Za-z0-9_-]{1,32}$/
 const BASE36 = /^[0-9a-z]{1,11}$/
+const COUNT = /^[0-9a-z]{1,2}$/
 
 /**
- * Checks a payload's envelope and MAC (not its freshness: see {@link ReplayGuard}); `Failure` of
- * a reason that never quotes the payload.
+ * Reads the envelope of a notification that starts a batch (`S1:`, `A1:`, or `S2:` with its
+ * count), without checking its MAC; `Failure` of a reason that never quotes the payload.
+ */
+export const parse = (payload: string): Result.Result<Sealed, string> => {
+  const header = payload.startsWith(HEADER)
+  const batch = !header && payload.startsWith(BATCH)
+  if (!header && !batch && !payload.startsWith(INLINE)) {
+    return Result.fail(payload.startsWith(MORE) ? "continues no batch" : "unsigned notification")
+  }
+  const a = payload.indexOf(":", 3)
+  const b = a === -1 ? -1 : payload.indexOf(":", a + 1)
+  const c = b === -1 ? -1 : payload.indexOf(":", b + 1)
+  const d = c === -1 || !batch ? c : payload.indexOf(":", c + 1)
+  if (d === -1 || payload.charCodeAt(d + 1 + MAC_CHARS) !== 58) {
+    return Result.fail("malformed signature envelope")
+  }
+  const sender = payload.slice(3, a)
+  const seq = payload.slice(a + 1, b)
+  const ts = payload.slice(b + 1, c)
+  const count = batch ? parseInt(payload.slice(c + 1, d), 36) : 1
+  if (!SENDER.test(sender) || !BASE36.test(seq) || !BASE36.test(ts)) {
+    return Result.fail("malformed signature envelope")
+  }
+  // One spelling of the count, and a batch of two or more: a receiver never holds more.
+  if (batch && (!COUNT.test(payload.slice(c + 1, d)) || count < 2 || count > MAX_BATCH)) {
+    return Result.fail("malformed signature envelope")
+  }
+  const macText = payload.slice(d + 1, d + 1 + MAC_CHARS)
+  const mac = Buffer.from(macText, "base64url")
+  // The last character holds 4 unused bits: only the canonical text is taken (no two spellings).
+  if (mac.length !== MAC_BYTES || mac.toString("base64url") !== macText) {
+    return Result.fail("malformed signature envelope")
+  }
+  return Result.succeed({
+    envelope: {
+      sender,
+      seq: parseInt(seq, 36),
+      ts: parseInt(ts, 36),
+      count,
+      head: payload.slice(0, d + 1),
+    },
+    body: payload.slice(d + 2 + MAC_CHARS),
+    mac,
+    header,
+  })
+}
+
+/**
+ * Checks a payload's envelope and MAC, for a notification signed alone (`S1:`, `A1:`), not its
+ * freshness (see {@link ReplayGuard}); `Failure` of a reason that never quotes the payload.
  */
 export const open = (
   keys: Keys,
   channel: string,
   payload: string,
 ): Result.Result<Opened, string> => {
-  const header = payload.startsWith(HEADER)
-  if (!header && !payload.startsWith(INLINE)) return Result.fail("unsigned notification")
-  const a = payload.indexOf(":", 3)
-  const b = a === -1 ? -1 : payload.indexOf(":", a + 1)
-  const c = b === -1 ? -1 : payload.indexOf(":", b + 1)
-  if (c === -1 || payload.charCodeAt(c + 1 + MAC_CHARS) !== 58) {
-    return Result.fail("malformed signature envelope")
+  const parsed = parse(payload)
+  if (Result.isFailure(parsed)) return parsed
+  const { envelope, body, mac, header } = parsed.success
+  if (envelope.count !== 1) return Result.fail("starts a batch")
+  if (!keys.verify(mac, envelope.head, channel, canonical(body, header))) {
+    return Result.fail(BAD_MAC)
   }
-  const sender = payload.slice(3, a)
-  const seq = payload.slice(a + 1, b)
-  const ts = payload.slice(b + 1, c)
-  if (!SENDER.test(sender) || !BASE36.test(seq) || !BASE36.test(ts)) {
-    return Result.fail("malformed signature envelope")
-  }
-  const macText = payload.slice(c + 1, c + 1 + MAC_CHARS)
-  const mac = Buffer.from(macText, "base64url")
-  // The last character holds 4 unused bits: only the canonical text is taken (no two spellings).
-  if (mac.length !== MAC_BYTES || mac.toString("base64url") !== macText) {
-    return Result.fail("malformed signature envelope")
-  }
-  const head = payload.slice(0, c + 1)
-  const body = payload.slice(c + 2 + MAC_CHARS)
-  if (!keys.verify(mac, head, channel, canonical(body, header))) {
-    return Result.fail("bad signature (altered, forged, or signed with another key)")
-  }
-  return Result.succeed({
-    envelope: { sender, seq: parseInt(seq, 36), ts: parseInt(ts, 36), head },
-    body,
-  })
+  return Result.succeed({ envelope, body })
 }
+
+const BAD_MAC = "bad signature (altered, forged, or signed with another key)"
 
 /** Checks an attachment row against the envelope of its notification; gives the bytes after the MAC. */
 export const openRow = (
@@ -355,7 +462,7 @@ export class ReplayGuard {
   }
 
   /** `undefined` when the notification is fresh (and now seen), else why not. */
-  check(envelope: Envelope): string | undefined {
+  check(envelope: Pick<Envelope, "sender" | "seq" | "ts">): string | undefined {
     const now = this.now()
     if (envelope.ts < now - this.maxAge) return "too old (replayed, or clocks apart)"
     if (envelope.ts > now + this.maxAge) return "signed in the future (clocks apart)"
@@ -382,30 +489,78 @@ export class ReplayGuard {
 /** How far a sender's clock may be behind a receiver's when the receiver first hears of it. */
 export const FIRST_CONTACT_SKEW_MS = 2_000
 
+/** Told each notification a verifier lets through, in order, with the envelope that covered it. */
+export type Deliver = (body: string, envelope: Envelope, verifier: Verifier) => void
+
+/** A node's own notifications on a channel: never delivered, only told to `seen` when authentic. */
+export interface Own {
+  /** The node's sender id (its Publisher's). */
+  readonly sender: string
+  /** When given, each of the node's own notifications whose MAC holds (freshness aside). */
+  readonly seen?: ((body: string) => void) | undefined
+}
+
+// A batch being gathered: its first notification, and the texts so far (none kept for an own
+// batch nobody looks at).
+interface Gathering {
+  readonly first: Sealed
+  readonly own: boolean
+  readonly texts: Array<string> | undefined
+  got: number
+}
+
 /**
- * The receiving side of one channel: MAC first (before any JSON is parsed), then freshness. What
- * fails goes to `onRejected` with its reason, never the payload.
+ * The receiving side of one channel: MAC first (before any JSON is parsed), then freshness, once
+ * per batch. A batch is delivered whole once its last notification came and its MAC held, or not
+ * at all. What fails goes to `onRejected` with its reason and how many notifications it drops,
+ * never the payload. Holds at most one batch: {@link MAX_BATCH} payloads.
  */
 export class Verifier {
   readonly #guard: ReplayGuard
+  #batch: Gathering | undefined
 
   constructor(
     readonly keys: Keys,
     readonly channel: string,
     maxAge: number,
-    private readonly onRejected: (reason: string) => void,
+    private readonly onRejected: (reason: string, count?: number) => void,
     now: () => number = Date.now,
+    private readonly own?: Own | undefined,
   ) {
     this.#guard = new ReplayGuard(maxAge, FIRST_CONTACT_SKEW_MS, now)
   }
 
-  /** The verified, fresh notification, or `undefined` (rejected and reported). */
+  /** Takes the channel's payloads in arrival order; `deliver` gets what is authentic and fresh. */
+  take(payload: string, deliver: Deliver): void {
+    if (payload.startsWith(MORE)) return this.#continue(payload, deliver)
+    // A transaction's notifications come together: whatever comes next ends a batch left open.
+    if (this.#batch !== undefined) this.#cut()
+    const parsed = parse(payload)
+    if (Result.isFailure(parsed)) return this.onRejected(parsed.failure)
+    const first = parsed.success
+    const { envelope, body } = first
+    const own = this.own !== undefined && envelope.sender === this.own.sender
+    if (envelope.count > 1) {
+      const texts = own && this.own!.seen === undefined ? undefined : [body]
+      this.#batch = { first, own, texts, got: 1 }
+      return
+    }
+    if (own) {
+      const { seen } = this.own!
+      if (seen !== undefined && this.#authentic(first, [body])) seen(body)
+      return
+    }
+    if (!this.#authentic(first, [body])) return this.onRejected(BAD_MAC)
+    const stale = this.#guard.check(envelope)
+    if (stale !== undefined) return this.onRejected(stale)
+    deliver(body, envelope, this)
+  }
+
+  /** The verified, fresh notification signed alone, or `undefined` (rejected and reported). */
   open(payload: string): Opened | undefined {
-    const opened = open(this.keys, this.channel, payload)
-    if (Result.isFailure(opened)) return void this.onRejected(opened.failure)
-    const stale = this.#guard.check(opened.success.envelope)
-    if (stale !== undefined) return void this.onRejected(stale)
-    return opened.success
+    let opened: Opened | undefined
+    this.take(payload, (body, envelope) => (opened = { body, envelope }))
+    return opened
   }
 
   /** The verified bytes of an attachment row, or `undefined` (rejected and reported). */
@@ -415,9 +570,47 @@ export class Verifier {
     return bytes.success
   }
 
-  /** Whether a payload's MAC holds (its freshness aside): for this node's own notifications. */
-  authentic(payload: string): boolean {
-    return Result.isSuccess(open(this.keys, this.channel, payload))
+  /** How many notifications the batch being gathered holds (0: none). */
+  get gathering(): number {
+    return this.#batch?.got ?? 0
+  }
+
+  #continue(payload: string, deliver: Deliver): void {
+    const batch = this.#batch
+    if (batch === undefined) return this.onRejected("continues no batch")
+    batch.texts?.push(payload.slice(MORE.length))
+    if (++batch.got < batch.first.envelope.count) return
+    this.#batch = undefined
+    const { first, own, texts } = batch
+    if (own) {
+      const { seen } = this.own!
+      if (seen !== undefined && this.#authentic(first, texts!)) texts!.forEach(seen)
+      return
+    }
+    const count = first.envelope.count
+    if (!this.#authentic(first, texts!)) return this.onRejected(BAD_MAC, count)
+    const stale = this.#guard.check(first.envelope)
+    if (stale !== undefined) return this.onRejected(stale, count)
+    for (const text of texts!) deliver(text, first.envelope, this)
+  }
+
+  #cut(): void {
+    const { first, own, got } = this.#batch!
+    this.#batch = undefined
+    if (own) return
+    this.onRejected(
+      `a batch of ${first.envelope.count} ended after ${got} (one lost, or forged)`,
+      got,
+    )
+  }
+
+  #authentic(first: Sealed, texts: ReadonlyArray<string>): boolean {
+    const { envelope, mac, header } = first
+    if (envelope.count === 1) {
+      return this.keys.verify(mac, envelope.head, this.channel, canonical(texts[0]!, header))
+    }
+    const canonicals = texts.map((text) => canonical(text, false))
+    return this.keys.verifyBatch(mac, envelope.head, this.channel, canonicals)
   }
 }
 

@@ -1,7 +1,8 @@
 /**
  * The signature envelope and the replay window, as pure code: what a signer seals opens under the
  * same key on the same channel, and under nothing else; a changed byte anywhere fails; the numbers
- * PostgreSQL fills in are the only unsigned parts; a sequence number is accepted once.
+ * PostgreSQL fills in are the only unsigned parts; a sequence number is accepted once. A batch
+ * (one MAC for a statement's notifications on a channel) is delivered whole or not at all.
  */
 import { assert, describe, it, vi } from "@effect/vitest"
 import * as Cause from "effect/Cause"
@@ -158,6 +159,199 @@ describe("the signature envelope", () => {
       assert.isTrue(Result.isFailure(Signing.openRow(signer.keys, envelope, "c", flipped)))
     },
   )
+})
+
+/** A verifier of channel "c" that records what it delivers and what it rejects, with how many. */
+const receiver = (k: Signing.Keys = keys(KEY_A), own?: Signing.Own) => {
+  const delivered: Array<string> = []
+  const rejected: Array<{ reason: string; count: number }> = []
+  const verifier = new Signing.Verifier(
+    k,
+    "c",
+    30_000,
+    (reason, count = 1) => rejected.push({ reason, count }),
+    Date.now,
+    own,
+  )
+  const take = (...payloads: ReadonlyArray<string>) => {
+    for (const payload of payloads) verifier.take(payload, (body) => delivered.push(body))
+  }
+  const dropped = () => rejected.reduce((n, r) => n + r.count, 0)
+  return { verifier, take, delivered, rejected, dropped }
+}
+
+/** `n` distinct messages, as the Codec writes them. */
+const texts = (n: number, tag = "m") =>
+  Array.from({ length: n }, (_, i) =>
+    JSON.stringify({ uid: "u", type: 3, nsp: "/", data: [`${tag}-${i}`] }),
+  )
+
+describe("batches (one MAC for a statement's notifications on a channel)", () => {
+  prop(
+    "delivers a batch whole, in order, when its last notification comes, and nothing before",
+    [fc.array(wire, { minLength: 1, maxLength: Signing.MAX_BATCH })],
+    ([bodies]) => {
+      const signer = new Signing.Signer(keys(KEY_A))
+      const sealed = signer.sealBatch("c", bodies)
+      assert.strictEqual(sealed.length, bodies.length)
+      const r = receiver()
+      sealed.forEach((payload, i) => {
+        assert.strictEqual(r.delivered.length, 0, "delivered before the batch was complete")
+        r.take(payload)
+        const room = i === 0 ? Signing.ENVELOPE_MAX_BYTES : 3
+        assert.isAtMost(Buffer.byteLength(payload) - Buffer.byteLength(bodies[i]!), room)
+      })
+      assert.deepStrictEqual(r.delivered, bodies)
+      assert.deepStrictEqual(r.rejected, [])
+      assert.strictEqual(r.verifier.gathering, 0)
+    },
+  )
+
+  it("seals a batch of one as before (S1), delivered at once", () => {
+    const [payload] = new Signing.Signer(keys(KEY_A)).sealBatch("c", texts(1))
+    assert.isTrue(payload!.startsWith("S1:"))
+    const r = receiver()
+    r.take(payload!)
+    assert.deepStrictEqual(r.delivered, texts(1))
+  })
+
+  it("drops a replayed whole batch, counting each of its notifications", () => {
+    const sealed = new Signing.Signer(keys(KEY_A)).sealBatch("c", texts(5))
+    const r = receiver()
+    r.take(...sealed)
+    assert.strictEqual(r.delivered.length, 5)
+    r.take(...sealed)
+    assert.strictEqual(r.delivered.length, 5)
+    assert.deepStrictEqual(r.rejected, [{ reason: "replayed", count: 5 }])
+  })
+
+  it("drops a replayed part of a batch: its start alone, or notifications that continue it", () => {
+    const signer = new Signing.Signer(keys(KEY_A))
+    const first = signer.sealBatch("c", texts(4, "a"))
+    const next = signer.sealBatch("c", texts(3, "b"))
+    const r = receiver()
+    r.take(...first)
+    // Its start alone: gathered, never delivered; the next batch's start discards it.
+    r.take(first[0]!)
+    assert.strictEqual(r.delivered.length, 4)
+    assert.strictEqual(r.verifier.gathering, 1)
+    r.take(...next)
+    assert.deepStrictEqual(r.delivered, [...texts(4, "a"), ...texts(3, "b")])
+    // Its middle alone: continues nothing.
+    r.take(first[1]!, first[2]!)
+    assert.strictEqual(r.delivered.length, 7)
+    assert.deepStrictEqual(
+      r.rejected.map((x) => x.reason),
+      [
+        "a batch of 4 ended after 1 (one lost, or forged)",
+        "continues no batch",
+        "continues no batch",
+      ],
+    )
+  })
+
+  it("drops a batch with a notification missing, and delivers the next one", () => {
+    for (const missing of [1, 2, 3]) {
+      const signer = new Signing.Signer(keys(KEY_A))
+      const batch = signer.sealBatch("c", texts(4, "a"))
+      const next = signer.sealBatch("c", texts(2, "b"))
+      const r = receiver()
+      r.take(...batch.filter((_, i) => i !== missing), ...next)
+      assert.deepStrictEqual(r.delivered, texts(2, "b"))
+      assert.strictEqual(r.dropped(), 3)
+    }
+  })
+
+  it("drops a batch whose notifications were reordered, or spliced from another batch", () => {
+    const signer = new Signing.Signer(keys(KEY_A))
+    const a = signer.sealBatch("c", texts(4, "a"))
+    const b = signer.sealBatch("c", texts(4, "b"))
+    const r = receiver()
+    r.take(a[0]!, a[2]!, a[1]!, a[3]!)
+    r.take(b[0]!, b[1]!, a[2]!, b[3]!)
+    assert.deepStrictEqual(r.delivered, [])
+    assert.deepStrictEqual(
+      r.rejected.map((x) => [x.reason, x.count]),
+      [
+        ["bad signature (altered, forged, or signed with another key)", 4],
+        ["bad signature (altered, forged, or signed with another key)", 4],
+      ],
+    )
+  })
+
+  it("drops a batch altered anywhere: a body, its count, its channel, or its key", () => {
+    const a = new Signing.Signer(keys(KEY_A)).sealBatch("c", texts(3))
+    const r = receiver()
+    r.take(a[0]!, a[1]!.replace("m-1", "m-X"), a[2]!)
+    // One more notification, the count raised to match.
+    const head = a[0]!.split(":")
+    const more = [[...head.slice(0, 4), "4", ...head.slice(5)].join(":"), a[1]!, a[2]!, a[2]!]
+    r.take(...more)
+    const other = receiver(keys(KEY_B))
+    other.take(...a)
+    const elsewhere = new Signing.Verifier(keys(KEY_A), "d", 30_000, () => {})
+    const got: Array<string> = []
+    for (const p of a) elsewhere.take(p, (body) => got.push(body))
+    assert.deepStrictEqual([r.delivered, other.delivered, got], [[], [], []])
+    // 3 altered, 4 with the raised count, 3 under another key.
+    assert.deepStrictEqual([r.dropped(), other.dropped()], [7, 3])
+  })
+
+  it("never lets a forged notification of its own transaction break a genuine batch", () => {
+    const signer = new Signing.Signer(keys(KEY_A))
+    const genuine = signer.sealBatch("c", texts(3, "g"))
+    const later = signer.sealBatch("c", texts(2, "h"))
+    const forger = new Signing.Signer(keys(KEY_B))
+    const forged = forger.sealBatch("c", texts(5, "f"))
+    const r = receiver()
+    // Before a batch: a forged start that leaves its batch open, and forged continuations.
+    r.take(forged[0]!, forged[1]!, "S+:" + texts(1, "x")[0])
+    r.take(...genuine)
+    // After it: continuations claiming to extend it, an unsigned message, a forged batch.
+    r.take("S+:" + texts(1, "y")[0], texts(1, "z")[0]!, ...forged)
+    r.take(...later)
+    assert.deepStrictEqual(r.delivered, [...texts(3, "g"), ...texts(2, "h")])
+    assert.isTrue(r.rejected.length >= 4)
+  })
+
+  it("verifies a batch with any of the keys (rotation)", () => {
+    const a = new Signing.Signer(keys(KEY_A, KEY_B)).sealBatch("c", texts(3))
+    const r = receiver(keys(KEY_B, KEY_A))
+    r.take(...a)
+    assert.deepStrictEqual(r.delivered, texts(3))
+  })
+
+  it("skips the node's own batches unchecked, or tells `seen` each authentic one", () => {
+    const signer = new Signing.Signer(keys(KEY_A))
+    const own = signer.sealBatch("c", texts(3, "o"))
+    const alone = signer.sealBatch("c", texts(1, "p"))
+    const quiet = receiver(keys(KEY_A), { sender: signer.sender })
+    quiet.take(...own, ...alone)
+    assert.deepStrictEqual([quiet.delivered, quiet.rejected], [[], []])
+    const seen: Array<string> = []
+    const watching = receiver(keys(KEY_A), { sender: signer.sender, seen: (b) => seen.push(b) })
+    watching.take(...own, ...alone)
+    // Our sender id with another key's MAC: not ours.
+    const impostor = new Signing.Signer(keys(KEY_B)) as { sender: string }
+    Object.defineProperty(impostor, "sender", { value: signer.sender })
+    watching.take(...(impostor as Signing.Signer).sealBatch("c", texts(2, "i")))
+    assert.deepStrictEqual(seen, [...texts(3, "o"), ...texts(1, "p")])
+    assert.deepStrictEqual(watching.delivered, [])
+  })
+
+  it("refuses a count above the most a receiver holds, or below two", () => {
+    const [first] = new Signing.Signer(keys(KEY_A)).sealBatch("c", texts(2))
+    const r = receiver()
+    for (const count of [Signing.MAX_BATCH + 1, 1, 0]) {
+      const head = first!.split(":")
+      r.take([...head.slice(0, 4), count.toString(36), ...head.slice(5)].join(":"))
+      assert.strictEqual(r.verifier.gathering, 0)
+    }
+    assert.deepStrictEqual(
+      r.rejected.map((x) => x.reason),
+      Array(3).fill("malformed signature envelope"),
+    )
+  })
 })
 
 describe("signed recovery rows", () => {

@@ -3,6 +3,8 @@
  * raw `pg_notify`, a raw LISTEN, an INSERT into the attachments table) attacks two real servers
  * with real clients: each attack is first seen to work on an unsigned cluster, then to fail on a
  * cluster with a `secret`, where genuine traffic, requests, the emitter and recovery still work.
+ * Signed, a statement's notifications on a channel share one MAC: a captured batch sent again in
+ * whole or in part, or altered, or forged notifications around a genuine one, deliver nothing.
  */
 import { encode as msgpackEncode } from "@msgpack/msgpack"
 import * as Effect from "effect/Effect"
@@ -17,7 +19,14 @@ import { watchProcessFaults } from "./fixtures/faults.js"
 import { collect, eventually, expectNoEvent, waitFor } from "./utils/cluster.js"
 import { type Cluster, startCluster } from "./utils/nodes.js"
 import { databaseUrl, makePool } from "./utils/postgres.js"
-import { dropTransport, emitStored, recorder, resume, withoutOffset } from "./utils/recovery.js"
+import {
+  dropTransport,
+  emitStored,
+  offsetCounter,
+  recorder,
+  resume,
+  withoutOffset,
+} from "./utils/recovery.js"
 
 const SECRET = "the-cluster-secret-of-this-suite"
 const OTHER = "another-secret-nobody-here-uses!"
@@ -52,6 +61,14 @@ const attacker = (cluster: Cluster) => {
           [Buffer.from(msgpackEncode(message))],
         )
       ).rows[0]!.id,
+    /** Sends payloads in one transaction of its own, in this order. */
+    notifyAll: (payloads: ReadonlyArray<string>) =>
+      pool
+        .query(`SELECT ${payloads.map((_, i) => `pg_notify($1, $${i + 2})`).join(", ")}`, [
+          channel,
+          ...payloads,
+        ])
+        .then(() => undefined),
     close: () => pool.end(),
   }
 }
@@ -217,6 +234,85 @@ const attacks = (name: string, options: { readonly secret?: string }) => {
     }
   })
 
+  /**
+   * Node 0 broadcasts `n` chats in one tick (one statement, one batch when signed); resolves with
+   * their notifications as a raw LISTEN captured them, once the client got them.
+   */
+  const captureStatement = async (
+    tap: { readonly payloads: ReadonlyArray<string> },
+    client: ClientSocket,
+    tag: string,
+    n: number,
+  ) => {
+    const got = collect(client, "chat", n)
+    for (let i = 0; i < n; i++) cluster.nodes[0]!.io.emit("chat", `${tag}-${i}`)
+    await got
+    const mine = () => tap.payloads.filter((p) => p.includes(`"${tag}-`))
+    await eventually(() => mine().length === n)
+    return mine()
+  }
+
+  it(`a captured statement sent again in one transaction, whole, in part, with one left out, reordered or spliced with another, is ${signed ? "never delivered" : "delivered again"}`, async () => {
+    const [, client] = await cluster.connectEach()
+    const tap = await attack.listen()
+    try {
+      const a = await captureStatement(tap, client!, "a", 4)
+      const b = await captureStatement(tap, client!, "b", 4)
+      if (signed) {
+        // One MAC for the statement: its first notification opens the batch, the others continue it.
+        expect(a.map((p) => p.slice(0, 3))).toEqual(["S2:", "S+:", "S+:", "S+:"])
+      }
+      const variants: ReadonlyArray<ReadonlyArray<string>> = [
+        a,
+        a.slice(0, 2),
+        a.slice(1),
+        [a[0]!, a[1]!, a[3]!],
+        [a[0]!, a[2]!, a[1]!, a[3]!],
+        [a[0]!, b[1]!, a[2]!, a[3]!],
+      ]
+      const before = rejected()
+      for (const variant of variants) {
+        const seen: Array<unknown> = []
+        const listener = (text: unknown) => seen.push(text)
+        client!.on("chat", listener)
+        await attack.notifyAll(variant)
+        await barrier(cluster, client!)
+        client!.off("chat", listener)
+        const sent = variant.map((p) => /"([ab]-\d)"/.exec(p)![1])
+        expect(seen).toEqual(signed ? [] : sent)
+      }
+      if (signed) expect(rejected()).toBeGreaterThan(before)
+    } finally {
+      await tap.close()
+    }
+  })
+
+  it(`forged notifications in transactions of their own around a genuine statement: ${signed ? "the genuine one delivered whole, the forged ones dropped" : "all delivered"}`, async () => {
+    const [, client] = await cluster.connectEach()
+    // Unsigned, the forgeries are plain messages; signed, they claim to open or continue a batch.
+    const opening = `S2:${"f".repeat(16)}:1:${Date.now().toString(36)}:5:${"A".repeat(22)}:`
+    const forged = (text: string, prefix: string) => (signed ? prefix : "") + forgedBroadcast(text)
+    const seen: Array<unknown> = []
+    client!.on("chat", (text) => seen.push(text))
+    await attack.notify(forged("forged-open", opening))
+    await attack.notify(forged("forged-more", "S+:"))
+    const genuine = collect(client!, "chat", 3)
+    for (let i = 0; i < 3; i++) cluster.nodes[0]!.io.emit("chat", `genuine-${i}`)
+    await attack.notify(forged("forged-after", "S+:"))
+    await genuine
+    await barrier(cluster, client!)
+    const real = ["genuine-0", "genuine-1", "genuine-2"]
+    if (signed) expect(seen).toEqual(real)
+    else {
+      expect(seen.filter((text) => real.includes(text as string))).toEqual(real)
+      expect(seen.filter((text) => !real.includes(text as string)).sort()).toEqual([
+        "forged-after",
+        "forged-more",
+        "forged-open",
+      ])
+    }
+  })
+
   if (signed) {
     it("an emitter with the secret is heard and answered; one without is ignored", async () => {
       const [, client] = await cluster.connectEach()
@@ -356,6 +452,19 @@ describe.each([
     })
   })
   afterAll(() => cluster?.close())
+
+  it("stored broadcasts sent in one statement (one batch when signed) reach every client in order, and what follows them too", async () => {
+    const clients = [await cluster.connect(0), await cluster.connect(1)]
+    const got = clients.map((client) => collect(client, "batch", 6, 10_000))
+    // Node 0's own batch moves its recovery's arrivals on: node 1's packet after it is not held.
+    for (let i = 0; i < 5; i++) cluster.nodes[0]!.io.emit("batch", i)
+    await eventually(async () => (await offsetCounter(cluster.admin, cluster.id)).last >= 5n)
+    cluster.nodes[1]!.io.emit("batch", 5)
+    for (const events of await Promise.all(got)) {
+      expect(events.map((args) => args[0])).toEqual([0, 1, 2, 3, 4, 5])
+    }
+    await cluster.disconnectClients()
+  })
 
   it(`a client back on another server gets what it missed, once, in order; a stored packet altered in the table ${secret === undefined ? "is replayed altered" : "is not replayed"}`, async () => {
     const client = await cluster.connect(0)

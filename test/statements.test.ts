@@ -4,15 +4,20 @@
  * folds identical (channel, payload) notifications of one transaction, so no statement may carry
  * one twice; order is kept; each attachment header names its own row. The statements are read by
  * a small evaluator of the SQL forms the builder writes (attachment ids and stored offsets
- * assigned as PostgreSQL does: in row order).
+ * assigned as PostgreSQL does: in row order). Signed, a statement's consecutive notifications on a
+ * channel share one MAC: verified per channel, they give back exactly what the unsigned statement
+ * notifies.
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as fc from "fast-check"
 import * as Codec from "../src/Codec.js"
+import * as Signing from "../src/Signing.js"
 import {
   makeStatement,
   type Outgoing,
   runEnd,
+  type RunSealer,
+  sealRun,
   splitRuns,
   storedOffsets,
   type StoredPacketsSql,
@@ -287,6 +292,136 @@ describe("makeStatement", () => {
     const [b] = build([])(run("y"))
     assert.strictEqual(a, b)
     assert.strictEqual(a, "SELECT pg_notify($1, $2), pg_notify($3, $4), pg_notify($5, $6)")
+  })
+})
+
+/** A packed message too long for one notification: several parts. */
+const parts: fc.Arbitrary<Outgoing> = fc
+  .record({ channel, length: fc.integer({ min: 8_000, max: 20_000 }), word })
+  .map(({ channel, length, word }) => ({
+    channel,
+    encoded: Codec.encode(message([word.repeat(length / word.length)]), 8000, 72, true),
+    stored: undefined,
+  }))
+
+const withParts = fc.array(fc.oneof(inline, inline, parts, attachment, stored), { maxLength: 40 })
+
+/** The notifications of a run as the statement sends them, attachment headers with a made-up id. */
+const payloadsOf = (run: ReadonlyArray<Outgoing>) =>
+  run.flatMap((item) => {
+    const encoded = item.encoded
+    if (encoded === undefined) return []
+    const texts =
+      encoded._tag === "Inline"
+        ? [encoded.payload]
+        : encoded._tag === "Parts"
+          ? encoded.payloads
+          : [encoded.header("1")]
+    return texts.map((payload) => ({ channel: item.channel, payload, tag: encoded._tag }))
+  })
+
+describe("sealRun", () => {
+  // Records each batch as `channel:count`, each payload prefixed with its batch's number.
+  const recording = (max: number) => {
+    const batches: Array<string> = []
+    const sealer: RunSealer = {
+      max,
+      batch: (channel, payloads) => {
+        batches.push(`${channel}:${payloads.length}`)
+        return payloads.map((payload) => `${batches.length}|${payload}`)
+      },
+      attachment: (channel, encoded) => {
+        batches.push(`${channel}:attachment`)
+        const n = batches.length
+        return { ...encoded, header: (id: string) => `${n}|${encoded.header(id)}` }
+      },
+    }
+    return { batches, sealer }
+  }
+
+  it("signs each stretch of consecutive payloads of a channel as one batch of at most max, attachments alone", () => {
+    fc.assert(
+      fc.property(withParts, fc.integer({ min: 1, max: 5 }), (all, max) => {
+        for (const run of splitRuns(all)) {
+          const { batches, sealer } = recording(max)
+          const sealed = sealRun(run, sealer)
+          assert.strictEqual(sealed.length, run.length)
+          const before = payloadsOf(run)
+          const after = payloadsOf(sealed)
+          assert.strictEqual(after.length, before.length)
+          // Every payload kept, in order, on its channel, behind the number of its batch.
+          const numbers = after.map((n, i) => {
+            const [batch, ...rest] = n.payload.split("|")
+            assert.strictEqual(rest.join("|"), before[i]!.payload)
+            assert.strictEqual(n.channel, before[i]!.channel)
+            return Number(batch)
+          })
+          // Batches are consecutive, of one channel, and as long as they may be.
+          for (let i = 1; i < after.length; i++) {
+            const same = numbers[i] === numbers[i - 1]
+            assert.isTrue(numbers[i]! >= numbers[i - 1]!)
+            const joinable =
+              after[i]!.tag !== "Attachment" &&
+              after[i - 1]!.tag !== "Attachment" &&
+              after[i]!.channel === after[i - 1]!.channel
+            if (same) assert.isTrue(joinable)
+            else if (joinable) {
+              const size = numbers.filter((n) => n === numbers[i - 1]).length
+              assert.strictEqual(size, max, "a batch ended before its max without a reason")
+            }
+          }
+          for (const batch of batches) {
+            const [, count] = batch.split(":")
+            if (count !== "attachment") assert.isAtMost(Number(count), max)
+          }
+          // The stored rows travel as they were.
+          assert.deepStrictEqual(
+            sealed.map((item) => item.stored),
+            run.map((item) => item.stored),
+          )
+        }
+      }),
+      { numRuns: 60 },
+    )
+  })
+
+  it("notifies, once verified per channel, exactly what the unsigned statement notifies, with no pair twice", () => {
+    const k = new Signing.Keys([Buffer.from("a-secret-of-32-bytes-for-tests!!")])
+    const build = makeStatement({ attachmentsTable: `"att"`, storedPackets: fakeStored([]) })
+    fc.assert(
+      fc.property(withParts, (all) => {
+        const signer = new Signing.Signer(k)
+        const sealer: RunSealer = {
+          max: Signing.MAX_BATCH,
+          batch: (channel, payloads) => signer.sealBatch(channel, payloads),
+          attachment: (channel, encoded) => ({
+            _tag: "Attachment",
+            ...signer.sealAttachment(channel, encoded.bytes, encoded.header),
+          }),
+        }
+        const verifiers = new Map<string, Signing.Verifier>()
+        const rejected: Array<string> = []
+        for (const run of splitRuns(all)) {
+          const plain = evaluate(...build(run)).notifications
+          const signed = evaluate(...build(sealRun(run, sealer))).notifications
+          const keys = signed.map((n) => pair(n.channel, n.payload))
+          assert.strictEqual(new Set(keys).size, keys.length)
+          const delivered: Array<{ channel: string; payload: string }> = []
+          for (const { channel, payload } of signed) {
+            let verifier = verifiers.get(channel)
+            if (verifier === undefined) {
+              verifier = new Signing.Verifier(k, channel, 30_000, (reason) => rejected.push(reason))
+              verifiers.set(channel, verifier)
+            }
+            verifier.take(payload, (body) => delivered.push({ channel, payload: body }))
+          }
+          // Per channel, in order (a channel's batches end where another channel's begin).
+          assert.deepStrictEqual(delivered, plain)
+        }
+        assert.deepStrictEqual(rejected, [])
+      }),
+      { numRuns: 60 },
+    )
   })
 })
 

@@ -1,9 +1,10 @@
 /**
  * What reaches a namespace, in one path: a notification on its channel → own notifications dropped
- * by their prefix, unparsed (the one place that looks for them) → decoded and checked against the
- * protocol, delivered in commit order with attachments fetched ahead (the inbox) → the typed
- * message: heartbeats, departures and answers are the node's; the rest goes to socket.io-adapter,
- * in offset order when connection state recovery is on.
+ * by their prefix, unparsed (here when unsigned; signed, by the channel's verifier, which knows
+ * the sender of a batch) → decoded and checked against the protocol, delivered in commit order
+ * with attachments fetched ahead (the inbox) → the typed message: heartbeats, departures and
+ * answers are the node's; the rest goes to socket.io-adapter, in offset order when connection
+ * state recovery is on.
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -130,16 +131,20 @@ export class Inbound {
   readonly #selfPrefix: string
   readonly #inbox: (payload: string, verifier?: Signing.Verifier) => void
   readonly #verifier: Signing.Verifier | undefined
+  readonly #own: Signing.Own | undefined
 
   constructor(private readonly options: InboundOptions) {
     const { recovery, sender } = options
-    this.#verifier = verifierOf(options.config, options.channel, options.warn)
-    // `uid` first on the wire: own notifications, inline or attachment headers, start with this;
-    // signed, with this node's sender id after the envelope's 3-character tag.
-    this.#selfPrefix =
-      this.#verifier !== undefined && sender !== undefined
-        ? `${sender}:`
-        : `{"uid":${JSON.stringify(options.uid)},`
+    // Signed, own notifications are known by their sender id (batches included) and skipped by
+    // the verifier; anyone can write that id: what moves recovery's offsets must be authentic.
+    this.#own =
+      sender === undefined
+        ? undefined
+        : { sender, seen: recovery && ((body: string) => recovery.ownSeen(body)) }
+    this.#verifier = verifierOf(options.config, options.channel, options.warn, this.#own)
+    // Unsigned, `uid` first on the wire: own notifications, inline or attachment headers, start
+    // with this.
+    this.#selfPrefix = `{"uid":${JSON.stringify(options.uid)},`
     this.#inbox = makeInbox({
       verifier: this.#verifier,
       store: options.store,
@@ -155,20 +160,15 @@ export class Inbound {
    * in the same commit order as the namespace's channel; signatures checked for that channel.
    */
   roomReceiver(channel: string): (payload: string) => void {
-    const verifier = verifierOf(this.options.config, channel, this.options.warn)
+    const verifier = verifierOf(this.options.config, channel, this.options.warn, this.#own)
     return (payload) => this.receive(payload, verifier)
   }
 
   /** A notification on the namespace's channel (or one of its rooms'), in commit order. */
   receive(payload: string, verifier: Signing.Verifier | undefined = this.#verifier): void {
     Metrics.notificationsReceived.updateUnsafe(1, Context.empty())
-    if (verifier === undefined) {
-      if (payload.startsWith(this.#selfPrefix)) return this.options.recovery?.ownSeen(payload)
-    } else if (payload.startsWith(this.#selfPrefix, 3) && Signing.isSigned(payload)) {
-      // Anyone can write our sender id: what moves recovery's offsets must be authentic.
-      const recovery = this.options.recovery
-      if (recovery !== undefined && verifier.authentic(payload)) recovery.ownSeen(payload)
-      return
+    if (verifier === undefined && payload.startsWith(this.#selfPrefix)) {
+      return this.options.recovery?.ownSeen(payload)
     }
     this.#inbox(payload, verifier)
   }

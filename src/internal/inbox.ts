@@ -55,35 +55,35 @@ const headerOf = (message: Protocol.Message): Header => ({
   requestId: Protocol.responseTo(message),
 })
 
-/**
- * A payload's notification, its signature envelope checked and stripped when the cluster signs;
- * `undefined` when it is not to be delivered (a failed check was counted by the verifier; anything
- * else unreadable was told to `onSkipped`).
- */
-export const readNotification = (
-  payload: string,
+/** Told each notification read from a payload, with the envelope that covered it when signed. */
+export type Each = (
+  notification: Codec.Notification,
+  envelope: Signing.Envelope | undefined,
   verifier: Signing.Verifier | undefined,
+) => void
+
+/**
+ * Returns the function to hand each payload to, in arrival order: `each` gets its notification,
+ * its signature envelope checked and stripped when the cluster signs (a batch's notifications
+ * all together, once its last one came and it held). What is not to be delivered was counted by
+ * the verifier, or told to `onSkipped` (unreadable).
+ */
+export const makeReader = (
   onSkipped: (reason: string) => void,
-):
-  | { readonly notification: Codec.Notification; readonly envelope?: Signing.Envelope }
-  | undefined => {
-  let text = payload
-  let envelope: Signing.Envelope | undefined
-  if (verifier !== undefined) {
-    const opened = verifier.open(payload)
-    if (opened === undefined) return undefined
-    text = opened.body
-    envelope = opened.envelope
+  each: Each,
+): ((payload: string, verifier: Signing.Verifier | undefined) => void) => {
+  // Built once: no closure per notification on the hot path.
+  const opened: Signing.Deliver = (body, envelope, verifier) => {
+    const decoded = Codec.decodeNotification(body)
+    if (Result.isFailure(decoded)) return onSkipped(decoded.failure)
+    each(decoded.success, envelope, verifier)
   }
-  const decoded = Codec.decodeNotification(text)
-  if (Result.isFailure(decoded)) {
-    const signed = verifier === undefined && Signing.isSigned(payload)
-    onSkipped(signed ? SIGNED_UNREADABLE : decoded.failure)
-    return undefined
+  return (payload, verifier) => {
+    if (verifier !== undefined) return verifier.take(payload, opened)
+    const decoded = Codec.decodeNotification(payload)
+    if (Result.isSuccess(decoded)) return each(decoded.success, undefined, undefined)
+    onSkipped(Signing.isSigned(payload) ? SIGNED_UNREADABLE : decoded.failure)
   }
-  return envelope === undefined
-    ? { notification: decoded.success }
-    : { notification: decoded.success, envelope }
 }
 
 /**
@@ -96,10 +96,7 @@ export const makeInbox = (
 ): ((payload: string, verifier?: Signing.Verifier) => void) => {
   const inbox = new OrderedDelivery(options.deliver)
   const parts = new PartsBuffer()
-  return (payload, verifier = options.verifier) => {
-    const read = readNotification(payload, verifier, options.onSkipped)
-    if (read === undefined) return
-    const { notification, envelope } = read
+  const read = makeReader(options.onSkipped, (notification, envelope, verifier) => {
     let whole: Codec.Notification = notification
     if (notification._tag === "Part") {
       if (!options.wanted(notification)) return
@@ -155,7 +152,8 @@ export const makeInbox = (
       // A stored broadcast's offset travels in the header (the row was written before it was known).
       fill({ ...message.success, offset })
     })
-  }
+  })
+  return (payload, verifier = options.verifier) => read(payload, verifier)
 }
 
 /**
@@ -184,12 +182,12 @@ export const makeSkipLogger = (log: (line: string) => void): ((reason: string) =
 export const makeRejectLogger = (
   log: (line: string) => void,
   channel: string,
-): ((reason: string) => void) => {
+): ((reason: string, count?: number) => void) => {
   let rejected = 0
   let last = 0
-  return (reason) => {
-    rejected++
-    Metrics.rejectedNotifications.updateUnsafe(1, Context.empty())
+  return (reason, count = 1) => {
+    rejected += count
+    Metrics.rejectedNotifications.updateUnsafe(count, Context.empty())
     const now = Date.now()
     if (now - last >= 1000) {
       log(
@@ -201,14 +199,25 @@ export const makeRejectLogger = (
   }
 }
 
-/** The verifier of a channel when the cluster signs, reporting through `log`. */
+/**
+ * The verifier of a channel when the cluster signs, reporting through `log`; `own`: the node's
+ * own notifications, which it skips.
+ */
 export const verifierOf = (
   config: ClusterConfig,
   channel: string,
   log: (line: string) => void,
+  own?: Signing.Own,
 ): Signing.Verifier | undefined => {
   const keys = keysOf(config)
   return keys === undefined
     ? undefined
-    : new Signing.Verifier(keys, channel, maxMessageAge(config), makeRejectLogger(log, channel))
+    : new Signing.Verifier(
+        keys,
+        channel,
+        maxMessageAge(config),
+        makeRejectLogger(log, channel),
+        Date.now,
+        own,
+      )
 }

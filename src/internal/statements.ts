@@ -91,6 +91,76 @@ export const splitRuns = <A extends Outgoing>(items: ReadonlyArray<A>): Array<Re
   return runs
 }
 
+/** How a run's notifications are signed (see {@link sealRun}). */
+export interface RunSealer {
+  /** The most notifications one batch covers. */
+  readonly max: number
+  /** Signs consecutive payloads of one channel together: the same number of payloads back. */
+  readonly batch: (channel: string, payloads: ReadonlyArray<string>) => ReadonlyArray<string>
+  /** Signs an attachment (its header and row) alone. */
+  readonly attachment: (
+    channel: string,
+    encoded: Codec.Encoded & { readonly _tag: "Attachment" },
+  ) => Codec.Encoded
+}
+
+/**
+ * A run with its notifications signed, in the order the statement sends them: each stretch of
+ * consecutive inline payloads and parts on one channel (at most `max`) is one batch, an attachment
+ * is signed alone. Consecutive only: a receiver LISTENing on several of the channels (a namespace
+ * and its rooms) delivers what it gets in one order, and holding a batch while another channel's
+ * notification of the same statement went ahead would break it. One statement is one transaction,
+ * whose notifications PostgreSQL keeps together (see Signing.ts).
+ */
+export const sealRun = (run: ReadonlyArray<Outgoing>, sealer: RunSealer): Array<Outgoing> => {
+  const out: Array<{
+    channel: string
+    encoded: Codec.Encoded | undefined
+    stored: StoredRow | undefined
+  }> = run.map(({ channel, encoded, stored }) => ({ channel, encoded, stored }))
+  // The batch being gathered: where each payload goes back (item, part or -1 for inline).
+  let channel = ""
+  let payloads: Array<string> = []
+  let places: Array<number> = []
+  const parts = new Map<number, Array<string>>()
+  const flush = () => {
+    if (payloads.length === 0) return
+    const sealed = sealer.batch(channel, payloads)
+    for (let j = 0; j < places.length; j += 2) {
+      const item = places[j]!
+      const part = places[j + 1]!
+      if (part === -1) out[item]!.encoded = { _tag: "Inline", payload: sealed[j / 2]! }
+      else parts.get(item)![part] = sealed[j / 2]!
+    }
+    payloads = []
+    places = []
+  }
+  for (let i = 0; i < out.length; i++) {
+    const item = out[i]!
+    const encoded = item.encoded
+    if (encoded === undefined) continue
+    if (encoded._tag === "Attachment") {
+      flush()
+      item.encoded = sealer.attachment(item.channel, encoded)
+      continue
+    }
+    const texts = encoded._tag === "Inline" ? [encoded.payload] : encoded.payloads
+    if (encoded._tag === "Parts") {
+      const copy = [...encoded.payloads]
+      parts.set(i, copy)
+      item.encoded = { _tag: "Parts", payloads: copy }
+    }
+    for (let k = 0; k < texts.length; k++) {
+      if (item.channel !== channel || payloads.length === sealer.max) flush()
+      channel = item.channel
+      payloads.push(texts[k]!)
+      places.push(i, encoded._tag === "Inline" ? -1 : k)
+    }
+  }
+  flush()
+  return out
+}
+
 /** What a run sends, for the metrics: notifications, attachment rows and stored packets. */
 export const runCounts = (run: ReadonlyArray<Outgoing>) => {
   let notified = 0
