@@ -350,6 +350,16 @@ const signStored = (
         bytes,
       )
 
+/** How statements of `signer` seal their runs: one MAC per batch, attachments alone. */
+export const sealerOf = (signer: Signing.Signer): RunSealer => ({
+  max: Signing.MAX_BATCH,
+  batch: (channel, payloads) => signer.sealBatch(channel, payloads),
+  attachment: (channel, encoded) => ({
+    _tag: "Attachment",
+    ...signer.sealAttachment(channel, encoded.bytes, encoded.header),
+  }),
+})
+
 /**
  * The publisher's signer when the cluster signs, and how it signs a statement: once it is built
  * (not per message), one MAC per batch of consecutive notifications on a channel, attachments
@@ -361,15 +371,7 @@ const signingOf = (
   const keys = keysOf(config)
   if (keys === undefined) return {}
   const signer = new Signing.Signer(keys)
-  const sealer: RunSealer = {
-    max: Signing.MAX_BATCH,
-    batch: (channel, payloads) => signer.sealBatch(channel, payloads),
-    attachment: (channel, encoded) => ({
-      _tag: "Attachment",
-      ...signer.sealAttachment(channel, encoded.bytes, encoded.header),
-    }),
-  }
-  return { signer, sealer }
+  return { signer, sealer: sealerOf(signer) }
 }
 
 /** The Publisher layer; needs `AdapterConfig` and `Database`. */

@@ -11,6 +11,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as fc from "fast-check"
 import * as Codec from "../src/Codec.js"
+import { sealerOf } from "../src/Publisher.js"
 import * as Signing from "../src/Signing.js"
 import {
   makeStatement,
@@ -390,15 +391,7 @@ describe("sealRun", () => {
     const build = makeStatement({ attachmentsTable: `"att"`, storedPackets: fakeStored([]) })
     fc.assert(
       fc.property(withParts, (all) => {
-        const signer = new Signing.Signer(k)
-        const sealer: RunSealer = {
-          max: Signing.MAX_BATCH,
-          batch: (channel, payloads) => signer.sealBatch(channel, payloads),
-          attachment: (channel, encoded) => ({
-            _tag: "Attachment",
-            ...signer.sealAttachment(channel, encoded.bytes, encoded.header),
-          }),
-        }
+        const sealer = sealerOf(new Signing.Signer(k))
         const verifiers = new Map<string, Signing.Verifier>()
         const rejected: Array<string> = []
         for (const run of splitRuns(all)) {
