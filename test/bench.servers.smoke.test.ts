@@ -3,29 +3,13 @@
  * prints its JSON. Throughput is not asserted (a timing); where the namespaces and their traffic
  * went is: every namespace on one server, every packet counted once where its namespace lives.
  */
-import { execFile } from "node:child_process"
-import * as path from "node:path"
-import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "vitest"
-
-const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
+import { runScript } from "./utils/scripts.js"
 
 describe("npm run bench:servers", () => {
   it("runs over one and two servers and counts where the traffic went", async () => {
     const args = ["--namespaces", "6", "--count", "5", "--idle", "1", "--json"]
-    const { code, stdout, stderr } = await new Promise<{
-      code: number | null
-      stdout: string
-      stderr: string
-    }>((resolve) =>
-      execFile(
-        process.execPath,
-        ["--import", "tsx", "bench/servers.ts", ...args],
-        { cwd: root, timeout: 120_000 },
-        (error, stdout, stderr) =>
-          resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-      ),
-    )
+    const { code, stdout, stderr } = await runScript("bench/servers.ts", args)
     expect(code, stderr).toBe(0)
     const json = JSON.parse(stdout)
     const [one, two] = json.results
