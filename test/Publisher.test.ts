@@ -51,7 +51,7 @@ const fromPromise = <A>(promise: () => Promise<A>) =>
   Effect.tryPromise({ try: promise, catch: (error) => error as Error })
 
 /** A Publisher over the test pool and the suite's attachments table, closed with the scope. */
-const publisherWith = (options: AdapterConfig.AdapterOptions = {}) =>
+const publisherWith = (options: AdapterConfig.AdapterOptions = {}, on: pg.Pool = pool) =>
   Layer.build(
     Publisher.layer.pipe(
       Layer.provide(
@@ -60,7 +60,7 @@ const publisherWith = (options: AdapterConfig.AdapterOptions = {}) =>
             AdapterConfig.AdapterConfig,
             AdapterConfig.decodeSync({ tableName: table, ...options }),
           ),
-          Database.layerPool(pool),
+          Database.layerPool(on),
         ),
       ),
     ),
@@ -179,6 +179,32 @@ describe("Publisher", () => {
         Array.from({ length: 100 }, (_, n) => [n]),
       )
     }),
+  )
+
+  it.live(
+    "commits notify-only statements asynchronously, and only those: the pool's connection keeps the server's setting",
+    () =>
+      Effect.gen(function* () {
+        const one = yield* Effect.acquireRelease(
+          Effect.sync(() => makePool({ max: 1 })),
+          (p) => Effect.promise(() => p.end()),
+        )
+        const setting = fromPromise(() =>
+          one
+            .query<{ s: string }>("SELECT current_setting('synchronous_commit') AS s")
+            .then((r) => r.rows[0]!.s),
+        )
+        // The connection's own setting, whatever the server's: ours must not outlive our statement.
+        yield* fromPromise(() => one.query("SET synchronous_commit = on"))
+        const publisher = yield* publisherWith({}, one)
+        const channel = freshChannel()
+        const payloads = yield* listen(channel)
+        // A notify-only statement, then one with an attachment row, on the pool's one connection.
+        yield* allCommitted([publishNow(publisher, channel, broadcast(["small"]))])
+        yield* allCommitted([publishNow(publisher, channel, broadcast([Buffer.from([1, 2])]))])
+        yield* eventually(() => payloads.length === 2)
+        assert.strictEqual(yield* setting, "on")
+      }),
   )
 
   it.live("delivers every one of many identical publishes", () =>

@@ -14,6 +14,7 @@ import * as Codec from "../src/Codec.js"
 import { sealerOf } from "../src/Publisher.js"
 import * as Signing from "../src/Signing.js"
 import {
+  ASYNC_COMMIT,
   makeStatement,
   type Outgoing,
   runEnd,
@@ -292,7 +293,30 @@ describe("makeStatement", () => {
     const [a] = build([])(run("x"))
     const [b] = build([])(run("y"))
     assert.strictEqual(a, b)
-    assert.strictEqual(a, "SELECT pg_notify($1, $2), pg_notify($3, $4), pg_notify($5, $6)")
+    assert.strictEqual(
+      a,
+      `SELECT ${ASYNC_COMMIT}, pg_notify($1, $2), pg_notify($3, $4), pg_notify($5, $6)`,
+    )
+  })
+
+  it("commits asynchronously exactly the statements that write no row", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(inline, parts, attachment, stored), { maxLength: 20 }),
+        (all) => {
+          for (const run of splitRuns(all)) {
+            const [sql] = build([])(run)
+            const writes = run.some(
+              (item) => item.stored !== undefined || item.encoded?._tag === "Attachment",
+            )
+            // Notify-only: the commit does not wait for the WAL flush; rows keep the server's
+            // synchronous_commit (a crash must not lose what a listener was told of).
+            assert.strictEqual(sql.startsWith(`SELECT ${ASYNC_COMMIT}, `), !writes, sql)
+            assert.strictEqual(sql.includes("synchronous_commit"), !writes, sql)
+          }
+        },
+      ),
+    )
   })
 })
 
