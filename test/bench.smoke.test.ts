@@ -3,29 +3,18 @@
  * (and the Redis adapter against `REDIS_URL`, when one is reachable) and writes its results.
  * Timings are never asserted: this machine's numbers mean nothing here.
  */
-import { execFile } from "node:child_process"
 import { mkdtemp, readFile, rm, stat } from "node:fs/promises"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import { fileURLToPath } from "node:url"
 import { createClient } from "redis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { DEFAULT_REDIS_URL, scenarios } from "../bench/scenarios.js"
 import { databaseUrl } from "./utils/postgres.js"
-
-const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
+import { runScript } from "./utils/scripts.js"
 
 const runBench = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv) =>
-  new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", "bench/bench.ts", ...args],
-      { cwd: root, env, timeout: 150_000, maxBuffer: 16 * 1024 * 1024 },
-      (error, stdout, stderr) =>
-        resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    )
-  })
+  runScript("bench/bench.ts", args, { env, timeout: 150_000 })
 
 interface Result {
   readonly runs: number

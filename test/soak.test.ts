@@ -5,26 +5,15 @@
  * PostgreSQL of its own and takes free ports only, so it runs beside any other suite. Timings are
  * never asserted: the report's recovery times are only required to exist.
  */
-import { execFile } from "node:child_process"
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
-import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "vitest"
 import type { Tally } from "../soak/accounting.js"
-
-const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
+import { runScript } from "./utils/scripts.js"
 
 const runSoak = (args: ReadonlyArray<string>) =>
-  new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", "soak/soak.ts", ...args],
-      { cwd: root, timeout: 240_000, maxBuffer: 16 * 1024 * 1024 },
-      (error, stdout, stderr) =>
-        resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    )
-  })
+  runScript("soak/soak.ts", args, { timeout: 240_000 })
 
 describe("npm run soak --quick", () => {
   it("survives a killed LISTEN, a black hole and a killed server, and reports every window", async () => {
