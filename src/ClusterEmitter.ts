@@ -14,12 +14,14 @@ import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as AttachmentStore from "./AttachmentStore.js"
 import { broadcastChannel, channelName } from "./Channel.js"
+import * as AdapterConfigModule from "./AdapterConfig.js"
 import { AdapterConfig } from "./AdapterConfig.js"
-import type { Database } from "./Database.js"
-import { PublishError } from "./Errors.js"
+import * as Database from "./Database.js"
+import { ConfigError, PublishError } from "./Errors.js"
 import * as Heartbeat from "./Heartbeat.js"
 import { makeInbox, verifierOf } from "./internal/inbox.js"
 import * as Listener from "./Listener.js"
+import * as Placement from "./Placement.js"
 import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
 import { type AnswerType, type RequestResult, Requests } from "./Requests.js"
@@ -310,14 +312,57 @@ const watchNamespaces = Effect.fnUntraced(function* (requests: Requests, send: S
 })
 
 /** The ClusterEmitter over its own Publisher, Listener and Heartbeat; needs `AdapterConfig`, `Database`. */
-export const layer: Layer.Layer<ClusterEmitter, never, AdapterConfig | Database> = Layer.effect(
-  ClusterEmitter,
-  make,
-).pipe(
-  Layer.provide(
-    Heartbeat.layer.pipe(
-      Layer.provideMerge(Layer.merge(Publisher.layer, Listener.layer)),
-      Layer.provideMerge(AttachmentStore.layer),
+export const layer: Layer.Layer<ClusterEmitter, never, AdapterConfig | Database.Database> =
+  Layer.effect(ClusterEmitter, make).pipe(
+    Layer.provide(
+      Heartbeat.layer.pipe(
+        Layer.provideMerge(Layer.merge(Publisher.layer, Listener.layer)),
+        Layer.provideMerge(AttachmentStore.layer),
+      ),
     ),
-  ),
-)
+  )
+
+/**
+ * The ClusterEmitter over several PostgreSQL servers, placed as `createAdapter(pools)` places the
+ * namespaces (`Placement`): one emitter per server (it connects once a namespace of that server is
+ * used), and each call goes to the one that holds its namespace's channel. One pool: the same as
+ * {@link layer} over it. A bad option or pool list fails with a `ConfigError` naming it.
+ */
+export const layerPools = (
+  pools: Placement.Pools,
+  options?: AdapterConfigModule.AdapterOptions,
+): Layer.Layer<ClusterEmitter, ConfigError> =>
+  Layer.effect(
+    ClusterEmitter,
+    Effect.gen(function* () {
+      const servers = yield* Effect.try({
+        try: () => Placement.decodePoolsSync(pools, "ClusterEmitter.layerPools(pools, options)"),
+        catch: (e) =>
+          e instanceof ConfigError ? e : new ConfigError({ option: "pools", message: String(e) }),
+      })
+      const config = yield* Effect.fromResult(AdapterConfigModule.decode(options))
+      const emitters: Array<ClusterEmitter["Service"]> = []
+      for (const { pool } of servers) {
+        const built = yield* Layer.build(
+          layer.pipe(
+            Layer.provide(
+              Layer.merge(Layer.succeed(AdapterConfig, config), Database.layerPool(pool)),
+            ),
+          ),
+        )
+        emitters.push(Context.get(built, ClusterEmitter))
+      }
+      const placement = Placement.make(servers.map((server) => server.name))
+      const of = (nsp: string) =>
+        emitters[placement.indexOf(channelName(config.channelPrefix, nsp))]!
+      return ClusterEmitter.of({
+        publish: (nsp, message) => of(nsp).publish(nsp, message),
+        unsafePublish: (nsp, message, done) => of(nsp).unsafePublish(nsp, message, done),
+        broadcastStored: (nsp, packet, target) => of(nsp).broadcastStored(nsp, packet, target),
+        unsafeBroadcastStored: (nsp, packet, target, done) =>
+          of(nsp).unsafeBroadcastStored(nsp, packet, target, done),
+        fetchSockets: (nsp, target) => of(nsp).fetchSockets(nsp, target),
+        serverSideEmitWithAck: (nsp, packet) => of(nsp).serverSideEmitWithAck(nsp, packet),
+      })
+    }),
+  )
