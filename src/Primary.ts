@@ -22,7 +22,6 @@ import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Result from "effect/Result"
 import * as Schedule from "effect/Schedule"
-import type pg from "pg"
 import * as AttachmentStore from "./AttachmentStore.js"
 import { channelName } from "./Channel.js"
 import * as Codec from "./Codec.js"
@@ -31,6 +30,8 @@ import * as Database from "./Database.js"
 import { ConfigError, ErrorHandler, report } from "./Errors.js"
 import * as Listener from "./Listener.js"
 import * as Metrics from "./Metrics.js"
+import * as Placement from "./Placement.js"
+import type { Pools } from "./Placement.js"
 import * as Protocol from "./Protocol.js"
 import * as Publisher from "./Publisher.js"
 import * as Signing from "./Signing.js"
@@ -585,15 +586,62 @@ export const nodeCluster = (): Workers & { readonly close: () => void } => {
 }
 
 /**
+ * The workers of one primary split between the relays of several PostgreSQL servers: each relay
+ * gets the messages of the namespaces that `serverOf` places on its server, every relay gets every
+ * departure. What arrives for a relay not attached yet waits for it; once it detached, nothing.
+ */
+export const splitWorkers = (
+  workers: Workers,
+  count: number,
+  serverOf: (nsp: string) => number,
+): ReadonlyArray<Workers> => {
+  const slots: Array<WorkerHandlers | "closed" | Array<(handlers: WorkerHandlers) => void>> =
+    Array.from({ length: count }, () => [])
+  let detach: (() => void) | undefined
+  let attached = 0
+  const deliver = (i: number, call: (handlers: WorkerHandlers) => void) => {
+    const slot = slots[i]!
+    if (Array.isArray(slot)) slot.push(call)
+    else if (slot !== "closed") call(slot)
+  }
+  const handlers: WorkerHandlers = {
+    onMessage: (workerId, message) => {
+      const nsp = isRecord(message) ? message.nsp : undefined
+      if (typeof nsp === "string") deliver(serverOf(nsp), (h) => h.onMessage(workerId, message))
+    },
+    onGone: (workerId) => {
+      for (let i = 0; i < count; i++) deliver(i, (h) => h.onGone(workerId))
+    },
+  }
+  return slots.map((_, i) => ({
+    attach: (relay) => {
+      const backlog = slots[i]!
+      slots[i] = relay
+      attached++
+      if (Array.isArray(backlog)) for (const call of backlog) call(relay)
+      detach ??= workers.attach(handlers)
+      return () => {
+        if (slots[i] !== relay) return
+        slots[i] = "closed"
+        if (--attached > 0) return
+        detach?.()
+        detach = undefined
+      }
+    },
+    send: workers.send,
+  }))
+}
+
+/**
  * Sets up the primary of a node:cluster app whose workers use `@socket.io/cluster-adapter`'s
  * `createAdapter()`: the primary relays between them and the PostgreSQL cluster. Same options as
  * `createAdapter` (validated: a bad one throws an error that names it). Call it before forking.
- * The pool is never ended by us.
+ * The pool is never ended by us. Given the pools of several PostgreSQL servers (the list every
+ * node has), each namespace is relayed through the server that holds its channel, as
+ * `createAdapter(pools)` places it: one relay, and one LISTEN connection, per server.
  */
-export function setupPrimary(pool: pg.Pool, options?: AdapterConfig.AdapterOptions): PrimaryHandle {
-  if (pool === null || typeof pool !== "object" || typeof (pool as any).query !== "function") {
-    throw new TypeError("setupPrimary(pool, options): pool must be a pg.Pool")
-  }
+export function setupPrimary(pools: Pools, options?: AdapterConfig.AdapterOptions): PrimaryHandle {
+  const servers = Placement.decodePoolsSync(pools, "setupPrimary(pool, options)")
   const config = AdapterConfig.decodeSync(options)
   // The primary relays namespace channels; it cannot know its workers' rooms to listen on theirs.
   if ((config.subscriptionMode ?? "static") !== "static") {
@@ -609,20 +657,35 @@ export function setupPrimary(pool: pg.Pool, options?: AdapterConfig.AdapterOptio
     )
   }
   const workers = nodeCluster()
-  const base = Layer.mergeAll(
-    Layer.succeed(AdapterConfig.AdapterConfig, config),
-    Database.layerPool(pool),
-    Layer.succeed(ErrorHandler, options?.errorHandler ?? DebugLog.makeDefaultErrorHandler()),
-    DebugLog.layer,
-  )
+  // With several PostgreSQL servers, one relay per server, each for the namespaces placed on it
+  // (as `createAdapter(pools)` places them).
+  const placement = Placement.make(servers.map((server) => server.name))
+  const parts =
+    servers.length === 1
+      ? [workers]
+      : splitWorkers(workers, servers.length, (nsp) =>
+          placement.indexOf(channelName(config.channelPrefix, nsp)),
+        )
+  const errorHandler = options?.errorHandler ?? DebugLog.makeDefaultErrorHandler()
   const services = Layer.mergeAll(Listener.layer, Publisher.layer, AttachmentStore.layer)
-  const runtime = ManagedRuntime.make(
-    Layer.effectDiscard(make(workers)).pipe(Layer.provide(services), Layer.provide(base)),
-  )
+  const runtimes = servers.map(({ pool }, i) => {
+    const base = Layer.mergeAll(
+      Layer.succeed(AdapterConfig.AdapterConfig, config),
+      Database.layerPool(pool),
+      Layer.succeed(ErrorHandler, errorHandler),
+      DebugLog.layer,
+    )
+    return ManagedRuntime.make(
+      Layer.effectDiscard(make(parts[i]!)).pipe(Layer.provide(services), Layer.provide(base)),
+    )
+  })
   // Built now, in the background: worker messages wait in `workers` meanwhile.
-  runtime.context().catch(ignoreError)
+  for (const runtime of runtimes) runtime.context().catch(ignoreError)
   let closing: Promise<void> | undefined
   return {
-    close: () => (closing ??= runtime.dispose().finally(workers.close)),
+    close: () =>
+      (closing ??= Promise.all(runtimes.map((runtime) => runtime.dispose()))
+        .then(() => undefined)
+        .finally(workers.close)),
   }
 }
