@@ -8,9 +8,7 @@
 import pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import { channelName } from "../src/Channel.js"
 import { createAdapter } from "../src/index.js"
-import * as Placement from "../src/Placement.js"
 import { type ChildScript, killFixture, runFixture, watchProcessFaults } from "./fixtures/faults.js"
 import {
   connectClient,
@@ -19,7 +17,11 @@ import {
   type TestServer,
   waitFor,
 } from "./utils/cluster.js"
-import { startPrivatePostgres, type PrivatePostgres } from "./utils/privatePostgres.js"
+import {
+  namespaceHome,
+  startPrivatePostgres,
+  type PrivatePostgres,
+} from "./utils/privatePostgres.js"
 
 const PREFIX = "primaryservers"
 const NAMESPACES = ["/", "/p0", "/p1", "/p2", "/p3", "/p4", "/p5"]
@@ -44,9 +46,7 @@ describe("setupPrimary over 2 PostgreSQL servers, with a plain server", () => {
       pools.push(pool)
       return pool
     })
-    const names = Placement.decodeServersSync(poolList, Placement.poolSettings).map((s) => s.name)
-    const placement = Placement.make(names)
-    home = (nsp) => placement.indexOf(channelName(PREFIX, nsp))
+    home = namespaceHome(poolList, PREFIX)
     primary = runFixture("primary.ts", {
       DATABASE_URL: databases[0]!.url,
       DATABASE_URLS: databases.map((db) => db.url).join(","),

@@ -12,11 +12,9 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
-import { channelName } from "../src/Channel.js"
 import { ClusterEmitter, Codec } from "../src/effect.js"
 import { ConfigError } from "../src/Errors.js"
 import { createAdapter } from "../src/index.js"
-import * as Placement from "../src/Placement.js"
 import {
   connectClient,
   eventually,
@@ -24,7 +22,11 @@ import {
   type TestServer,
   waitFor,
 } from "./utils/cluster.js"
-import { startPrivatePostgres, type PrivatePostgres } from "./utils/privatePostgres.js"
+import {
+  namespaceHome,
+  startPrivatePostgres,
+  type PrivatePostgres,
+} from "./utils/privatePostgres.js"
 
 const PREFIX = "serversfx"
 const NAMESPACES = Array.from({ length: 8 }, (_, i) => `/fx${i}`)
@@ -51,9 +53,7 @@ describe("ClusterEmitter.layerPools over 2 PostgreSQL servers", () => {
 
   beforeAll(async () => {
     databases = await Promise.all([startPrivatePostgres(), startPrivatePostgres()])
-    const names = Placement.decodeServersSync(poolsOf(), Placement.poolSettings).map((s) => s.name)
-    const placement = Placement.make(names)
-    home = (nsp) => placement.indexOf(channelName(PREFIX, nsp))
+    home = namespaceHome(poolsOf(), PREFIX)
     nodes = await Promise.all(
       [0, 1, 2].map(() =>
         startServer({

@@ -4,6 +4,8 @@
  * cut PostgreSQL without disturbing anyone else.
  */
 import type pg from "pg"
+import { channelName } from "../../src/Channel.js"
+import * as Placement from "../../src/Placement.js"
 import { postmasterPid, signalServer, startEmbeddedPostgres } from "../setup/embedded.js"
 
 /** Which LISTEN backends {@link terminateListeners} kills. */
@@ -97,4 +99,17 @@ export const startPrivatePostgres = async (): Promise<PrivatePostgres> => {
       await server.destroy()
     },
   }
+}
+
+/**
+ * Where `createAdapter(pools, { channelPrefix })` places each namespace: the index of its server
+ * in `pools`, as every node computes it.
+ */
+export const namespaceHome = (
+  pools: ReadonlyArray<pg.Pool>,
+  channelPrefix: string,
+): ((nsp: string) => number) => {
+  const names = Placement.decodeServersSync(pools, Placement.poolSettings).map((s) => s.name)
+  const placement = Placement.make(names)
+  return (nsp) => placement.indexOf(channelName(channelPrefix, nsp))
 }
