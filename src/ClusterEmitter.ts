@@ -187,7 +187,8 @@ export const make = Effect.gen(function* () {
       (nsp: string, packet: ReadonlyArray<unknown>) =>
         ask(nsp, MessageType.SERVER_SIDE_EMIT_RESPONSE, (requestId) => ({
           type: MessageType.SERVER_SIDE_EMIT,
-          data: { requestId, packet: [...packet] },
+          // An empty packet (no event name) is skipped by every server.
+          data: { requestId, packet: [...packet] as unknown as Protocol.ServerSidePacket },
         })),
     ),
   })

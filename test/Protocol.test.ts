@@ -239,6 +239,59 @@ describe("Protocol messages on the wire", () => {
   })
 })
 
+describe("Protocol members, as the hot path checks them", () => {
+  // Every notification is checked against its member. Effect compiles a member's guard only if no
+  // array in it carries a check (an array check sends every message of that type through the
+  // interpreter, at several times the cost): non-empty arrays are tuples with a rest.
+  const arraysWithChecks = (
+    ast: unknown,
+    path: string,
+    seen = new Set<unknown>(),
+  ): Array<string> => {
+    if (typeof ast !== "object" || ast === null || seen.has(ast)) return []
+    seen.add(ast)
+    const node = ast as { _tag?: unknown; checks?: unknown }
+    const here = node._tag === "Arrays" && node.checks !== undefined ? [path] : []
+    return [
+      ...here,
+      ...Object.entries(ast).flatMap(([key, value]) =>
+        key === "checks" || key === "annotations"
+          ? []
+          : arraysWithChecks(value, `${path}.${key}`, seen),
+      ),
+    ]
+  }
+
+  it("puts no check on an array, in any member", () => {
+    for (const [type, schema] of Object.entries(Protocol.members)) {
+      assert.deepStrictEqual(arraysWithChecks(schema.ast, `type ${type}`), [])
+    }
+  })
+
+  it("rejects a broadcast without an event name, or with a reserved one, and an empty server-side event", () => {
+    const broadcast = (data: ReadonlyArray<unknown>) => ({
+      uid: "u",
+      nsp: "/",
+      type: MessageType.BROADCAST,
+      data: { packet: { type: 2, data }, opts: { rooms: [], except: [] } },
+    })
+    for (const data of [[], ["connect"], ["disconnecting", 1], [{}], [null]]) {
+      assert.isTrue(Result.isFailure(Protocol.decodeMessage(broadcast(data))), JSON.stringify(data))
+    }
+    for (const data of [["m"], [7, "x"], ["m", { a: [1] }]]) {
+      assert.isTrue(Result.isSuccess(Protocol.decodeMessage(broadcast(data))), JSON.stringify(data))
+    }
+    const emit = (packet: ReadonlyArray<unknown>) => ({
+      uid: "u",
+      nsp: "/",
+      type: MessageType.SERVER_SIDE_EMIT,
+      data: { packet },
+    })
+    assert.isTrue(Result.isFailure(Protocol.decodeMessage(emit([]))))
+    assert.isTrue(Result.isSuccess(Protocol.decodeMessage(emit(["ping"]))))
+  })
+})
+
 describe("Protocol.decodeMessage (was Codec.validateMessage)", () => {
   const opts = { rooms: ["r1"], except: [], flags: { volatile: true } }
   const wellFormed: ReadonlyArray<Codec.WireMessage> = [

@@ -51,8 +51,10 @@ export const fetchSockets = (asking: Asking, opts: BroadcastOptions): Promise<Ar
 /** A server-side event for the other nodes; with an acknowledgement last, collects their answers. */
 export const serverSideEmit = (asking: Asking, packet: Array<unknown>): void => {
   const ack = typeof packet.at(-1) === "function" ? (packet.pop() as Acknowledgement) : undefined
+  // Socket.IO gives the event's name first.
+  const args = packet as unknown as Protocol.ServerSidePacket
   if (ack === undefined)
-    return asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { packet } })
+    return asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { packet: args } })
   if (!asking.traced()) {
     return asking.requests.unsafeRequest(
       {
@@ -60,12 +62,12 @@ export const serverSideEmit = (asking: Asking, packet: Array<unknown>): void => 
         nodes: asking.nodes(),
         timeoutMillis: Duration.toMillis(asking.config.requestsTimeout),
         send: (requestId) =>
-          asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { requestId, packet } }),
+          asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { requestId, packet: args } }),
       },
       ({ missing, responses }) => ack(missing > 0 ? unanswered(asking, missing) : null, responses),
     )
   }
-  void asking.runner.runPromiseExit(emitWithAck(asking, packet)).then((exit) => {
+  void asking.runner.runPromiseExit(emitWithAck(asking, args)).then((exit) => {
     if (Exit.isFailure(exit)) return ack(failure(exit.cause), [])
     const { missing, responses } = exit.value
     ack(missing > 0 ? unanswered(asking, missing) : null, responses)
@@ -122,7 +124,7 @@ const fetchAll = Effect.fn("PostgresAdapter.fetchSockets")(function* (
 
 const emitWithAck = Effect.fn("PostgresAdapter.serverSideEmitWithAck")(function* (
   asking: Asking,
-  packet: ReadonlyArray<unknown>,
+  packet: Protocol.ServerSidePacket,
 ) {
   const result = yield* asking.requests.request({
     answer: MessageType.SERVER_SIDE_EMIT_RESPONSE,
