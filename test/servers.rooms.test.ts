@@ -241,6 +241,33 @@ describe.each([
     }
   }, 30_000)
 
+  it("io.close() right after a room there was left leaves no LISTEN connection on that server", async () => {
+    const prefix = `solo${count}`
+    const solo = { ...options, channelPrefix: prefix }
+    const other = databases.findIndex((_, s) => s !== placement.indexOf(channelName(prefix, "/")))
+    const rooms = ROOMS.filter(
+      (room) => placement.indexOf(roomChannelName(prefix, "/", room)) === other,
+    )
+    const admin = new pg.Pool({ connectionString: databases[other]!.url, max: 1 })
+    const node = await startServer({ adapter: createAdapter(poolsOf(), solo) })
+    try {
+      node.io.on("connection", (socket) => socket.join(rooms))
+      const client = await connectClient(node.url)
+      await eventually(
+        () => (adapterOf(node).listenStatus().roomChannels ?? []).length >= rooms.length,
+      )
+      expect(await listenConnections(admin, prefix)).toBe(1)
+      // The rooms' UNLISTENs are under way when the server closes: close waits for them.
+      clients.push(client)
+      node.io.disconnectSockets(true)
+      await node.close()
+      expect(await listenConnections(admin, prefix)).toBe(0)
+    } finally {
+      await node.close()
+      await admin.end()
+    }
+  })
+
   it("one server stopped: rooms on the others still deliver, and its own rooms deliver again after its restart", async () => {
     const down = (nspHome + 1) % count
     const upRooms = ROOMS.filter((room) => roomHome(room) !== down)

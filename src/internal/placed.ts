@@ -132,6 +132,8 @@ interface Connection {
 /** A node's room subscriptions on other servers, and what it heard of their connections. */
 export class PlacedListens {
   readonly #connections = new Map<number, Connection>()
+  /** Unsubscriptions under way (rooms left): the node's close waits for them. */
+  readonly #ending = new Set<Promise<void>>()
 
   /**
    * Whether a room's LISTEN on `server` is worth waiting for: not while its connection is down
@@ -170,10 +172,21 @@ export class PlacedListens {
    * it starts), then lets go of that server's runtime. Never rejects.
    */
   unsubscribe(room: PlacedRoom, placed: Placed): Promise<void> {
-    return placed.runner
+    const ending = placed.runner
       .runPromiseExit(Scope.close(room.scope, Exit.void))
       .then(() => placed.server.release())
       .catch(() => {})
+      .finally(() => this.#ending.delete(ending))
+    this.#ending.add(ending)
+    return ending
+  }
+
+  /**
+   * Resolves once every unsubscription begun so far ended: a room left just before the node
+   * closed must not keep its server's LISTEN connection open past `close()`.
+   */
+  async ended(): Promise<void> {
+    while (this.#ending.size > 0) await Promise.all(this.#ending)
   }
 
   #connectionTo(server: RoomServer): Connection {

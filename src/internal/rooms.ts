@@ -136,7 +136,7 @@ class Subscriptions {
               ? Scope.close(entry.scope, Exit.void)
               : Effect.promise(() => this.#placed.unsubscribe(entry, entry.placed!)),
           { discard: true, concurrency: "unbounded" },
-        ),
+        ).pipe(Effect.andThen(Effect.promise(() => this.#placed.ended()))),
       )
     })
   }
