@@ -241,6 +241,44 @@ describe.each([
     }
   }, 30_000)
 
+  it("with a secret: broadcasts to a room on another server are verified for that room's channel and reach each client once", async () => {
+    const prefix = `signed${count}`
+    const signed = { ...options, channelPrefix: prefix, secret: "a secret of 32 bytes, or nearly." }
+    const home = placement.indexOf(channelName(prefix, "/"))
+    const room = ROOMS.find((r) => placement.indexOf(roomChannelName(prefix, "/", r)) !== home)!
+    const [a, b] = await Promise.all(
+      [0, 1].map(() => startServer({ adapter: createAdapter(poolsOf(), signed) })),
+    )
+    try {
+      for (const node of [a!, b!]) node.io.on("connection", (socket) => socket.join(room))
+      const [ca, cb] = await Promise.all([connectClient(a!.url), connectClient(b!.url)])
+      clients.push(ca!, cb!)
+      await eventually(
+        () =>
+          [a!, b!].every((node) =>
+            (adapterOf(node).listenStatus().roomChannels ?? []).includes(
+              roomChannelName(prefix, "/", room),
+            ),
+          ),
+        { timeout: 10_000 },
+      )
+      const N = 5
+      const seenByA: Array<unknown> = []
+      ca!.on("signed", (n: unknown) => seenByA.push(n))
+      const gotB = collect(cb!, "signed", N)
+      for (let i = 0; i < N; i++) a!.io.to(room).emit("signed", i)
+      expect((await gotB).map(([n]) => n)).toEqual([0, 1, 2, 3, 4])
+      // B's marker is committed on the room's server after A's broadcasts: once A delivered it,
+      // any copy of A's own broadcasts coming back through that server would have been too.
+      const marker = collect(ca!, "marker", 1)
+      b!.io.to(room).emit("marker")
+      await marker
+      expect(seenByA).toEqual([0, 1, 2, 3, 4])
+    } finally {
+      await Promise.all([a!.close(), b!.close()])
+    }
+  })
+
   it("io.close() right after a room there was left leaves no LISTEN connection on that server", async () => {
     const prefix = `solo${count}`
     const solo = { ...options, channelPrefix: prefix }
