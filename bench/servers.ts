@@ -12,6 +12,12 @@
  * - broadcasts per second: the first server emits `--count` packets to every namespace, as fast as
  *   it can, until every client got them all.
  *
+ * Then a room-heavy load, for 1 and for 2 servers: one namespace in `subscriptionMode: "dynamic"`
+ * with `--rooms` rooms (placed by their own names over the servers, `roomPlacement: "room"`), a
+ * member of each on the third server (`ROOM_CLIENTS` clients sharing them), the first server
+ * emitting `--room-count` packets to every room: rooms, notifications and commits per server, and
+ * broadcasts per second.
+ *
  * All of it runs on this machine's 2 cores: the throughput of two servers is bounded by the CPU of
  * the Socket.IO servers, not by PostgreSQL; the counts are what the run shows reliably.
  *
@@ -24,7 +30,7 @@ import { parseArgs } from "node:util"
 import pg from "pg"
 import { Server } from "socket.io"
 import { io as ioClient, type Socket as ClientSocket } from "socket.io-client"
-import { channelName, serverChannelName } from "../src/Channel.js"
+import { channelName, roomChannelName, serverChannelName } from "../src/Channel.js"
 import { createAdapter } from "../src/index.js"
 import * as Placement from "../src/Placement.js"
 import { startEmbeddedPostgres } from "../test/setup/embedded.js"
@@ -34,12 +40,17 @@ const { values } = parseArgs({
     namespaces: { type: "string", default: "60" },
     count: { type: "string", default: "200" },
     idle: { type: "string", default: "6" },
+    rooms: { type: "string", default: "200" },
+    "room-count": { type: "string", default: "300" },
     json: { type: "boolean", default: false },
   },
 })
 const NAMESPACES = Number(values.namespaces)
 const COUNT = Number(values.count)
 const IDLE_MS = Number(values.idle) * 1000
+const ROOMS = Number(values.rooms)
+const ROOM_COUNT = Number(values["room-count"])
+const ROOM_CLIENTS = 20
 const HEARTBEAT_MS = 1000
 const NODES = 3
 
@@ -205,6 +216,99 @@ const run = async (urls: ReadonlyArray<string>, label: string): Promise<RunResul
   }
 }
 
+interface RoomsResult {
+  readonly servers: number
+  /** The server of the namespace (its heartbeats, and rooms placed with it). */
+  readonly namespaceServer: number
+  readonly roomsPerServer: Array<number>
+  readonly notificationsPerServer: Array<number>
+  readonly commitsPerServer: Array<number>
+  readonly broadcastsPerSecond: number
+}
+
+/** One namespace, many rooms, in "dynamic": each room's channel on the server its name picks. */
+const runRooms = async (urls: ReadonlyArray<string>): Promise<RoomsResult> => {
+  const prefix = `rms${urls.length}_${Date.now().toString(36)}`
+  const rooms = Array.from({ length: ROOMS }, (_, i) => `r${i}`)
+  const pools: Array<pg.Pool> = []
+  const nodes: Array<{ io: Server; port: number }> = []
+  for (let i = 0; i < NODES; i++) {
+    const own = urls.map((url) => {
+      const pool = new pg.Pool({ connectionString: url, max: 4 })
+      pool.on("error", () => {})
+      pools.push(pool)
+      return pool
+    })
+    const httpServer = http.createServer()
+    const io = new Server(httpServer, {
+      adapter: createAdapter(own, {
+        channelPrefix: prefix,
+        subscriptionMode: "dynamic",
+        heartbeatInterval: HEARTBEAT_MS,
+        errorHandler: (error) => log(`  adapter error: ${error.message}`),
+      }),
+    })
+    io.on("connection", (socket) => socket.join(String(socket.handshake.query.rooms).split(",")))
+    await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve))
+    nodes.push({ io, port: (httpServer.address() as AddressInfo).port })
+  }
+  const names = Placement.decodeServersSync(pools.slice(0, urls.length), Placement.poolSettings)
+  const placement = Placement.make(names.map((s) => s.name))
+  const home = (room: string) => placement.indexOf(roomChannelName(prefix, "/", room))
+  const roomsPerServer = urls.map((_, s) => rooms.filter((room) => home(room) === s).length)
+
+  let received = 0
+  const clients = Array.from({ length: ROOM_CLIENTS }, (_, c) => {
+    const mine = rooms.filter((_, r) => r % ROOM_CLIENTS === c)
+    const client = ioClient(`http://127.0.0.1:${nodes[NODES - 1]!.port}/`, {
+      transports: ["websocket"],
+      forceNew: true,
+      query: { rooms: mine.join(",") },
+    })
+    client.on("p", () => void received++)
+    return client
+  })
+  await waitUntil("clients connected", () => clients.every((c) => c.connected))
+  await waitUntil("members formed", async () => {
+    const counts = await Promise.all(nodes.map((node) => node.io.of("/").adapter.serverCount()))
+    return counts.every((n) => n === NODES)
+  })
+  // The last node listens on every room (the publishes of the first wait for no LISTEN of its).
+  const listened = () =>
+    (nodes[NODES - 1]!.io.of("/").adapter as any).listenStatus().roomChannels?.length ?? 0
+  await waitUntil("rooms listened on", () => listened() >= ROOMS)
+
+  const channels = urls.map((_, s) =>
+    rooms.filter((room) => home(room) === s).map((room) => roomChannelName(prefix, "/", room)),
+  )
+  const counters = await Promise.all(urls.map((url, s) => counter(url, channels[s]!)))
+  const before = await Promise.all(urls.map(commits))
+  const started = performance.now()
+  const io = nodes[0]!.io
+  for (let k = 0; k < ROOM_COUNT; k++) {
+    for (const room of rooms) io.to(room).emit("p", k)
+    if (k % 5 === 4) await new Promise<void>((resolve) => setImmediate(resolve))
+  }
+  await waitUntil("every room packet delivered", () => received >= ROOM_COUNT * ROOMS, 180_000)
+  const elapsed = (performance.now() - started) / 1000
+  await sleep(1500)
+  const after = await Promise.all(urls.map(commits))
+  const notifications = counters.map((c) => c.read())
+  await Promise.all(counters.map((c) => c.close()))
+
+  for (const client of clients) client.disconnect()
+  for (const node of nodes) await node.io.close()
+  await Promise.all(pools.map((pool) => pool.end()))
+  return {
+    servers: urls.length,
+    namespaceServer: placement.indexOf(channelName(prefix, "/")),
+    roomsPerServer,
+    notificationsPerServer: notifications,
+    commitsPerServer: after.map((n, s) => n - before[s]!),
+    broadcastsPerSecond: Math.round((ROOM_COUNT * ROOMS) / elapsed),
+  }
+}
+
 const main = async () => {
   log("starting two embedded PostgreSQL servers…")
   const databases = await Promise.all([startEmbeddedPostgres(), startEmbeddedPostgres()])
@@ -215,10 +319,19 @@ const main = async () => {
       log(`${servers} server(s): ${NAMESPACES} namespaces, ${COUNT} packets each…`)
       results.push(await run(urls.slice(0, servers), `${servers}`))
     }
+    const roomResults: Array<RoomsResult> = []
+    for (const servers of [1, 2]) {
+      log(`${servers} server(s): one namespace, ${ROOMS} rooms, ${ROOM_COUNT} packets each…`)
+      roomResults.push(await runRooms(urls.slice(0, servers)))
+    }
     if (values.json) {
-      process.stdout.write(
-        `${JSON.stringify({ namespaces: NAMESPACES, count: COUNT, results }, null, 2)}\n`,
-      )
+      const all = {
+        namespaces: NAMESPACES,
+        count: COUNT,
+        results,
+        rooms: { rooms: ROOMS, count: ROOM_COUNT, results: roomResults },
+      }
+      process.stdout.write(`${JSON.stringify(all, null, 2)}\n`)
       return
     }
     const spread = (xs: ReadonlyArray<number>) => {
@@ -237,6 +350,14 @@ const main = async () => {
       console.log(
         `  idle notifications/min:       ${r.idleNotificationsPerMinutePerServer.join(" / ")}`,
       )
+      console.log(`  broadcasts/s (CPU-bound here): ${r.broadcastsPerSecond}`)
+    }
+    for (const r of roomResults) {
+      console.log(`\n${r.servers} PostgreSQL server(s), one namespace, ${ROOMS} rooms, 3 nodes:`)
+      console.log(`  namespace on server:          ${r.namespaceServer}`)
+      console.log(`  rooms per server:             ${spread(r.roomsPerServer)}`)
+      console.log(`  notifications per server:     ${spread(r.notificationsPerServer)}`)
+      console.log(`  commits per server:           ${spread(r.commitsPerServer)}`)
       console.log(`  broadcasts/s (CPU-bound here): ${r.broadcastsPerSecond}`)
     }
   } finally {

@@ -28,6 +28,7 @@ import * as Database from "./Database.js"
 import { ConfigError, ErrorHandler } from "./Errors.js"
 import * as DebugLog from "./internal/debugLog.js"
 import { ListenGate } from "./internal/gate.js"
+import type { PlaceRoom, RoomServer } from "./internal/placed.js"
 import * as asking from "./internal/asking.js"
 import { roomChannelsOf } from "./internal/rooms.js"
 import { NOT_RESTORED } from "./internal/recovering.js"
@@ -44,6 +45,8 @@ interface Shared {
   readonly release: () => Promise<void>
   /** Publishes of the server wait here while a room's LISTEN is in flight (dynamic modes). */
   readonly gate: ListenGate
+  /** With rooms placed apart from their namespace: the other server of a room channel. */
+  readonly placeRoom?: PlaceRoom | undefined
 }
 
 /** The `socket.io-adapter` adapter of one namespace, created by {@link createAdapter}. */
@@ -57,9 +60,10 @@ export class PostgresAdapter extends ClusterAdapter {
     super(nsp)
     this.#release = shared.release
     const recovery = nsp.server?.opts?.connectionStateRecovery
-    const { config, gate } = shared
+    if (recovery && shared.placeRoom !== undefined) throw recoveryWithRoomsApart()
+    const { config, gate, placeRoom } = shared
     const runner = shared.acquire()
-    const rooms = roomChannelsOf({ nsp: nsp.name, config, runner, gate })
+    const rooms = roomChannelsOf({ nsp: nsp.name, config, runner, gate, placeRoom })
     rooms?.attach(this)
     this.#node = new NamespaceNode({
       nsp: nsp.name,
@@ -67,6 +71,7 @@ export class PostgresAdapter extends ClusterAdapter {
       config,
       runner,
       rooms,
+      placeRoom,
       local: this.#local(),
       maxDisconnection: recovery
         ? Duration.millis(recovery.maxDisconnectionDuration ?? 120_000)
@@ -201,9 +206,11 @@ export class PostgresAdapter extends ClusterAdapter {
  * here: a bad one throws an error that names it. The pool is never ended by us.
  *
  * With a list of pools of several PostgreSQL servers, each namespace lives on one of them, chosen
- * by rendezvous hashing of its channel's name (`Placement`), with its rooms, attachments and
- * recovery rows: one runtime (and LISTEN connection) per server that holds a namespace of this
- * server. Every node must be given the same list (see "Several PostgreSQL servers" in the README).
+ * by rendezvous hashing of its channel's name (`Placement`), with its attachments and recovery
+ * rows; in the dynamic subscription modes each room channel on the server its own name picks
+ * (`roomPlacement: "room"`, the default) or with its namespace. One runtime (and LISTEN
+ * connection) per server that holds a channel of this server. Every node must be given the same
+ * list and options (see "Several PostgreSQL servers" in the README).
  */
 export function createAdapter(
   pools: Pools,
@@ -213,14 +220,51 @@ export function createAdapter(
   const config = withServerList(AdapterConfig.decodeSync(options), servers)
   // One gate for the server: a publish in any namespace follows the room LISTENs begun before it.
   const gate = new ListenGate(Duration.toMillis(config.publishTimeout))
-  const shared = servers.map(({ pool }) => sharedOf(pool, config, gate, options))
   const placement = Placement.make(servers.map((server) => server.name))
+  const shared = withRoomsPlaced(
+    servers.map(({ pool }) => sharedOf(pool, config, gate, options)),
+    placement,
+  )
   // A `function`, not an arrow: Socket.IO calls it with `new`.
   return function (nsp: any) {
     const at = placement.indexOf(channelName(config.channelPrefix, nsp.name))
     return new PostgresAdapter(nsp, shared[at]!)
   }
 }
+
+/**
+ * With rooms placed apart (`Placement.roomsApart`), each server's namespaces get where their
+ * rooms' channels live: a room on another server uses that server's runtime (`internal/placed.ts`).
+ */
+const withRoomsPlaced = (
+  shared: ReadonlyArray<Shared>,
+  placement: Placement.Placement,
+): ReadonlyArray<Shared> => {
+  if (shared.length === 0 || !Placement.roomsApart(shared.length, shared[0]!.config)) return shared
+  const servers: ReadonlyArray<RoomServer> = shared.map(({ acquire, release }, index) => ({
+    index,
+    acquire,
+    release,
+  }))
+  return shared.map((own, at) => ({
+    ...own,
+    placeRoom: (channel: string) => {
+      const index = placement.indexOf(channel)
+      return index === at ? undefined : servers[index]
+    },
+  }))
+}
+
+// Offsets of connection state recovery follow one order per namespace: its rooms on one server.
+const recoveryWithRoomsApart = () =>
+  new ConfigError({
+    option: "roomPlacement",
+    message:
+      'Invalid option roomPlacement: "room" (the default with several PostgreSQL servers in a ' +
+      "dynamic subscriptionMode) places rooms apart from their namespace, which " +
+      'connectionStateRecovery cannot follow: set roomPlacement: "namespace" on every node and ' +
+      "emitter of the cluster",
+  })
 
 // The runtime of one PostgreSQL server, made when its first namespace comes, disposed after its
 // last one closed.
@@ -283,15 +327,21 @@ export const makeAdapterFactory: Effect.Effect<
   }
 })
 
-// With several PostgreSQL servers, the heartbeats carry the id of their list (a node given another
-// list is warned about).
+// With several PostgreSQL servers, the heartbeats carry the id of their list and of where rooms
+// live (a node given another list, or another roomPlacement, is warned about).
 const withServerList = (
   config: AdapterConfig.ClusterConfig,
   servers: ReadonlyArray<Placement.Server<unknown>>,
 ): AdapterConfig.ClusterConfig =>
   servers.length < 2
     ? config
-    : { ...config, serverList: Placement.listId(servers.map((server) => server.name)) }
+    : {
+        ...config,
+        serverList: Placement.listId(
+          servers.map((server) => server.name),
+          { roomsApart: Placement.roomsApart(servers.length, config) },
+        ),
+      }
 
 /**
  * {@link makeAdapterFactory} over several PostgreSQL servers, for Effect apps: one cluster per
@@ -328,10 +378,11 @@ export const makeAdapterFactoryPools = (
       shared.push({ config, gate, acquire: () => runner, release: () => Promise.resolve() })
     }
     const placement = Placement.make(servers.map((server) => server.name))
+    const placed = withRoomsPlaced(shared, placement)
     return function (nsp: any) {
       return new PostgresAdapter(
         nsp,
-        shared[placement.indexOf(channelName(config.channelPrefix, nsp.name))]!,
+        placed[placement.indexOf(channelName(config.channelPrefix, nsp.name))]!,
       )
     }
   })

@@ -91,6 +91,15 @@ export interface AdapterOptions {
    * @default "auto"
    */
   readonly membership?: "auto" | "namespace"
+  /**
+   * Where room channels live with several PostgreSQL servers (`createAdapter(pools)`) in the
+   * dynamic subscription modes. `"room"`: each room's channel on the server its own name picks
+   * (rendezvous hashing), so one busy namespace spreads over the servers; not with
+   * `connectionStateRecovery`, whose offsets need one order per namespace. `"namespace"`: with
+   * their namespace, on one server. Must be the same on every node and emitter. Without effect
+   * with one server or in `"static"`. @default "room"
+   */
+  readonly roomPlacement?: "room" | "namespace"
   /** Called with each publish or listen error. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
@@ -123,6 +132,8 @@ export interface ClusterConfig {
   readonly secrets?: Redacted.Redacted<ReadonlyArray<Uint8Array>> | undefined
   /** How this server keeps the membership; `undefined` is `"auto"`. */
   readonly membership?: "auto" | "namespace" | undefined
+  /** Where room channels live with several servers; `undefined` is `"room"`. */
+  readonly roomPlacement?: "room" | "namespace" | undefined
   /**
    * With several PostgreSQL servers (`createAdapter(pools)`): the id of their list, which the
    * heartbeats carry (`Placement.listId`); set by the facade, not an option.
@@ -207,6 +218,11 @@ const OptionsSchema = Schema.Struct({
       message: 'membership must be "auto" or "namespace"',
     }),
   ),
+  roomPlacement: Schema.optional(
+    Schema.Literals(["room", "namespace"]).annotate({
+      message: 'roomPlacement must be "room" or "namespace"',
+    }),
+  ),
   errorHandler: Schema.optional(
     Schema.declare((u): u is (error: Error) => void => typeof u === "function", {
       message: "errorHandler must be a function",
@@ -271,6 +287,7 @@ export const defaults = {
   recoveryTablePrefix: "socket_io_recovery",
   subscriptionMode: "static",
   membership: "auto",
+  roomPlacement: "room",
 } as const
 
 /**
@@ -392,6 +409,7 @@ const resolve = (
     subscriptionMode: o.subscriptionMode ?? defaults.subscriptionMode,
     secrets,
     membership: o.membership ?? defaults.membership,
+    roomPlacement: o.roomPlacement ?? defaults.roomPlacement,
   }
 }
 

@@ -88,6 +88,20 @@ export class ClusterEmitter extends Context.Service<
   }
 >()("socket.io-postgres-effect/ClusterEmitter") {}
 
+/**
+ * The channel a message of namespace `nsp` goes to: its namespace's, or in the dynamic
+ * subscription modes, for a broadcast to one room (without acknowledgements), that room's.
+ */
+export const publishChannel = (
+  config: AdapterConfigModule.ClusterConfig,
+  nsp: string,
+  message: { readonly type: number; readonly data?: any },
+): string =>
+  (message.type === MessageType.BROADCAST &&
+    message.data?.requestId === undefined &&
+    broadcastChannel(config, nsp, message.data?.opts?.rooms ?? [])) ||
+  channelName(config.channelPrefix, nsp)
+
 /** Sends a message of namespace `nsp` as the emitter. */
 type Send = (
   nsp: string,
@@ -107,12 +121,8 @@ export const make = Effect.gen(function* () {
   const publisher = yield* Publisher.Publisher
   const requests = new Requests()
 
-  // In the dynamic subscription modes, a broadcast to one room goes to that room's channel.
   const channelOf = (nsp: string, message: { readonly type: number; readonly data?: any }) =>
-    (message.type === MessageType.BROADCAST &&
-      message.data?.requestId === undefined &&
-      broadcastChannel(config, nsp, message.data?.opts?.rooms ?? [])) ||
-    channelName(config.channelPrefix, nsp)
+    publishChannel(config, nsp, message)
 
   const send: Send = (nsp, message) =>
     publisher.publish(channelOf(nsp, message), { ...message, uid: EMITTER_UID, nsp })
@@ -356,9 +366,14 @@ export const layerPools = (
       const placement = Placement.make(servers.map((server) => server.name))
       const of = (nsp: string) =>
         emitters[placement.indexOf(channelName(config.channelPrefix, nsp))]!
+      // With rooms placed apart (`roomPlacement`), a broadcast to one room goes to its server.
+      const apart = Placement.roomsApart(servers.length, config)
+      const forMessage = (nsp: string, message: { readonly type: number; readonly data?: any }) =>
+        apart ? emitters[placement.indexOf(publishChannel(config, nsp, message))]! : of(nsp)
       return ClusterEmitter.of({
-        publish: (nsp, message) => of(nsp).publish(nsp, message),
-        unsafePublish: (nsp, message, done) => of(nsp).unsafePublish(nsp, message, done),
+        publish: (nsp, message) => forMessage(nsp, message).publish(nsp, message),
+        unsafePublish: (nsp, message, done) =>
+          forMessage(nsp, message).unsafePublish(nsp, message, done),
         broadcastStored: (nsp, packet, target) => of(nsp).broadcastStored(nsp, packet, target),
         unsafeBroadcastStored: (nsp, packet, target, done) =>
           of(nsp).unsafeBroadcastStored(nsp, packet, target, done),

@@ -11,7 +11,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import type pg from "pg"
-import { channelName } from "./Channel.js"
+import { broadcastChannel, channelName } from "./Channel.js"
 import * as ClusterEmitter from "./ClusterEmitter.js"
 import * as Codec from "./Codec.js"
 import * as AdapterConfig from "./AdapterConfig.js"
@@ -114,6 +114,12 @@ export interface EmitterOptions {
    * `connectionStateRecovery`). @default "static"
    */
   readonly subscriptionMode?: AdapterConfig.AdapterOptions["subscriptionMode"]
+  /**
+   * The servers' `roomPlacement`: with several PostgreSQL servers in a dynamic mode, a broadcast
+   * to one room goes to the server of that room's channel (`"room"`) or of its namespace's
+   * (`"namespace"`, the only one with `connectionStateRecovery`). @default "room"
+   */
+  readonly roomPlacement?: AdapterConfig.AdapterOptions["roomPlacement"]
   /** Called with each failed publish, awaited or not. @default logs a warning */
   readonly errorHandler?: (error: Error) => void
 }
@@ -138,6 +144,7 @@ const EMITTER_OPTIONS: AdapterConfig.Accepted = {
     "secret",
     "secrets",
     "subscriptionMode",
+    "roomPlacement",
   ] satisfies ReadonlyArray<keyof EmitterOptions>,
   who: "the emitter",
 }
@@ -162,6 +169,8 @@ class Core {
     readonly pool: pg.Pool,
     readonly options: EmitterOptions | undefined,
     readonly config: AdapterConfig.ClusterConfig,
+    /** With rooms placed apart from their namespace: the core of a room channel's server. */
+    private readonly placeRoom?: ((channel: string) => Core) | undefined,
   ) {
     this.#errorHandler = options?.errorHandler ?? DebugLog.makeDefaultErrorHandler()
     this.#layer = ClusterEmitter.layer.pipe(
@@ -171,6 +180,15 @@ class Core {
       // Logs go to `debug` (quiet unless DEBUG asks); failures to the errorHandler.
       Layer.provideMerge(DebugLog.layer),
     )
+  }
+
+  /**
+   * The core that publishes a broadcast to `rooms` of `nsp`: that of its one room's server when
+   * it goes to a room channel placed apart from the namespace, else this one.
+   */
+  forBroadcast(nsp: string, rooms: Iterable<string>): Core {
+    const channel = this.placeRoom && broadcastChannel(this.config, nsp, rooms)
+    return channel === undefined ? this : this.placeRoom!(channel)
   }
 
   /**
@@ -508,7 +526,12 @@ export class BroadcastOperator<EmitEvents extends EventsMap, ServerSideEvents ex
       )
     }
     const packet = { type: 2, data: [ev, ...args], nsp: this.nsp }
-    return this.#publish(MessageType.BROADCAST, { packet, opts: this.#opts() })
+    const data = { packet, opts: this.#opts() }
+    return this.core
+      .forBroadcast(this.nsp, this.rooms)
+      .send((emitter, done) =>
+        emitter.unsafePublish(this.nsp, { type: MessageType.BROADCAST, data }, done),
+      )
   }
 
   /** Makes the targeted sockets join the rooms. */
@@ -548,11 +571,13 @@ export class BroadcastOperator<EmitEvents extends EventsMap, ServerSideEvents ex
 
 /**
  * The cores of an emitter's PostgreSQL servers, one per server, made when a namespace placed on it
- * is first used (see `Placement`: every namespace's channels live on one server).
+ * or a room placed on it is first used (see `Placement`: a namespace's channel, and in the dynamic
+ * modes each room's, live on the server their names pick).
  */
 class Cores {
   readonly #cores = new Map<number, Core>()
   readonly #placement: Placement.Placement
+  readonly #placeRoom: ((channel: string) => Core) | undefined
 
   constructor(
     readonly servers: ReadonlyArray<Placement.Server<pg.Pool>>,
@@ -560,15 +585,21 @@ class Cores {
     readonly config: AdapterConfig.ClusterConfig,
   ) {
     this.#placement = Placement.make(servers.map((server) => server.name))
+    this.#placeRoom = Placement.roomsApart(servers.length, config)
+      ? (channel) => this.#at(this.#placement.indexOf(channel))
+      : undefined
   }
 
   /** The core of the server that holds the namespace's channel. */
   of(nsp: string): Core {
-    const at = this.#placement.indexOf(channelName(this.config.channelPrefix, nsp))
-    let core = this.#cores.get(at)
+    return this.#at(this.#placement.indexOf(channelName(this.config.channelPrefix, nsp)))
+  }
+
+  #at(index: number): Core {
+    let core = this.#cores.get(index)
     if (core === undefined) {
-      core = new Core(this.servers[at]!.pool, this.options, this.config)
-      this.#cores.set(at, core)
+      core = new Core(this.servers[index]!.pool, this.options, this.config, this.#placeRoom)
+      this.#cores.set(index, core)
     }
     return core
   }
@@ -589,5 +620,15 @@ const coresOf = (pools: Pools, options: EmitterOptions | undefined): Cores => {
     })
   }
   const config = AdapterConfig.decodeSync(options, EMITTER_OPTIONS)
+  // As the servers: stored packets keep one offset order per namespace, rooms with it.
+  if (recovery === true && Placement.roomsApart(servers.length, config)) {
+    throw new ConfigError({
+      option: "roomPlacement",
+      message:
+        'Invalid option roomPlacement: "room" (the default with several PostgreSQL servers in a ' +
+        "dynamic subscriptionMode) cannot be used with connectionStateRecovery: set " +
+        'roomPlacement: "namespace", as on the servers',
+    })
+  }
   return new Cores(servers, options, config)
 }

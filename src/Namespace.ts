@@ -13,7 +13,7 @@
  *
  * @since 0.2.0
  */
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type { BroadcastOptions, Room } from "socket.io-adapter"
@@ -24,6 +24,7 @@ import * as asking from "./internal/asking.js"
 import { listen, ListenWatch } from "./internal/inbound.js"
 import { makeSkipLogger } from "./internal/inbox.js"
 import { Outbox } from "./internal/outbox.js"
+import { type PlaceRoom, PlacedOutboxes } from "./internal/placed.js"
 import { type NamespaceRecovery, recoveryOf } from "./internal/recovering.js"
 import type { RoomChannels } from "./internal/rooms.js"
 import { makeReporter, type Runner } from "./internal/runner.js"
@@ -65,6 +66,8 @@ export interface NamespaceOptions {
   readonly maxDisconnection?: Duration.Duration | undefined
   /** The rooms' channels, in the dynamic subscription modes (see `internal/rooms.ts`). */
   readonly rooms?: RoomChannels | undefined
+  /** Where room channels live when not with the namespace (see `internal/placed.ts`). */
+  readonly placeRoom?: PlaceRoom | undefined
 }
 
 /** A namespace's LISTEN right now, as {@link NamespaceNode.listenStatus} tells it. */
@@ -103,6 +106,7 @@ export class NamespaceNode {
   readonly ready: Promise<void> = this.#watch.ready
   readonly #recovery: NamespaceRecovery | undefined
   readonly #outbox: Outbox
+  readonly #outboxes: PlacedOutboxes
   readonly #requests = new Requests()
   readonly #log: { readonly skip: (reason: string) => void; readonly warn: (line: string) => void }
   /** What `fetchSockets` and `serverSideEmit` of this node need (see `internal/asking.ts`). */
@@ -122,12 +126,12 @@ export class NamespaceNode {
     this.#log = { skip: makeSkipLogger(warn), warn }
     // Packed messages once every node heard is ours (0.5.0's format until the node runs).
     const packed = () => this.#membership?.allOurs() ?? false
-    this.#outbox = new Outbox({
-      channel: this.channel,
-      runner,
-      report,
-      gate: options.rooms?.gate,
-      packed,
+    const outboxOptions = { channel: this.channel, report, gate: options.rooms?.gate, packed }
+    this.#outbox = new Outbox({ ...outboxOptions, runner })
+    this.#outboxes = new PlacedOutboxes(this.#outbox, {
+      ...outboxOptions,
+      placeRoom: options.placeRoom,
+      idleMs: Duration.toMillis(config.heartbeatTimeout),
     })
     this.asking = {
       ...options,
@@ -194,7 +198,7 @@ export class NamespaceNode {
     void this.publish({ type: MessageType.ADAPTER_CLOSE })
     this.#closed = true
     this.#recovery?.close()
-    await this.#outbox.close()
+    await this.#outboxes.close()
     this.#requests.close()
     const fiber = this.#fiber
     if (fiber !== undefined) await this.options.runner.runPromiseExit(Fiber.interrupt(fiber))
@@ -215,7 +219,7 @@ export class NamespaceNode {
     if (this.#closed) return Promise.resolve()
     if (room === undefined) this.#membership?.published()
     const wire = Protocol.message(this.options.uid, this.options.nsp, body)
-    return this.#outbox.send(wire, span, room)
+    return this.#outboxes.of(room).send(wire, span, room)
   }
 
   /** Delivers a packet to the matching sockets of every node; never waits for PostgreSQL. */
@@ -265,8 +269,9 @@ const track = (
       onOtherServers: (uid) =>
         warn(
           `node ${uid} in namespace ${JSON.stringify(options.nsp)} was given another list of ` +
-            `PostgreSQL servers than this one (createAdapter(pools)): namespaces that the two ` +
-            `lists place on different servers are split between them. Give every node the same list.`,
+            `PostgreSQL servers than this one (createAdapter(pools)), or another roomPlacement: ` +
+            `channels that the two place on different servers are split between them. Give ` +
+            `every node the same list and roomPlacement.`,
         ),
     })
   })

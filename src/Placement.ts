@@ -231,10 +231,32 @@ export const hashedForm = (name: string): string => Buffer.from(name, "utf8").to
  * a node whose list differs (a placement of its own: notifications on the channels that moved are
  * lost between the two) is noticed.
  */
-export const listId = (names: ReadonlyArray<string>): string =>
-  sha256(JSON.stringify([...new Set(names.map(hashedForm))].sort()))
-    .toString("hex")
-    .slice(0, 16)
+export const listId = (
+  names: ReadonlyArray<string>,
+  options?: { readonly roomsApart?: boolean | undefined },
+): string => {
+  const sorted = [...new Set(names.map(hashedForm))].sort()
+  // Rooms placed apart are another placement: nodes that differ there are told too. (A nested
+  // array cannot be read as a list of names: no collision with the plain form.)
+  const hashed = options?.roomsApart === true ? [sorted, "rooms"] : sorted
+  return sha256(JSON.stringify(hashed)).toString("hex").slice(0, 16)
+}
+
+/**
+ * Whether room channels live on the servers their own names pick rather than with their
+ * namespace: several servers, a dynamic subscription mode, and `roomPlacement` not
+ * `"namespace"`. Every node and emitter of a cluster must agree (it goes into {@link listId}).
+ */
+export const roomsApart = (
+  servers: number,
+  config: {
+    readonly subscriptionMode?: string | undefined
+    readonly roomPlacement?: "room" | "namespace" | undefined
+  },
+): boolean =>
+  servers >= 2 &&
+  (config.subscriptionMode === "dynamic" || config.subscriptionMode === "dynamic-private") &&
+  config.roomPlacement !== "namespace"
 
 /** How many channels a placement remembers by default (see {@link make}). */
 export const DEFAULT_CACHE_SIZE = 10_000

@@ -467,3 +467,26 @@ describe("AdapterConfig.decode: subscriptionMode", () => {
     }
   })
 })
+
+describe("AdapterConfig.decode: roomPlacement", () => {
+  it('is "room" by default and takes "room" and "namespace"', () => {
+    assert.strictEqual(decodeRight({}).roomPlacement, "room")
+    for (const placement of ["room", "namespace"] as const) {
+      assert.strictEqual(decodeRight({ roomPlacement: placement }).roomPlacement, placement)
+    }
+  })
+
+  it("refuses anything else, naming the option, in the adapter and the emitter", async () => {
+    for (const placement of ["rooms", "Namespace", "", 1, null]) {
+      const error = decodeLeft({ roomPlacement: placement })
+      assert.strictEqual(error.option, "roomPlacement")
+      assert.include(error.message, "roomPlacement")
+    }
+    const pool = new pg.Pool()
+    try {
+      assert.throws(() => new Emitter(pool, "/", { roomPlacement: "x" as any }), /roomPlacement/)
+    } finally {
+      await pool.end()
+    }
+  })
+})

@@ -483,6 +483,31 @@ describe("make", () => {
     assert.notStrictEqual(Placement.listId(["a\u0000b"]), Placement.listId(["a", "b"]))
   })
 
+  it("folds where rooms live into the list's id: nodes that place rooms apart and nodes that do not are told apart", () => {
+    fc.assert(
+      fc.property(serverNamesArb(1, 6), (names) => {
+        const apart = Placement.listId(names, { roomsApart: true })
+        assert.match(apart, /^[0-9a-f]{16}$/)
+        assert.notStrictEqual(apart, Placement.listId(names))
+        assert.strictEqual(Placement.listId(names, { roomsApart: false }), Placement.listId(names))
+        assert.strictEqual(apart, Placement.listId([...names].reverse(), { roomsApart: true }))
+      }),
+    )
+  })
+
+  it('places rooms apart only with several servers, a dynamic mode and roomPlacement not "namespace"', () => {
+    assert.isTrue(Placement.roomsApart(2, { subscriptionMode: "dynamic" }))
+    assert.isTrue(
+      Placement.roomsApart(3, { subscriptionMode: "dynamic-private", roomPlacement: "room" }),
+    )
+    assert.isFalse(Placement.roomsApart(1, { subscriptionMode: "dynamic" }))
+    assert.isFalse(Placement.roomsApart(2, { subscriptionMode: "static" }))
+    assert.isFalse(Placement.roomsApart(2, {}))
+    assert.isFalse(
+      Placement.roomsApart(2, { subscriptionMode: "dynamic", roomPlacement: "namespace" }),
+    )
+  })
+
   it("refuses an empty list and repeated names", () => {
     assert.throws(() => Placement.make([]), /at least one server/)
     assert.throws(() => Placement.make(["a", "b", "a"]), /distinct/)

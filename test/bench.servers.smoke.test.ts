@@ -9,6 +9,7 @@ import { runScript } from "./utils/scripts.js"
 describe("npm run bench:servers", () => {
   it("runs over one and two servers and counts where the traffic went", async () => {
     const args = ["--namespaces", "6", "--count", "5", "--idle", "1", "--json"]
+    args.push("--rooms", "12", "--room-count", "5")
     const { code, stdout, stderr } = await runScript("bench/servers.ts", args)
     expect(code, stderr).toBe(0)
     const json = JSON.parse(stdout)
@@ -23,6 +24,17 @@ describe("npm run bench:servers", () => {
       run.namespacesPerServer.forEach((n: number, s: number) => {
         if (n === 0) expect(run.notificationsPerServer[s]).toBeLessThan(6 * 5)
       })
+      expect(run.broadcastsPerSecond).toBeGreaterThan(0)
+    }
+    // The room-heavy load: one namespace's rooms on both servers, each room's packets counted on
+    // its own server.
+    const [oneRooms, twoRooms] = json.rooms.results
+    expect(oneRooms.roomsPerServer).toEqual([12])
+    expect(twoRooms.roomsPerServer.reduce((a: number, b: number) => a + b, 0)).toBe(12)
+    for (const run of [oneRooms, twoRooms]) {
+      run.roomsPerServer.forEach((n: number, s: number) =>
+        expect(run.notificationsPerServer[s]).toBe(n * 5),
+      )
       expect(run.broadcastsPerSecond).toBeGreaterThan(0)
     }
   }, 180_000)

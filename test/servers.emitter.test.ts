@@ -12,7 +12,9 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
-import { ClusterEmitter, Codec } from "../src/effect.js"
+import { roomChannelName } from "../src/Channel.js"
+import { ClusterEmitter, Codec, type PostgresAdapter } from "../src/effect.js"
+import * as Placement from "../src/Placement.js"
 import { ConfigError } from "../src/Errors.js"
 import { createAdapter } from "../src/index.js"
 import {
@@ -141,6 +143,83 @@ describe("ClusterEmitter.layerPools over 2 PostgreSQL servers", () => {
       const bad = yield* errorOf(ClusterEmitter.layerPools([pool!], { requestsTimeout: -1 }))
       assert.instanceOf(bad, ConfigError)
       assert.strictEqual((bad as ConfigError).option, "requestsTimeout")
+    }).pipe(Effect.scoped),
+  )
+})
+
+describe("ClusterEmitter.layerPools with rooms placed apart (dynamic mode, 2 PostgreSQL servers)", () => {
+  const ROOMS_PREFIX = "serversfxr"
+  const ROOMS = Array.from({ length: 8 }, (_, i) => `fx:${i}`)
+  let databases: Array<PrivatePostgres>
+  let nodes: Array<TestServer>
+  const pools: Array<pg.Pool> = []
+  const clients: Array<ClientSocket> = []
+  const options = { channelPrefix: ROOMS_PREFIX, subscriptionMode: "dynamic" as const }
+
+  const poolsOf = () =>
+    databases.map((db) => {
+      const pool = new pg.Pool({ connectionString: db.url, max: 4 })
+      pool.on("error", () => {})
+      pools.push(pool)
+      return pool
+    })
+
+  beforeAll(async () => {
+    databases = await Promise.all([startPrivatePostgres(), startPrivatePostgres()])
+    nodes = await Promise.all(
+      [0, 1].map(() =>
+        startServer({
+          adapter: createAdapter(poolsOf(), { ...options, errorHandler: () => {} }),
+        }),
+      ),
+    )
+    for (const node of nodes) node.io.on("connection", (socket) => socket.join(ROOMS))
+    for (const node of nodes) clients.push(await connectClient(node.url))
+    // Each node LISTENs on every room (on the room's server) once its client joined them.
+    await eventually(
+      () =>
+        nodes.every(
+          (node) =>
+            (
+              (node.io.of("/").adapter as unknown as PostgresAdapter).listenStatus().roomChannels ??
+              []
+            ).length >= 8,
+        ),
+      { timeout: 15_000, message: "every node listens on the 8 rooms" },
+    )
+  }, 60_000)
+
+  afterAll(async () => {
+    for (const client of clients) client.disconnect()
+    await Promise.all((nodes ?? []).map((node) => node.close()))
+    await Promise.all(pools.map((pool) => pool.end()))
+    await Promise.all((databases ?? []).map((db) => db.destroy()))
+  })
+
+  it.live("publishes a broadcast to one room on that room's server", () =>
+    Effect.gen(function* () {
+      const emitter = Context.get(
+        yield* Layer.build(ClusterEmitter.layerPools(poolsOf(), options)),
+        ClusterEmitter.ClusterEmitter,
+      )
+      // The rooms are on both servers: publishing them all on the namespace's would lose some.
+      const names = Placement.decodeServersSync(poolsOf(), Placement.poolSettings)
+      const placement = Placement.make(names.map((server) => server.name))
+      const servers = ROOMS.map((room) =>
+        placement.indexOf(roomChannelName(ROOMS_PREFIX, "/", room)),
+      )
+      assert.strictEqual(new Set(servers).size, 2)
+      for (const room of ROOMS) {
+        const received = Promise.all(clients.map((client) => waitFor(client, "fxr")))
+        yield* emitter.publish("/", {
+          type: Codec.MessageType.BROADCAST,
+          data: {
+            packet: { type: 2, data: ["fxr", room], nsp: "/" },
+            opts: { ...everyone, rooms: [room] },
+          },
+        })
+        for (const [said] of yield* fromPromise(() => received)) assert.strictEqual(said, room)
+      }
     }).pipe(Effect.scoped),
   )
 })

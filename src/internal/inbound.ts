@@ -126,10 +126,17 @@ export class ListenWatch {
   }
 }
 
+type Inbox = (payload: string, verifier?: Signing.Verifier) => void
+
 /** The receiving side of a namespace node. */
 export class Inbound {
   readonly #selfPrefix: string
-  readonly #inbox: (payload: string, verifier?: Signing.Verifier) => void
+  readonly #inbox: Inbox
+  /**
+   * One inbox per other PostgreSQL server holding rooms of the namespace, by that server's
+   * attachment store (a new runtime there, a new one): what is per connection stays per server.
+   */
+  readonly #elsewhere = new WeakMap<object, Inbox>()
   readonly #verifier: Signing.Verifier | undefined
   readonly #own: Signing.Own | undefined
 
@@ -164,13 +171,45 @@ export class Inbound {
     return (payload) => this.receive(payload, verifier)
   }
 
+  /**
+   * What arrives on a room channel placed on another PostgreSQL server (`internal/placed.ts`):
+   * the same path, but that server's attachments, packed parts and commit order are its own, so
+   * it has an inbox of its own (messages of one sender on two servers may cross; per channel,
+   * order holds). No recovery there: rooms stay with their namespace when it is on.
+   */
+  placedReceiver(
+    channel: string,
+    store: AttachmentStore["Service"],
+    sender: string | undefined,
+  ): (payload: string) => void {
+    // Signed, the node's own notifications there carry that server's Publisher's sender id.
+    const own = sender === undefined ? undefined : { sender }
+    const verifier = verifierOf(this.options.config, channel, this.options.warn, own)
+    let inbox = this.#elsewhere.get(store)
+    if (inbox === undefined) {
+      inbox = makeInbox({
+        store,
+        wanted: (header) => this.#wanted(header),
+        deliver: (message) => this.#deliver(message),
+        onSkipped: this.options.onSkipped,
+      })
+      this.#elsewhere.set(store, inbox)
+    }
+    const into = inbox
+    return (payload) => this.receive(payload, verifier, into)
+  }
+
   /** A notification on the namespace's channel (or one of its rooms'), in commit order. */
-  receive(payload: string, verifier: Signing.Verifier | undefined = this.#verifier): void {
+  receive(
+    payload: string,
+    verifier: Signing.Verifier | undefined = this.#verifier,
+    inbox: Inbox = this.#inbox,
+  ): void {
     Metrics.notificationsReceived.updateUnsafe(1, Context.empty())
     if (verifier === undefined && payload.startsWith(this.#selfPrefix)) {
       return this.options.recovery?.ownSeen(payload)
     }
-    this.#inbox(payload, verifier)
+    inbox(payload, verifier)
   }
 
   // Asked before any attachment is fetched: this namespace's, and no answer to another node.

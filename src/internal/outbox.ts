@@ -111,6 +111,11 @@ export class Outbox {
     })
   }
 
+  /** Whether nothing is in flight. */
+  get settled(): boolean {
+    return this.#pending === 0
+  }
+
   /** Something `close()` must wait for begins (a publish, a session write, a catch-up). */
   begin(): void {
     this.#pending++

@@ -7,6 +7,10 @@
  *
  * Each room's LISTEN holds the server's {@link ListenGate} until it is active: a publish that
  * follows a join goes out once the room is listened on.
+ *
+ * With rooms placed apart (`placed.ts`), a room whose channel lives on another PostgreSQL server
+ * is listened on with that server's Listener (its runtime held while the room is), into the
+ * namespace's inbound path through that server's own inbox.
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -16,6 +20,7 @@ import type { ClusterConfig } from "../AdapterConfig.js"
 import { Listener } from "../Listener.js"
 import type { ListenGate } from "./gate.js"
 import type { Inbound } from "./inbound.js"
+import { type Placed, type PlaceRoom, PlacedListens } from "./placed.js"
 import type { Runner } from "./runner.js"
 
 /** What a node's room channels need. */
@@ -25,6 +30,8 @@ export interface RoomChannelsOptions {
   readonly runner: Runner
   /** The server's gate: publishes wait while a room's LISTEN is in flight. */
   readonly gate: ListenGate
+  /** Where room channels live when not with the namespace (see `placed.ts`). */
+  readonly placeRoom?: PlaceRoom | undefined
 }
 
 /** What tells a namespace's rooms coming and going: socket.io-adapter's in-memory adapter. */
@@ -49,6 +56,8 @@ interface Entry {
   /** Ends the room's hold on the gate. */
   readonly release: () => void
   listened: boolean
+  /** The other PostgreSQL server that holds the channel, and its runtime (held for the entry). */
+  readonly placed?: Placed | undefined
 }
 
 /** Started once the node listens: subscribes a room's channel. */
@@ -67,6 +76,8 @@ class Subscriptions {
    */
   #waits: () => boolean = () => true
   protected closed = false
+  /** The rooms whose channels live on other servers (rooms placed apart). */
+  readonly #placed = new PlacedListens()
 
   constructor(protected readonly options: RoomChannelsOptions) {}
 
@@ -98,8 +109,9 @@ class Subscriptions {
       this.#waits = waits
       const listener = yield* Listener
       const { runner } = this.options
-      this.#subscribe = (entry) =>
-        void runner.runFork(
+      this.#subscribe = (entry) => {
+        if (entry.placed !== undefined) return this.#placed.subscribe(entry, entry.placed, inbound)
+        runner.runFork(
           listener
             .subscribe(entry.channel, {
               onNotification: inbound.roomReceiver(entry.channel),
@@ -114,11 +126,17 @@ class Subscriptions {
             })
             .pipe(Scope.provide(entry.scope)),
         )
+      }
       for (const entry of this.rooms.values()) this.#subscribe(entry)
       yield* Effect.addFinalizer(() =>
-        Effect.forEach(this.#close(), (entry) => Scope.close(entry.scope, Exit.void), {
-          discard: true,
-        }),
+        Effect.forEach(
+          this.#close(),
+          (entry) =>
+            entry.placed === undefined
+              ? Scope.close(entry.scope, Exit.void)
+              : Effect.promise(() => this.#placed.unsubscribe(entry, entry.placed!)),
+          { discard: true, concurrency: "unbounded" },
+        ).pipe(Effect.andThen(Effect.promise(() => this.#placed.ended()))),
       )
     })
   }
@@ -129,14 +147,18 @@ class Subscriptions {
     this.closed = true
   }
 
-  protected add(key: unknown, channel: string, members: boolean): Entry {
+  protected add(key: unknown, channel: string, members: boolean, placed = false): Entry {
+    const server = placed ? this.options.placeRoom?.(channel) : undefined
+    // Not worth waiting for while the connection that would LISTEN is down.
+    const waits = server === undefined ? this.#waits() : this.#placed.waits(server)
     const entry: Entry = {
       channel,
       members,
       holds: 0,
       scope: Scope.makeUnsafe(),
-      release: this.#waits() ? this.options.gate.hold() : noop,
+      release: waits ? this.options.gate.hold() : noop,
       listened: false,
+      placed: server && { server, runner: server.acquire() },
     }
     this.rooms.set(key, entry)
     this.#subscribe?.(entry)
@@ -147,6 +169,7 @@ class Subscriptions {
     this.rooms.delete(key)
     entry.release()
     entry.listened = false
+    if (entry.placed !== undefined) return void this.#placed.unsubscribe(entry, entry.placed)
     // Closing a scope the subscription has not reached yet makes it end as soon as it starts.
     if (this.#subscribe !== undefined)
       this.options.runner.runFork(Scope.close(entry.scope, Exit.void))
@@ -175,7 +198,7 @@ export class RoomChannels extends Subscriptions {
     if (this.closed || !hasRoomChannel(config.subscriptionMode, room)) return
     const entry = this.rooms.get(room)
     if (entry !== undefined) entry.members = true
-    else this.add(room, roomChannelName(config.channelPrefix, nsp, room), true)
+    else this.add(room, roomChannelName(config.channelPrefix, nsp, room), true, true)
   }
 
   /** A room lost its last local socket: its channel is UNLISTENed (unless a restore holds it). */
@@ -214,7 +237,7 @@ export class RoomChannels extends Subscriptions {
       if (this.closed || !hasRoomChannel(config.subscriptionMode, room)) continue
       const entry =
         this.rooms.get(room) ??
-        this.add(room, roomChannelName(config.channelPrefix, nsp, room), false)
+        this.add(room, roomChannelName(config.channelPrefix, nsp, room), false, true)
       entry.holds++
       held.push(room)
     }
