@@ -75,6 +75,30 @@ const counter = async (url: string, channels: ReadonlyArray<string>) => {
   return { read: () => count, close: () => client.end() }
 }
 
+/**
+ * A run's counts once PostgreSQL has them (pg_stat_database is flushed by the backends within
+ * about a second): each server's commits and notifications; then the run's clients, Socket.IO
+ * servers and pools are closed.
+ */
+const finish = async (
+  urls: ReadonlyArray<string>,
+  counters: ReadonlyArray<{ readonly read: () => number; readonly close: () => Promise<void> }>,
+  run: {
+    readonly clients: ReadonlyArray<ClientSocket>
+    readonly nodes: ReadonlyArray<{ readonly io: Server }>
+    readonly pools: ReadonlyArray<pg.Pool>
+  },
+) => {
+  await sleep(1500)
+  const after = await Promise.all(urls.map(commits))
+  const notifications = counters.map((c) => c.read())
+  await Promise.all(counters.map((c) => c.close()))
+  for (const client of run.clients) client.disconnect()
+  for (const node of run.nodes) await node.io.close()
+  await Promise.all(run.pools.map((pool) => pool.end()))
+  return { after, notifications }
+}
+
 const commits = async (url: string): Promise<number> => {
   const client = new pg.Client({ connectionString: url })
   await client.connect()
@@ -194,15 +218,7 @@ const run = async (urls: ReadonlyArray<string>, label: string): Promise<RunResul
   )
   const elapsed = (performance.now() - started) / 1000
   const connections = await Promise.all(urls.map((url) => connectionsByNode(url, prefix)))
-  // pg_stat_database is flushed by the backends within about a second.
-  await sleep(1500)
-  const after = await Promise.all(urls.map(commits))
-  const notifications = loadCounters.map((c) => c.read())
-  await Promise.all(loadCounters.map((c) => c.close()))
-
-  for (const client of clients) client.disconnect()
-  for (const node of nodes) await node.io.close()
-  await Promise.all(pools.map((pool) => pool.end()))
+  const { after, notifications } = await finish(urls, loadCounters, { clients, nodes, pools })
   return {
     servers: urls.length,
     namespacesPerServer,
@@ -291,14 +307,7 @@ const runRooms = async (urls: ReadonlyArray<string>): Promise<RoomsResult> => {
   }
   await waitUntil("every room packet delivered", () => received >= ROOM_COUNT * ROOMS, 180_000)
   const elapsed = (performance.now() - started) / 1000
-  await sleep(1500)
-  const after = await Promise.all(urls.map(commits))
-  const notifications = counters.map((c) => c.read())
-  await Promise.all(counters.map((c) => c.close()))
-
-  for (const client of clients) client.disconnect()
-  for (const node of nodes) await node.io.close()
-  await Promise.all(pools.map((pool) => pool.end()))
+  const { after, notifications } = await finish(urls, counters, { clients, nodes, pools })
   return {
     servers: urls.length,
     namespaceServer: placement.indexOf(channelName(prefix, "/")),

@@ -21,6 +21,7 @@ import {
   namespaceHome,
   startPrivatePostgres,
   type PrivatePostgres,
+  openPools,
 } from "./utils/privatePostgres.js"
 
 const PREFIX = "primaryservers"
@@ -40,12 +41,7 @@ describe("setupPrimary over 2 PostgreSQL servers, with a plain server", () => {
 
   beforeAll(async () => {
     databases = await Promise.all([startPrivatePostgres(), startPrivatePostgres()])
-    const poolList = databases.map((db) => {
-      const pool = new pg.Pool({ connectionString: db.url, max: 4 })
-      pool.on("error", () => {})
-      pools.push(pool)
-      return pool
-    })
+    const poolList = openPools(databases, pools)
     home = namespaceHome(poolList, PREFIX)
     primary = runFixture("primary.ts", {
       DATABASE_URL: databases[0]!.url,

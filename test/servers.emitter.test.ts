@@ -28,6 +28,7 @@ import {
   namespaceHome,
   startPrivatePostgres,
   type PrivatePostgres,
+  openPools,
 } from "./utils/privatePostgres.js"
 
 const PREFIX = "serversfx"
@@ -45,13 +46,7 @@ describe("ClusterEmitter.layerPools over 2 PostgreSQL servers", () => {
   const clients = new Map<string, Array<ClientSocket>>()
   let home: (nsp: string) => number
 
-  const poolsOf = () =>
-    databases.map((db) => {
-      const pool = new pg.Pool({ connectionString: db.url, max: 4 })
-      pool.on("error", () => {})
-      pools.push(pool)
-      return pool
-    })
+  const poolsOf = () => openPools(databases, pools)
 
   beforeAll(async () => {
     databases = await Promise.all([startPrivatePostgres(), startPrivatePostgres()])
@@ -156,13 +151,7 @@ describe("ClusterEmitter.layerPools with rooms placed apart (dynamic mode, 2 Pos
   const clients: Array<ClientSocket> = []
   const options = { channelPrefix: ROOMS_PREFIX, subscriptionMode: "dynamic" as const }
 
-  const poolsOf = () =>
-    databases.map((db) => {
-      const pool = new pg.Pool({ connectionString: db.url, max: 4 })
-      pool.on("error", () => {})
-      pools.push(pool)
-      return pool
-    })
+  const poolsOf = () => openPools(databases, pools)
 
   beforeAll(async () => {
     databases = await Promise.all([startPrivatePostgres(), startPrivatePostgres()])

@@ -18,22 +18,18 @@ import {
   startServer,
   type TestServer,
 } from "./utils/cluster.js"
-import { startPrivatePostgres, type PrivatePostgres } from "./utils/privatePostgres.js"
+import {
+  startPrivatePostgres,
+  type PrivatePostgres,
+  openPools,
+  listenOn,
+} from "./utils/privatePostgres.js"
 
 const ROOMS = Array.from({ length: 24 }, (_, i) => `room-${i}`)
 const MODE =
   process.env.TEST_SUBSCRIPTION_MODE === "dynamic-private" ? "dynamic-private" : "dynamic"
 
 // Our own LISTEN on every room channel of each server: where each broadcast travelled.
-const listenOn = async (db: PrivatePostgres, channels: ReadonlyArray<string>) => {
-  const client = new pg.Client({ connectionString: db.url })
-  await client.connect()
-  const heard: Array<string> = []
-  client.on("notification", (n) => heard.push(n.channel))
-  for (const channel of channels) await client.query(`LISTEN "${channel}"`)
-  return { client, heard }
-}
-
 // The backends of a server whose last statement was a LISTEN or UNLISTEN of ours: our LISTEN
 // connections (the liveness ping is a LISTEN too), not the pools'.
 const listenConnections = async (pool: pg.Pool, prefix: string): Promise<number> => {
@@ -60,12 +56,7 @@ describe.each([
   let nspHome: number
 
   const poolsOf = () =>
-    databases.map((db, i) => {
-      const pool = new pg.Pool({ connectionString: db.url, max: 4 })
-      pool.on("error", () => {})
-      pools.push(pool)
-      return named ? { pool, name: `pg-${"abc"[i]}` } : pool
-    })
+    openPools(databases, pools).map((pool, i) => (named ? { pool, name: `pg-${"abc"[i]}` } : pool))
 
   const options = {
     channelPrefix: PREFIX,

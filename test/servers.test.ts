@@ -20,7 +20,12 @@ import {
   startServer,
   type TestServer,
 } from "./utils/cluster.js"
-import { startPrivatePostgres, type PrivatePostgres } from "./utils/privatePostgres.js"
+import {
+  startPrivatePostgres,
+  type PrivatePostgres,
+  openPools,
+  listenOn,
+} from "./utils/privatePostgres.js"
 import { dropTransport, resume } from "./utils/recovery.js"
 
 const NAMESPACES = Array.from({ length: 16 }, (_, i) => `/n${i}`)
@@ -39,12 +44,7 @@ describe.each([
   let home: (nsp: string) => number
 
   const poolsOf = () =>
-    databases.map((db, i) => {
-      const pool = new pg.Pool({ connectionString: db.url, max: 4 })
-      pool.on("error", () => {})
-      pools.push(pool)
-      return named ? { pool, name: `pg-${"abc"[i]}` } : pool
-    })
+    openPools(databases, pools).map((pool, i) => (named ? { pool, name: `pg-${"abc"[i]}` } : pool))
 
   beforeAll(async () => {
     databases = await Promise.all(Array.from({ length: count }, () => startPrivatePostgres()))
@@ -105,16 +105,8 @@ describe.each([
   it("places namespaces on every server, and every node agrees: a broadcast travels on its namespace's server", async () => {
     const homes = NAMESPACES.map(home)
     expect(new Set(homes).size).toBe(count)
-    const listeners = await Promise.all(
-      databases.map(async (db) => {
-        const client = new pg.Client({ connectionString: db.url })
-        await client.connect()
-        const heard: Array<string> = []
-        client.on("notification", (n) => heard.push(n.channel))
-        for (const nsp of NAMESPACES) await client.query(`LISTEN "${channelName(PREFIX, nsp)}"`)
-        return { client, heard }
-      }),
-    )
+    const channels = NAMESPACES.map((nsp) => channelName(PREFIX, nsp))
+    const listeners = await Promise.all(databases.map((db) => listenOn(db, channels)))
     try {
       for (const nsp of NAMESPACES) {
         const each = await connectEach(nsp)
@@ -283,11 +275,7 @@ describe("createAdapter(pools) and new Emitter(pools), bad input", () => {
 describe("makeAdapterFactoryPools (the Effect way)", () => {
   it("places namespaces over the servers like createAdapter(pools), on the application's context", async () => {
     const databases = await Promise.all([startPrivatePostgres(), startPrivatePostgres()])
-    const pools = databases.map((db) => {
-      const pool = new pg.Pool({ connectionString: db.url, max: 4 })
-      pool.on("error", () => {})
-      return pool
-    })
+    const pools = openPools(databases)
     const spans: Array<string> = []
     const tracer = Tracer.make({
       span(options) {

@@ -3,7 +3,7 @@
  * (`soak/soak.ts`, outside Vitest: this module imports nothing of it) need to restart, freeze and
  * cut PostgreSQL without disturbing anyone else.
  */
-import type pg from "pg"
+import pg from "pg"
 import { channelName } from "../../src/Channel.js"
 import * as Placement from "../../src/Placement.js"
 import { postmasterPid, signalServer, startEmbeddedPostgres } from "../setup/embedded.js"
@@ -112,4 +112,32 @@ export const namespaceHome = (
   const names = Placement.decodeServersSync(pools, Placement.poolSettings).map((s) => s.name)
   const placement = Placement.make(names)
   return (nsp) => placement.indexOf(channelName(channelPrefix, nsp))
+}
+
+/**
+ * A pool of 4 connections on each server, its idle connections' errors ignored (tests stop and
+ * freeze servers on purpose); each is added to `opened`, for the suite to end.
+ */
+export const openPools = (
+  databases: ReadonlyArray<PrivatePostgres>,
+  opened?: Array<pg.Pool>,
+): Array<pg.Pool> =>
+  databases.map((db) => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 4 })
+    pool.on("error", () => {})
+    opened?.push(pool)
+    return pool
+  })
+
+/**
+ * A connection of its own that LISTENs on `channels` of a server and records the channel of every
+ * notification it hears, in order; the caller ends `client`.
+ */
+export const listenOn = async (db: PrivatePostgres, channels: ReadonlyArray<string>) => {
+  const client = new pg.Client({ connectionString: db.url })
+  await client.connect()
+  const heard: Array<string> = []
+  client.on("notification", (n) => heard.push(n.channel))
+  for (const channel of channels) await client.query(`LISTEN "${channel}"`)
+  return { client, heard }
 }
