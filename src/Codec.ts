@@ -78,20 +78,34 @@ const encoder = new Encoder({ ignoreUndefined: true, initialBufferSize: 64 * 102
 
 const MAX_BIGINT = 2n ** 63n - 1n
 
+/** Depth from which `hasBinary` remembers what it visited: shallower, no cycle can hide. */
+const CYCLE_DEPTH = 32
+
 /** True when `value` holds a Buffer, ArrayBuffer or typed array at any depth. */
-export const hasBinary = (value: unknown, seen?: Set<object>): boolean => {
+export const hasBinary = (value: unknown): boolean => binaryIn(value, 0, undefined)
+
+// Every published message is walked: the set that guards against cycles is only made for deep
+// values (a cycle gets deep), not for each message.
+const binaryIn = (value: unknown, depth: number, seen: Set<object> | undefined): boolean => {
   if (value === null || typeof value !== "object") return false
   if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) return true
-  const visited = seen ?? new Set<object>()
-  if (visited.has(value)) return false
-  visited.add(value)
-  if (Array.isArray(value)) return value.some((item) => hasBinary(item, visited))
+  let visited = seen
+  if (depth >= CYCLE_DEPTH) {
+    visited ??= new Set<object>()
+    if (visited.has(value)) return false
+    visited.add(value)
+  }
+  const next = depth + 1
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) if (binaryIn(value[i], next, visited)) return true
+    return false
+  }
   const toJSON = (value as { toJSON?: unknown }).toJSON
-  if (typeof toJSON === "function") return hasBinary(toJSON.call(value), visited)
+  if (typeof toJSON === "function") return binaryIn(toJSON.call(value), next, visited)
   for (const key in value) {
     if (
       Object.prototype.hasOwnProperty.call(value, key) &&
-      hasBinary((value as Record<string, unknown>)[key], visited)
+      binaryIn((value as Record<string, unknown>)[key], next, visited)
     ) {
       return true
     }

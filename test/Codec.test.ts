@@ -194,6 +194,18 @@ describe("Codec.encode with binary data", () => {
     assert.isTrue(Codec.hasBinary(cyclic))
   })
 
+  it("finds binary deeper than where it starts guarding against cycles, and cycles that start deep", () => {
+    const nest = (depth: number, leaf: unknown): unknown =>
+      depth === 0 ? leaf : depth % 2 === 0 ? [nest(depth - 1, leaf)] : { in: nest(depth - 1, leaf) }
+    assert.isTrue(Codec.hasBinary(nest(100, new Uint8Array([1]))))
+    assert.isFalse(Codec.hasBinary(nest(100, "text")))
+    const ring: Array<unknown> = []
+    ring.push(nest(50, ring))
+    assert.isFalse(Codec.hasBinary(nest(50, ring)))
+    ring.push(Buffer.from("x"))
+    assert.isTrue(Codec.hasBinary(nest(50, ring)))
+  })
+
   it("sends a message holding binary at any depth, in any message type, as an attachment, whatever the threshold", () => {
     fc.assert(
       fc.property(

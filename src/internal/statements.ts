@@ -62,7 +62,8 @@ export const ID_MARKER = "9223372036854775807"
  * so writers never deadlock on lock order.
  */
 export const runEnd = (items: ReadonlyArray<Outgoing>, start: number): number => {
-  const seen = new Set<string>()
+  // Payloads seen per channel: the payload strings are keys as they are, hashed once each.
+  const seen = new Map<string, Set<string>>()
   let nsp: string | undefined
   let end = start
   for (; end < items.length; end++) {
@@ -73,9 +74,10 @@ export const runEnd = (items: ReadonlyArray<Outgoing>, start: number): number =>
       continue
     }
     if (item.encoded?._tag !== "Inline") continue
-    const key = `${item.channel}\u0000${item.encoded.payload}`
-    if (seen.has(key)) break
-    seen.add(key)
+    let payloads = seen.get(item.channel)
+    if (payloads === undefined) seen.set(item.channel, (payloads = new Set()))
+    else if (payloads.has(item.encoded.payload)) break
+    payloads.add(item.encoded.payload)
   }
   return end
 }
