@@ -5,7 +5,7 @@
  *
  * @since 0.1.0
  */
-import { decode as msgpackDecode, Encoder } from "@msgpack/msgpack"
+import { Decoder, Encoder } from "@msgpack/msgpack"
 import * as Result from "effect/Result"
 import { MAX_NOTIFY_BYTES } from "./AdapterConfig.js"
 import * as Protocol from "./Protocol.js"
@@ -73,8 +73,10 @@ export type Encoded =
       readonly header: (id: string) => string
     }
 
-// One encoder for the process: its buffer grows once instead of once per message.
+// One encoder for the process: its buffer grows once instead of once per message. One decoder too
+// (the package's `decode` makes one per call); both are safe to re-enter.
 const encoder = new Encoder({ ignoreUndefined: true, initialBufferSize: 64 * 1024 })
+const decoder = new Decoder()
 
 const MAX_BIGINT = 2n ** 63n - 1n
 
@@ -198,8 +200,11 @@ const pack = (
     nsp: message.nsp,
     requestId: typeof requestId === "string" ? requestId : undefined,
   }).slice(0, -1)
-  const base64 = (): string =>
-    Buffer.from(encoder.encode(viewArrayBuffers(rest, new Map()))).toString("base64")
+  const base64 = (): string => {
+    // A view of the encoder's buffer, read at once: no copy of the bytes before base64.
+    const bytes = encoder.encodeSharedRef(viewArrayBuffers(rest, new Map()))
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64")
+  }
   if (json === undefined || typeof offset === "string") {
     const text = base64()
     // `offset` last: its placeholder is found from the end (see splitAtOffsetPlaceholder).
@@ -262,7 +267,9 @@ export const unpack = (
         ? Result.succeed(parsed as WireMessage)
         : Result.fail("packed message does not hold a cluster message")
   } else {
-    decoded = decodeAttachment(Buffer.from(text, "base64"))
+    const bytes = fromBase64(text)
+    if (bytes === undefined) return Result.fail("packed message is not base64")
+    decoded = decodeAttachment(bytes)
   }
   if (Result.isFailure(decoded)) {
     return Result.fail(`packed ${decoded.failure.replace(/^attachment /, "message ")}`)
@@ -283,7 +290,7 @@ export const encodePacketData = (data: ReadonlyArray<unknown>): Uint8Array =>
 export const decodePacketData = (bytes: Uint8Array): Result.Result<Array<unknown>, string> => {
   let decoded: unknown
   try {
-    decoded = msgpackDecode(bytes)
+    decoded = decoder.decode(bytes)
   } catch (e) {
     return Result.fail(`stored packet is not msgpack: ${(e as Error).message}`)
   }
@@ -408,7 +415,21 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
   return Result.succeed({ _tag: "Inline", message: parsed as WireMessage })
 }
 
-const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/
+// A part's slice of base64 text (its length need not be a multiple of 4).
+const BASE64_CHARS = /^[A-Za-z0-9+/]*={0,2}$/
+
+/**
+ * The bytes of a base64 text, `undefined` when it is not one. Node's decoder skips characters
+ * outside its alphabet and stops at padding, so such a text decodes to fewer bytes than its length
+ * promises: checked by the length, not by a regular expression over the text (which cost more than
+ * decoding it). Base64url's `-` and `_` decode as `+` and `/`.
+ */
+export const fromBase64 = (text: string): Buffer | undefined => {
+  if (text.length % 4 !== 0) return undefined
+  const bytes = Buffer.from(text, "base64")
+  const padding = text.endsWith("==") ? 2 : text.endsWith("=") ? 1 : 0
+  return bytes.length === (text.length / 4) * 3 - padding ? bytes : undefined
+}
 
 // A whole packed message.
 const decodePacked = (
@@ -416,7 +437,7 @@ const decodePacked = (
   uid: string,
 ): Result.Result<Notification, string> => {
   const { mp } = parsed
-  if (typeof mp !== "string" || !BASE64.test(mp)) return Result.fail("mp is not base64")
+  if (typeof mp !== "string") return Result.fail("mp is not a string")
   const message = unpack(mp, { uid, offset: parsed.offset })
   return Result.map(message, (m): Notification => ({ _tag: "Inline", message: m }))
 }
@@ -444,7 +465,7 @@ const decodePart = (
     return Result.fail("part/parts are not a part of a packed message")
   }
   if (enc !== "j" && enc !== "m") return Result.fail("enc is not j or m")
-  if (enc === "m" && !BASE64.test(text)) return Result.fail("part is not base64")
+  if (enc === "m" && !BASE64_CHARS.test(text)) return Result.fail("part is not base64")
   if (!Object.hasOwn(Protocol.members, type)) return Result.fail(`unknown message type ${type}`)
   return Result.succeed({
     _tag: "Part",
@@ -464,7 +485,7 @@ const decodePart = (
 export const decodeAttachment = (bytes: Uint8Array): Result.Result<WireMessage, string> => {
   let decoded: unknown
   try {
-    decoded = msgpackDecode(bytes)
+    decoded = decoder.decode(bytes)
   } catch (e) {
     return Result.fail(`attachment is not msgpack: ${(e as Error).message}`)
   }

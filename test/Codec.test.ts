@@ -479,6 +479,34 @@ describe("Codec.decodeNotification", () => {
   })
 })
 
+describe("Codec.fromBase64", () => {
+  // What it accepts, as a grammar: base64 (or base64url) in groups of 4, padded at the end only.
+  const strict = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}==|[A-Za-z0-9+/_-]{3}=)?$/
+
+  it("accepts exactly the texts of base64's grammar, whatever else they hold", () => {
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_==="
+    const char = fc.constantFrom(...alphabet.split(""), " ", "\n", "!", "é", "\u0000", ".", '"')
+    fc.assert(
+      fc.property(fc.array(char, { maxLength: 24 }), (chars) => {
+        const text = chars.join("")
+        assert.strictEqual(Codec.fromBase64(text) !== undefined, strict.test(text), text)
+      }),
+      { numRuns: 20_000 },
+    )
+  })
+
+  it("gives back the bytes that were encoded", () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 256 }), (bytes) => {
+        assert.deepStrictEqual(
+          Codec.fromBase64(Buffer.from(bytes).toString("base64")),
+          Buffer.from(bytes),
+        )
+      }),
+    )
+  })
+})
+
 describe("Codec.decodeAttachment", () => {
   it("rejects bytes that are not msgpack of a cluster message, without throwing", () => {
     assert.isTrue(Result.isFailure(Codec.decodeAttachment(new Uint8Array([0xc1]))))
