@@ -1,0 +1,40 @@
+/**
+ * Smoke test of `npm run bench:hops`: a tiny run against the tests' database (and the machine's
+ * Redis when one answers) writes its results. Times are not asserted: benchmarks measure them.
+ */
+import { mkdtemp, readFile, rm } from "node:fs/promises"
+import * as os from "node:os"
+import * as path from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import { databaseUrl } from "./utils/postgres.js"
+import { runScript } from "./utils/scripts.js"
+
+describe("npm run bench:hops", () => {
+  let out: string | undefined
+
+  afterAll(async () => {
+    if (out !== undefined) await rm(out, { recursive: true, force: true })
+  })
+
+  it("times a hop and a round trip on PostgreSQL and writes them", async () => {
+    out = await mkdtemp(path.join(os.tmpdir(), "bench-hops-"))
+    const file = path.join(out, "hops.json")
+    const { code, stdout, stderr } = await runScript(
+      "bench/hops.ts",
+      ["--count", "20", "--out", file],
+      {
+        env: { ...process.env, DATABASE_URL: databaseUrl() },
+      },
+    )
+    expect(code, stderr).toBe(0)
+    expect(stdout).toContain("PostgreSQL NOTIFY")
+    const json = JSON.parse(await readFile(file, "utf8"))
+    const [postgres] = json.results
+    expect(postgres.name).toBe("PostgreSQL NOTIFY")
+    for (const figure of [postgres.hop.p50, postgres.roundTrip.p50]) {
+      expect(figure).toBeGreaterThan(0)
+    }
+    // Redis is measured beside it when one answers, else the run says it skipped it.
+    if (json.results.length === 1) expect(stderr).toContain("skipped")
+  }, 120_000)
+})
