@@ -180,8 +180,8 @@ export class PostgresAdapter extends ClusterAdapter {
     return this.#node.publish(message as Body).then(() => "")
   }
 
-  protected override doPublishResponse(_uid: string, response: ClusterResponse): Promise<void> {
-    return this.#node.publish(response as Body)
+  protected override doPublishResponse(uid: string, response: ClusterResponse): Promise<void> {
+    return asking.answer(this.#node.asking, uid, response as Body)
   }
 
   // This server's sockets, through the in-memory adapter, and ClusterAdapter's own handling of

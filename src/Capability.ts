@@ -7,8 +7,9 @@
  *
  * From the heartbeats it hears, a node knows, per namespace, whether every node seen there is ours
  * ({@link Peers}), and across its namespaces whether every node seen in the cluster is
- * ({@link Capabilities}). Features that need every node to be ours (server-level membership; later
- * inline binary, per-node response channels) ask these, and fall back to 0.5.0's wire otherwise.
+ * ({@link Capabilities}). Features that need every node to be ours (server-level membership, the
+ * packed wire) ask these, and fall back to 0.5.0's wire otherwise. (Answers on the asker's private
+ * channel need no such knowledge: the request says it, see `internal/replies.ts`.)
  *
  * @since 0.6.0
  */

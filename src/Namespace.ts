@@ -26,6 +26,7 @@ import { makeSkipLogger } from "./internal/inbox.js"
 import { Outbox } from "./internal/outbox.js"
 import { type PlaceRoom, PlacedOutboxes } from "./internal/placed.js"
 import { type NamespaceRecovery, recoveryOf } from "./internal/recovering.js"
+import { Replies } from "./internal/replies.js"
 import type { RoomChannels } from "./internal/rooms.js"
 import { makeReporter, type Runner } from "./internal/runner.js"
 import * as Protocol from "./Protocol.js"
@@ -84,6 +85,11 @@ export interface ListenStatus {
   readonly backendPid: number | undefined
   /** The room channels listened on now; only in the dynamic subscription modes, while open. */
   readonly roomChannels?: ReadonlyArray<string>
+  /**
+   * Whether the node's private channel is listened on: its requests then ask nodes of ours to
+   * answer there, where only it hears them, instead of on the namespace's channel.
+   */
+  readonly privateChannel: boolean
 }
 
 /** How a namespace keeps its members now, as {@link NamespaceNode.membershipStatus} tells it. */
@@ -137,9 +143,12 @@ export class NamespaceNode {
       ...options,
       requests: this.#requests,
       nodes: () => this.#membership?.nodes() ?? [],
-      publish: (body) => void this.publish(body),
+      publish: (body) => this.publish(body),
       closed: () => this.#closed,
       traced: () => this.#outbox.traced,
+      answersHere: () => this.#watch.answersHere(),
+      replies: new Replies(Duration.toMillis(config.requestsTimeout)),
+      sendOn: (channel, wire) => this.#outbox.send(wire, undefined, channel),
     }
     this.#recovery = recoveryOf({
       ...options,
@@ -178,15 +187,12 @@ export class NamespaceNode {
     )
     this.#membership = membership
     yield* listen({
-      ...this.options,
+      ...this.asking,
       channel: this.channel,
       membership,
-      requests: this.#requests,
       recovery: this.#recovery,
-      publish: (body) => void this.publish(body),
       onSkipped: this.#log.skip,
       warn: this.#log.warn,
-      closed: () => this.#closed,
       watch: this.#watch,
     })
     return yield* Effect.never

@@ -178,10 +178,19 @@ export const DisconnectSockets = Schema.Struct({
   data: Schema.Struct({ opts: Opts, close: Schema.optional(Schema.Boolean) }),
 })
 
+/**
+ * `1` on a request by a node of ours that listens on its private channel: nodes of ours answer it
+ * there, where only the asker hears it, instead of on the namespace's channel (see
+ * `internal/replies.ts`). 0.5.0 ignores it; another number (a later version's) is answered on the
+ * namespace's channel, not dropped.
+ */
+const reply = Schema.optional(Schema.Number)
+
 /** A request for the matching sockets; each node answers with a `FETCH_SOCKETS_RESPONSE`. */
 export const FetchSockets = Schema.Struct({
   ...from(MessageType.FETCH_SOCKETS),
   data: Schema.Struct({ opts: Opts, requestId: Schema.String }),
+  reply,
 })
 
 /** One node's answer to a `FETCH_SOCKETS`. */
@@ -197,6 +206,7 @@ export const ServerSideEmit = Schema.Struct({
     requestId: Schema.optional(Schema.String),
     packet: nonEmpty(Schema.Unknown),
   }),
+  reply,
 })
 
 /** A server-side event's packet: its name first, then its arguments (as Socket.IO gives it). */

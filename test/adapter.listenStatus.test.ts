@@ -48,6 +48,7 @@ describe("PostgresAdapter#listenStatus", () => {
 
   it("names the LISTEN connection's backend once the channel is listened on", async () => {
     await cluster.nodes[0]!.adapter("/").ready
+    await eventually(() => status().privateChannel, { message: "private channel listened on" })
     const { listening, backendPid } = status()
     expect(listening).toBe(true)
     expect(backendPid).toBeTypeOf("number")
@@ -78,16 +79,28 @@ describe("PostgresAdapter#listenStatus", () => {
       timeout: 10_000,
       message: "reported down",
     })
+    // Its requests then get their answers on the namespace's channel.
+    expect(status().privateChannel).toBe(false)
     proxy.restore()
-    await eventually(() => status().listening && status().backendPid !== undefined, {
-      timeout: 15_000,
-      message: "listening again",
-    })
+    await eventually(
+      () => {
+        const now = status()
+        return now.listening && now.backendPid !== undefined && now.privateChannel
+      },
+      {
+        timeout: 15_000,
+        message: "listening again",
+      },
+    )
   })
 
   it("is not listening once the server is closed", async () => {
     const adapter = cluster.nodes[0]!.adapter("/")
     await cluster.closeNode(cluster.nodes[0]!)
-    expect(adapter.listenStatus()).toEqual({ listening: false, backendPid: undefined })
+    expect(adapter.listenStatus()).toEqual({
+      listening: false,
+      backendPid: undefined,
+      privateChannel: false,
+    })
   })
 })

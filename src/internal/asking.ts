@@ -12,11 +12,17 @@ import type * as AdapterConfig from "../AdapterConfig.js"
 import type { Local } from "../Namespace.js"
 import * as Protocol from "../Protocol.js"
 import type { Requests } from "../Requests.js"
+import type * as Codec from "../Codec.js"
+import { privateChannelName } from "../Channel.js"
+import type { Replies } from "./replies.js"
 import type { Runner } from "./runner.js"
 
 const { MessageType } = Protocol
 
-/** What a request of a node needs. */
+/**
+ * What a request of a node needs, and its answers to other nodes' requests; the node's receiving
+ * side (`internal/inbound.ts`) is built from the same (requests, publish, closed, replies).
+ */
 export interface Asking {
   readonly nsp: string
   readonly runner: Runner
@@ -25,7 +31,8 @@ export interface Asking {
   readonly requests: Requests
   /** The other nodes of the namespace now: one answer is awaited from each. */
   readonly nodes: () => ReadonlyArray<string>
-  readonly publish: (body: Protocol.Body) => void
+  /** Publishes on the namespace's channel; never rejects. */
+  readonly publish: (body: Protocol.Body) => Promise<void>
   /** Whether the node closed: a request that ends unanswered then says so. */
   readonly closed: () => boolean
   /**
@@ -33,7 +40,34 @@ export interface Asking {
    * skip the fibers, as publishes do (see `Outbox`).
    */
   readonly traced: () => boolean
+  /**
+   * Whether the node listens on its private channel now: its requests then ask for their answers
+   * there (see `internal/replies.ts`).
+   */
+  readonly answersHere: () => boolean
+  /** The other nodes' requests delivered here that want their answers on a private channel. */
+  readonly replies: Replies
+  /** Publishes a message of this node on another channel of its namespace's server. */
+  readonly sendOn: (channel: string, wire: Codec.WireMessage) => Promise<void>
+  readonly uid: string
 }
+
+/**
+ * Answers another node's request (socket.io-adapter's `doPublishResponse`): on that node's private
+ * channel when its request asked for it (see `internal/replies.ts`), else on the namespace's
+ * channel. Never rejects.
+ */
+export const answer = (asking: Asking, uid: string, response: Protocol.Body): Promise<void> => {
+  const requestId = (response as { readonly data?: { readonly requestId?: unknown } }).data
+    ?.requestId
+  if (asking.closed() || !asking.replies.take(requestId)) return asking.publish(response)
+  const wire = Protocol.message(asking.uid, asking.nsp, response)
+  return asking.sendOn(privateChannelName(asking.config.channelPrefix, uid), wire)
+}
+
+// The mark of a request whose answers may come on the asker's private channel.
+const replyOf = (asking: Asking): { readonly reply?: 1 } =>
+  asking.answersHere() ? { reply: 1 } : {}
 
 /** An acknowledgement as socket.io-adapter passes it last to `serverSideEmit`. */
 type Acknowledgement = (error: Error | null, responses: ReadonlyArray<unknown>) => void
@@ -54,7 +88,7 @@ export const serverSideEmit = (asking: Asking, packet: Array<unknown>): void => 
   // Socket.IO gives the event's name first.
   const args = packet as unknown as Protocol.ServerSidePacket
   if (ack === undefined)
-    return asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { packet: args } })
+    return void asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { packet: args } })
   if (!asking.traced()) {
     return asking.requests.unsafeRequest(
       {
@@ -62,7 +96,11 @@ export const serverSideEmit = (asking: Asking, packet: Array<unknown>): void => 
         nodes: asking.nodes(),
         timeoutMillis: Duration.toMillis(asking.config.requestsTimeout),
         send: (requestId) =>
-          asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { requestId, packet: args } }),
+          asking.publish({
+            type: MessageType.SERVER_SIDE_EMIT,
+            data: { requestId, packet: args },
+            ...replyOf(asking),
+          }),
       },
       ({ missing, responses }) => ack(missing > 0 ? unanswered(asking, missing) : null, responses),
     )
@@ -75,9 +113,14 @@ export const serverSideEmit = (asking: Asking, packet: Array<unknown>): void => 
 }
 
 // What a node asks the others for `fetchSockets`.
-const fetchQuestion = (opts: BroadcastOptions, requestId: string): Protocol.Body => ({
+const fetchQuestion = (
+  asking: Asking,
+  opts: BroadcastOptions,
+  requestId: string,
+): Protocol.Body => ({
   type: MessageType.FETCH_SOCKETS,
   data: { opts: Protocol.encodeOpts(opts), requestId },
+  ...replyOf(asking),
 })
 
 const localOnly = (opts: BroadcastOptions): BroadcastOptions => ({
@@ -97,7 +140,7 @@ const fetchDirect = async (asking: Asking, opts: BroadcastOptions): Promise<Arra
         answer: MessageType.FETCH_SOCKETS_RESPONSE,
         nodes: asking.nodes(),
         timeoutMillis: timeout ?? Duration.toMillis(asking.config.requestsTimeout),
-        send: (requestId) => asking.publish(fetchQuestion(opts, requestId)),
+        send: (requestId) => asking.publish(fetchQuestion(asking, opts, requestId)),
       },
       ({ missing, responses }) =>
         missing > 0 ? reject(unanswered(asking, missing)) : resolve([...here, ...responses]),
@@ -116,7 +159,7 @@ const fetchAll = Effect.fn("PostgresAdapter.fetchSockets")(function* (
     answer: MessageType.FETCH_SOCKETS_RESPONSE,
     nodes: asking.nodes(),
     timeout: timeout === undefined ? asking.config.requestsTimeout : Duration.millis(timeout),
-    send: (requestId) => Effect.sync(() => asking.publish(fetchQuestion(opts, requestId))),
+    send: (requestId) => Effect.sync(() => asking.publish(fetchQuestion(asking, opts, requestId))),
   })
   yield* Effect.annotateCurrentSpan({ nsp: asking.nsp, missing })
   return { sockets: [...here, ...responses], missing }
@@ -132,7 +175,11 @@ const emitWithAck = Effect.fn("PostgresAdapter.serverSideEmitWithAck")(function*
     timeout: asking.config.requestsTimeout,
     send: (requestId) =>
       Effect.sync(() =>
-        asking.publish({ type: MessageType.SERVER_SIDE_EMIT, data: { requestId, packet } }),
+        asking.publish({
+          type: MessageType.SERVER_SIDE_EMIT,
+          data: { requestId, packet },
+          ...replyOf(asking),
+        }),
       ),
   })
   yield* Effect.annotateCurrentSpan({ nsp: asking.nsp, missing: result.missing })

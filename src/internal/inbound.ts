@@ -10,6 +10,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type { ClusterConfig } from "../AdapterConfig.js"
+import { privateChannelName } from "../Channel.js"
 import { AttachmentStore } from "../AttachmentStore.js"
 import type { Membership } from "../Heartbeat.js"
 import { Listener } from "../Listener.js"
@@ -21,6 +22,7 @@ import type { Requests } from "../Requests.js"
 import * as Signing from "../Signing.js"
 import { type Header, makeInbox, verifierOf } from "./inbox.js"
 import type { NamespaceRecovery } from "./recovering.js"
+import type { Replies } from "./replies.js"
 import type { RoomChannels } from "./rooms.js"
 
 const { MessageType } = Protocol
@@ -52,6 +54,8 @@ export interface InboundOptions {
   readonly watch: ListenWatch
   /** The namespace's room channels (dynamic subscription modes): fed into this same path. */
   readonly rooms?: RoomChannels | undefined
+  /** The requests delivered here that want their answers on the asker's private channel. */
+  readonly replies?: Replies | undefined
 }
 
 /**
@@ -82,6 +86,18 @@ export const listen = (
         recovery?.lost()
       },
     })
+    // The node's private channel, where nodes of ours answer its requests (internal/replies.ts).
+    const own = privateChannelName(options.config.channelPrefix, options.uid)
+    if (options.rooms !== undefined) watch.answersHere = options.rooms.keep(own)
+    else {
+      let listening = false
+      watch.answersHere = () => listening
+      yield* listener.subscribe(own, {
+        onNotification: inbound.roomReceiver(own),
+        onListen: () => (listening = true),
+        onLost: () => (listening = false),
+      })
+    }
     if (options.rooms !== undefined) yield* options.rooms.start(inbound, () => watch.waits())
   })
 
@@ -96,6 +112,8 @@ export class ListenWatch {
   backendPid: () => number | undefined = () => undefined
   /** The namespace's room channels, once the node runs (dynamic subscription modes). */
   rooms: RoomChannels | undefined
+  /** Whether the node's private channel, where its answers may come, is listened on now. */
+  answersHere: () => boolean = () => false
   #resolve: () => void = () => {}
 
   constructor() {
@@ -120,8 +138,12 @@ export class ListenWatch {
   /** What the channel's LISTEN is now; nothing once the node closed. */
   status(closed: boolean): ListenStatus {
     const rooms = this.rooms
-    if (closed) return { listening: false, backendPid: undefined }
-    const status = { listening: this.listening, backendPid: this.backendPid() }
+    if (closed) return { listening: false, backendPid: undefined, privateChannel: false }
+    const status = {
+      listening: this.listening,
+      backendPid: this.backendPid(),
+      privateChannel: this.answersHere(),
+    }
     return rooms === undefined ? status : { ...status, roomChannels: rooms.listened() }
   }
 }
@@ -238,6 +260,7 @@ export class Inbound {
       case MessageType.SERVER_SIDE_EMIT_RESPONSE:
         return requests.answer(message)
     }
+    this.options.replies?.note(message)
     // Emitters before ours send no nsp: the channel tells the namespace.
     const full = message.nsp === undefined ? { ...message, nsp } : message
     if (recovery !== undefined) return recovery.deliver(full)

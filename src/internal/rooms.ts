@@ -186,6 +186,9 @@ class Subscriptions {
 
 /** The room channels of a namespace node (dynamic subscription modes). */
 export class RoomChannels extends Subscriptions {
+  /** The node's own channels kept for its lifetime, by name. */
+  readonly #kept = new Map<string, Entry>()
+
   /** Follows the rooms of a namespace's adapter (its `create-room` and `delete-room`). */
   attach(adapter: RoomEvents): void {
     adapter.on("create-room", (room) => this.created(room))
@@ -220,9 +223,15 @@ export class RoomChannels extends Subscriptions {
    * is listened on now.
    */
   keep(channel: string): () => boolean {
-    const entry = this.add(Symbol(channel), channel, false)
+    // One LISTEN per channel, however many ask (recovery's fences and the node's answers).
+    let entry = this.#kept.get(channel)
+    if (entry === undefined) {
+      entry = this.add(Symbol(channel), channel, false)
+      this.#kept.set(channel, entry)
+    }
     entry.holds++
-    return () => entry.listened
+    const kept = entry
+    return () => kept.listened
   }
 
   /**
