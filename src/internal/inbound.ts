@@ -55,7 +55,7 @@ export interface InboundOptions {
   /** The namespace's room channels (dynamic subscription modes): fed into this same path. */
   readonly rooms?: RoomChannels | undefined
   /** The requests delivered here that want their answers on the asker's private channel. */
-  readonly replies?: Replies | undefined
+  readonly replies: Replies
 }
 
 /**
@@ -87,9 +87,13 @@ export const listen = (
       },
     })
     // The node's private channel, where nodes of ours answer its requests (internal/replies.ts).
+    // In the dynamic modes it is one of the node's room-like channels (LISTENed once, recovery
+    // keeps it too).
     const own = privateChannelName(options.config.channelPrefix, options.uid)
-    if (options.rooms !== undefined) watch.answersHere = options.rooms.keep(own)
-    else {
+    if (options.rooms !== undefined) {
+      watch.answersHere = options.rooms.keep(own)
+      yield* options.rooms.start(inbound, () => watch.waits())
+    } else {
       let listening = false
       watch.answersHere = () => listening
       yield* listener.subscribe(own, {
@@ -98,7 +102,6 @@ export const listen = (
         onLost: () => (listening = false),
       })
     }
-    if (options.rooms !== undefined) yield* options.rooms.start(inbound, () => watch.waits())
   })
 
 /** Whether a namespace's channel is listened on: `ready` the first time, then as it goes. */
@@ -260,7 +263,7 @@ export class Inbound {
       case MessageType.SERVER_SIDE_EMIT_RESPONSE:
         return requests.answer(message)
     }
-    this.options.replies?.note(message)
+    this.options.replies.note(message)
     // Emitters before ours send no nsp: the channel tells the namespace.
     const full = message.nsp === undefined ? { ...message, nsp } : message
     if (recovery !== undefined) return recovery.deliver(full)
