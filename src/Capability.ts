@@ -15,8 +15,11 @@
  */
 import * as Schema from "effect/Schema"
 
-/** The version of our wire extensions this node speaks. 1: server-level membership. */
-export const VERSION = 1
+/**
+ * The version of our wire extensions this node speaks. 1: server-level membership, packed
+ * messages. 2: packed messages may hold deflated JSON (`Codec.encode`).
+ */
+export const VERSION = 2
 
 /** The marker our nodes add to their heartbeats. */
 export const Marker = Schema.Struct({

@@ -6,6 +6,7 @@
  * @since 0.1.0
  */
 import { Decoder, Encoder } from "@msgpack/msgpack"
+import { constants as zlibConstants, deflateRawSync, inflateRawSync } from "node:zlib"
 import * as Result from "effect/Result"
 import { MAX_NOTIFY_BYTES } from "./AdapterConfig.js"
 import * as Protocol from "./Protocol.js"
@@ -57,10 +58,29 @@ export interface Part {
   readonly mid: string
   readonly part: number
   readonly parts: number
-  /** What the joined text is: the message's JSON, or its msgpack in base64. */
-  readonly enc: "j" | "m"
+  /**
+   * What the joined text is: the message's JSON, its msgpack in base64, or its JSON deflated
+   * (raw deflate) in base64.
+   */
+  readonly enc: Encoding
   readonly text: string
 }
+
+/** How the text of a packed message is encoded: JSON, msgpack or deflated JSON (see `encode`). */
+export type Encoding = "j" | "m" | "z"
+
+/**
+ * The version of our wire every node reading a channel speaks (`Capability.VERSION`), as `encode`
+ * uses it: 0 when a node of another kind (0.5.0) reads it, 1 for packed messages, 2 for packed
+ * messages whose JSON is deflated.
+ */
+export type Wire = 0 | 1 | 2
+
+/**
+ * The largest JSON (in UTF-16 units) that is sent deflated, and the most bytes a deflated text may
+ * inflate to: a small notification cannot make a receiver inflate more (a deflate bomb).
+ */
+export const MAX_INFLATED_BYTES = 16 * 1024 * 1024
 
 /** How a message is to be sent. */
 export type Encoded =
@@ -120,17 +140,19 @@ export const MAX_PARTS = 1024
 
 /**
  * Decides how a message travels: inline JSON when it holds no binary and its JSON is at most
- * `min(threshold, 7999 - overhead)` bytes. Otherwise, with `packed` (every node of the cluster is
- * ours), packed: msgpack as base64 in the notification, in several parts when it does not fit in
- * one (not for a stored broadcast, whose offset goes in one notification). Otherwise msgpack into
- * the attachments table with a JSON header, as 0.5.0 reads it. `overhead`: bytes something (a
- * signature envelope) will add in front of each payload.
+ * `min(threshold, 7999 - overhead)` bytes. Otherwise, with `wire` 1 or more (every node of the
+ * cluster is ours), packed in the notifications: msgpack (with binary) or, from `wire` 2, the JSON
+ * deflated, as base64, alone when it fits in one notification, else in several parts (or, for a
+ * JSON that deflating would not shrink and at `wire` 1, the JSON itself in parts). A stored
+ * broadcast, whose offset goes in one notification, is packed only when it fits in one. Otherwise
+ * msgpack into the attachments table with a JSON header, as 0.5.0 reads it. `overhead`: bytes
+ * something (a signature envelope) will add in front of each payload.
  */
 export const encode = (
   message: WireMessage,
   threshold: number,
   overhead = 0,
-  packed = false,
+  wire: Wire = 0,
 ): Encoded => {
   const max = MAX_NOTIFY_BYTES - overhead
   const limit = Math.min(threshold, max)
@@ -142,8 +164,8 @@ export const encode = (
       return { _tag: "Inline", payload: json }
     }
   }
-  if (packed) {
-    const encoded = pack(message, json, limit, max)
+  if (wire >= 1) {
+    const encoded = pack(message, json, limit, max, wire >= 2)
     if (encoded !== undefined) return encoded
   }
   const bytes = encoder.encode(viewArrayBuffers(message, new Map()))
@@ -178,17 +200,28 @@ export const encode = (
 
 let lastMid = 0
 
+// The JSON of a message deflated, in base64; `undefined` when that is not shorter than the JSON
+// (text that is already dense, like base64 strings) or the JSON is too long to be inflated back.
+const deflated = (json: string): string | undefined => {
+  if (json.length > MAX_INFLATED_BYTES / 3 && Buffer.byteLength(json) > MAX_INFLATED_BYTES) {
+    return undefined
+  }
+  const text = deflateRawSync(json, { level: zlibConstants.Z_BEST_SPEED }).toString("base64")
+  return text.length < json.length ? text : undefined
+}
+
 // A packed message: its header (what receivers need before decoding it: uid first, type, nsp, the
-// request an answer is for), then the message. Alone: msgpack in base64 in the header's `mp`. In
-// parts: each part is the header with `mid`, `part`, `parts` and `enc`, a newline, and a slice of
-// the text (the message's JSON as it is, which holds no raw newline, or its msgpack in base64).
-// `undefined` when it takes the table instead: a stored broadcast too large for one notification,
-// a namespace name of kilobytes, more than MAX_PARTS parts.
+// request an answer is for), then the message. Alone: its text (msgpack in base64 in `mp`, or its
+// JSON deflated in base64 in `mz`) in the header. In parts: each part is the header with `mid`,
+// `part`, `parts` and `enc`, a newline, and a slice of the text (or of the message's JSON as it is,
+// which holds no raw newline). `undefined` when it takes the table instead: a stored broadcast too
+// large for one notification, a namespace name of kilobytes, more than MAX_PARTS parts.
 const pack = (
   message: WireMessage,
   json: string | undefined,
   limit: number,
   max: number,
+  deflate: boolean,
 ): Encoded | undefined => {
   const { offset, ...rest } = message
   const requestId = Protocol.isResponse(message.type)
@@ -200,28 +233,32 @@ const pack = (
     nsp: message.nsp,
     requestId: typeof requestId === "string" ? requestId : undefined,
   }).slice(0, -1)
-  const base64 = (): string => {
-    // A view of the encoder's buffer, read at once: no copy of the bytes before base64.
-    const bytes = encoder.encodeSharedRef(viewArrayBuffers(rest, new Map()))
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64")
+  const stored = typeof offset === "string"
+  // The offset travels in the header, not in the text (see withOffsetPlaceholder).
+  const zipped =
+    json !== undefined && deflate ? deflated(stored ? JSON.stringify(rest) : json) : undefined
+  if (json !== undefined && zipped === undefined && !stored) {
+    return split(head, Buffer.from(json), "j", max)
   }
-  if (json === undefined || typeof offset === "string") {
-    const text = base64()
-    // `offset` last: its placeholder is found from the end (see splitAtOffsetPlaceholder).
-    const tail = typeof offset === "string" ? `,"offset":${JSON.stringify(offset)}}` : "}"
-    const whole = `${head},"mp":"${text}"${tail}`
-    // Base64 is ASCII: only the header may hold wider characters.
-    if (whole.length + Buffer.byteLength(head) - head.length <= limit) {
-      return { _tag: "Inline", payload: whole }
-    }
-    if (typeof offset === "string") return undefined
-    return split(head, Buffer.from(text, "latin1"), "m", max)
+  const enc = zipped === undefined ? "m" : "z"
+  // A view of the encoder's buffer, read at once: no copy of the bytes before base64.
+  const bytes =
+    zipped === undefined ? encoder.encodeSharedRef(viewArrayBuffers(rest, new Map())) : undefined
+  const text =
+    zipped ?? Buffer.from(bytes!.buffer, bytes!.byteOffset, bytes!.byteLength).toString("base64")
+  // `offset` last: its placeholder is found from the end (see splitAtOffsetPlaceholder).
+  const tail = stored ? `,"offset":${JSON.stringify(offset)}}` : "}"
+  const whole = `${head},"${enc === "m" ? "mp" : "mz"}":"${text}"${tail}`
+  // Base64 is ASCII: only the header may hold wider characters.
+  if (whole.length + Buffer.byteLength(head) - head.length <= limit) {
+    return { _tag: "Inline", payload: whole }
   }
-  return split(head, Buffer.from(json), "j", max)
+  if (stored) return undefined
+  return split(head, Buffer.from(text, "latin1"), enc, max)
 }
 
 // The parts of a packed message's text (as UTF-8), cut between characters.
-const split = (head: string, bytes: Buffer, enc: "j" | "m", max: number): Encoded | undefined => {
+const split = (head: string, bytes: Buffer, enc: Encoding, max: number): Encoded | undefined => {
   const mid = (++lastMid).toString(36)
   const frame = (part: number, parts: number) =>
     `${head},"mid":"${mid}","part":${part},"parts":${parts},"enc":"${enc}"}\n`
@@ -247,29 +284,24 @@ const split = (head: string, bytes: Buffer, enc: "j" | "m", max: number): Encode
 }
 
 /**
- * The message of a packed notification (`mp`, or parts in base64 joined) or of JSON parts joined,
- * with the header's offset (stored broadcasts); `Failure` of a reason when it is not one.
+ * The message of a packed notification (`mp` or `mz`, or parts joined), with the header's offset
+ * (stored broadcasts); `Failure` of a reason when it is not one.
  */
 export const unpack = (
   text: string,
-  header: { readonly uid: string; readonly offset?: unknown; readonly enc?: "j" | "m" },
+  header: { readonly uid: string; readonly offset?: unknown; readonly enc?: Encoding },
 ): Result.Result<WireMessage, string> => {
   let decoded: Result.Result<WireMessage, string>
-  if (header.enc === "j") {
-    let parsed: unknown
-    try {
-      parsed = JSON.parse(text)
-    } catch {
-      return Result.fail("packed message is not JSON")
-    }
-    decoded =
-      isRecord(parsed) && typeof parsed.uid === "string" && typeof parsed.type === "number"
-        ? Result.succeed(parsed as WireMessage)
-        : Result.fail("packed message does not hold a cluster message")
-  } else {
+  if (header.enc === "m") {
     const bytes = fromBase64(text)
     if (bytes === undefined) return Result.fail("packed message is not base64")
     decoded = decodeAttachment(bytes)
+  } else if (header.enc === "z") {
+    const json = inflated(text)
+    if (json === undefined) return Result.fail("packed message is not deflated JSON in base64")
+    decoded = jsonMessage(json)
+  } else {
+    decoded = jsonMessage(text)
   }
   if (Result.isFailure(decoded)) {
     return Result.fail(`packed ${decoded.failure.replace(/^attachment /, "message ")}`)
@@ -280,6 +312,29 @@ export const unpack = (
       ? { ...decoded.success, offset: header.offset }
       : decoded.success,
   )
+}
+
+// The JSON text of deflated base64, at most MAX_INFLATED_BYTES; `undefined` when it is not one.
+const inflated = (text: string): string | undefined => {
+  const bytes = fromBase64(text)
+  if (bytes === undefined) return undefined
+  try {
+    return inflateRawSync(bytes, { maxOutputLength: MAX_INFLATED_BYTES }).toString()
+  } catch {
+    return undefined
+  }
+}
+
+const jsonMessage = (text: string): Result.Result<WireMessage, string> => {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    return Result.fail("message is not JSON")
+  }
+  return isRecord(parsed) && typeof parsed.uid === "string" && typeof parsed.type === "number"
+    ? Result.succeed(parsed as WireMessage)
+    : Result.fail("message does not hold a cluster message")
 }
 
 /** The args of a stored packet (connection state recovery), as msgpack. */
@@ -390,7 +445,7 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
   }
   if (nsp !== undefined && typeof nsp !== "string") return Result.fail("nsp is not a string")
   if (newline !== -1) return decodePart(parsed, uid, type, nsp, payload.slice(newline + 1))
-  if (parsed.mp !== undefined) return decodePacked(parsed, uid)
+  if (parsed.mp !== undefined || parsed.mz !== undefined) return decodePacked(parsed, uid)
   if (attachmentId !== undefined) {
     // Not worth a SELECT: a type no node sends.
     if (!Object.hasOwn(Protocol.members, type)) return Result.fail(`unknown message type ${type}`)
@@ -436,9 +491,12 @@ const decodePacked = (
   parsed: Record<string, unknown>,
   uid: string,
 ): Result.Result<Notification, string> => {
-  const { mp } = parsed
-  if (typeof mp !== "string") return Result.fail("mp is not a string")
-  const message = unpack(mp, { uid, offset: parsed.offset })
+  const { mp, mz } = parsed
+  if (mp !== undefined && mz !== undefined) return Result.fail("both mp and mz")
+  const text = mp ?? mz
+  if (typeof text !== "string")
+    return Result.fail(`${mp === undefined ? "mz" : "mp"} is not a string`)
+  const message = unpack(text, { uid, offset: parsed.offset, enc: mp === undefined ? "z" : "m" })
   return Result.map(message, (m): Notification => ({ _tag: "Inline", message: m }))
 }
 
@@ -457,15 +515,15 @@ const decodePart = (
   if (
     !Number.isInteger(parts) ||
     !Number.isInteger(part) ||
-    (parts as number) < 2 ||
+    (parts as number) < 1 ||
     (parts as number) > MAX_PARTS ||
     (part as number) < 0 ||
     (part as number) >= (parts as number)
   ) {
     return Result.fail("part/parts are not a part of a packed message")
   }
-  if (enc !== "j" && enc !== "m") return Result.fail("enc is not j or m")
-  if (enc === "m" && !BASE64_CHARS.test(text)) return Result.fail("part is not base64")
+  if (enc !== "j" && enc !== "m" && enc !== "z") return Result.fail("enc is not j, m or z")
+  if (enc !== "j" && !BASE64_CHARS.test(text)) return Result.fail("part is not base64")
   if (!Object.hasOwn(Protocol.members, type)) return Result.fail(`unknown message type ${type}`)
   return Result.succeed({
     _tag: "Part",

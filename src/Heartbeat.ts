@@ -61,8 +61,11 @@ export interface Membership {
    * `heartbeatTimeout`, or they are down.
    */
   readonly resync: () => void
-  /** Whether every node heard in the namespace is ours (then it sends no heartbeat of its own). */
-  readonly allOurs: () => boolean
+  /**
+   * Whether every node heard in the namespace is ours (then it sends no heartbeat of its own), and
+   * speaks at least version `atLeast` of our extensions.
+   */
+  readonly allOurs: (atLeast?: number) => boolean
   /** The nodes of another kind (0.5.0) heard in the namespace and still members. */
   readonly foreign: () => ReadonlyArray<string>
   /** The marker every heartbeat of this node carries. */
@@ -324,7 +327,7 @@ const trackNamespace = (o: {
       published: () => void (lastPublished = now()),
       nodes: () => [...lastSeen.keys()],
       resync: () => void (resyncAt = now()),
-      allOurs: () => peers.allOurs(),
+      allOurs: (atLeast) => peers.allOurs(atLeast),
       foreign: () => peers.foreign(),
       marker: o.marker,
     }

@@ -18,6 +18,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type { BroadcastOptions, Room } from "socket.io-adapter"
 import { broadcastChannel, channelName } from "./Channel.js"
+import type * as Codec from "./Codec.js"
 import type * as AdapterConfig from "./AdapterConfig.js"
 import { Heartbeat, type Membership } from "./Heartbeat.js"
 import * as asking from "./internal/asking.js"
@@ -101,6 +102,12 @@ export interface MembershipStatus {
   readonly serverLevel: boolean
   /** The uids of the nodes of another kind (0.5.0) heard in the namespace and still members. */
   readonly foreignNodes: ReadonlyArray<string>
+  /**
+   * The wire the namespace's messages take now: 0 for 0.5.0's (a node of another kind is heard),
+   * 1 packed in the notifications, 2 packed with deflated JSON (every node speaks version 2 of our
+   * extensions). See the README's packed wire.
+   */
+  readonly wire: Codec.Wire
 }
 
 /** A namespace of this server in the cluster. */
@@ -130,9 +137,8 @@ export class NamespaceNode {
       stopped: () => this.#stopped,
     })
     this.#log = { skip: makeSkipLogger(warn), warn }
-    // Packed messages once every node heard is ours (0.5.0's format until the node runs).
-    const packed = () => this.#membership?.allOurs() ?? false
-    const outboxOptions = { channel: this.channel, report, gate: options.rooms?.gate, packed }
+    const wire = () => wireOf(this.#membership)
+    const outboxOptions = { channel: this.channel, report, gate: options.rooms?.gate, wire }
     this.#outbox = new Outbox({ ...outboxOptions, runner })
     this.#outboxes = new PlacedOutboxes(this.#outbox, {
       ...outboxOptions,
@@ -298,7 +304,16 @@ const statusOf = (
 ): MembershipStatus => {
   const foreignNodes = membership?.foreign() ?? []
   const auto = config.membership !== "namespace"
-  return { serverLevel: auto && foreignNodes.length === 0, foreignNodes }
+  return {
+    serverLevel: auto && foreignNodes.length === 0,
+    foreignNodes,
+    wire: wireOf(membership),
+  }
 }
+
+// The wire of the namespace's messages now: packed once every node heard is ours, deflated JSON
+// once they all speak version 2 (0.5.0's format until the node runs).
+const wireOf = (membership: Membership | undefined): Codec.Wire =>
+  membership === undefined || !membership.allOurs() ? 0 : membership.allOurs(2) ? 2 : 1
 
 type RoomsType = typeof MessageType.SOCKETS_JOIN | typeof MessageType.SOCKETS_LEAVE

@@ -56,10 +56,11 @@ export interface StoredPacket {
 /** How a message may travel. */
 export interface PublishOptions {
   /**
-   * Every node that reads the channel is ours: a message that does not fit as JSON goes packed in
-   * the notifications (see `Codec.encode`) instead of through the attachments table.
+   * The version of our wire every node that reads the channel speaks (0 when one is 0.5.0): from
+   * 1, a message that does not fit as JSON goes packed in the notifications (see `Codec.encode`)
+   * instead of through the attachments table.
    */
-  readonly packed?: boolean | undefined
+  readonly wire?: Codec.Wire | undefined
 }
 
 /** The Publisher service. */
@@ -314,7 +315,7 @@ const encodeItem = (
               threshold,
               // Room for the envelope the statement's signing puts in front of each payload.
               signer === undefined ? 0 : Signing.ENVELOPE_MAX_BYTES,
-              options?.packed === true,
+              options?.wire ?? 0,
             ),
       stored:
         packet === undefined

@@ -182,7 +182,11 @@ describe("requests and membership with one membership per server", () => {
     const sockets = await a.io.of("/pair").fetchSockets()
     expect(sockets.map((socket) => socket.id)).toEqual([client.id])
     expect(await adapterOf(b, "/pair").serverCount()).toBe(2)
-    expect(adapterOf(a, "/all").membershipStatus()).toEqual({ serverLevel: true, foreignNodes: [] })
+    expect(adapterOf(a, "/all").membershipStatus()).toEqual({
+      serverLevel: true,
+      foreignNodes: [],
+      wire: 2,
+    })
   })
 
   it("an emitter's questions reach every server of the namespace after idle periods", async () => {
@@ -314,6 +318,7 @@ describe("requests and membership with one membership per server", () => {
     expect(adapterOf(a, "/").membershipStatus()).toEqual({
       serverLevel: false,
       foreignNodes: [old.uid("/")],
+      wire: 0,
     })
     expect(adapterOf(a, "/ours").membershipStatus().serverLevel).toBe(true)
 

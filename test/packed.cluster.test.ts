@@ -1,12 +1,18 @@
 /**
  * The packed wire on real servers: when every node heard in a namespace is ours, binary and large
- * messages travel in the notifications (no attachment row written or read); a 0.5.0 node in the
- * namespace brings 0.5.0's format back, and it gets everything.
+ * messages travel in the notifications (no attachment row written or read), JSON deflated when
+ * every node speaks version 2 of our extensions; a node of ours that speaks version 1 brings
+ * undeflated parts back, a 0.5.0 node in the namespace 0.5.0's format, and both get everything.
  */
 import { afterAll, afterEach, describe, expect, it } from "vitest"
+import { channelName, privateChannelName } from "../src/Channel.js"
+import * as Protocol from "../src/Protocol.js"
 import { resolveOptions } from "./utils/adapters.js"
-import { waitFor } from "./utils/cluster.js"
+import { eventually, waitFor } from "./utils/cluster.js"
 import { type Cluster, startCluster } from "./utils/nodes.js"
+import { rawListener } from "./utils/postgres.js"
+
+const { MessageType } = Protocol
 
 const SECRET = "the-secret-of-the-packed-suite!!"
 
@@ -70,6 +76,78 @@ describe.each(suites)("packed wire, every node ours ($name)", ({ options }) => {
     expect(sockets).toHaveLength(3)
     for (const socket of sockets) expect(socket.data).toEqual(data)
     expect(await rowsOf(cluster)).toBe(0)
+  })
+
+  it("deflates JSON without binary: a 20 KB broadcast and each fetchSockets answer take one notification", async () => {
+    const asker = cluster.nodes[0]!
+    await eventually(() => cluster.nodes.every((n) => n.adapter().membershipStatus().wire === 2), {
+      message: "every node sends deflated JSON",
+    })
+    const [, , c] = await cluster.connectEach()
+    for (const node of cluster.nodes) {
+      for (const socket of node.io.of("/").sockets.values()) socket.data = { profile: records }
+    }
+    const namespace = channelName(cluster.id, "/")
+    const own = privateChannelName(cluster.id, asker.uid())
+    const listener = await rawListener([namespace, own])
+    try {
+      const got = waitFor(c!, "z", 10_000)
+      asker.io.emit("z", records)
+      expect(await got).toEqual([records])
+      const sockets = await asker.io.fetchSockets()
+      // Each node's sockets: the first test's client and this one's.
+      expect(sockets).toHaveLength(6)
+      for (const socket of sockets) expect(socket.data).toEqual({ profile: records })
+      const deflated = (channel: string) =>
+        listener.received.filter((n) => n.channel === channel && n.payload.includes(',"mz":"'))
+      await eventually(() => deflated(namespace).length === 1 && deflated(own).length === 2, {
+        message: "the broadcast and 2 answers recorded",
+      })
+      // One notification each: no part of any message, on either channel.
+      expect(listener.received.filter((n) => n.payload.includes('"mid":'))).toEqual([])
+      for (const { payload } of deflated(own)) {
+        expect(payload).toContain(`"type":${MessageType.FETCH_SOCKETS_RESPONSE}`)
+        expect(payload.length).toBeLessThan(8000)
+      }
+      expect(await rowsOf(cluster)).toBe(0)
+    } finally {
+      await listener.close()
+    }
+  })
+})
+
+describe("packed wire with a node of ours that speaks version 1", () => {
+  let cluster: Cluster
+  afterEach(async () => {
+    await cluster?.close()
+  })
+
+  it("sends long JSON undeflated, in parts, while that node is a member", async () => {
+    cluster = await startCluster("packed_v1")
+    const [, b] = await cluster.connectEach()
+    const [a] = cluster.nodes
+    await eventually(() => a!.adapter().membershipStatus().wire === 2)
+    const namespace = channelName(cluster.id, "/")
+    const listener = await rawListener([namespace])
+    try {
+      // A node of an earlier version of ours: its heartbeat carries version 1 of our extensions.
+      const heartbeat = { uid: "v1-node", type: MessageType.HEARTBEAT, nsp: "/" }
+      const marker = { v: 1, server: "v1-server" }
+      await cluster.admin.query("SELECT pg_notify($1, $2)", [
+        namespace,
+        JSON.stringify({ ...heartbeat, ours: marker }),
+      ])
+      await eventually(() => a!.adapter().membershipStatus().wire === 1)
+      const got = waitFor(b!, "z", 10_000)
+      a!.io.emit("z", records)
+      expect(await got).toEqual([records])
+      const parts = () => listener.received.filter((n) => n.payload.includes('"mid":'))
+      await eventually(() => parts().length >= 2, { message: "the parts recorded" })
+      for (const { payload } of parts()) expect(payload).toContain('"enc":"j"')
+      expect(listener.received.filter((n) => n.payload.includes('"mz":'))).toEqual([])
+    } finally {
+      await listener.close()
+    }
   })
 })
 

@@ -7,6 +7,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Result from "effect/Result"
 import * as fc from "fast-check"
+import { randomBytes } from "node:crypto"
+import { deflateRawSync } from "node:zlib"
 import { MAX_NOTIFY_BYTES } from "../src/AdapterConfig.js"
 import * as Codec from "../src/Codec.js"
 import { MAX_SENDERS, PartsBuffer } from "../src/internal/parts.js"
@@ -55,6 +57,30 @@ const payloadsOf = (encoded: Codec.Encoded): ReadonlyArray<string> =>
       ? encoded.payloads
       : assert.fail("went through the table")
 
+/** A fetchSockets answer of node-2 with 200 sockets (about 30 KB of JSON). */
+const answer: Codec.WireMessage = {
+  uid: "node-2",
+  type: MessageType.FETCH_SOCKETS_RESPONSE,
+  nsp: "/",
+  data: {
+    requestId: "r-1",
+    sockets: Array.from({ length: 200 }, (_, i) => ({
+      id: `s${i}`,
+      handshake: { headers: { "user-agent": "x".repeat(100) } },
+      rooms: [],
+    })),
+  },
+}
+
+/** A stored broadcast in one notification, as received once PostgreSQL gave it offset 42. */
+const receivedAt42 = (encoded: Codec.Encoded): unknown => {
+  assert.strictEqual(encoded._tag, "Inline")
+  const [before, after] = Codec.splitAtOffsetPlaceholder(payloadsOf(encoded)[0]!)
+  const payload = `${before}42${after}`
+  assert.strictEqual(Codec.storedOffsetOf(payload), "42")
+  return (success(Codec.decodeNotification(payload)) as { message: unknown }).message
+}
+
 /** Namespaces with characters of every UTF-8 length. */
 const nsp = fc.constantFrom("/", "/chat", "/é€😀", `/${"€".repeat(300)}`)
 
@@ -70,7 +96,7 @@ describe("Codec.encode, packed", () => {
           const bytes = Buffer.alloc(size, 7)
           const message = broadcast(nsp, [{ bytes, text }])
           const overhead = signed ? Signing.ENVELOPE_MAX_BYTES : 0
-          const encoded = Codec.encode(message, 8000, overhead, true)
+          const encoded = Codec.encode(message, 8000, overhead, 1)
           for (const payload of payloadsOf(encoded)) {
             assert.isAtMost(Buffer.byteLength(payload), MAX_NOTIFY_BYTES - overhead)
             // Own notifications are recognised by this prefix, unparsed.
@@ -95,7 +121,7 @@ describe("Codec.encode, packed", () => {
         (nsp, chars, signed) => {
           const message = broadcast(nsp, [chars.join(""), { n: chars.length }])
           const overhead = signed ? Signing.ENVELOPE_MAX_BYTES : 0
-          const encoded = Codec.encode(message, 8000, overhead, true)
+          const encoded = Codec.encode(message, 8000, overhead, 1)
           for (const payload of payloadsOf(encoded)) {
             assert.isAtMost(Buffer.byteLength(payload), MAX_NOTIFY_BYTES - overhead)
             assert.isFalse(payload.includes("\uFFFD"))
@@ -108,16 +134,16 @@ describe("Codec.encode, packed", () => {
     )
   })
 
-  it("keeps JSON for what fits, and the table without `packed` (0.5.0 reads neither packed form)", () => {
+  it("keeps JSON for what fits, and the table at wire 0 (0.5.0 reads neither packed form)", () => {
     const small = broadcast("/", [{ a: 1 }])
-    assert.strictEqual(Codec.encode(small, 8000, 0, true)._tag, "Inline")
-    assert.isFalse(payloadsOf(Codec.encode(small, 8000, 0, true))[0]!.includes('"mp"'))
+    assert.strictEqual(Codec.encode(small, 8000, 0, 1)._tag, "Inline")
+    assert.isFalse(payloadsOf(Codec.encode(small, 8000, 0, 1))[0]!.includes('"mp"'))
     const binary = broadcast("/", [Buffer.alloc(10)])
     assert.strictEqual(Codec.encode(binary, 8000)._tag, "Attachment")
-    assert.strictEqual(Codec.encode(binary, 8000, 0, true)._tag, "Inline")
+    assert.strictEqual(Codec.encode(binary, 8000, 0, 1)._tag, "Inline")
     const large = broadcast("/", ["x".repeat(20_000)])
     assert.strictEqual(Codec.encode(large, 8000)._tag, "Attachment")
-    const parts = Codec.encode(large, 8000, 0, true)
+    const parts = Codec.encode(large, 8000, 0, 1)
     assert.strictEqual(parts._tag, "Parts")
     // The JSON as it is, in 3 parts of at most 7999 bytes: no base64 for what has no binary.
     assert.strictEqual(payloadsOf(parts).length, 3)
@@ -125,35 +151,16 @@ describe("Codec.encode, packed", () => {
 
   it("puts a stored broadcast's offset last in one payload, or sends it through the table when it needs parts", () => {
     const stored = Codec.withOffsetPlaceholder(broadcast("/", [Buffer.alloc(100, 1)]))
-    const one = Codec.encode(stored, 8000, 0, true)
-    assert.strictEqual(one._tag, "Inline")
-    const [before, after] = Codec.splitAtOffsetPlaceholder(payloadsOf(one)[0]!)
-    const payload = `${before}42${after}`
-    assert.strictEqual(Codec.storedOffsetOf(payload), "42")
-    const notification = success(Codec.decodeNotification(payload))
-    assert.deepStrictEqual((notification as { message: unknown }).message, {
+    assert.deepStrictEqual(receivedAt42(Codec.encode(stored, 8000, 0, 1)), {
       ...broadcast("/", [Buffer.alloc(100, 1)]),
       offset: "42",
     })
     const big = Codec.withOffsetPlaceholder(broadcast("/", [Buffer.alloc(20_000, 1)]))
-    assert.strictEqual(Codec.encode(big, 8000, 0, true)._tag, "Attachment")
+    assert.strictEqual(Codec.encode(big, 8000, 0, 1)._tag, "Attachment")
   })
 
   it("names the request an answer's parts belong to, so that other nodes skip them unjoined", () => {
-    const answer: Codec.WireMessage = {
-      uid: "node-2",
-      type: MessageType.FETCH_SOCKETS_RESPONSE,
-      nsp: "/",
-      data: {
-        requestId: "r-1",
-        sockets: Array.from({ length: 200 }, (_, i) => ({
-          id: `s${i}`,
-          handshake: { headers: { "user-agent": "x".repeat(100) } },
-          rooms: [],
-        })),
-      },
-    }
-    const encoded = Codec.encode(answer, 8000, 0, true)
+    const encoded = Codec.encode(answer, 8000, 0, 1)
     assert.strictEqual(encoded._tag, "Parts")
     for (const payload of payloadsOf(encoded)) {
       const part = success(Codec.decodeNotification(payload)) as Codec.Part
@@ -169,7 +176,6 @@ describe("Codec.encode, packed", () => {
       `{"uid":"a","type":3,"mp":"${Buffer.from("not msgpack at all").toString("base64")}"}`,
       `{"uid":"a","type":3,"mp":7}`,
       `{"uid":"a","type":3,"mid":"m","part":2,"parts":2,"enc":"j"}\n{}`,
-      `{"uid":"a","type":3,"mid":"m","part":0,"parts":1,"enc":"j"}\n{}`,
       `{"uid":"a","type":3,"mid":"m","part":0,"parts":${Codec.MAX_PARTS + 1},"enc":"j"}\n{}`,
       `{"uid":"a","type":99,"mid":"m","part":0,"parts":2,"enc":"j"}\n{}`,
       `{"uid":"a","type":3,"mid":"","part":0,"parts":2,"enc":"j"}\n{}`,
@@ -180,15 +186,128 @@ describe("Codec.encode, packed", () => {
     for (const payload of bad)
       assert.isTrue(Result.isFailure(Codec.decodeNotification(payload)), payload)
     // A message of another uid than its header's (own-notification filtering relies on the header).
-    const other = payloadsOf(Codec.encode(broadcast("/", [Buffer.alloc(3)]), 8000, 0, true))[0]!
+    const other = payloadsOf(Codec.encode(broadcast("/", [Buffer.alloc(3)]), 8000, 0, 1))[0]!
     const forged = other.replace('"uid":"node-1"', '"uid":"node-9"')
     assert.isTrue(Result.isFailure(Codec.decodeNotification(forged)))
   })
 })
 
+/** Structured JSON as applications send it: ~140 objects of 5 fields, about 20 KB. */
+const structured = (seed: number) =>
+  Array.from({ length: 140 }, (_, i) => ({
+    id: seed * 1000 + i,
+    name: `user number ${i}`,
+    email: `user${i}@example.com`,
+    score: (i * 7919) % 1000,
+    tags: ["alpha", "beta", "gamma"],
+  }))
+
+describe("Codec.encode, deflated JSON (wire 2)", () => {
+  it("gives back an equal message from one payload or parts of at most 7999 bytes (less the envelope when signed), whatever the JSON", () => {
+    fc.assert(
+      fc.property(
+        nsp,
+        fc.array(fc.jsonValue(), { minLength: 1, maxLength: 40 }),
+        fc.string({ maxLength: 30_000, unit: "binary" }),
+        fc.integer({ min: 0, max: 8000 }),
+        fc.boolean(),
+        (nsp, values, text, threshold, signed) => {
+          // Through JSON: what a receiver can give back (no -0, no undefined).
+          const message = JSON.parse(JSON.stringify(broadcast(nsp, [...values, text])))
+          const overhead = signed ? Signing.ENVELOPE_MAX_BYTES : 0
+          const encoded = Codec.encode(message, threshold, overhead, 2)
+          for (const payload of payloadsOf(encoded)) {
+            assert.isAtMost(Buffer.byteLength(payload), MAX_NOTIFY_BYTES - overhead)
+            assert.isTrue(payload.startsWith(`{"uid":"node-1",`))
+          }
+          assert.deepStrictEqual(receive(encoded), message)
+        },
+      ),
+      { numRuns: 80, endOnFailure: true },
+    )
+  })
+
+  it("sends 20 KB of structured JSON, and a fetchSockets answer of 200 sockets, in one notification instead of parts", () => {
+    const large = broadcast("/", [structured(1)])
+    assert.isAbove(JSON.stringify(large).length, 15_000)
+    assert.strictEqual(Codec.encode(large, 8000, 0, 1)._tag, "Parts")
+    const one = Codec.encode(large, 8000, 0, 2)
+    assert.strictEqual(one._tag, "Inline")
+    assert.include(payloadsOf(one)[0]!, '"mz":"')
+    assert.deepStrictEqual(receive(one), large)
+    const encoded = Codec.encode(answer, 8000, 0, 2)
+    assert.strictEqual(encoded._tag, "Inline")
+    const notification = success(Codec.decodeNotification(payloadsOf(encoded)[0]!))
+    assert.deepStrictEqual((notification as { message: unknown }).message, answer)
+    // The header names the request unparsed, as for parts (other nodes skip it unjoined).
+    assert.isTrue(
+      payloadsOf(encoded)[0]!.startsWith('{"uid":"node-2","type":8,"nsp":"/","requestId":"r-1",'),
+    )
+  })
+
+  it("keeps the JSON in parts when deflating would not shrink it (dense text)", () => {
+    // 91 printable characters, none escaped in JSON: about 6.5 bits each, more once in base64.
+    const alphabet = Array.from({ length: 92 }, (_, i) => String.fromCharCode(35 + i)).filter(
+      (c) => c !== "\\",
+    )
+    const random = broadcast("/", [
+      Array.from(randomBytes(20_000), (b) => alphabet[b % alphabet.length]).join(""),
+    ])
+    const encoded = Codec.encode(random, 8000, 0, 2)
+    assert.strictEqual(encoded._tag, "Parts")
+    for (const payload of payloadsOf(encoded)) assert.include(payload, '"enc":"j"')
+    assert.deepStrictEqual(receive(encoded), random)
+  })
+
+  it("puts a stored broadcast's offset last, outside the deflated text, and it fits in one notification", () => {
+    const message = broadcast("/", [structured(2)])
+    const stored = Codec.withOffsetPlaceholder(message)
+    assert.strictEqual(Codec.encode(stored, 8000, 0, 1)._tag, "Attachment")
+    assert.deepStrictEqual(receivedAt42(Codec.encode(stored, 8000, 0, 2)), {
+      ...message,
+      offset: "42",
+    })
+  })
+
+  it("packs a message above a low payloadThreshold that fits in one notification (one part), and receivers join it", () => {
+    for (const wire of [1, 2] as const) {
+      const message = broadcast("/", ["y".repeat(300), structured(3).slice(0, 2)])
+      const encoded = Codec.encode(message, 100, 0, wire)
+      assert.notStrictEqual(encoded._tag, "Attachment")
+      assert.deepStrictEqual(receive(encoded), message)
+    }
+  })
+
+  it("rejects deflated notifications that are not, and a deflate bomb, with a reason, never throwing", () => {
+    const deflate = (text: string) => deflateRawSync(text).toString("base64")
+    const bad = [
+      `{"uid":"a","type":3,"mz":"***"}`,
+      `{"uid":"a","type":3,"mz":"${Buffer.from("not deflated").toString("base64")}"}`,
+      `{"uid":"a","type":3,"mz":"${deflate("not JSON")}"}`,
+      `{"uid":"a","type":3,"mz":"${deflate('{"uid":"b","type":3}')}"}`,
+      `{"uid":"a","type":3,"mz":"${deflate("[1]")}"}`,
+      `{"uid":"a","type":3,"mz":7}`,
+      `{"uid":"a","type":3,"mz":"${deflate('{"uid":"a","type":3}')}","mp":""}`,
+      `{"uid":"a","type":3,"mid":"m","part":0,"parts":2,"enc":"z"}\n***`,
+    ]
+    for (const payload of bad)
+      assert.isTrue(Result.isFailure(Codec.decodeNotification(payload)), payload)
+    const good = `{"uid":"a","type":3,"mz":"${deflate('{"uid":"a","type":3}')}"}`
+    assert.isTrue(Result.isSuccess(Codec.decodeNotification(good)))
+    // 17 MB of spaces deflate to about 17 KB: the receiver stops at MAX_INFLATED_BYTES.
+    const bomb = deflateRawSync(`{"uid":"a","type":3${" ".repeat(Codec.MAX_INFLATED_BYTES)}}`)
+    assert.isBelow(bomb.length, 20_000)
+    const unpacked = Codec.unpack(bomb.toString("base64"), { uid: "a", enc: "z" })
+    assert.strictEqual(
+      Result.isFailure(unpacked) && unpacked.failure,
+      "packed message is not deflated JSON in base64",
+    )
+  })
+})
+
 describe("PartsBuffer", () => {
   const partsOf = (uid: string, size: number): Array<Codec.Part> => {
-    const encoded = Codec.encode({ ...broadcast("/", ["y".repeat(size)]), uid }, 8000, 0, true)
+    const encoded = Codec.encode({ ...broadcast("/", ["y".repeat(size)]), uid }, 8000, 0, 1)
     return payloadsOf(encoded).map((p) => success(Codec.decodeNotification(p)) as Codec.Part)
   }
 
@@ -237,7 +356,7 @@ describe("statements with packed parts", () => {
   const item = (encoded: Codec.Encoded): Outgoing => ({ channel: "c", encoded, stored: undefined })
 
   it("sends every part, in order, after what came before and before what comes after", () => {
-    const parts = Codec.encode(broadcast("/", ["z".repeat(20_000)]), 8000, 0, true)
+    const parts = Codec.encode(broadcast("/", ["z".repeat(20_000)]), 8000, 0, 1)
     const small = Codec.encode(broadcast("/", [1]), 8000)
     const run = [item(small), item(parts), item(small)]
     const [sql, params] = statement(run)
@@ -252,7 +371,7 @@ describe("statements with packed parts", () => {
   })
 
   it("sends parts beside an attachment in one statement, in order", () => {
-    const parts = Codec.encode(broadcast("/", ["z".repeat(20_000)]), 8000, 0, true)
+    const parts = Codec.encode(broadcast("/", ["z".repeat(20_000)]), 8000, 0, 1)
     const attachment = Codec.encode(broadcast("/", [Buffer.alloc(1)]), 8000)
     const [sql, params] = statement([item(attachment), item(parts)])
     assert.include(sql, "INSERT INTO")

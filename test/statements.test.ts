@@ -325,7 +325,7 @@ const parts: fc.Arbitrary<Outgoing> = fc
   .record({ channel, length: fc.integer({ min: 8_000, max: 20_000 }), word })
   .map(({ channel, length, word }) => ({
     channel,
-    encoded: Codec.encode(message([word.repeat(length / word.length)]), 8000, 72, true),
+    encoded: Codec.encode(message([word.repeat(length / word.length)]), 8000, 72, 1),
     stored: undefined,
   }))
 

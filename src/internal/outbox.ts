@@ -23,8 +23,11 @@ export interface OutboxOptions {
   readonly report: (failure: unknown) => void
   /** The server's gate, in the dynamic subscription modes: publishes wait while a room's LISTEN is in flight. */
   readonly gate?: ListenGate | undefined
-  /** Whether every node reading the channel is ours now (packed messages, see `Codec.encode`). */
-  readonly packed?: (() => boolean) | undefined
+  /**
+   * The version of our wire every node reading the channel speaks now (0 when one is 0.5.0; packed
+   * messages from 1, see `Codec.encode`).
+   */
+  readonly wire?: (() => Codec.Wire) | undefined
 }
 
 const publishOn = (channel: string, wire: Codec.WireMessage, options: PublishOptions) =>
@@ -82,7 +85,7 @@ export class Outbox {
 
   #send(wire: Codec.WireMessage, span: "broadcast" | undefined, channel: string): Promise<void> {
     const direct = this.#direct
-    const options: PublishOptions = { packed: this.options.packed?.() }
+    const options: PublishOptions = { wire: this.options.wire?.() }
     if (direct !== undefined && this.#onFibers === 0) {
       return new Promise((resolve) =>
         direct.unsafePublish(

@@ -39,6 +39,8 @@ export class PartsBuffer {
     }
     const gathering = this.#senders.get(part.uid)
     if (gathering === undefined) {
+      // A message in one part (above a low payloadThreshold): nothing to gather.
+      if (part.parts === 1) return part.text
       if (part.part !== 0) {
         onDropped(`part ${part.part} of message ${part.mid} came without the ones before it`)
         return undefined
