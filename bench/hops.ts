@@ -1,8 +1,9 @@
 /**
  * `npm run bench:hops`: what one hop costs on each transport, with no adapter around it. A hop is
- * a message from one connection to another that listens: `pg_notify` through a pooled connection
- * (as the Publisher sends it: one statement, committed asynchronously) to a LISTEN connection, and
- * Redis PUBLISH to a SUBSCRIBE connection. A round trip is a question and its answer, each from
+ * a message from one connection to another that listens: a NOTIFY through a pooled connection
+ * (as the Publisher sends it: a notify script, committed asynchronously; and for comparison as it
+ * did before, `SELECT pg_notify($1, $2)` with parameters) to a LISTEN connection, and Redis
+ * PUBLISH to a SUBSCRIBE connection. A round trip is a question and its answer, each from
  * its own connection: the floor of a request (`fetchSockets`, `serverSideEmitWithAck`), which
  * takes one hop out and one back whatever the adapter does.
  *
@@ -19,7 +20,7 @@ import { parseArgs } from "node:util"
 import pg from "pg"
 import { createClient } from "redis"
 import { openDatabase } from "../demo/postgres.js"
-import { ASYNC_COMMIT } from "../src/internal/statements.js"
+import { notifyScript } from "../src/internal/statements.js"
 import { percentiles } from "./stats.js"
 
 const { values } = parseArgs({
@@ -100,7 +101,21 @@ const measure = async (transport: Transport) => {
   return { name: transport.name, hop: summary(oneHop), roundTrip: summary(roundTrip) }
 }
 
-const postgres = async (url: string): Promise<Transport> => {
+/**
+ * How a statement notifies: as the Publisher does (a notify script in the simple query protocol),
+ * or as it did before (`SELECT pg_notify($1, $2)` with parameters, asynchronous commit too).
+ */
+const STATEMENTS = {
+  "PostgreSQL NOTIFY": (client: pg.PoolClient, channel: string, message: string) =>
+    client.query(notifyScript([channel, message])),
+  "PostgreSQL pg_notify": (client: pg.PoolClient, channel: string, message: string) =>
+    client.query(`SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)`, [
+      channel,
+      message,
+    ]),
+} as const
+
+const postgres = async (url: string, name: keyof typeof STATEMENTS): Promise<Transport> => {
   const pool = new pg.Pool({ connectionString: url, max: 2 })
   const listener = new pg.Client({ connectionString: url })
   await listener.connect()
@@ -111,9 +126,9 @@ const postgres = async (url: string): Promise<Transport> => {
   // Two connections of the pool, as two servers' publishers would be.
   const [first, second] = [await pool.connect(), await pool.connect()]
   const notify = (client: pg.PoolClient) => (channel: string, message: string) =>
-    client.query(`SELECT ${ASYNC_COMMIT}, pg_notify($1, $2)`, [channel, message])
+    STATEMENTS[name](client, channel, message)
   return {
-    name: "PostgreSQL NOTIFY",
+    name,
     send: notify(first),
     answer: notify(second),
     listen: async (channel, onMessage) => {
@@ -166,7 +181,10 @@ const main = async () => {
   const database = await openDatabase((line) => console.error(line))
   const results = []
   try {
-    const transports: Array<Transport> = [await postgres(database.url)]
+    const transports: Array<Transport> = [
+      await postgres(database.url, "PostgreSQL NOTIFY"),
+      await postgres(database.url, "PostgreSQL pg_notify"),
+    ]
     const other = await redis(process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379")
     if (typeof other === "string") console.error(`${other}: skipped`)
     else transports.push(other)

@@ -121,6 +121,16 @@ export const quoteIdentifier = (identifier: string): string => {
   return `"${identifier.replaceAll('"', '""')}"`
 }
 
+/**
+ * Quotes a string constant for SQL, read the same whatever `standard_conforming_strings` says: inner
+ * quotes doubled, and with a backslash, an escape string (`E'…'`) with backslashes doubled.
+ */
+export const quoteLiteral = (text: string): string => {
+  if (text.includes("\u0000")) throw new TypeError("a string constant must not contain NUL")
+  const quoted = text.replaceAll("'", "''")
+  return text.includes("\\") ? `E'${quoted.replaceAll("\\", "\\\\")}'` : `'${quoted}'`
+}
+
 /** Quotes a possibly schema-qualified table name (`table` or `schema.table`). */
 export const quoteTableName = (tableName: string): string =>
   tableName.split(".").map(quoteIdentifier).join(".")

@@ -53,6 +53,12 @@ export class Database extends Context.Service<
     readonly markStale: (at: number) => Effect.Effect<void>
     /** Options to open a dedicated connection with (TCP keep-alive on). */
     readonly connectionOptions: pg.ClientConfig
+    /**
+     * Whether `unsafeQuery` takes several statements in one query string when it has no
+     * parameters (node-postgres sends it in the simple query protocol; `@effect/sql-pg` prepares
+     * every statement, which PostgreSQL refuses for several). The Publisher's notify scripts need it.
+     */
+    readonly scripts: boolean
   }
 >()("socket.io-postgres-effect/Database") {}
 
@@ -83,10 +89,13 @@ export const fromPool = (pool: pg.Pool): Database["Service"] => ({
     }),
   unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>, abort?: Pool.StatementAbort) =>
     Pool.run(pool, sql, params, { abort }).then(
-      (result) => result.rows as ReadonlyArray<A>,
+      // Several statements in one query string (a notify script) give one result each: the last.
+      (result) =>
+        (Array.isArray(result) ? (result.at(-1)?.rows ?? []) : result.rows) as ReadonlyArray<A>,
       (cause) => Promise.reject(databaseError(shortSql(sql))(cause)),
     ),
   markStale: (at) => Effect.sync(() => Pool.markStale(pool, at)),
+  scripts: true,
   connectionOptions: {
     fallback_application_name: APPLICATION_NAME,
     ...(pool as unknown as { options: pg.ClientConfig }).options,
@@ -209,6 +218,7 @@ export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = La
         )
       },
       markStale: () => Effect.void,
+      scripts: false,
       connectionOptions: {
         connectionString: config.url ? Redacted.value(config.url) : undefined,
         // node-postgres takes a unix socket's directory as host, and its port.

@@ -7,13 +7,13 @@ import * as Metric from "effect/Metric"
 
 /** Notifications sent (one per message; several may share a statement). */
 export const notificationsSent = Metric.counter("socket_io_postgres_notifications_sent", {
-  description: "Notifications published with pg_notify",
+  description: "Notifications published (NOTIFY or pg_notify)",
   incremental: true,
 })
 
 /** Statements used to send notifications; `sent / statements` is the batching factor. */
 export const notifyStatements = Metric.counter("socket_io_postgres_notify_statements", {
-  description: "SELECT pg_notify(...) statements executed",
+  description: "Statements executed to send notifications (one transaction each)",
   incremental: true,
 })
 

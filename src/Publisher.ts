@@ -1,8 +1,8 @@
 /**
  * The NOTIFY side: messages are encoded at once (so later mutations of the caller's objects do not
  * leak in), queued, and sent by one worker that coalesces whatever is queued into as few
- * statements as it can: one `SELECT pg_notify(...), ...` per run of notifications, the attachment
- * rows of the run inserted by the same statement. One batch in flight means one order: messages
+ * statements as it can: one per run of notifications (`NOTIFY` statements in one query string, or
+ * with attachment rows `SELECT pg_notify(...), ...` with the rows inserted by the same statement). One batch in flight means one order: messages
  * reach PostgreSQL in the order they were published.
  *
  * @since 0.1.0
@@ -148,6 +148,7 @@ export const make = Effect.gen(function* () {
   const recoveryTables = tableNames(config.recoveryTablePrefix)
   const { signer, sealer } = signingOf(config)
   const statement = makeStatement({
+    scripts: database.scripts,
     attachmentsTable: quoteTableName(config.tableName),
     storedPackets: (run, param) =>
       PacketStore.storeSql(recoveryTables, param, run.nsp, run.rows, run.lastNotified),

@@ -15,6 +15,7 @@ import { sealerOf } from "../src/Publisher.js"
 import * as Signing from "../src/Signing.js"
 import {
   ASYNC_COMMIT,
+  ASYNC_COMMIT_CALL,
   makeStatement,
   type Outgoing,
   runEnd,
@@ -25,6 +26,7 @@ import {
   type StoredPacketsSql,
   type StoredRun,
 } from "../src/internal/statements.js"
+import { notificationsOfScript } from "./utils/sql.js"
 
 const { MessageType } = Codec
 
@@ -104,6 +106,10 @@ interface Evaluated {
 
 /** What PostgreSQL would notify and insert for one statement of the builder. */
 const evaluate = (sql: string, params: ReadonlyArray<unknown>): Evaluated => {
+  if (sql.startsWith(ASYNC_COMMIT)) {
+    assert.deepStrictEqual(params, [], "a notify script has no parameters")
+    return { notifications: notificationsOfScript(sql, ASYNC_COMMIT), rows: new Map() }
+  }
   const param = (placeholder: string) => params[Number(placeholder.slice(1)) - 1]
   const rows = new Map<string, Uint8Array>()
   const values = /INSERT INTO \S+ \(payload\) VALUES (.*?) RETURNING id/.exec(sql)
@@ -208,9 +214,12 @@ describe("splitRuns", () => {
   })
 })
 
-describe("makeStatement", () => {
+describe.each([
+  { name: "notify scripts (node-postgres)", scripts: true },
+  { name: "one statement at a time (@effect/sql-pg)", scripts: false },
+])("makeStatement, $name", ({ scripts }) => {
   const build = (runs: Array<StoredRun>) =>
-    makeStatement({ attachmentsTable: `"att"`, storedPackets: fakeStored(runs) })
+    makeStatement({ scripts, attachmentsTable: `"att"`, storedPackets: fakeStored(runs) })
 
   it("notifies each message of a run once, in order, with its own attachment row and offset", () => {
     fc.assert(
@@ -283,21 +292,46 @@ describe("makeStatement", () => {
     )
   })
 
-  it("sends a run of inline messages as the same statement text for the same length", () => {
-    const run = (word: string) =>
-      Array.from({ length: 3 }, (_, i) => ({
-        channel: `c${i}`,
-        encoded: Codec.encode(message([word]), 8000),
+  it.runIf(scripts)(
+    "sends a run that only notifies as NOTIFY statements with no parameters, every channel and payload quoted",
+    () => {
+      const tricky = ["it's", 'say "hi"', "back\\slash", "E'x'; DROP TABLE t; --", "$$", "é€😀"]
+      const run = tricky.map((text, i) => ({
+        channel: `${text}${i}`,
+        encoded: Codec.encode(message([text]), 8000),
         stored: undefined,
       }))
-    const [a] = build([])(run("x"))
-    const [b] = build([])(run("y"))
-    assert.strictEqual(a, b)
-    assert.strictEqual(
-      a,
-      `SELECT ${ASYNC_COMMIT}, pg_notify($1, $2), pg_notify($3, $4), pg_notify($5, $6)`,
-    )
-  })
+      const [sql, params] = build([])(run)
+      assert.deepStrictEqual(params, [])
+      assert.strictEqual(sql.split("; NOTIFY ").length, tricky.length + 1)
+      assert.deepStrictEqual(
+        notificationsOfScript(sql, ASYNC_COMMIT),
+        run.map((item) => ({
+          channel: item.channel,
+          payload: (item.encoded as { payload: string }).payload,
+        })),
+      )
+    },
+  )
+
+  it.runIf(!scripts)(
+    "sends a run of inline messages as the same statement text for the same length",
+    () => {
+      const run = (word: string) =>
+        Array.from({ length: 3 }, (_, i) => ({
+          channel: `c${i}`,
+          encoded: Codec.encode(message([word]), 8000),
+          stored: undefined,
+        }))
+      const [a] = build([])(run("x"))
+      const [b] = build([])(run("y"))
+      assert.strictEqual(a, b)
+      assert.strictEqual(
+        a,
+        `SELECT ${ASYNC_COMMIT_CALL}, pg_notify($1, $2), pg_notify($3, $4), pg_notify($5, $6)`,
+      )
+    },
+  )
 
   it("commits asynchronously exactly the statements that write no row", () => {
     fc.assert(
@@ -311,7 +345,8 @@ describe("makeStatement", () => {
             )
             // Notify-only: the commit does not wait for the WAL flush; rows keep the server's
             // synchronous_commit (a crash must not lose what a listener was told of).
-            assert.strictEqual(sql.startsWith(`SELECT ${ASYNC_COMMIT}, `), !writes, sql)
+            const start = scripts ? `${ASYNC_COMMIT}; ` : `SELECT ${ASYNC_COMMIT_CALL}, `
+            assert.strictEqual(sql.startsWith(start), !writes, sql)
             assert.strictEqual(sql.includes("synchronous_commit"), !writes, sql)
           }
         },
@@ -412,7 +447,11 @@ describe("sealRun", () => {
 
   it("notifies, once verified per channel, exactly what the unsigned statement notifies, with no pair twice", () => {
     const k = new Signing.Keys([Buffer.from("a-secret-of-32-bytes-for-tests!!")])
-    const build = makeStatement({ attachmentsTable: `"att"`, storedPackets: fakeStored([]) })
+    const build = makeStatement({
+      scripts: true,
+      attachmentsTable: `"att"`,
+      storedPackets: fakeStored([]),
+    })
     fc.assert(
       fc.property(withParts, (all) => {
         const sealer = sealerOf(new Signing.Signer(k))
