@@ -147,12 +147,15 @@ export const make = Effect.gen(function* () {
   const timeoutMillis = Duration.toMillis(config.publishTimeout)
   const recoveryTables = tableNames(config.recoveryTablePrefix)
   const { signer, sealer } = signingOf(config)
-  const statement = makeStatement({
-    scripts: database.scripts,
-    attachmentsTable: quoteTableName(config.tableName),
-    storedPackets: (run, param) =>
-      PacketStore.storeSql(recoveryTables, param, run.nsp, run.rows, run.lastNotified),
-  })
+  const runStatement = makeRunner(
+    database,
+    {
+      attachmentsTable: quoteTableName(config.tableName),
+      storedPackets: (run, param) =>
+        PacketStore.storeSql(recoveryTables, param, run.nsp, run.rows, run.lastNotified),
+    },
+    scriptsOff(context),
+  )
   let queue: Array<Item> = []
   let inflight: ReadonlyArray<Item> = []
   let timer: ReturnType<typeof setTimeout> | undefined
@@ -164,12 +167,7 @@ export const make = Effect.gen(function* () {
   const send = async (items: ReadonlyArray<Item>, signal: StatementAbort) => {
     for (const run of splitRuns(items)) {
       if (signal.aborted) return
-      const [sql, params] = statement(sealer === undefined ? run : sealRun(run, sealer))
-      const rows = await database.unsafeQuery<{ last?: string; after?: string }>(
-        sql,
-        params,
-        signal,
-      )
+      const rows = await runStatement(sealer === undefined ? run : sealRun(run, sealer), signal)
       const counts = runCounts(run)
       Metrics.notifyStatements.updateUnsafe(1, context)
       if (counts.notified > 0) Metrics.notificationsSent.updateUnsafe(counts.notified, context)
@@ -289,6 +287,56 @@ export const make = Effect.gen(function* () {
 
   return Publisher.of({ publish, unsafePublish, unsafeStore: enqueue, sender: signer?.sender })
 })
+
+/**
+ * Runs the statement of a run: a notify script when it only notifies and the database takes
+ * scripts (`Database.scripts`). The first script the database refuses (a pool whose client
+ * prepares every statement, which PostgreSQL refuses for several; nothing was committed) turns
+ * scripts off for good: `onFallback` is told, and the run goes again as `SELECT pg_notify(...)`.
+ */
+const makeRunner = (
+  database: Database["Service"],
+  options: Omit<Parameters<typeof makeStatement>[0], "scripts">,
+  onFallback: (error: DatabaseError) => void,
+) => {
+  let scripts = database.scripts
+  let statement = makeStatement({ ...options, scripts })
+  return async (run: ReadonlyArray<Outgoing>, signal: StatementAbort) => {
+    const [sql, params] = statement(run)
+    try {
+      return await database.unsafeQuery<{ last?: string; after?: string }>(sql, params, signal)
+    } catch (error) {
+      if (!scripts || params.length > 0 || !refusesScripts(error)) throw error
+      scripts = false
+      statement = makeStatement({ ...options, scripts })
+      onFallback(error as DatabaseError)
+      const [again, values] = statement(run)
+      return database.unsafeQuery<{ last?: string; after?: string }>(again, values, signal)
+    }
+  }
+}
+
+// Says in the application's log that scripts were turned off, and why.
+const scriptsOff =
+  (context: Context.Context<never>) =>
+  (error: DatabaseError): void =>
+    void Effect.runForkWith(context)(
+      Effect.logWarning(
+        `the database refused a notify script (${error.message}): statements that only notify are sent as SELECT pg_notify(...) from now on`,
+      ).pipe(Effect.annotateLogs({ module: "Publisher" })),
+    )
+
+// PostgreSQL's answer to several statements in one prepared statement (syntax_error).
+const refusesScripts = (error: unknown): boolean => {
+  const cause = (
+    error as { readonly cause?: { readonly code?: unknown; readonly message?: unknown } }
+  )?.cause
+  return (
+    cause?.code === "42601" &&
+    typeof cause.message === "string" &&
+    cause.message.includes("multiple commands")
+  )
+}
 
 /**
  * Encodes a message at once (later mutations of the caller's objects must not leak in): a stored

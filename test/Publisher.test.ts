@@ -207,6 +207,44 @@ describe("Publisher", () => {
       }),
   )
 
+  it.live(
+    "falls back to SELECT pg_notify, losing nothing, when the pool's connections prepare every statement",
+    () =>
+      Effect.gen(function* () {
+        // A client that sends every statement in the extended protocol, as some drivers do:
+        // PostgreSQL refuses a notify script there ("cannot insert multiple commands").
+        const query = pg.Client.prototype.query as (...args: Array<unknown>) => unknown
+        class Extended extends pg.Client {}
+        Extended.prototype.query = function (this: pg.Client, ...args: Array<unknown>) {
+          const [text, values, callback] = args
+          if (typeof text !== "string") return query.apply(this, args)
+          const params = Array.isArray(values) ? values : []
+          const done = typeof values === "function" ? values : callback
+          return query.call(this, { text, values: params, queryMode: "extended" }, done)
+        } as unknown as pg.Client["query"]
+        const extended = yield* Effect.acquireRelease(
+          Effect.sync(() => makePool({ max: 2, Client: Extended })),
+          (p) => Effect.promise(() => p.end()),
+        )
+        const publisher = yield* publisherWith({}, extended)
+        const channel = freshChannel()
+        const payloads = yield* listen(channel)
+        const first = Array.from({ length: 50 }, (_, n) =>
+          publishNow(publisher, channel, broadcast([n])),
+        )
+        yield* allCommitted(first)
+        const then = Array.from({ length: 50 }, (_, n) =>
+          publishNow(publisher, channel, broadcast([50 + n])),
+        )
+        yield* allCommitted(then)
+        yield* eventually(() => payloads.length === 100)
+        assert.deepStrictEqual(
+          payloads.map((p) => (JSON.parse(p) as Codec.WireMessage).data),
+          Array.from({ length: 100 }, (_, n) => [n]),
+        )
+      }),
+  )
+
   it.live("delivers every one of many identical publishes", () =>
     Effect.gen(function* () {
       const publisher = yield* publisherWith()
