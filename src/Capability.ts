@@ -46,6 +46,9 @@ export class Peers {
   // uid -> the marker of a node of ours, or null for a node of another kind.
   readonly #kinds = new Map<string, Marker | null>()
   #foreign = 0
+  // The lowest version of our extensions heard, once asked for, until the nodes change (it is
+  // asked on every publish).
+  #lowest: number | undefined
 
   /**
    * @param onForeign told once each time a node of another kind is first heard in the namespace
@@ -58,6 +61,9 @@ export class Peers {
     const kind = marker ?? null
     const before = this.#kinds.get(uid)
     if (before === null && kind === null) return
+    if (before === undefined || before === null || kind === null || before.v !== kind.v) {
+      this.#lowest = undefined
+    }
     this.#kinds.set(uid, kind)
     if (before === null) this.#foreign--
     if (kind === null) {
@@ -71,6 +77,7 @@ export class Peers {
     const before = this.#kinds.get(uid)
     if (before === undefined) return
     this.#kinds.delete(uid)
+    this.#lowest = undefined
     if (before === null) this.#foreign--
   }
 
@@ -81,8 +88,12 @@ export class Peers {
   allOurs(atLeast = 1): boolean {
     if (this.#foreign > 0) return false
     if (atLeast <= 1) return true
-    for (const kind of this.#kinds.values()) if (kind !== null && kind.v < atLeast) return false
-    return true
+    if (this.#lowest === undefined) {
+      this.#lowest = Infinity
+      for (const kind of this.#kinds.values())
+        if (kind !== null) this.#lowest = Math.min(this.#lowest, kind.v)
+    }
+    return this.#lowest >= atLeast
   }
 
   /** The server of a node of ours; `undefined` for another kind or a node not heard yet. */
