@@ -241,11 +241,7 @@ const pack = (
     return split(head, Buffer.from(json), "j", max)
   }
   const enc = zipped === undefined ? "m" : "z"
-  // A view of the encoder's buffer, read at once: no copy of the bytes before base64.
-  const bytes =
-    zipped === undefined ? encoder.encodeSharedRef(viewArrayBuffers(rest, new Map())) : undefined
-  const text =
-    zipped ?? Buffer.from(bytes!.buffer, bytes!.byteOffset, bytes!.byteLength).toString("base64")
+  const text = zipped ?? msgpackBase64(rest)
   // `offset` last: its placeholder is found from the end (see splitAtOffsetPlaceholder).
   const tail = stored ? `,"offset":${JSON.stringify(offset)}}` : "}"
   const whole = `${head},"${enc === "m" ? "mp" : "mz"}":"${text}"${tail}`
@@ -255,6 +251,13 @@ const pack = (
   }
   if (stored) return undefined
   return split(head, Buffer.from(text, "latin1"), enc, max)
+}
+
+// The msgpack of a value in base64, from a view of the encoder's buffer read at once (no copy of
+// the bytes before base64).
+const msgpackBase64 = (value: unknown): string => {
+  const bytes = encoder.encodeSharedRef(viewArrayBuffers(value, new Map()))
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64")
 }
 
 // The parts of a packed message's text (as UTF-8), cut between characters.
