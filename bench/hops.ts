@@ -20,7 +20,7 @@ import { parseArgs } from "node:util"
 import pg from "pg"
 import { createClient } from "redis"
 import { openDatabase } from "../demo/postgres.js"
-import { notifyScript } from "../src/internal/statements.js"
+import { ASYNC_COMMIT_CALL, notifyScript } from "../src/internal/statements.js"
 import { percentiles } from "./stats.js"
 
 const { values } = parseArgs({
@@ -109,10 +109,7 @@ const STATEMENTS = {
   "PostgreSQL NOTIFY": (client: pg.PoolClient, channel: string, message: string) =>
     client.query(notifyScript([channel, message])),
   "PostgreSQL pg_notify": (client: pg.PoolClient, channel: string, message: string) =>
-    client.query(`SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)`, [
-      channel,
-      message,
-    ]),
+    client.query(`SELECT ${ASYNC_COMMIT_CALL}, pg_notify($1, $2)`, [channel, message]),
 } as const
 
 const postgres = async (url: string, name: keyof typeof STATEMENTS): Promise<Transport> => {

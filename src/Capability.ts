@@ -61,9 +61,7 @@ export class Peers {
     const kind = marker ?? null
     const before = this.#kinds.get(uid)
     if (before === null && kind === null) return
-    if (before === undefined || before === null || kind === null || before.v !== kind.v) {
-      this.#lowest = undefined
-    }
+    if (before?.v !== kind?.v) this.#lowest = undefined
     this.#kinds.set(uid, kind)
     if (before === null) this.#foreign--
     if (kind === null) {

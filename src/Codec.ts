@@ -77,7 +77,7 @@ export type Encoding = "j" | "m" | "z"
 export type Wire = 0 | 1 | 2
 
 /**
- * The largest JSON (in UTF-16 units) that is sent deflated, and the most bytes a deflated text may
+ * The largest JSON (in UTF-8 bytes) that is sent deflated, and the most bytes a deflated text may
  * inflate to: a small notification cannot make a receiver inflate more (a deflate bomb).
  */
 export const MAX_INFLATED_BYTES = 16 * 1024 * 1024

@@ -2,8 +2,9 @@
  * The NOTIFY side: messages are encoded at once (so later mutations of the caller's objects do not
  * leak in), queued, and sent by one worker that coalesces whatever is queued into as few
  * statements as it can: one per run of notifications (`NOTIFY` statements in one query string, or
- * with attachment rows `SELECT pg_notify(...), ...` with the rows inserted by the same statement). One batch in flight means one order: messages
- * reach PostgreSQL in the order they were published.
+ * with attachment rows `SELECT pg_notify(...), ...` with the rows inserted by the same
+ * statement). One batch in flight means one order: messages reach PostgreSQL in the order they
+ * were published.
  *
  * @since 0.1.0
  */
@@ -299,16 +300,15 @@ const makeRunner = (
   options: Omit<Parameters<typeof makeStatement>[0], "scripts">,
   onFallback: (error: DatabaseError) => void,
 ) => {
-  let scripts = database.scripts
-  let statement = makeStatement({ ...options, scripts })
+  const selects = makeStatement({ ...options, scripts: false })
+  let statement = database.scripts ? makeStatement({ ...options, scripts: true }) : selects
   return async (run: ReadonlyArray<Outgoing>, signal: StatementAbort) => {
     const [sql, params] = statement(run)
     try {
       return await database.unsafeQuery<{ last?: string; after?: string }>(sql, params, signal)
     } catch (error) {
-      if (!scripts || params.length > 0 || !refusesScripts(error)) throw error
-      scripts = false
-      statement = makeStatement({ ...options, scripts })
+      if (statement === selects || params.length > 0 || !refusesScripts(error)) throw error
+      statement = selects
       onFallback(error as DatabaseError)
       const [again, values] = statement(run)
       return database.unsafeQuery<{ last?: string; after?: string }>(again, values, signal)
