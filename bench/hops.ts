@@ -7,6 +7,13 @@
  * its own connection: the floor of a request (`fetchSockets`, `serverSideEmitWithAck`), which
  * takes one hop out and one back whatever the adapter does.
  *
+ * Each transport is measured alone, then with `--bystanders` (default 2, the other nodes of a
+ * 3-node cluster) connections listening on channels of their own, which hear none of the measured
+ * messages: PostgreSQL before 19 wakes every listening backend of the database at each commit
+ * that notifies (Redis writes only to a channel's subscribers), which the server CPU per 1,000
+ * trips shows (PostgreSQL's processes, or redis-server, from /proc; null when the server is not
+ * on this machine).
+ *
  * One message at a time, in one process, after a warm-up; p50 and p95 of `--count` (default 2,000).
  * `DATABASE_URL` selects the PostgreSQL (else an embedded one), `REDIS_URL` the Redis (default
  * `redis://127.0.0.1:6379`; skipped, and said so, when none answers). Writes `--out`
@@ -21,16 +28,21 @@ import pg from "pg"
 import { createClient } from "redis"
 import { openDatabase } from "../demo/postgres.js"
 import { ASYNC_COMMIT_CALL, notifyScript } from "../src/internal/statements.js"
-import { percentiles } from "./stats.js"
+import { cpuBetween, percentiles, redisProcesses, serverCpu, serverProcesses } from "./stats.js"
 
 const { values } = parseArgs({
   options: {
     count: { type: "string", default: "2000" },
+    bystanders: { type: "string", default: "2" },
     out: { type: "string" },
   },
 })
 const count = Number(values.count)
 if (!Number.isInteger(count) || count < 10) throw new Error("--count: an integer of at least 10")
+const bystanders = Number(values.bystanders)
+if (!Number.isInteger(bystanders) || bystanders < 0 || bystanders > 50) {
+  throw new Error("--bystanders: an integer from 0 to 50")
+}
 const here = path.dirname(fileURLToPath(import.meta.url))
 const out = values.out ?? path.join(here, "results", "hops.json")
 
@@ -45,6 +57,13 @@ interface Transport {
   /** A second sender on a connection of its own: the one that answers. */
   readonly answer: Send
   readonly listen: Listen
+  /**
+   * Opens a connection that listens on a channel of its own, as another node of the cluster
+   * does: it hears none of the measured messages. Resolves with its close.
+   */
+  readonly bystander: () => Promise<() => Promise<void>>
+  /** The pids of the server's processes in a `serverCpu` snapshot. */
+  readonly serverPids: (snapshot: ReturnType<typeof serverCpu>) => Array<number>
   readonly close: () => Promise<void>
 }
 
@@ -77,28 +96,51 @@ const waiter = () => {
   }
 }
 
-const measure = async (transport: Transport) => {
-  const prefix = `hops_${randomBytes(4).toString("hex")}`
-  const hop = waiter()
-  const back = waiter()
-  await transport.listen(`${prefix}_q`, hop.deliver)
-  await transport.listen(`${prefix}_a`, back.deliver)
-  const oneHop = await time(async () => {
-    const got = hop.next()
-    await Promise.all([transport.send(`${prefix}_q`, "x"), got])
-  })
-  // The answering side: every question heard is answered from another connection.
-  await transport.listen(`${prefix}_q`, (message) => void transport.answer(`${prefix}_a`, message))
-  const roundTrip = await time(async () => {
-    const got = back.next()
-    await transport.send(`${prefix}_q`, "x")
-    await got
-  })
-  const summary = (times: Array<number>) => {
-    const { p50, p95 } = percentiles(times)
-    return { p50: Number(p50!.toFixed(3)), p95: Number(p95!.toFixed(3)) }
+// The server's CPU (ms per 1,000 trips: PostgreSQL's processes, or redis-server) over `times`.
+const withCpu = async (transport: Transport, times: () => Promise<Array<number>>) => {
+  const before = serverCpu()
+  const measured = await times()
+  const after = serverCpu()
+  const cpu = cpuBetween(before, after, transport.serverPids(after))
+  const { p50, p95 } = percentiles(measured)
+  return {
+    p50: Number(p50!.toFixed(3)),
+    p95: Number(p95!.toFixed(3)),
+    serverCpuMsPer1k: cpu === undefined ? null : Math.round((cpu * 1000) / count),
   }
-  return { name: transport.name, hop: summary(oneHop), roundTrip: summary(roundTrip) }
+}
+
+// One hop and one round trip, with `others` bystanders listening meanwhile.
+const measure = async (transport: Transport, others: number) => {
+  const closers = await Promise.all(Array.from({ length: others }, () => transport.bystander()))
+  try {
+    const prefix = `hops_${randomBytes(4).toString("hex")}`
+    const hop = waiter()
+    const back = waiter()
+    await transport.listen(`${prefix}_q`, hop.deliver)
+    await transport.listen(`${prefix}_a`, back.deliver)
+    const oneHop = await withCpu(transport, () =>
+      time(async () => {
+        const got = hop.next()
+        await Promise.all([transport.send(`${prefix}_q`, "x"), got])
+      }),
+    )
+    // The answering side: every question heard is answered from another connection.
+    await transport.listen(
+      `${prefix}_q`,
+      (message) => void transport.answer(`${prefix}_a`, message),
+    )
+    const roundTrip = await withCpu(transport, () =>
+      time(async () => {
+        const got = back.next()
+        await transport.send(`${prefix}_q`, "x")
+        await got
+      }),
+    )
+    return { name: transport.name, bystanders: others, hop: oneHop, roundTrip }
+  } finally {
+    await Promise.all(closers.map((close) => close()))
+  }
 }
 
 /**
@@ -122,6 +164,7 @@ const postgres = async (url: string, name: keyof typeof STATEMENTS): Promise<Tra
   })
   // Two connections of the pool, as two servers' publishers would be.
   const [first, second] = [await pool.connect(), await pool.connect()]
+  const { rows } = await first.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")
   const notify = (client: pg.PoolClient) => (channel: string, message: string) =>
     STATEMENTS[name](client, channel, message)
   return {
@@ -133,6 +176,13 @@ const postgres = async (url: string, name: keyof typeof STATEMENTS): Promise<Tra
       if (!handlers.has(channel)) await listener.query(`LISTEN "${channel}"`)
       handlers.set(channel, [onMessage])
     },
+    bystander: async () => {
+      const other = new pg.Client({ connectionString: url })
+      await other.connect()
+      await other.query(`LISTEN "hops_bystander_${randomBytes(4).toString("hex")}"`)
+      return () => other.end()
+    },
+    serverPids: (snapshot) => serverProcesses(snapshot, rows[0]!.pid),
     close: async () => {
       first.release()
       second.release()
@@ -168,6 +218,13 @@ const redis = async (url: string): Promise<Transport | string> => {
       }
       handlers.set(channel, onMessage)
     },
+    bystander: async () => {
+      const other = publisher.duplicate()
+      await other.connect()
+      await other.subscribe(`hops_bystander_${randomBytes(4).toString("hex")}`, () => {})
+      return async () => void (await other.quit())
+    },
+    serverPids: redisProcesses,
     close: async () => {
       await Promise.all([publisher.quit(), answerer.quit(), subscriber.quit()])
     },
@@ -186,25 +243,36 @@ const main = async () => {
     if (typeof other === "string") console.error(`${other}: skipped`)
     else transports.push(other)
     for (const transport of transports) {
-      results.push(await measure(transport))
+      results.push(await measure(transport, 0))
+      if (bystanders > 0) results.push(await measure(transport, bystanders))
       await transport.close()
     }
   } finally {
     await database.stop()
   }
-  console.log(`one message at a time, ${count} of each, ms:`)
-  console.log("transport            hop p50  hop p95  round trip p50  round trip p95")
+  console.log(`one message at a time, ${count} of each; ms, and server CPU ms per 1,000:`)
+  console.log(
+    "transport             bystanders  hop p50  hop p95  hop cpu  trip p50  trip p95  trip cpu",
+  )
+  const cell = (value: number | null, width: number) => String(value ?? "-").padStart(width)
   for (const r of results) {
     console.log(
-      `${r.name.padEnd(20)} ${String(r.hop.p50).padStart(7)}  ${String(r.hop.p95).padStart(7)}  ` +
-        `${String(r.roundTrip.p50).padStart(14)}  ${String(r.roundTrip.p95).padStart(14)}`,
+      `${r.name.padEnd(21)} ${cell(r.bystanders, 10)}  ${cell(r.hop.p50, 7)}  ${cell(r.hop.p95, 7)}  ` +
+        `${cell(r.hop.serverCpuMsPer1k, 7)}  ${cell(r.roundTrip.p50, 8)}  ${cell(r.roundTrip.p95, 8)}  ` +
+        cell(r.roundTrip.serverCpuMsPer1k, 8),
     )
   }
   await fs.mkdir(path.dirname(out), { recursive: true })
   await fs.writeFile(
     out,
     JSON.stringify(
-      { date: new Date().toISOString(), count, database: database.description, results },
+      {
+        date: new Date().toISOString(),
+        count,
+        bystanders,
+        database: database.description,
+        results,
+      },
       null,
       2,
     ),

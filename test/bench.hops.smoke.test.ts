@@ -16,12 +16,12 @@ describe("npm run bench:hops", () => {
     if (out !== undefined) await rm(out, { recursive: true, force: true })
   })
 
-  it("times a hop and a round trip on PostgreSQL, both ways of notifying, and writes them", async () => {
+  it("times a hop and a round trip on PostgreSQL, both ways of notifying, with and without bystanders, and writes them", async () => {
     out = await mkdtemp(path.join(os.tmpdir(), "bench-hops-"))
     const file = path.join(out, "hops.json")
     const { code, stdout, stderr } = await runScript(
       "bench/hops.ts",
-      ["--count", "20", "--out", file],
+      ["--count", "20", "--bystanders", "1", "--out", file],
       {
         env: { ...process.env, DATABASE_URL: databaseUrl() },
       },
@@ -29,14 +29,26 @@ describe("npm run bench:hops", () => {
     expect(code, stderr).toBe(0)
     expect(stdout).toContain("PostgreSQL NOTIFY")
     const json = JSON.parse(await readFile(file, "utf8"))
-    const names = json.results.map((result: { name: string }) => result.name)
-    // As the Publisher sends (a notify script), and as it did (`SELECT pg_notify($1, $2)`).
-    expect(names.slice(0, 2)).toEqual(["PostgreSQL NOTIFY", "PostgreSQL pg_notify"])
-    for (const postgres of json.results.slice(0, 2)) {
+    const rows = json.results.map(
+      (result: { name: string; bystanders: number }) => `${result.name}+${result.bystanders}`,
+    )
+    // As the Publisher sends (a notify script), and as it did (`SELECT pg_notify($1, $2)`); each
+    // alone, then with a connection listening on a channel of its own.
+    expect(rows.slice(0, 4)).toEqual([
+      "PostgreSQL NOTIFY+0",
+      "PostgreSQL NOTIFY+1",
+      "PostgreSQL pg_notify+0",
+      "PostgreSQL pg_notify+1",
+    ])
+    for (const postgres of json.results.slice(0, 4)) {
       for (const figure of [postgres.hop.p50, postgres.roundTrip.p50]) {
         expect(figure).toBeGreaterThan(0)
       }
+      // The server's CPU is read from /proc when the database runs on this machine.
+      const cpu = postgres.roundTrip.serverCpuMsPer1k
+      expect(cpu === null || cpu >= 0).toBe(true)
     }
+    const names = json.results.map((result: { name: string }) => result.name)
     // Redis is measured beside them when one answers, else the run says it skipped it.
     if (!names.includes("Redis PUBLISH")) expect(stderr).toContain("skipped")
   }, 120_000)
