@@ -168,7 +168,7 @@ export const encode = (
     const encoded = pack(message, json, limit, max, wire >= 2)
     if (encoded !== undefined) return encoded
   }
-  const bytes = encoder.encode(viewArrayBuffers(message, new Map()))
+  const bytes = encoder.encode(viewed(message))
   return {
     _tag: "Attachment",
     bytes,
@@ -256,7 +256,7 @@ const pack = (
 // The msgpack of a value in base64, from a view of the encoder's buffer read at once (no copy of
 // the bytes before base64).
 const msgpackBase64 = (value: unknown): string => {
-  const bytes = encoder.encodeSharedRef(viewArrayBuffers(value, new Map()))
+  const bytes = encoder.encodeSharedRef(viewed(value))
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64")
 }
 
@@ -396,9 +396,42 @@ export const storedOffsetOf = (payload: string): string | undefined => {
   return Protocol.isOffset(offset) ? offset : undefined
 }
 
-// msgpack encodes typed arrays and DataViews as binary, but a bare ArrayBuffer as an empty map:
-// wrap those in a Uint8Array, copying only the arrays and plain objects on the way to one.
-const viewArrayBuffers = (value: unknown, done: Map<object, unknown>): unknown => {
+/** What msgpack is to encode of `value`: itself, unless {@link viewArrayBuffers} has work. */
+const viewed = (value: unknown): unknown =>
+  needsViews(value, 0) ? viewArrayBuffers(value, new Map()) : value
+
+/**
+ * Whether {@link viewArrayBuffers} would change or refuse `value`: a bare ArrayBuffer, or a key
+ * named `__proto__`, in its arrays and plain objects (what it walks). Walked without allocating:
+ * every message with binary is; deep values (a cycle gets deep) are left to it, which handles
+ * cycles.
+ */
+export const needsViews = (value: unknown, depth: number): boolean => {
+  if (value instanceof ArrayBuffer) return true
+  if (value === null || typeof value !== "object") return false
+  if (depth >= CYCLE_DEPTH) return true
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) if (needsViews(value[i], depth + 1)) return true
+    return false
+  }
+  const proto = Object.getPrototypeOf(value)
+  if (proto !== Object.prototype && proto !== null) return false
+  for (const key of Object.keys(value)) {
+    if (key === "__proto__" || needsViews((value as Record<string, unknown>)[key], depth + 1)) {
+      return true
+    }
+  }
+  return false
+}
+
+/**
+ * msgpack encodes typed arrays and DataViews as binary, but a bare ArrayBuffer as an empty map:
+ * wraps those in a Uint8Array, copying only the arrays and plain objects on the way to one (`value`
+ * itself when there is none). Exported for tests.
+ *
+ * @internal
+ */
+export const viewArrayBuffers = (value: unknown, done: Map<object, unknown>): unknown => {
   if (value instanceof ArrayBuffer) return new Uint8Array(value)
   if (value === null || typeof value !== "object") return value
   // Shared or cyclic: reuse the first result (msgpack rejects cycles itself).
@@ -436,7 +469,7 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
   const newline = payload.indexOf("\n")
   let parsed: unknown
   try {
-    parsed = JSON.parse(newline === -1 ? payload : payload.slice(0, newline))
+    parsed = newline === -1 ? parsePayload(payload) : JSON.parse(payload.slice(0, newline))
   } catch {
     return Result.fail("payload is not JSON")
   }
@@ -471,6 +504,41 @@ export const decodeNotification = (payload: string): Result.Result<Notification,
     return Result.succeed(notification)
   }
   return Result.succeed({ _tag: "Inline", message: parsed as WireMessage })
+}
+
+// What follows the text of a stored broadcast's packed notification.
+const OFFSET_TAIL = /^,"offset":"\d{1,19}"\}$/
+
+/**
+ * `JSON.parse(payload)`, without parsing the base64 text that is most of a packed notification
+ * (`{header,"mp":"text"}` or `"mz"`, an offset after it for stored broadcasts): its header is
+ * parsed and the text sliced. An unescaped `,"` cannot be inside a JSON string, so the first
+ * `,"mp":"` is a key of the header's object or of an object inside it; in the latter case the
+ * header alone does not parse, and the whole payload goes to `JSON.parse`, as does any payload
+ * not of that exact shape. Keys keep JSON's rule (the last of a name wins). Throws as it does.
+ */
+export const parsePayload = (payload: string): unknown => {
+  if (payload.endsWith('"}')) {
+    let at = payload.indexOf(',"mp":"')
+    if (at === -1) at = payload.indexOf(',"mz":"')
+    const end = at === -1 ? -1 : payload.indexOf('"', at + 7)
+    const tail = end === -1 ? "" : payload.slice(end + 1)
+    if (tail === "}" || OFFSET_TAIL.test(tail)) {
+      const text = payload.slice(at + 7, end)
+      let head: unknown
+      try {
+        head = text.includes("\\") ? undefined : JSON.parse(`${payload.slice(0, at)}}`)
+      } catch {
+        head = undefined
+      }
+      if (isRecord(head)) {
+        head[payload[at + 3] === "p" ? "mp" : "mz"] = text
+        if (tail !== "}") head["offset"] = tail.slice(11, -2)
+        return head
+      }
+    }
+  }
+  return JSON.parse(payload)
 }
 
 // A part's slice of base64 text (its length need not be a multiple of 4).

@@ -479,6 +479,102 @@ describe("Codec.decodeNotification", () => {
   })
 })
 
+describe("Codec.parsePayload", () => {
+  // Members of a header: any JSON, including nested objects with an "mp" key and strings that
+  // hold `,"mp":"`, and repeated names.
+  const member = fc.tuple(
+    fc.constantFrom("uid", "type", "nsp", "mp", "mz", "offset", "x", ',"mp":"', "__proto__"),
+    fc.oneof(
+      fc.jsonValue({ maxDepth: 2 }),
+      fc.constant({ a: 1, mp: "QUJD" }),
+      fc.constant('a","mp":"QUJD'),
+      fc.constant("a\\"),
+    ),
+  )
+  const text = fc.oneof(
+    fc.stringMatching(/^[A-Za-z0-9+/]*={0,2}$/),
+    fc.constantFrom("QU\\JD", "QU\\u0041", 'QU\\"D', "", "é"),
+  )
+  const tail = fc.constantFrom(
+    "}",
+    ',"offset":"123"}',
+    ',"offset":"9223372036854775806"}',
+    ',"offset":"12a"}',
+    ',"offset":12}',
+    ',"mp":"QUJD"}',
+    ',"x":"}"}',
+    '"}',
+    "",
+    "}}",
+    '}"}',
+  )
+  const payload = fc
+    .tuple(fc.array(member, { maxLength: 4 }), fc.constantFrom("mp", "mz"), text, tail)
+    .map(([members, key, body, end]) => {
+      const head = members.map(
+        ([name, value]) => `${JSON.stringify(name)}:${JSON.stringify(value)}`,
+      )
+      return `{${[...head, `"${key}":"${body}"`].join(",")}${end}`
+    })
+
+  const outcome = (parse: (text: string) => unknown, text: string) => {
+    try {
+      return { value: parse(text) }
+    } catch {
+      return { threw: true }
+    }
+  }
+
+  it("gives what JSON.parse gives, and throws where it throws, for packed payloads and any others", () => {
+    fc.assert(
+      fc.property(fc.oneof(payload, fc.string(), fc.json()), (text) => {
+        assert.deepStrictEqual(outcome(Codec.parsePayload, text), outcome(JSON.parse, text), text)
+      }),
+      { numRuns: 5_000 },
+    )
+  })
+
+  it("reads a packed payload's text and offset", () => {
+    assert.deepStrictEqual(
+      Codec.parsePayload('{"uid":"u","type":3,"nsp":"/","mz":"QUJD","offset":"42"}'),
+      { uid: "u", type: 3, nsp: "/", mz: "QUJD", offset: "42" },
+    )
+  })
+})
+
+describe("Codec.needsViews", () => {
+  // Values of every kind, with bare ArrayBuffers, views and __proto__ keys among them.
+  const { value } = fc.letrec((tie) => ({
+    value: fc.oneof(
+      { depthSize: "small" },
+      fc.jsonValue({ maxDepth: 1 }),
+      fc.constantFrom(new ArrayBuffer(2), Buffer.from("ab"), new Uint8Array(2), new Date(0)),
+      fc.constant(JSON.parse('{"__proto__":1}')),
+      fc.array(tie("value"), { maxLength: 3 }),
+      fc.dictionary(fc.constantFrom("a", "b", "__proto__"), tie("value"), { maxKeys: 3 }),
+    ),
+  }))
+
+  it("is false only where viewArrayBuffers gives back the value itself, without throwing", () => {
+    fc.assert(
+      fc.property(value, (input) => {
+        if (Codec.needsViews(input, 0)) return
+        assert.strictEqual(Codec.viewArrayBuffers(input, new Map()), input)
+      }),
+      { numRuns: 5_000 },
+    )
+  })
+
+  it("is true for a bare ArrayBuffer or a __proto__ key at any depth", () => {
+    for (const leaf of [new ArrayBuffer(1), JSON.parse('{"__proto__":{}}')]) {
+      for (let depth = 0; depth < 40; depth++) {
+        assert.isTrue(Codec.needsViews(nestIn(Array(depth).fill(depth % 2 === 0), leaf), 0))
+      }
+    }
+    assert.isFalse(Codec.needsViews({ a: [Buffer.from("x"), new Uint8Array(1)] }, 0))
+  })
+})
+
 describe("Codec.fromBase64", () => {
   // What it accepts, as a grammar: base64 (or base64url) in groups of 4, padded at the end only.
   const strict = /^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}==|[A-Za-z0-9+/_-]{3}=)?$/
