@@ -342,18 +342,18 @@ const jsonMessage = (text: string): Result.Result<WireMessage, string> => {
 
 /** The args of a stored packet (connection state recovery), as msgpack. */
 export const encodePacketData = (data: ReadonlyArray<unknown>): Uint8Array =>
-  encoder.encode(viewArrayBuffers(data, new Map()))
+  encoder.encode(viewed(data))
 
 /** Decodes stored packet args back; binary values come back as `Buffer`s. */
 export const decodePacketData = (bytes: Uint8Array): Result.Result<Array<unknown>, string> => {
   let decoded: unknown
   try {
-    decoded = decoder.decode(bytes)
+    decoded = decoder.decode(asBuffer(bytes))
   } catch (e) {
     return Result.fail(`stored packet is not msgpack: ${(e as Error).message}`)
   }
   return Array.isArray(decoded)
-    ? Result.succeed(toBuffers(decoded) as Array<unknown>)
+    ? Result.succeed(decoded)
     : Result.fail("stored packet is not an array")
 }
 
@@ -614,29 +614,19 @@ const decodePart = (
 export const decodeAttachment = (bytes: Uint8Array): Result.Result<WireMessage, string> => {
   let decoded: unknown
   try {
-    decoded = decoder.decode(bytes)
+    decoded = decoder.decode(asBuffer(bytes))
   } catch (e) {
     return Result.fail(`attachment is not msgpack: ${(e as Error).message}`)
   }
   if (!isRecord(decoded) || typeof decoded.uid !== "string" || typeof decoded.type !== "number") {
     return Result.fail("attachment does not hold a cluster message")
   }
-  return Result.succeed(toBuffers(decoded) as WireMessage)
+  return Result.succeed(decoded as WireMessage)
 }
 
-// msgpack decodes binary as Uint8Array; Socket.IO users expect the Buffers they sent.
-const toBuffers = (value: unknown): unknown => {
-  if (value instanceof Uint8Array) {
-    return Buffer.isBuffer(value)
-      ? value
-      : Buffer.from(value.buffer, value.byteOffset, value.byteLength)
-  }
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) value[i] = toBuffers(value[i])
-    return value
-  }
-  if (isRecord(value)) {
-    for (const key of Object.keys(value)) value[key] = toBuffers(value[key])
-  }
-  return value
-}
+/**
+ * The bytes to decode as a Buffer (a view, not a copy): msgpack decodes binary as views of what it
+ * reads, which are then Buffers, as Socket.IO users expect the binary they sent to come back.
+ */
+const asBuffer = (bytes: Uint8Array): Buffer =>
+  Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
