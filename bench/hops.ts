@@ -12,7 +12,9 @@
  * messages: PostgreSQL before 19 wakes every listening backend of the database at each commit
  * that notifies (Redis writes only to a channel's subscribers), which the server CPU per 1,000
  * trips shows (PostgreSQL's processes, or redis-server, from /proc; null when the server is not
- * on this machine).
+ * on this machine). The notify script is measured a third time with the messages sent from the
+ * bystanders' own LISTEN connections (the question from one, the answer from another), as nodes
+ * that notify from their LISTEN connection would: one backend fewer to wake per message.
  *
  * One message at a time, in one process, after a warm-up; p50 and p95 of `--count` (default 2,000).
  * `DATABASE_URL` selects the PostgreSQL (else an embedded one), `REDIS_URL` the Redis (default
@@ -51,6 +53,11 @@ type Send = (channel: string, message: string) => Promise<unknown>
 /** Calls `onMessage` with every message of `channel`. */
 type Listen = (channel: string, onMessage: (message: string) => void) => Promise<unknown>
 
+interface Bystander {
+  readonly close: () => Promise<void>
+  readonly send?: Send | undefined
+}
+
 interface Transport {
   readonly name: string
   readonly send: Send
@@ -59,9 +66,10 @@ interface Transport {
   readonly listen: Listen
   /**
    * Opens a connection that listens on a channel of its own, as another node of the cluster
-   * does: it hears none of the measured messages. Resolves with its close.
+   * does: it hears none of the measured messages. Resolves with its close, and (PostgreSQL) a
+   * sender on that connection: a node that would notify from its own LISTEN connection.
    */
-  readonly bystander: () => Promise<() => Promise<void>>
+  readonly bystander: () => Promise<Bystander>
   /** The pids of the server's processes in a `serverCpu` snapshot. */
   readonly serverPids: (snapshot: ReturnType<typeof serverCpu>) => Array<number>
   readonly close: () => Promise<void>
@@ -110,9 +118,18 @@ const withCpu = async (transport: Transport, times: () => Promise<Array<number>>
   }
 }
 
-// One hop and one round trip, with `others` bystanders listening meanwhile.
-const measure = async (transport: Transport, others: number) => {
-  const closers = await Promise.all(Array.from({ length: others }, () => transport.bystander()))
+/**
+ * One hop and one round trip, with `others` bystanders listening meanwhile. `fromListeners`: the
+ * question is sent from the first bystander's connection and the answer from the second's (else
+ * from the transport's own), as nodes notifying from their LISTEN connections would, instead of
+ * from connections that only send.
+ */
+const measure = async (base: Transport, others: number, fromListeners = false) => {
+  const opened = await Promise.all(Array.from({ length: others }, () => base.bystander()))
+  const closers = opened.map((bystander) => bystander.close)
+  const transport: Transport = fromListeners
+    ? { ...base, send: opened[0]!.send!, answer: opened[1]?.send ?? base.answer }
+    : base
   try {
     const prefix = `hops_${randomBytes(4).toString("hex")}`
     const hop = waiter()
@@ -137,7 +154,8 @@ const measure = async (transport: Transport, others: number) => {
         await got
       }),
     )
-    return { name: transport.name, bystanders: others, hop: oneHop, roundTrip }
+    const sender = fromListeners ? "listening connection" : "sending connection"
+    return { name: transport.name, sender, bystanders: others, hop: oneHop, roundTrip }
   } finally {
     await Promise.all(closers.map((close) => close()))
   }
@@ -148,9 +166,9 @@ const measure = async (transport: Transport, others: number) => {
  * or as it did before (`SELECT pg_notify($1, $2)` with parameters, asynchronous commit too).
  */
 const STATEMENTS = {
-  "PostgreSQL NOTIFY": (client: pg.PoolClient, channel: string, message: string) =>
+  "PostgreSQL NOTIFY": (client: pg.ClientBase, channel: string, message: string) =>
     client.query(notifyScript([channel, message])),
-  "PostgreSQL pg_notify": (client: pg.PoolClient, channel: string, message: string) =>
+  "PostgreSQL pg_notify": (client: pg.ClientBase, channel: string, message: string) =>
     client.query(`SELECT ${ASYNC_COMMIT_CALL}, pg_notify($1, $2)`, [channel, message]),
 } as const
 
@@ -165,7 +183,7 @@ const postgres = async (url: string, name: keyof typeof STATEMENTS): Promise<Tra
   // Two connections of the pool, as two servers' publishers would be.
   const [first, second] = [await pool.connect(), await pool.connect()]
   const { rows } = await first.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")
-  const notify = (client: pg.PoolClient) => (channel: string, message: string) =>
+  const notify = (client: pg.ClientBase) => (channel: string, message: string) =>
     STATEMENTS[name](client, channel, message)
   return {
     name,
@@ -180,7 +198,7 @@ const postgres = async (url: string, name: keyof typeof STATEMENTS): Promise<Tra
       const other = new pg.Client({ connectionString: url })
       await other.connect()
       await other.query(`LISTEN "hops_bystander_${randomBytes(4).toString("hex")}"`)
-      return () => other.end()
+      return { close: () => other.end(), send: notify(other) }
     },
     serverPids: (snapshot) => serverProcesses(snapshot, rows[0]!.pid),
     close: async () => {
@@ -222,7 +240,8 @@ const redis = async (url: string): Promise<Transport | string> => {
       const other = publisher.duplicate()
       await other.connect()
       await other.subscribe(`hops_bystander_${randomBytes(4).toString("hex")}`, () => {})
-      return async () => void (await other.quit())
+      // A subscribed connection cannot publish: no sender.
+      return { close: async () => void (await other.quit()) }
     },
     serverPids: redisProcesses,
     close: async () => {
@@ -245,6 +264,10 @@ const main = async () => {
     for (const transport of transports) {
       results.push(await measure(transport, 0))
       if (bystanders > 0) results.push(await measure(transport, bystanders))
+      // Notifying from a LISTEN connection: one backend fewer to wake per message.
+      if (bystanders > 0 && transport.name === "PostgreSQL NOTIFY") {
+        results.push(await measure(transport, bystanders, true))
+      }
       await transport.close()
     }
   } finally {
@@ -252,12 +275,12 @@ const main = async () => {
   }
   console.log(`one message at a time, ${count} of each; ms, and server CPU ms per 1,000:`)
   console.log(
-    "transport             bystanders  hop p50  hop p95  hop cpu  trip p50  trip p95  trip cpu",
+    "transport                          bystanders  hop p50  hop p95  hop cpu  trip p50  trip p95  trip cpu",
   )
   const cell = (value: number | null, width: number) => String(value ?? "-").padStart(width)
   for (const r of results) {
     console.log(
-      `${r.name.padEnd(21)} ${cell(r.bystanders, 10)}  ${cell(r.hop.p50, 7)}  ${cell(r.hop.p95, 7)}  ` +
+      `${`${r.name}${r.sender === "listening connection" ? ", from listeners" : ""}`.padEnd(34)} ${cell(r.bystanders, 10)}  ${cell(r.hop.p50, 7)}  ${cell(r.hop.p95, 7)}  ` +
         `${cell(r.hop.serverCpuMsPer1k, 7)}  ${cell(r.roundTrip.p50, 8)}  ${cell(r.roundTrip.p95, 8)}  ` +
         cell(r.roundTrip.serverCpuMsPer1k, 8),
     )

@@ -16,7 +16,7 @@ describe("npm run bench:hops", () => {
     if (out !== undefined) await rm(out, { recursive: true, force: true })
   })
 
-  it("times a hop and a round trip on PostgreSQL, both ways of notifying, with and without bystanders, and writes them", async () => {
+  it("times a hop and a round trip on PostgreSQL, both ways of notifying, with and without bystanders (and from one), and writes them", async () => {
     out = await mkdtemp(path.join(os.tmpdir(), "bench-hops-"))
     const file = path.join(out, "hops.json")
     const { code, stdout, stderr } = await runScript(
@@ -30,17 +30,20 @@ describe("npm run bench:hops", () => {
     expect(stdout).toContain("PostgreSQL NOTIFY")
     const json = JSON.parse(await readFile(file, "utf8"))
     const rows = json.results.map(
-      (result: { name: string; bystanders: number }) => `${result.name}+${result.bystanders}`,
+      (result: { name: string; sender: string; bystanders: number }) =>
+        `${result.name}+${result.bystanders} (${result.sender})`,
     )
     // As the Publisher sends (a notify script), and as it did (`SELECT pg_notify($1, $2)`); each
-    // alone, then with a connection listening on a channel of its own.
-    expect(rows.slice(0, 4)).toEqual([
-      "PostgreSQL NOTIFY+0",
-      "PostgreSQL NOTIFY+1",
-      "PostgreSQL pg_notify+0",
-      "PostgreSQL pg_notify+1",
+    // alone, then with a connection listening on a channel of its own; the script also sent from
+    // that listening connection.
+    expect(rows.slice(0, 5)).toEqual([
+      "PostgreSQL NOTIFY+0 (sending connection)",
+      "PostgreSQL NOTIFY+1 (sending connection)",
+      "PostgreSQL NOTIFY+1 (listening connection)",
+      "PostgreSQL pg_notify+0 (sending connection)",
+      "PostgreSQL pg_notify+1 (sending connection)",
     ])
-    for (const postgres of json.results.slice(0, 4)) {
+    for (const postgres of json.results.slice(0, 5)) {
       for (const figure of [postgres.hop.p50, postgres.roundTrip.p50]) {
         expect(figure).toBeGreaterThan(0)
       }
