@@ -53,8 +53,11 @@ export const layerTableSetup: Layer.Layer<
 /** The cluster services over an `AdapterConfig` and a `Database`. */
 export const layer: Layer.Layer<Services, never, AdapterConfig.AdapterConfig | Database.Database> =
   Layer.mergeAll(
-    // Its server channel is on the Listener and the Publisher.
-    Heartbeat.layer.pipe(Layer.provideMerge(Layer.merge(Listener.layer, Publisher.layer))),
+    // Its server channel is on the Listener and the Publisher (which notifies on the Listener's
+    // connection while it is up).
+    Heartbeat.layer.pipe(
+      Layer.provideMerge(Publisher.layer.pipe(Layer.provideMerge(Listener.layer))),
+    ),
     // Recovery's cleanup runs in the Cleanup loop.
     Recovery.layer.pipe(Layer.provideMerge(Cleanup.layer)),
     layerTableSetup,

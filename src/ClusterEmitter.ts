@@ -327,7 +327,7 @@ export const layer: Layer.Layer<ClusterEmitter, never, AdapterConfig | Database.
   Layer.effect(ClusterEmitter, make).pipe(
     Layer.provide(
       Heartbeat.layer.pipe(
-        Layer.provideMerge(Layer.merge(Publisher.layer, Listener.layer)),
+        Layer.provideMerge(Publisher.layer.pipe(Layer.provideMerge(Listener.layer))),
         Layer.provideMerge(AttachmentStore.layer),
       ),
     ),

@@ -19,6 +19,13 @@
  * showing the connection's LISTEN; `SELECT 1` while no channel is listened on yet, and no ping
  * while no channel is wanted.
  *
+ * The Publisher sends its notify-only statements on this connection while it is up
+ * (`unsafeQuery`): PostgreSQL before 19 wakes every listening backend of the database at each
+ * commit that notifies, and a commit from a listening backend wakes one fewer than a commit from
+ * a pooled one (`npm run bench:hops`). One statement of the Publisher at a time, and one LISTEN,
+ * UNLISTEN or ping at a time under the session's lock, so at most one query waits behind another
+ * on the client. A statement past its deadline replaces the connection, as a silent one is.
+ *
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
@@ -41,8 +48,16 @@ import * as Stream from "effect/Stream"
 import { quoteIdentifier } from "./Channel.js"
 import { AdapterConfig } from "./AdapterConfig.js"
 import { connect, Database, type DedicatedClient } from "./Database.js"
-import { destroySocket } from "./internal/pool.js"
-import { type DatabaseError, ListenError, permanentCode, Reconnected, report } from "./Errors.js"
+import { destroySocket, type StatementAbort, StatementTimeout } from "./internal/pool.js"
+import {
+  type DatabaseError,
+  databaseError,
+  ListenError,
+  permanentCode,
+  Reconnected,
+  report,
+  shortSql,
+} from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 
 /** What a subscriber of a channel is told. */
@@ -83,6 +98,17 @@ export class Listener extends Context.Service<
      * lives, so does that backend (sessions of live sockets are tied to it).
      */
     readonly unsafeBackendPid: () => number | undefined
+    /**
+     * Runs a statement without parameters on the LISTEN connection while one is up (for the
+     * Publisher's notify scripts: see the module's notes), `undefined` when none is, for the
+     * caller to take the pool. Rejects with a `DatabaseError`. `abort` abandons it; aborted with a
+     * {@link StatementTimeout} reason, the connection is replaced and the pool's connections as
+     * old are distrusted (`Database.markStale`).
+     */
+    readonly unsafeQuery: <A = Record<string, unknown>>(
+      sql: string,
+      abort: StatementAbort,
+    ) => Promise<ReadonlyArray<A>> | undefined
   }
 >()("socket.io-postgres-effect/Listener") {}
 
@@ -271,10 +297,17 @@ export const make = Effect.gen(function* () {
       return unlisten(session, channel, channels)
     })
 
+  const unsafeQuery = <A>(sql: string, abort: StatementAbort) => {
+    const current = session
+    if (current === undefined || Deferred.isDoneUnsafe(current.lost)) return undefined
+    return runOnSession<A>(current, sql, abort, (at) => runFork(database.markStale(at)))
+  }
+
   return Listener.of({
     subscribe,
     events: eventsOf(subscribe),
     unsafeBackendPid: () => (session?.client as { processID?: number } | undefined)?.processID,
+    unsafeQuery,
   })
 })
 
@@ -371,6 +404,46 @@ const STATEMENTS = {
   LISTEN: Metric.withAttributes(Metrics.listenStatements, { verb: "LISTEN" }),
   UNLISTEN: Metric.withAttributes(Metrics.listenStatements, { verb: "UNLISTEN" }),
 }
+
+// A statement on a session's connection. Abandoned, it settles at once (what the connection says
+// later is dropped); past its deadline, the connection is destroyed: the session ends as a lost
+// one does, and a new one LISTENs again.
+const runOnSession = <A>(
+  current: Session,
+  sql: string,
+  abort: StatementAbort,
+  markStale: (at: number) => void,
+): Promise<ReadonlyArray<A>> =>
+  new Promise((resolve, reject) => {
+    const failed = databaseError(shortSql(sql))
+    let settled = false
+    const finish = (error: DatabaseError | undefined, rows?: ReadonlyArray<A>) => {
+      if (settled) return
+      settled = true
+      abort.onAbort(undefined)
+      if (error === undefined) resolve(rows!)
+      else reject(error)
+    }
+    if (abort.aborted) return finish(failed(abort.reason))
+    const started = Date.now()
+    abort.onAbort(() => {
+      const reason = abort.reason
+      if (reason instanceof StatementTimeout) {
+        destroySocket(current.client)
+        markStale(started)
+      }
+      finish(failed(reason))
+    })
+    current.client.query(sql).then(
+      // Several statements in one query string give one result each: the last one's rows.
+      (result) =>
+        finish(
+          undefined,
+          (Array.isArray(result) ? (result.at(-1)?.rows ?? []) : result.rows) as ReadonlyArray<A>,
+        ),
+      (cause) => finish(failed(cause)),
+    )
+  })
 
 // Sends LISTEN or UNLISTEN unless the channel's wanted state changed while this waited for its
 // turn: what reaches PostgreSQL last always matches the subscriptions. False when skipped.

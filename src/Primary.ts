@@ -667,7 +667,10 @@ export function setupPrimary(pools: Pools, options?: AdapterConfig.AdapterOption
           placement.indexOf(channelName(config.channelPrefix, nsp)),
         )
   const errorHandler = options?.errorHandler ?? DebugLog.makeDefaultErrorHandler()
-  const services = Layer.mergeAll(Listener.layer, Publisher.layer, AttachmentStore.layer)
+  const services = Layer.mergeAll(
+    Publisher.layer.pipe(Layer.provideMerge(Listener.layer)),
+    AttachmentStore.layer,
+  )
   const runtimes = servers.map(({ pool }, i) => {
     const base = Layer.mergeAll(
       Layer.succeed(AdapterConfig.AdapterConfig, config),

@@ -4,7 +4,8 @@
  * statements as it can: one per run of notifications (`NOTIFY` statements in one query string, or
  * with attachment rows `SELECT pg_notify(...), ...` with the rows inserted by the same
  * statement). One batch in flight means one order: messages reach PostgreSQL in the order they
- * were published.
+ * were published. Notify scripts go on the Listener's connection while it is up (a commit from a
+ * listening backend wakes one backend fewer; see `Listener`), the rest through the pool.
  *
  * @since 0.1.0
  */
@@ -12,10 +13,12 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { quoteTableName } from "./Channel.js"
 import * as Codec from "./Codec.js"
 import { AdapterConfig, type ClusterConfig, keysOf } from "./AdapterConfig.js"
 import { Database, StatementAbort, StatementTimeout } from "./Database.js"
+import { Listener } from "./Listener.js"
 import { type DatabaseError, PublishError } from "./Errors.js"
 import {
   makeStatement,
@@ -150,6 +153,7 @@ export const make = Effect.gen(function* () {
   const { signer, sealer } = signingOf(config)
   const runStatement = makeRunner(
     database,
+    yield* onSession,
     {
       attachmentsTable: quoteTableName(config.tableName),
       storedPackets: (run, param) =>
@@ -289,14 +293,22 @@ export const make = Effect.gen(function* () {
   return Publisher.of({ publish, unsafePublish, unsafeStore: enqueue, sender: signer?.sender })
 })
 
+// Runs a statement on the Listener's connection while it is up; where nothing listens (a Publisher
+// alone), never: every statement goes through the pool.
+const onSession = Effect.map(Effect.serviceOption(Listener), (listener) =>
+  Option.isSome(listener) ? listener.value.unsafeQuery : () => undefined,
+)
+
 /**
  * Runs the statement of a run: a notify script when it only notifies and the database takes
- * scripts (`Database.scripts`). The first script the database refuses (a pool whose client
+ * scripts (`Database.scripts`), on the Listener's connection while it is up (`onSession`), else
+ * through the pool. The first script the pool refuses (a pool whose client
  * prepares every statement, which PostgreSQL refuses for several; nothing was committed) turns
  * scripts off for good: `onFallback` is told, and the run goes again as `SELECT pg_notify(...)`.
  */
 const makeRunner = (
   database: Database["Service"],
+  onSession: Listener["Service"]["unsafeQuery"],
   options: Omit<Parameters<typeof makeStatement>[0], "scripts">,
   onFallback: (error: DatabaseError) => void,
 ) => {
@@ -304,6 +316,10 @@ const makeRunner = (
   let statement = database.scripts ? makeStatement({ ...options, scripts: true }) : selects
   return async (run: ReadonlyArray<Outgoing>, signal: StatementAbort) => {
     const [sql, params] = statement(run)
+    if (params.length === 0) {
+      const rows = onSession<{ last?: string; after?: string }>(sql, signal)
+      if (rows !== undefined) return rows
+    }
     try {
       return await database.unsafeQuery<{ last?: string; after?: string }>(sql, params, signal)
     } catch (error) {
