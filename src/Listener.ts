@@ -24,7 +24,9 @@
  * commit that notifies, and a commit from a listening backend wakes one fewer than a commit from
  * a pooled one (`npm run bench:hops`). One statement of the Publisher at a time, and one LISTEN,
  * UNLISTEN or ping at a time under the session's lock, so at most one query waits behind another
- * on the client. A statement past its deadline replaces the connection, as a silent one is.
+ * on the client. A statement past its deadline replaces the connection, as a silent one is. Each
+ * is led by a LISTEN of a channel already listened on, as the ping is, so that the connection
+ * still shows a LISTEN in `pg_stat_activity`.
  *
  * @since 0.1.0
  */
@@ -300,7 +302,8 @@ export const make = Effect.gen(function* () {
   const unsafeQuery = <A>(sql: string, abort: StatementAbort) => {
     const current = session
     if (current === undefined || Deferred.isDoneUnsafe(current.lost)) return undefined
-    return runOnSession<A>(current, sql, abort, (at) => runFork(database.markStale(at)))
+    const statement = ledByListen(current, channels, sql)
+    return runOnSession<A>(current, statement, abort, (at) => runFork(database.markStale(at)))
   }
 
   return Listener.of({
@@ -403,6 +406,16 @@ class Subscribers {
 const STATEMENTS = {
   LISTEN: Metric.withAttributes(Metrics.listenStatements, { verb: "LISTEN" }),
   UNLISTEN: Metric.withAttributes(Metrics.listenStatements, { verb: "UNLISTEN" }),
+}
+
+// `sql` led by a LISTEN of a channel the session listens on and still wants (nothing done, as the
+// ping does; an UNLISTEN of it, if one comes, is sent after): `pg_stat_activity` keeps showing a
+// LISTEN on the connection.
+const ledByListen = (current: Session, subscribers: Subscribers, sql: string): string => {
+  for (const channel of current.listened) {
+    if (subscribers.has(channel)) return `LISTEN ${quoteIdentifier(channel)}; ${sql}`
+  }
+  return sql
 }
 
 // A statement on a session's connection. Abandoned, it settles at once (what the connection says
