@@ -11,6 +11,7 @@
  * see the proxy's notes): the Listener's liveness ping (issue 11 item 1) and the statements'
  * deadlines, which discard their connection and the idle ones as old (item 2).
  */
+import { randomBytes } from "node:crypto"
 import type pg from "pg"
 import type { Socket as ClientSocket } from "socket.io-client"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
@@ -386,7 +387,9 @@ describe("when the network to PostgreSQL fails (issue 11)", () => {
           ._clients[0]!.connection.stream.localPort as number
         expect(proxy.blackHole({ only: (connection) => connection.clientPort === port })).toBe(1)
         const accepted = proxy.stats().accepted
-        io.emit("into the black hole")
+        // A server's notify-only statements go on its LISTEN connection while it is up: this one
+        // takes the pool, an attachment (more than the packed wire's 1,024 parts, incompressible).
+        io.emit("into the black hole", randomBytes(7_000_000).toString("base64"))
         await eventually(
           () =>
             errors.some((error) => {
