@@ -89,9 +89,7 @@ export const fromPool = (pool: pg.Pool): Database["Service"] => ({
     }),
   unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>, abort?: Pool.StatementAbort) =>
     Pool.run(pool, sql, params, { abort }).then(
-      // Several statements in one query string (a notify script) give one result each: the last.
-      (result) =>
-        (Array.isArray(result) ? (result.at(-1)?.rows ?? []) : result.rows) as ReadonlyArray<A>,
+      (result) => Pool.lastRows<A>(result),
       (cause) => Promise.reject(databaseError(shortSql(sql))(cause)),
     ),
   markStale: (at) => Effect.sync(() => Pool.markStale(pool, at)),

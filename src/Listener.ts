@@ -50,7 +50,7 @@ import * as Stream from "effect/Stream"
 import { quoteIdentifier } from "./Channel.js"
 import { AdapterConfig } from "./AdapterConfig.js"
 import { connect, Database, type DedicatedClient } from "./Database.js"
-import { destroySocket, type StatementAbort, StatementTimeout } from "./internal/pool.js"
+import { destroySocket, lastRows, type StatementAbort, StatementTimeout } from "./internal/pool.js"
 import {
   type DatabaseError,
   databaseError,
@@ -448,12 +448,7 @@ const runOnSession = <A>(
       finish(failed(reason))
     })
     current.client.query(sql).then(
-      // Several statements in one query string give one result each: the last one's rows.
-      (result) =>
-        finish(
-          undefined,
-          (Array.isArray(result) ? (result.at(-1)?.rows ?? []) : result.rows) as ReadonlyArray<A>,
-        ),
+      (result) => finish(undefined, lastRows<A>(result)),
       (cause) => finish(failed(cause)),
     )
   })

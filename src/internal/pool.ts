@@ -150,6 +150,15 @@ const checkout = (
     checkout(pool, health, done)
   })
 
+/**
+ * The rows of a statement's result: of the last statement when the query string held several (a
+ * notify script), which node-postgres answers with one result each.
+ */
+export const lastRows = <A>(result: pg.QueryResult | ReadonlyArray<pg.QueryResult>) =>
+  (Array.isArray(result)
+    ? (result.at(-1)?.rows ?? [])
+    : (result as pg.QueryResult).rows) as ReadonlyArray<A>
+
 /** Options of {@link run}. */
 export interface RunOptions {
   /** Abandons the statement when aborted; a {@link StatementTimeout} reason marks the pool stale. */
