@@ -428,7 +428,8 @@ const runOnSession = <A>(
   markStale: (at: number) => void,
 ): Promise<ReadonlyArray<A>> =>
   new Promise((resolve, reject) => {
-    const failed = databaseError(shortSql(sql))
+    // Shortened only on failure: the script holds every payload of the batch.
+    const failed = (cause: unknown) => databaseError(shortSql(sql))(cause)
     let settled = false
     const finish = (error: DatabaseError | undefined, rows?: ReadonlyArray<A>) => {
       if (settled) return
