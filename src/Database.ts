@@ -15,7 +15,13 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as SqlClient from "effect/sql/SqlClient"
 import pg from "pg"
-import { type DatabaseError, databaseError, permanentCode, report, shortSql } from "./Errors.js"
+import {
+  type DatabaseError,
+  databaseError,
+  permanentCode,
+  report,
+  statementError,
+} from "./Errors.js"
 import * as Pool from "./internal/pool.js"
 import { StatementAbort, StatementTimeout } from "./internal/pool.js"
 
@@ -82,7 +88,7 @@ export const fromPool = (pool: pg.Pool): Database["Service"] => ({
       const timeoutMillis = timeout === undefined ? undefined : Duration.toMillis(timeout)
       Pool.run(pool, sql, params, { abort, timeoutMillis }).then(
         (result) => resume(Effect.succeed(result.rows as ReadonlyArray<A>)),
-        (cause) => resume(Effect.fail(databaseError(shortSql(sql))(cause))),
+        (cause) => resume(Effect.fail(statementError(sql)(cause))),
       )
       // Interrupted: the statement is abandoned, its connection discarded.
       return Effect.sync(() => abort.abort())
@@ -90,7 +96,7 @@ export const fromPool = (pool: pg.Pool): Database["Service"] => ({
   unsafeQuery: <A>(sql: string, params?: ReadonlyArray<unknown>, abort?: Pool.StatementAbort) =>
     Pool.run(pool, sql, params, { abort }).then(
       (result) => Pool.lastRows<A>(result),
-      (cause) => Promise.reject(databaseError(shortSql(sql))(cause)),
+      (cause) => Promise.reject(statementError(sql)(cause)),
     ),
   markStale: (at) => Effect.sync(() => Pool.markStale(pool, at)),
   scripts: true,
@@ -182,7 +188,7 @@ export const layerPgClient: Layer.Layer<Database, never, PgClient.PgClient> = La
       params?: ReadonlyArray<unknown>,
       timeout?: Duration.Duration,
     ) => {
-      const failed = (cause: unknown) => databaseError(shortSql(statement))(cause)
+      const failed = statementError(statement)
       const rows = sql.unsafe<A & object>(statement, params).pipe(
         Effect.map((rows) => rows as ReadonlyArray<A>),
         Effect.mapError(failed),

@@ -99,6 +99,15 @@ export const databaseError = (operation: string) => (cause: unknown) =>
   })
 
 /**
+ * Builds the `DatabaseError` of a failed statement, named by its {@link shortSql}: shortened only
+ * when it failed, never before it runs (a notify script holds every payload of its batch).
+ */
+export const statementError =
+  (sql: string) =>
+  (cause: unknown): DatabaseError =>
+    databaseError(shortSql(sql))(cause)
+
+/**
  * Where publish and listen errors are reported besides the log: the facade provides the
  * `errorHandler` option here. Defaults to doing nothing.
  */

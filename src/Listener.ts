@@ -53,12 +53,11 @@ import { connect, Database, type DedicatedClient } from "./Database.js"
 import { destroySocket, lastRows, type StatementAbort, StatementTimeout } from "./internal/pool.js"
 import {
   type DatabaseError,
-  databaseError,
   ListenError,
   permanentCode,
   Reconnected,
   report,
-  shortSql,
+  statementError,
 } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 
@@ -428,8 +427,7 @@ const runOnSession = <A>(
   markStale: (at: number) => void,
 ): Promise<ReadonlyArray<A>> =>
   new Promise((resolve, reject) => {
-    // Shortened only on failure: the script holds every payload of the batch.
-    const failed = (cause: unknown) => databaseError(shortSql(sql))(cause)
+    const failed = statementError(sql)
     let settled = false
     const finish = (error: DatabaseError | undefined, rows?: ReadonlyArray<A>) => {
       if (settled) return

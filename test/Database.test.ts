@@ -84,6 +84,29 @@ describe("Database over a pg.Pool", () => {
     }),
   )
 
+  it.live("names a failed statement by its text, whitespace collapsed and cut at a word", () =>
+    Effect.gen(function* () {
+      const { database } = yield* databaseOver(1)
+      const sql = `SELECT  no_such_column\n  FROM (VALUES (1)) v(x) WHERE ${"x = 1 AND ".repeat(20)}true`
+      const expected = "SELECT no_such_column FROM (VALUES (1)) v(x) WHERE x = 1 AND …"
+      for (const failed of [
+        yield* Effect.flip(database.query(sql, [], SHORT)),
+        yield* fromPromise(() =>
+          database.unsafeQuery(sql).then(
+            () => undefined,
+            (e) => e,
+          ),
+        ),
+      ]) {
+        assert.strictEqual(failed?.operation, expected)
+        assert.match(
+          failed?.message ?? "",
+          /^SELECT no_such_column .* failed: column "no_such_column" does not exist$/,
+        )
+      }
+    }),
+  )
+
   it.live("fails a statement past its deadline at once and discards its connection", () =>
     Effect.gen(function* () {
       const { pool, database } = yield* databaseOver(1)
